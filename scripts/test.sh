@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, then run them. README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+# The CPU build of torch first: an unpinned torch would pull gigabytes of CUDA packages.
+"$py" -c "import torch" 2>/dev/null || "$py" -m pip install -q torch==2.13.0
+"$py" -m pip install -q -e '.[test]'
+# The HTML report's browser test needs Debian's chromium.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "note: chromium could not be installed; browser tests will be skipped" >&2
+fi
+exec "$py" -m pytest "$@"

@@ -1,0 +1,14 @@
+"""hybridscope: where hybrid Mamba-Transformer-MoE inference spends its tail latency.
+
+capture/ingest -> store (one DuckDB file) -> attribute (kernel -> layer) -> analyze -> present.
+The reference engine (`hybridscope.engine`) stands beside that flow and imports none of it.
+"""
+
+__version__ = "0.1.0"
+
+
+def capture(*args, **kwargs):
+    """Arm live capture of a PyTorch model; see `hybridscope.capture.session.capture`."""
+    from hybridscope.capture.session import capture as _capture
+
+    return _capture(*args, **kwargs)

@@ -1,0 +1,3 @@
+from hybridscope.cli import main
+
+main()

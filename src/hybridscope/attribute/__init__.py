@@ -1,0 +1,1 @@
+"""Attribution: kernel -> launch -> enclosing scopes -> layer (index, module, type); names as fallback."""

@@ -1,0 +1,1 @@
+"""Live capture of a PyTorch process into the store."""

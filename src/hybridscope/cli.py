@@ -1,0 +1,71 @@
+"""The `hybridscope` command: one verb per module in `hybridscope.commands`.
+
+A verb parses its options, calls one function (an import, an analysis), hands the result to one
+renderer and prints. Errors from the `HybridscopeError` hierarchy are caught here and only here:
+one line on stderr, the exit code the error carries (see `hybridscope.errors`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from hybridscope.errors import HybridscopeError
+
+# Verb modules, in the order `--help` lists them. Each exposes `register(app)`.
+VERBS = (
+    "import_",
+    "decompose",
+    "attribution",
+    "query",
+)
+
+app = typer.Typer(
+    name="hybridscope",
+    help="Where hybrid Mamba-Transformer-MoE inference spends its tail latency, and what to change.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from hybridscope import __version__
+
+        typer.echo(f"hybridscope {__version__}")
+        raise typer.Exit(0)
+
+
+def _register() -> None:
+    for name in VERBS:
+        importlib.import_module(f"hybridscope.commands.{name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; exits with the documented code."""
+    _register()
+    try:
+        rv = app(args=argv, prog_name="hybridscope", standalone_mode=False)
+    except HybridscopeError as e:
+        _fail(e.message, e.exit_code)
+    except click.exceptions.ClickException as e:  # usage errors: bad flag, missing argument
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except BrokenPipeError:  # `hybridscope query ... | head`
+        sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"hybridscope: error: {message}", file=sys.stderr)
+    sys.exit(code)

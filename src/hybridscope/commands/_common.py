@@ -1,0 +1,35 @@
+"""Options and console helpers shared by every verb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+DbOption = Annotated[Path, typer.Option("--db", help="The hybridscope DuckDB file.", show_default=False)]
+RunOption = Annotated[
+    Optional[int], typer.Option("--run", help="Run id (see `hybridscope runs`); default: the latest run.")
+]
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")]
+
+FORMATS = ("table", "json", "csv")
+
+# Tables and progress go to stdout (tables are the product) or stderr (progress, notes), so that
+# `--format csv > file` stays clean.
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+
+def wrote(path: Path | str) -> None:
+    """Every verb that writes a file ends with this line."""
+    err.print(f"Wrote {path}")
+
+
+def check_format(fmt: str) -> str:
+    from hybridscope.errors import UsageError
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return fmt

@@ -1,0 +1,1 @@
+"""Foreign trace formats -> normalized store rows, one module per format."""

@@ -1,0 +1,1 @@
+"""Renderers: result tables in, text / HTML / JSON / Perfetto out. They compute no statistics."""

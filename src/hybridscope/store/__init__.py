@@ -1,0 +1,1 @@
+"""The store: one DuckDB file (schema.sql), opened and written through `db`."""
