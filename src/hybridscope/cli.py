@@ -16,11 +16,7 @@ import typer
 from hybridscope.errors import HybridscopeError
 
 # Verb modules, in the order `--help` lists them. Each exposes `register(app)`.
-VERBS = (
-    "import_",
-    "decompose",
-    "attribution",
-    "query",
+VERBS: tuple[str, ...] = (
 )
 
 app = typer.Typer(
