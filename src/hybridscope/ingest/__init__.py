@@ -1,1 +1,144 @@
-"""Foreign trace formats -> normalized store rows, one module per format."""
+"""Foreign trace formats -> normalized store rows, one module per format.
+
+The registry: `detect(path)` names a file's format from its CONTENT (never its name), and
+`import_files` imports files one transaction each. A format module exposes
+
+    import_file(con, path, *, content_hash: str, ctx: ImportContext) -> ImportResult
+
+which writes one rank of one run (`runs` row when it opens the run, its `run_ranks` row, its
+`events`/`scopes`) using the helpers of `ingest._common`, and raises BadInput with one line for a
+file it cannot read. `import_files` owns the transaction, the content-hash re-import check and
+the attribution pass, so an importer does none of these.
+
+To add a format: put its module name in FORMATS; a JSON format is sniffed in `_sniff_json`, an
+SQLite one by the table names it must have (SQLITE_FORMATS, checked in order).
+"""
+
+from __future__ import annotations
+
+import gzip
+import sqlite3
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import duckdb
+
+from hybridscope.errors import BadInput, NotFound
+from hybridscope.ingest._common import ImportContext, ImportResult, file_sha256, find_duplicate
+
+__all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "detect", "import_files", "iter_import"]
+
+# format name -> module (under hybridscope.ingest) exposing import_file()
+FORMATS: dict[str, str] = {
+    "kineto": "hybridscope.ingest.kineto",
+}
+
+# (format name, tables an SQLite file must hold to be that format), first match wins
+SQLITE_FORMATS: list[tuple[str, frozenset[str]]] = []
+
+GZIP_MAGIC = b"\x1f\x8b"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SNIFF_BYTES = 4096
+
+
+def detect(path: str | Path) -> str:
+    """The format of the file at `path`, from its first bytes (and, for SQLite, its tables).
+
+    Raises NotFound for a missing file and BadInput for one no importer reads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if head.startswith(SQLITE_MAGIC):
+        return _sniff_sqlite(path)
+    if head.startswith(GZIP_MAGIC):
+        head = _gunzip_head(path)
+    return _sniff_json(path, head)
+
+
+def _gunzip_head(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read(SNIFF_BYTES)
+    except (OSError, EOFError, zlib.error) as e:
+        raise BadInput(f"{path}: not a readable gzip file ({e})") from None
+
+
+def _sniff_json(path: Path, head: bytes) -> str:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"{"):
+        return "kineto"  # the only JSON format so far; the importer checks for traceEvents
+    raise BadInput(f"{path}: not a trace hybridscope reads (expected Kineto JSON, plain or .gz, "
+                   "or an nsys/Ingero SQLite file)")
+
+
+def _sniff_sqlite(path: Path) -> str:
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise BadInput(f"{path}: unreadable SQLite file ({e})") from None
+    for name, needed in SQLITE_FORMATS:
+        if needed <= tables:
+            return name
+    raise BadInput(f"{path}: an SQLite file, but neither an nsys export nor an Ingero database "
+                   f"(tables: {', '.join(sorted(tables)[:8]) or 'none'})")
+
+
+def iter_import(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[str | Path],
+    *,
+    rules_path: str | Path | None = None,
+    rank: int | None = None,
+    label: str | None = None,
+    progress: bool = True,
+) -> Iterator[ImportResult]:
+    """Import each file in its own transaction, yielding its result as soon as it is committed.
+
+    A file whose bytes are already stored yields a result with `duplicate_of` set and writes
+    nothing. A bad file raises BadInput naming it; its transaction is rolled back, files before it
+    stay imported. Files of one distributed job (same world size, distinct ranks) become one run.
+    After a rank's rows are in, attribution runs in the same transaction.
+    """
+    from importlib import import_module
+
+    from hybridscope.attribute import attribute_run
+    from hybridscope.store.db import transaction
+
+    ctx = ImportContext(rules_path=Path(rules_path) if rules_path else None, rank=rank, label=label,
+                        progress=progress)
+    for p in paths:
+        path = Path(p)
+        fmt = detect(path)
+        importer = import_module(FORMATS[fmt])
+        digest = file_sha256(path)
+        with transaction(con):
+            dup = find_duplicate(con, digest)
+            if dup is not None:
+                result = ImportResult(str(path), fmt, dup[0], dup[1], 0, duplicate_of=dup)
+            else:
+                ctx.pending = None
+                result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
+                attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path)
+        ctx.committed()
+        yield result
+
+
+def import_files(con_or_path, paths: Iterable[str | Path], **options) -> list[ImportResult]:
+    """`iter_import` on a connection or a store path (opened, created if needed, and closed)."""
+    if isinstance(con_or_path, duckdb.DuckDBPyConnection):
+        return list(iter_import(con_or_path, paths, **options))
+    from hybridscope.store.db import open_store
+
+    con = open_store(con_or_path)
+    try:
+        return list(iter_import(con, paths, **options))
+    finally:
+        con.close()
