@@ -1,0 +1,29 @@
+"""Mamba2 kernels of the reference engine: Triton on CUDA, plain-PyTorch references beside them.
+
+Public ops (each dispatches explicitly, see ``_backend``; ``backend='triton'|'torch'`` overrides):
+    ssd_chunk_scan(x, dt, A, B, C, D=None, *, cu_seqlens, initial_states=None, chunk_size=64)
+        -> (y [T, H, P], final_states [S, H, P, N] fp32)          prefill, packed sequences
+    ssm_state_update(state, x, dt, A, B, C, D=None) -> y [S, H, P]  decode, state updated in place
+    causal_conv1d(x, weight, bias, *, cu_seqlens, initial_conv_states=None, activation='silu')
+        -> (y [T, D], final_conv_states [S, D, K-1])               prefill
+    causal_conv1d_update(conv_state, x, weight, bias, activation='silu') -> y [S, D]   decode
+Each has ``<op>_ref``; ``naive`` holds the float64 sequential ground truth.
+"""
+
+from ._backend import select_backend, triton_status
+from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+from .ssd import ssd_chunk_scan, ssd_chunk_scan_ref
+from .ssm_update import ssm_state_update, ssm_state_update_ref
+
+__all__ = [
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "causal_conv1d_update",
+    "causal_conv1d_update_ref",
+    "select_backend",
+    "ssd_chunk_scan",
+    "ssd_chunk_scan_ref",
+    "ssm_state_update",
+    "ssm_state_update_ref",
+    "triton_status",
+]
