@@ -33,3 +33,16 @@ def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     return fmt
+
+
+def print_table(table, fmt: str) -> None:
+    """Print an analysis `Table` on stdout: a rich table, or the JSON/CSV text exactly as rendered."""
+    import sys
+
+    from hybridscope.present import table as render
+
+    if fmt == "table":
+        out.print(render.to_rich(table))
+    else:
+        sys.stdout.write(render.render(table, check_format(fmt)))
+        sys.stdout.flush()
