@@ -41,8 +41,11 @@ def print_table(table, fmt: str) -> None:
 
     from hybridscope.present import table as render
 
-    if fmt == "table":
+    if fmt == "table" and out.is_terminal:
         out.print(render.to_rich(table))
+    elif fmt == "table":  # piped or captured: no terminal width to squeeze the columns into
+        sys.stdout.write(render.to_text(table, width=240))
+        sys.stdout.flush()
     else:
         sys.stdout.write(render.render(table, check_format(fmt)))
         sys.stdout.flush()
