@@ -1,0 +1,241 @@
+"""Mixture of experts: top-k router, grouped expert compute, shared expert, capacity dropping.
+
+Flow of ``MoE.forward`` (each phase in a ``torch.profiler.record_function`` range so Kineto traces
+attribute it): ``moe.router`` (logits, skew bias, routing penalty, top-k), ``moe.dispatch`` (sort the
+T*k (token, expert) rows by expert, drop rows past an expert's capacity, hand rows to the dispatcher:
+local, or all-to-all under expert parallelism), ``moe.experts`` (two grouped GEMMs over all experts at
+once, ``torch._grouped_mm``; no per-expert Python loop), ``moe.combine`` (rows back to their tokens,
+weighted sum over k). Everything runs on device without host syncs (CUDA-graph safe) unless the
+dispatcher is expert-parallel, which needs the split sizes on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import record_function
+
+from .config import EngineConfig
+
+# penalty(logits [T, E] fp32, load [E] fp32 = tokens per expert of the previous call) -> logits [T, E]
+RoutingPenalty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Routing(NamedTuple):
+    """What ``Router.forward`` returns (a forward hook on ``Router`` sees it): ``ids`` [T, k] int64
+    top-k expert ids, ``weights`` [T, k] fp32 combine weights, ``logits`` [T, E] fp32 after skew/penalty."""
+
+    weights: torch.Tensor
+    ids: torch.Tensor
+    logits: torch.Tensor
+
+
+def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu2":
+        return torch.square(F.relu(h))
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class FeedForward(nn.Module):
+    """relu2: down(relu(up x)^2); swiglu: down(silu(gate x) * up x) with gate and up fused in ``up``."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, **fk):
+        super().__init__()
+        self.activation = activation
+        self.up = nn.Linear(d_model, d_ff * (2 if activation == "swiglu" else 1), bias=False, **fk)
+        self.down = nn.Linear(d_ff, d_model, bias=False, **fk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(_act(self.up(x), self.activation))
+
+
+class SharedExpert(FeedForward):
+    """The always-on expert every token passes through."""
+
+
+class Router(nn.Module):
+    """Top-k gate. softmax: weights = top-k of softmax(logits). sigmoid (Nemotron 3 / DeepSeek-V3):
+    scores = sigmoid(logits), experts chosen on scores + correction_bias, weights = chosen scores.
+    Either way optionally renormalized over k and scaled by ``routed_scale``.
+
+    Knobs: ``skew_bias`` [E] (added to logits, see ``set_skew``), ``penalty`` (a ``RoutingPenalty`` or
+    None). ``load`` [E] holds tokens per expert of the latest call (updated in place, graph-safe)."""
+
+    def __init__(self, cfg: EngineConfig, **fk):
+        super().__init__()
+        E = cfg.n_experts
+        self.kind, self.top_k, self.norm_topk, self.scale = cfg.router, cfg.top_k, cfg.norm_topk, cfg.routed_scale
+        self.weight = nn.Parameter(torch.empty(E, cfg.d_model, **fk))
+        dev = fk.get("device")
+        self.register_buffer("correction_bias", torch.zeros(E, device=dev))
+        self.register_buffer("skew_bias", torch.zeros(E, device=dev))
+        self.register_buffer("load", torch.zeros(E, device=dev))
+        self.penalty: RoutingPenalty | None = None
+        self.set_skew(cfg.skew, cfg.skew_experts)
+
+    def set_skew(self, skew: float, experts) -> None:
+        """Bias the logits of ``experts`` by ``skew`` (in place, so captured CUDA graphs see it)."""
+        bias = torch.zeros_like(self.skew_bias)
+        bias[list(experts)] = float(skew)
+        self.skew_bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = F.linear(x, self.weight).float() + self.skew_bias  # [T, E]
+        if self.penalty is not None:
+            logits = self.penalty(logits, self.load)
+        if self.kind == "sigmoid":
+            scores = torch.sigmoid(logits)
+            ids = torch.topk(scores + self.correction_bias, self.top_k, dim=-1).indices
+            weights = scores.gather(-1, ids)
+        else:
+            weights, ids = torch.topk(logits.softmax(dim=-1), self.top_k, dim=-1)
+        if self.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+        flat = ids.reshape(-1)
+        self.load.zero_().scatter_add_(0, flat, torch.ones_like(flat, dtype=self.load.dtype))
+        return Routing(weights * self.scale, ids, logits)
+
+
+def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """x [M, K] rows grouped by expert (group e ends at offs[e]); w [E, N, K] -> [M, N].
+    Rows past offs[-1] are left undefined (callers mask them)."""
+    return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
+
+
+class Experts(nn.Module):
+    """All routed experts' weights, stacked: ``up`` [E, I or 2I, d], ``down`` [E, d, I]. Under expert
+    parallelism it holds experts ``first .. first+E_local-1`` only (see ep.py)."""
+
+    def __init__(self, cfg: EngineConfig, **fk):
+        super().__init__()
+        E, d, inner = cfg.n_experts, cfg.d_model, cfg.d_expert
+        self.activation, self.first = cfg.activation, 0
+        self.up = nn.Parameter(torch.empty(E, inner * (2 if cfg.activation == "swiglu" else 1), d, **fk))
+        self.down = nn.Parameter(torch.empty(E, d, inner, **fk))
+
+    def forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """x [M, d] sorted by local expert, offs [E_local] int32 cumulative row ends -> [M, d]."""
+        h = _act(grouped_mm(x, self.up, offs), self.activation)
+        return grouped_mm(h, self.down, offs)
+
+    def shard(self, first: int, n: int) -> None:
+        """Keep experts first..first+n-1 (expert parallelism)."""
+        self.first = first
+        self.up = nn.Parameter(self.up.data[first:first + n].clone(), requires_grad=False)
+        self.down = nn.Parameter(self.down.data[first:first + n].clone(), requires_grad=False)
+
+
+class LocalDispatcher:
+    """Single process: the sorted rows go straight to the local experts."""
+
+    needs_host_sync = False
+
+    def dispatch(self, xp: torch.Tensor, kept: torch.Tensor):
+        return xp, torch.cumsum(kept, 0).to(torch.int32), None
+
+    def combine(self, y: torch.Tensor, ctx) -> torch.Tensor:
+        return y
+
+
+class _Plan(NamedTuple):
+    order: torch.Tensor  # [T*k] flat (token, slot) index of each sorted row
+    kept: torch.Tensor  # [E] rows each expert keeps after capacity
+    keep: torch.Tensor | None  # [T*k] bool per sorted row (None: nothing can drop)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: EngineConfig, layer_idx: int, **fk):
+        super().__init__()
+        self.layer_idx, self.n_experts, self.top_k = layer_idx, cfg.n_experts, cfg.top_k
+        self.router = Router(cfg, **fk)
+        self.experts = Experts(cfg, **fk)
+        self.shared = SharedExpert(cfg.d_model, cfg.d_shared, cfg.activation, **fk) if cfg.d_shared else None
+        self.register_buffer("capacity_factors", torch.zeros(cfg.n_experts, device=fk.get("device")))
+        self.register_buffer("dropped", torch.zeros((), dtype=torch.long, device=fk.get("device")))
+        self.set_capacity(cfg.capacity_factor, cfg.capacity_overrides)
+        self.dispatcher = LocalDispatcher()
+        self.last_send_counts: list[int] = []  # rows sent to each rank by the last call (EP)
+        self.last_recv_counts: list[int] = []  # rows received from each rank by the last call (EP)
+
+    def set_capacity(self, factor: float | None, overrides: dict[int, float] | None = None) -> None:
+        """Capacity of expert e = ceil(f_e * T * k / E) rows per call, f_e = overrides.get(e, factor);
+        rows past it (later tokens first) are dropped. factor None and no overrides: no dropping.
+        Changing whether dropping is on changes the captured graph: re-capture after."""
+        f = torch.full_like(self.capacity_factors, float(factor or 0.0))
+        for e, fe in (overrides or {}).items():
+            f[e] = float(fe)
+        self.capacity_factors.copy_(f)
+        self.drops = factor is not None or bool(overrides)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        with record_function("moe.router"):
+            r = self.router(x)
+        with record_function("moe.dispatch"):
+            plan = self._plan(r.ids, T)
+            xl, offs, ctx = self.dispatcher.dispatch(x[plan.order // self.top_k], plan.kept)
+        with record_function("moe.experts"):
+            yl = self.experts(xl, offs)
+        with record_function("moe.combine"):
+            out = self._combine(self.dispatcher.combine(yl, ctx), plan, r.weights, T).to(x.dtype)
+        if self.shared is not None:
+            out = out + self.shared(x)
+        return out
+
+    def _plan(self, ids: torch.Tensor, T: int) -> _Plan:
+        flat = ids.reshape(-1)  # [T*k], row t*k+j = token t's j-th choice
+        order = torch.argsort(flat, stable=True)  # stable: earlier tokens first within an expert
+        counts = self.router.load.long()
+        if not self.drops:
+            return _Plan(order, counts, None)
+        sorted_e = flat[order]
+        rank = torch.arange(flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_e]
+        cap = torch.where(self.capacity_factors > 0,
+                          torch.ceil(self.capacity_factors * (flat.numel() / self.n_experts)),
+                          float(flat.numel())).long()
+        keep = rank < cap[sorted_e]
+        kept = torch.minimum(counts, cap)
+        self.dropped.copy_((counts - kept).sum())
+        back = torch.argsort((~keep).to(torch.int8), stable=True)  # dropped rows to the end, order kept
+        return _Plan(order[back], kept, keep[back])
+
+    def _combine(self, y: torch.Tensor, plan: _Plan, weights: torch.Tensor, T: int) -> torch.Tensor:
+        """Sorted rows y [T*k, d] -> [T, d] fp32: each token's rows weighted and summed over k."""
+        w = weights.reshape(-1)[plan.order]
+        rows = y.float() * w[:, None]
+        if plan.keep is not None:
+            rows = torch.where(plan.keep[:, None], rows, 0.0)  # dropped rows are undefined, not just 0-weighted
+        unsorted = torch.empty_like(rows)
+        unsorted[plan.order] = rows
+        return unsorted.view(T, self.top_k, -1).sum(dim=1)
+
+
+@torch.no_grad()
+def moe_ref(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """Naive float32 reference of ``MoE.forward`` (single process): a Python loop over experts and
+    tokens, capacity granted in token order. For tests; never on a hot path."""
+    r = moe.router(x)
+    T, k = r.ids.shape
+    ex = moe.experts
+    cap = [None] * moe.n_experts
+    if moe.drops:
+        for e in range(moe.n_experts):
+            f = float(moe.capacity_factors[e])
+            cap[e] = int(torch.ceil(torch.tensor(f * T * k / moe.n_experts))) if f > 0 else None
+    used = [0] * moe.n_experts
+    out = torch.zeros(T, x.shape[1], dtype=torch.float32)
+    for t in range(T):
+        for j in range(k):
+            e = int(r.ids[t, j])
+            used[e] += 1
+            if cap[e] is not None and used[e] > cap[e]:
+                continue
+            h = _act(x[t].float() @ ex.up[e].float().t(), ex.activation)
+            out[t] += float(r.weights[t, j]) * (h @ ex.down[e].float().t())
+    if moe.shared is not None:
+        out += moe.shared(x).float()
+    return out
