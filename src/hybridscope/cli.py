@@ -17,6 +17,9 @@ from hybridscope.errors import HybridscopeError
 
 # Verb modules, in the order `--help` lists them. Each exposes `register(app)`.
 VERBS: tuple[str, ...] = (
+    "runs",
+    "decompose",
+    "query",
 )
 
 app = typer.Typer(

@@ -1,0 +1,185 @@
+"""The per-layer-type decomposition: where GPU time goes, and how long its tail is, per group.
+
+`decompose(con, run_id, by=..., rank=...)` returns a `Table` (analyze/table.py) with, first, an
+`all` row (the aggregate a dashboard would show) and then one row per group. Definitions (also in
+docs/analyses.md, with a worked example):
+
+- GPU events: `events` rows with source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset').
+  GPU annotations (kind 'gpu_annotation') are ranges over kernels and are not counted again.
+- Groups: by='layer_type' -> layer_type (NULL shown as 'unattributed', i.e. attribution has not
+  run or found nothing), in `vocab.ORDER`; by='layer' -> (layer_index, layer_type), by layer index
+  (NULL last); by='module' -> module (NULL as '(no module)'); by='kernel' -> kernel name. Module and
+  kernel groups are listed by GPU time, largest first.
+- Percentiles: continuous, DuckDB `quantile_cont` = linear interpolation between order statistics
+  (numpy's default 'linear' method): for sorted x_0..x_{n-1} and level q, h = (n-1)q,
+  p_q = x_floor(h) + (h - floor(h)) (x_ceil(h) - x_floor(h)). p99.9 is q = 0.999.
+- tail_ratio = p99 / p50 (NULL when p50 = 0). gpu_ns = sum of durations.
+- gpu_pct = 100 * gpu_ns / gpu_ns of the `all` row (the group rows sum to 100).
+- wall_pct = 100 * gpu_ns / wall_ns. wall_ns is the window of the rank asked for, or with no rank
+  the sum of every rank's window (rank-time: a 2-rank run of 1 s has 2 s). A rank's window is its
+  `run_ranks` [t_start_ns, t_end_ns], else the span of its events. Kernels on concurrent streams
+  overlap, so wall_pct of `all` may exceed 100; it is busy time per unit of window, not a duty cycle.
+- With no rank, every statistic pools the ranks' events (the `all` row's p99 is over all ranks).
+"""
+
+from __future__ import annotations
+
+from hybridscope.analyze.table import Column, Table, plain
+from hybridscope.attribute.vocab import ORDER
+from hybridscope.errors import NotFound, UsageError
+
+GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset")
+UNATTRIBUTED = "unattributed"
+NO_MODULE = "(no module)"
+ALL = "all"
+LEVELS: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+
+# by -> (key columns of the result, SQL expressions computing them). Our constants, not user input.
+_KEYS: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
+    "layer_type": (
+        (Column("layer_type", "str", "layer type (vocabulary) or 'unattributed'", "layer type"),),
+        (f"coalesce(layer_type, '{UNATTRIBUTED}')",),
+    ),
+    "layer": (
+        (Column("layer_index", "int", "layer index in the model (NULL: not in a numbered layer)", "layer"),
+         Column("layer_type", "str", "layer type (vocabulary) or 'unattributed'", "layer type")),
+        ("layer_index", f"coalesce(layer_type, '{UNATTRIBUTED}')"),
+    ),
+    "module": (
+        (Column("module", "str", "module path or class, '(no module)' when unknown"),),
+        (f"coalesce(module, '{NO_MODULE}')",),
+    ),
+    "kernel": (
+        (Column("kernel", "str", "kernel (or memcpy/memset) name as recorded"),),
+        ("name",),
+    ),
+}
+BY: tuple[str, ...] = tuple(_KEYS)
+
+STAT_COLUMNS: tuple[Column, ...] = (
+    Column("n", "int", "number of GPU events"),
+    Column("p50_ns", "ns", "median duration (continuous percentile)", "p50"),
+    Column("p90_ns", "ns", "90th percentile duration", "p90"),
+    Column("p99_ns", "ns", "99th percentile duration", "p99"),
+    Column("p999_ns", "ns", "99.9th percentile duration", "p99.9"),
+    Column("max_ns", "ns", "longest event", "max"),
+    Column("tail_ratio", "ratio", "p99 / p50", "p99/p50"),
+    Column("gpu_ns", "ns", "sum of durations", "GPU time"),
+    Column("gpu_pct", "pct", "share of the all row's GPU time", "% GPU"),
+    Column("wall_pct", "pct", "GPU time / window wall time (rank-time summed over ranks)", "% wall"),
+)
+
+
+def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = None,
+              top: int | None = None) -> Table:
+    """The decomposition of run `run_id` (which must exist), optionally for one rank.
+
+    `top` keeps the `top` largest groups by GPU time (the `all` row still covers everything).
+    Raises UsageError for an unknown `by` or a bad `top`, NotFound for a rank the run lacks.
+    """
+    if by not in _KEYS:
+        raise UsageError(f"--by must be one of {', '.join(BY)}, not {by!r}")
+    if top is not None and top < 1:
+        raise UsageError(f"--top must be at least 1, not {top}")
+    windows = rank_windows(con, run_id)
+    if rank is not None and rank not in windows:
+        known = ", ".join(str(r) for r in sorted(windows)) or "none"
+        raise NotFound(f"run {run_id} has no rank {rank} (ranks: {known})")
+    chosen = sorted(windows) if rank is None else [rank]
+    wall_ns = sum(windows[r][1] - windows[r][0] for r in chosen)
+
+    key_cols, key_sql = _KEYS[by]
+    raw = _aggregate(con, run_id, rank, key_sql)
+    all_raw = next(r for r in raw if r[0] == 1)
+    groups = _order(by, [r for r in raw if r[0] == 0])
+    n_groups = len(groups)
+    if top is not None:
+        groups = groups[:top]
+
+    total = all_raw[-1]
+    all_keys = tuple(ALL if c.kind == "str" else None for c in key_cols)
+    rows = [_row(all_keys, all_raw, total, wall_ns)]
+    rows += [_row(tuple(g[1:1 + len(key_cols)]), g, total, wall_ns) for g in groups]
+
+    notes = []
+    if all_raw[1] == 0:
+        notes.append("no GPU events (kernel, memcpy, memset) in this selection")
+    if top is not None and n_groups > top:
+        notes.append(f"showing the top {top} of {n_groups} groups by GPU time; 'all' covers every group")
+    scope = f"rank {rank}" if rank is not None else (f"{len(chosen)} ranks pooled" if len(chosen) > 1 else
+                                                      f"rank {chosen[0]}" if chosen else "no ranks")
+    meta = {
+        "title": f"run {run_id} · {scope} · by {by.replace('_', ' ')} · window {_ms(wall_ns)}",
+        "notes": notes,
+        "summary_rows": 1,
+        "run_id": run_id,
+        "rank": rank,
+        "ranks": chosen,
+        "by": by,
+        "keys": [c.name for c in key_cols],
+        "wall_ns": wall_ns,
+        "windows_ns": {str(r): list(windows[r]) for r in chosen},
+        "groups": n_groups,
+        "gpu_kinds": list(GPU_KINDS),
+    }
+    return Table(f"decompose_{by}", key_cols + STAT_COLUMNS, rows, meta)
+
+
+def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
+    """{rank: (t_start_ns, t_end_ns)} from run_ranks, completed from the events' span per rank."""
+    windows = {r: (s, e) for r, s, e in con.execute(
+        "SELECT rank, t_start_ns, t_end_ns FROM run_ranks WHERE run_id = ?", [run_id]).fetchall()}
+    if windows and all(s is not None and e is not None for s, e in windows.values()):
+        return {r: (int(s), int(e)) for r, (s, e) in windows.items()}
+    spans = con.execute(
+        "SELECT rank, min(ts_ns), max(ts_ns + duration_ns) FROM events WHERE run_id = ? GROUP BY rank",
+        [run_id]).fetchall()
+    for r, s, e in spans:
+        ws, we = windows.get(r, (None, None))
+        windows[r] = (ws if ws is not None else s, we if we is not None else e)
+    return {r: (int(s), int(e)) for r, (s, e) in windows.items() if s is not None and e is not None}
+
+
+def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...]) -> list[tuple]:
+    """Rows (is_all, *keys, n, [p50, p90, p99, p999], max, sum) for every group and the total."""
+    names = [f"k{i}" for i in range(len(key_sql))]
+    keys = ", ".join(f"{expr} AS {n}" for expr, n in zip(key_sql, names))
+    levels = ", ".join(repr(q) for q in LEVELS)
+    rank_filter = "AND rank = $rank" if rank is not None else ""
+    sql = f"""
+        SELECT grouping({names[0]}) AS is_all, {", ".join(names)}, count(*) AS n,
+               quantile_cont(duration_ns, [{levels}]) AS q, max(duration_ns) AS mx,
+               coalesce(sum(duration_ns), 0)::BIGINT AS gpu
+        FROM (SELECT {keys}, duration_ns FROM events
+              WHERE run_id = $run AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')
+              {rank_filter})
+        GROUP BY GROUPING SETS (({", ".join(names)}), ())
+    """
+    params = {"run": run_id} if rank is None else {"run": run_id, "rank": rank}
+    return con.execute(sql, params).fetchall()
+
+
+def _order(by: str, groups: list[tuple]) -> list[tuple]:
+    """Groups in the documented order (see the module doc)."""
+    type_rank = {t: i for i, t in enumerate(ORDER)}
+    last = len(ORDER)
+    if by == "layer_type":
+        return sorted(groups, key=lambda g: (type_rank.get(g[1], last), g[1]))
+    if by == "layer":
+        return sorted(groups, key=lambda g: (g[1] is None, g[1] if g[1] is not None else 0,
+                                             type_rank.get(g[2], last), g[2]))
+    return sorted(groups, key=lambda g: (-g[-1], g[1]))  # module, kernel: GPU time, largest first
+
+
+def _row(keys: tuple, raw: tuple, total: int, wall_ns: int) -> tuple:
+    n, q, mx, gpu = raw[-4], raw[-3], raw[-2], int(raw[-1])
+    p50, p90, p99, p999 = (plain(v) for v in q) if q is not None else (None,) * 4
+    tail = p99 / p50 if p50 else None
+    gpu_pct = 100.0 * gpu / total if total else None
+    wall_pct = 100.0 * gpu / wall_ns if wall_ns else None
+    return (*keys, int(n), p50, p90, p99, p999, plain(mx), tail, gpu, gpu_pct, wall_pct)
+
+
+def _ms(ns: int) -> str:
+    """A window length for the title: ms with three decimals, or µs below 1 ms."""
+    return f"{ns / 1e6:,.3f} ms" if ns >= 1_000_000 else f"{ns / 1e3:,.3f} µs"

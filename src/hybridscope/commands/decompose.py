@@ -1,0 +1,41 @@
+"""`hybridscope decompose`: the per-layer-type latency table of one run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, print_table
+
+RankOption = Annotated[int | None, typer.Option("--rank", help="Only this rank (default: all ranks pooled).")]
+ByOption = Annotated[str, typer.Option("--by", help="layer_type, layer (index and type), module or kernel.")]
+TopOption = Annotated[int | None, typer.Option("--top", help="Keep the N groups with the most GPU time.")]
+
+
+def decompose(
+    db: DbOption,
+    run: RunOption = None,
+    rank: RankOption = None,
+    by: ByOption = "layer_type",
+    top: TopOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Per layer type: n, p50, p90, p99, p99.9, max, p99/p50, GPU time, % of GPU time, % of wall time.
+
+    The first row, `all`, is the aggregate a dashboard would show. Definitions: docs/analyses.md.
+    """
+    check_format(fmt)
+    from hybridscope.analyze.decompose import decompose as analyze
+    from hybridscope.store import db as store
+
+    con = store.open_readonly(db)
+    try:
+        table = analyze(con, store.resolve_run(con, run), by=by, rank=rank, top=top)
+    finally:
+        con.close()
+    print_table(table, fmt)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("decompose")(decompose)

@@ -1,0 +1,25 @@
+"""`hybridscope runs`: the runs a store holds."""
+
+from __future__ import annotations
+
+import typer
+
+from hybridscope.commands._common import DbOption, FormatOption, check_format, print_table
+
+
+def runs(db: DbOption, fmt: FormatOption = "table") -> None:
+    """List the runs: id, label, source, ranks, device, window, events."""
+    check_format(fmt)
+    from hybridscope.store import db as store
+    from hybridscope.store.query import list_runs
+
+    con = store.open_readonly(db)
+    try:
+        table = list_runs(con)
+    finally:
+        con.close()
+    print_table(table, fmt)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("runs")(runs)

@@ -1,0 +1,179 @@
+"""Read-only SQL over a store, and the run catalog.
+
+`open_query(path)` gives a connection that cannot change anything: the database is opened
+read-only, then locked down before any user SQL runs:
+
+    enable_external_access = false        no file, URL, ATTACH of another file, COPY, EXPORT
+    autoinstall_known_extensions = false  no extension download
+    autoload_known_extensions = false     no extension loading behind a function call
+    allow_community_extensions = false
+    python_enable_replacements = false    user SQL cannot read Python variables of this process
+    lock_configuration = true             no SET / RESET / PRAGMA changes the above
+
+On top of that, `check_sql` lets through exactly one statement of type SELECT (which covers
+WITH, FROM-first, VALUES, DESCRIBE, SHOW and SUMMARIZE) or EXPLAIN [ANALYZE] of one; everything
+else (INSERT, CREATE, ATTACH, COPY, INSTALL/LOAD, SET, PRAGMA, CALL, EXPORT, ...) is refused
+with one line saying why. `run_query` returns an `analyze.table.Table`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+
+from hybridscope.analyze.table import Column, Table, plain
+from hybridscope.errors import BadInput
+from hybridscope.store import db
+
+LOCKDOWN: tuple[tuple[str, object], ...] = (
+    ("enable_external_access", False),
+    ("autoinstall_known_extensions", False),
+    ("autoload_known_extensions", False),
+    ("allow_community_extensions", False),
+    ("python_enable_replacements", False),
+    ("lock_configuration", True),  # last: nothing can be SET after it
+)
+
+ALLOWED = "SELECT (also WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE) or EXPLAIN of one"
+
+# Why a statement type is refused, in the words a user searches for.
+_REFUSED: dict[str, str] = {
+    "INSERT": "it writes", "UPDATE": "it writes", "DELETE": "it writes", "CREATE": "it writes",
+    "DROP": "it writes", "ALTER": "it writes", "MERGE_INTO": "it writes", "VACUUM": "it writes",
+    "ATTACH": "it attaches another database", "DETACH": "it detaches a database",
+    "COPY": "it reads or writes files", "COPY_DATABASE": "it copies a database",
+    "EXPORT": "it writes files", "LOAD": "it installs or loads extensions",
+    "SET": "it changes the configuration", "VARIABLE_SET": "it changes the configuration",
+    "PRAGMA": "PRAGMA can change the configuration (use DESCRIBE, SHOW or SELECT * FROM pragma_...())",
+    "CALL": "CALL can run procedures (use SELECT * FROM the_function())",
+    "TRANSACTION": "transactions are not needed to read", "PREPARE": "use a plain SELECT",
+    "EXECUTE": "use a plain SELECT",
+}
+
+_EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
+_ZONED = "WITH TIME ZONE"  # fetching these needs pytz; they are shown as text instead
+
+
+def open_query(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only, locked-down connection to the store at `path` (see the module doc)."""
+    con = db.open_readonly(path)
+    for name, value in LOCKDOWN:
+        con.execute(f"SET {name} = {'true' if value else 'false'}")  # our constants
+    return con
+
+
+def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise BadInput unless `sql` is one read-only statement (see the module doc)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise BadInput(f"SQL error: {_message(e)}") from None
+    if not statements:
+        raise BadInput("no SQL statement given")
+    if len(statements) > 1:
+        raise BadInput(f"one statement at a time, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind == "EXPLAIN":
+        inner = _EXPLAIN.sub("", sql, count=1)
+        if inner != sql:
+            return check_sql(con, inner)
+    if kind != "SELECT":
+        why = _REFUSED.get(kind, "only reading is allowed")
+        raise BadInput(f"refused: {kind} statement ({why}); hybridscope query runs {ALLOWED}")
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int | None = None) -> Table:
+    """Run one checked read-only statement; its result as a Table named 'query'.
+
+    Columns of integer types get kind 'int', floating and decimal types 'float', the rest 'str'
+    (lists and structs stay lists and dicts; timestamps with a time zone become text).
+    With `max_rows`, at most that many rows are fetched and meta['truncated'] says whether more
+    existed. Raises BadInput with DuckDB's first line for any SQL error or refusal.
+    """
+    check_sql(con, sql)
+    try:
+        rel = con.sql(sql)
+        names, types = _unique(rel.columns), [str(t) for t in rel.types]
+        if any(_ZONED in t for t in types):
+            rel = rel.project(", ".join(
+                f"CAST(#{i + 1} AS VARCHAR)" if _ZONED in t else f"#{i + 1}" for i, t in enumerate(types)))
+        rows = (rel.limit(max_rows + 1) if max_rows is not None else rel).fetchall()
+    except duckdb.PermissionException as e:
+        raise BadInput(f"refused: {_message(e)} (hybridscope query reads only the store)") from None
+    except duckdb.Error as e:
+        raise BadInput(f"SQL error: {_message(e)}") from None
+    truncated = max_rows is not None and len(rows) > max_rows
+    rows = rows[:max_rows] if truncated else rows
+    columns = tuple(Column(n, _kind(t), t) for n, t in zip(names, types))
+    notes = [f"showing the first {max_rows} rows; raise --max-rows or use --format csv for all"] if truncated else []
+    return Table("query", columns, [tuple(_value(v) for v in r) for r in rows],
+                 {"sql": sql, "truncated": truncated, "notes": notes})
+
+
+def list_runs(con: duckdb.DuckDBPyConnection) -> Table:
+    """The runs of a store: id, label, source, ranks, device, window, events, created."""
+    rows = con.execute("""
+        SELECT r.run_id, r.label, r.source, coalesce(k.ranks, ''), r.world_size, r.device_name,
+               r.t_end_ns - r.t_start_ns, coalesce(e.n, 0), coalesce(e.gpu, 0), CAST(r.created_at AS VARCHAR)
+        FROM runs r
+        LEFT JOIN (SELECT run_id, string_agg(CAST(rank AS VARCHAR), ',' ORDER BY rank) AS ranks
+                   FROM run_ranks GROUP BY run_id) k USING (run_id)
+        LEFT JOIN (SELECT run_id, count(*) AS n,
+                          count(*) FILTER (WHERE source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')) AS gpu
+                   FROM events GROUP BY run_id) e USING (run_id)
+        ORDER BY r.run_id
+    """).fetchall()
+    columns = (
+        Column("run_id", "int", "run id (--run)", "run"),
+        Column("label", "str", "file stem or capture label"),
+        Column("source", "str", "kineto, nsys, ingero or capture"),
+        Column("ranks", "str", "ranks stored (run_ranks)"),
+        Column("world_size", "int", "world size recorded", "world"),
+        Column("device", "str", "device name"),
+        Column("window_ns", "ns", "t_end_ns - t_start_ns of the run", "window"),
+        Column("events", "int", "rows in events"),
+        Column("gpu_events", "int", "kernel, memcpy and memset events", "GPU events"),
+        Column("created", "str", "when the run was stored (UTC)"),
+    )
+    return Table("runs", columns, [tuple(plain(v) for v in r) for r in rows], {"title": "runs"})
+
+
+def _kind(duckdb_type: str) -> str:
+    t = duckdb_type.upper()
+    if t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+             "UBIGINT", "UHUGEINT"):
+        return "int"
+    if t in ("FLOAT", "DOUBLE") or t.startswith("DECIMAL"):
+        return "float"
+    return "str"
+
+
+def _value(v):
+    """A fetched value as a plain, JSON-friendly one: Decimal -> float, dates -> ISO text."""
+    v = plain(v)
+    if v is None or isinstance(v, (str, int, float, bool, list, dict)):
+        return v
+    iso = getattr(v, "isoformat", None)
+    return iso() if callable(iso) else str(v)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column names made unique: a repeated `a` becomes a_1, a_2 (skipping names already taken)."""
+    taken: set[str] = set()
+    out = []
+    for n in names:
+        candidate, k = n, 0
+        while candidate in taken:
+            k += 1
+            candidate = f"{n}_{k}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _message(e: BaseException) -> str:
+    """DuckDB's message on one line, without the 'LINE 1: ...' caret block."""
+    text = " ".join(str(e).split("\n")[0].split())
+    return text or type(e).__name__
