@@ -29,9 +29,17 @@ class HybridCache:
                 self.k[i] = torch.zeros(shape, dtype=dt, device=device)
                 self.v[i] = torch.zeros(shape, dtype=dt, device=device)
             if c in "MP":
-                self.conv[i] = torch.zeros(max_batch, cfg.conv_dim, cfg.conv_kernel - 1, dtype=dt, device=device)
-                self.ssm[i] = torch.zeros(max_batch, cfg.mamba_heads, cfg.mamba_head_dim, cfg.ssm_state,
-                                          dtype=torch.float32, device=device)
+                self.conv[i] = torch.zeros(
+                    max_batch, cfg.conv_dim, cfg.conv_kernel - 1, dtype=dt, device=device
+                )
+                self.ssm[i] = torch.zeros(
+                    max_batch,
+                    cfg.mamba_heads,
+                    cfg.mamba_head_dim,
+                    cfg.ssm_state,
+                    dtype=torch.float32,
+                    device=device,
+                )
 
     def reset(self, slot: int) -> None:
         """Zero the recurrent state of ``slot`` (a new request starts from h = 0, empty conv window)."""
@@ -55,7 +63,9 @@ class HybridCache:
         live request) also what those requests use: KV grows with their tokens, state is per request."""
         ssm, conv = self.state_bytes_per_request
         out = {
-            "kv_cache_allocated": sum(t.numel() * t.element_size() for t in (*self.k.values(), *self.v.values())),
+            "kv_cache_allocated": sum(
+                t.numel() * t.element_size() for t in (*self.k.values(), *self.v.values())
+            ),
             "ssm_state_allocated": ssm * self.max_batch,
             "conv_state_allocated": conv * self.max_batch,
         }

@@ -24,7 +24,7 @@ from torch import nn
 from . import kernels
 from .cache import HybridCache
 from .config import EngineConfig
-from .moe import MoE, FeedForward
+from .moe import FeedForward, MoE
 
 
 @dataclass
@@ -51,16 +51,24 @@ class Batch:
         pos = torch.cat([torch.arange(s, s + n) for s, n in zip(start, lens)])
         tslot = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lens))
         return cls(
-            decode=False, positions=pos.to(device), slots=list(slots), start=list(start), lens=list(lens),
-            slots_t=torch.tensor(slots, device=device), cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
-            token_slot=tslot.to(device), last_idx=torch.tensor(cu[1:], device=device) - 1,
+            decode=False,
+            positions=pos.to(device),
+            slots=list(slots),
+            start=list(start),
+            lens=list(lens),
+            slots_t=torch.tensor(slots, device=device),
+            cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
+            token_slot=tslot.to(device),
+            last_idx=torch.tensor(cu[1:], device=device) - 1,
         )
 
     @classmethod
     def dense_decode(cls, positions: torch.Tensor, kv_len: int) -> Batch:
         """One token for each of slots 0..B-1 at ``positions`` [B] (a static buffer under CUDA graphs)."""
         B = positions.shape[0]
-        return cls(decode=True, positions=positions, slots=list(range(B)), start=[], lens=[1] * B, kv_len=kv_len)
+        return cls(
+            decode=True, positions=positions, slots=list(range(B)), start=[], lens=[1] * B, kv_len=kv_len
+        )
 
 
 class RMSNorm(nn.Module):
@@ -117,7 +125,10 @@ class Attention(nn.Module):
         q, k, v = self.wqkv(x).split([self.hq * self.hd, self.hkv * self.hd, self.hkv * self.hd], dim=-1)
         q, k, v = (t.view(T, -1, self.hd) for t in (q, k, v))  # [T, H, D]
         if self.cfg.rope:
-            q, k = _rope(q, batch.positions, self.cfg.rope_theta), _rope(k, batch.positions, self.cfg.rope_theta)
+            q, k = (
+                _rope(q, batch.positions, self.cfg.rope_theta),
+                _rope(k, batch.positions, self.cfg.rope_theta),
+            )
         kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]  # [slots, Hkv, L, D]
         if batch.decode:
             rows = torch.arange(T, device=x.device)
@@ -135,7 +146,9 @@ class Attention(nn.Module):
         B = q.shape[0]
         qg = q.view(B, self.hkv, self.hq // self.hkv, self.hd)  # [B, Hkv, G, D]
         mask = torch.arange(kv_len, device=q.device) <= positions[:, None]  # [B, kv_len]
-        o = F.scaled_dot_product_attention(qg, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask[:, None, None])
+        o = F.scaled_dot_product_attention(
+            qg, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask[:, None, None]
+        )
         return o.reshape(B, self.hq, self.hd)
 
     def _packed(self, q, kc, vc, batch: Batch) -> torch.Tensor:
@@ -143,14 +156,16 @@ class Attention(nn.Module):
         starts = _host_cu(batch.lens)
         for s, (slot, st, n) in enumerate(zip(batch.slots, batch.start, batch.lens)):
             a = starts[s]
-            qs = q[a:a + n].transpose(0, 1)[None]  # [1, Hq, n, D]
-            ks, vs = kc[slot:slot + 1, :, :st + n], vc[slot:slot + 1, :, :st + n]
+            qs = q[a : a + n].transpose(0, 1)[None]  # [1, Hq, n, D]
+            ks, vs = kc[slot : slot + 1, :, : st + n], vc[slot : slot + 1, :, : st + n]
             if st == 0:
                 out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
             else:
-                mask = torch.arange(st + n, device=q.device) <= (st + torch.arange(n, device=q.device))[:, None]
+                mask = (
+                    torch.arange(st + n, device=q.device) <= (st + torch.arange(n, device=q.device))[:, None]
+                )
                 out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
-            o[a:a + n] = out[0].transpose(0, 1)
+            o[a : a + n] = out[0].transpose(0, 1)
         return o
 
 
@@ -172,7 +187,7 @@ class Mamba2Mixer(nn.Module):
         self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner + 2 * G * N + H, bias=False, **fk)
         self.conv_weight = nn.Parameter(torch.empty(cfg.conv_dim, cfg.conv_kernel, **fk))
         self.conv_bias = nn.Parameter(torch.zeros(cfg.conv_dim, **fk))
-        f32 = dict(device=fk.get("device"), dtype=torch.float32)  # the recurrence's parameters stay fp32
+        f32 = {"device": fk.get("device"), "dtype": torch.float32}  # the recurrence's parameters stay fp32
         self.dt_bias = nn.Parameter(torch.empty(H, **f32))
         self.A_log = nn.Parameter(torch.empty(H, **f32))
         self.D = nn.Parameter(torch.ones(H, **f32))
@@ -189,15 +204,29 @@ class Mamba2Mixer(nn.Module):
         if batch.decode:
             xbc = kernels.causal_conv1d_update(conv[:T], xbc, self.conv_weight, self.conv_bias)
             xs, B, C = xbc.split([cfg.d_inner, G * N, G * N], dim=-1)
-            y = kernels.ssm_state_update(ssm[:T], xs.view(T, H, P), dt, A, B.view(T, G, N), C.view(T, G, N), self.D)
+            y = kernels.ssm_state_update(
+                ssm[:T], xs.view(T, H, P), dt, A, B.view(T, G, N), C.view(T, G, N), self.D
+            )
         else:
             xbc, conv[batch.slots_t] = kernels.causal_conv1d(
-                xbc, self.conv_weight, self.conv_bias, cu_seqlens=batch.cu_seqlens,
-                initial_conv_states=conv[batch.slots_t])
+                xbc,
+                self.conv_weight,
+                self.conv_bias,
+                cu_seqlens=batch.cu_seqlens,
+                initial_conv_states=conv[batch.slots_t],
+            )
             xs, B, C = xbc.split([cfg.d_inner, G * N, G * N], dim=-1)
             y, ssm[batch.slots_t] = kernels.ssd_chunk_scan(
-                xs.reshape(T, H, P), dt, A, B.reshape(T, G, N), C.reshape(T, G, N), self.D,
-                cu_seqlens=batch.cu_seqlens, initial_states=ssm[batch.slots_t], chunk_size=cfg.chunk_size)
+                xs.reshape(T, H, P),
+                dt,
+                A,
+                B.reshape(T, G, N),
+                C.reshape(T, G, N),
+                self.D,
+                cu_seqlens=batch.cu_seqlens,
+                initial_states=ssm[batch.slots_t],
+                chunk_size=cfg.chunk_size,
+            )
         y = y.reshape(T, cfg.d_inner) * F.silu(z)
         y = F.rms_norm(y.view(T, G, -1), (cfg.d_inner // G,), eps=cfg.norm_eps).view(T, -1) * self.norm_weight
         return self.out_proj(y)
@@ -247,7 +276,7 @@ class HybridModel(nn.Module):
     def __init__(self, cfg: EngineConfig, device=None):
         super().__init__()
         self.cfg = cfg
-        fk = dict(device=device, dtype=cfg.torch_dtype)
+        fk = {"device": device, "dtype": cfg.torch_dtype}
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, **fk)
         self.layers = nn.ModuleList(HybridBlock(cfg, i, **fk) for i in range(len(cfg.pattern)))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps, **fk)
@@ -264,7 +293,9 @@ class HybridModel(nn.Module):
 
     def new_cache(self, max_batch: int | None = None, max_seq_len: int | None = None) -> HybridCache:
         cfg = self.cfg
-        return HybridCache(cfg, max_batch or cfg.max_batch, max_seq_len or cfg.max_seq_len, self.embed.weight.device)
+        return HybridCache(
+            cfg, max_batch or cfg.max_batch, max_seq_len or cfg.max_seq_len, self.embed.weight.device
+        )
 
 
 @torch.no_grad()

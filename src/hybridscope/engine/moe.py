@@ -11,7 +11,8 @@ dispatcher is expert-parallel, which needs the split sizes on the host.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,12 @@ class Router(nn.Module):
     def __init__(self, cfg: EngineConfig, **fk):
         super().__init__()
         E = cfg.n_experts
-        self.kind, self.top_k, self.norm_topk, self.scale = cfg.router, cfg.top_k, cfg.norm_topk, cfg.routed_scale
+        self.kind, self.top_k, self.norm_topk, self.scale = (
+            cfg.router,
+            cfg.top_k,
+            cfg.norm_topk,
+            cfg.routed_scale,
+        )
         self.weight = nn.Parameter(torch.empty(E, cfg.d_model, **fk))
         dev = fk.get("device")
         self.register_buffer("correction_bias", torch.zeros(E, device=dev))
@@ -125,8 +131,8 @@ class Experts(nn.Module):
     def shard(self, first: int, n: int) -> None:
         """Keep experts first..first+n-1 (expert parallelism)."""
         self.first = first
-        self.up = nn.Parameter(self.up.data[first:first + n].clone(), requires_grad=False)
-        self.down = nn.Parameter(self.down.data[first:first + n].clone(), requires_grad=False)
+        self.up = nn.Parameter(self.up.data[first : first + n].clone(), requires_grad=False)
+        self.down = nn.Parameter(self.down.data[first : first + n].clone(), requires_grad=False)
 
 
 class LocalDispatcher:
@@ -194,9 +200,11 @@ class MoE(nn.Module):
             return _Plan(order, counts, None)
         sorted_e = flat[order]
         rank = torch.arange(flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_e]
-        cap = torch.where(self.capacity_factors > 0,
-                          torch.ceil(self.capacity_factors * (flat.numel() / self.n_experts)),
-                          float(flat.numel())).long()
+        cap = torch.where(
+            self.capacity_factors > 0,
+            torch.ceil(self.capacity_factors * (flat.numel() / self.n_experts)),
+            float(flat.numel()),
+        ).long()
         keep = rank < cap[sorted_e]
         kept = torch.minimum(counts, cap)
         self.dropped.copy_((counts - kept).sum())
@@ -208,7 +216,9 @@ class MoE(nn.Module):
         w = weights.reshape(-1)[plan.order]
         rows = y.float() * w[:, None]
         if plan.keep is not None:
-            rows = torch.where(plan.keep[:, None], rows, 0.0)  # dropped rows are undefined, not just 0-weighted
+            rows = torch.where(
+                plan.keep[:, None], rows, 0.0
+            )  # dropped rows are undefined, not just 0-weighted
         unsorted = torch.empty_like(rows)
         unsorted[plan.order] = rows
         return unsorted.view(T, self.top_k, -1).sum(dim=1)
