@@ -32,10 +32,15 @@ __all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "detect", "import_files"
 # format name -> module (under hybridscope.ingest) exposing import_file()
 FORMATS: dict[str, str] = {
     "kineto": "hybridscope.ingest.kineto",
+    "nsys": "hybridscope.ingest.nsys",
+    "ingero": "hybridscope.ingest.ingero",
 }
 
 # (format name, tables an SQLite file must hold to be that format), first match wins
-SQLITE_FORMATS: list[tuple[str, frozenset[str]]] = []
+SQLITE_FORMATS: list[tuple[str, frozenset[str]]] = [
+    ("ingero", frozenset({"events", "sources", "ops"})),  # ingest.ingero.REQUIRED
+    ("nsys", frozenset({"StringIds"})),  # every nsys export has it; ingest.nsys checks the rest
+]
 
 GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_MAGIC = b"SQLite format 3\x00"
