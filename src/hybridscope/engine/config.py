@@ -53,7 +53,7 @@ class EngineConfig:
     routed_scale: float = 1.0
     capacity_factor: float | None = None  # None: no dropping
     capacity_overrides: dict[int, float] = field(default_factory=dict)  # expert -> its own factor
-    skew: float = 0.0  # logit bias added to skew_experts (controlled imbalance)
+    skew: float = 0.0  # bias on skew_experts' logits, in logit std units (Router.set_skew)
     skew_experts: tuple[int, ...] = (0,)
     # runtime
     dtype: str = "float32"

@@ -63,7 +63,7 @@ class Router(nn.Module):
     scores = sigmoid(logits), experts chosen on scores + correction_bias, weights = chosen scores.
     Either way optionally renormalized over k and scaled by ``routed_scale``.
 
-    Knobs: ``skew_bias`` [E] (added to logits, see ``set_skew``), ``penalty`` (a ``RoutingPenalty`` or
+    Knobs: ``skew_bias`` [E] (see ``set_skew``), ``penalty`` (a ``RoutingPenalty`` or
     None). ``load`` [E] holds tokens per expert of the latest call (updated in place, graph-safe)."""
 
     def __init__(self, cfg: EngineConfig, **fk):
@@ -84,13 +84,16 @@ class Router(nn.Module):
         self.set_skew(cfg.skew, cfg.skew_experts)
 
     def set_skew(self, skew: float, experts) -> None:
-        """Bias the logits of ``experts`` by ``skew`` (in place, so captured CUDA graphs see it)."""
+        """Bias the logits of ``experts`` by ``skew`` times each token's logit standard deviation across
+        experts, so one value means the same imbalance at any width: 0 none, ~1 a clear hot spot, >= 10
+        every token picks them. Set in place, so captured CUDA graphs see the change."""
         bias = torch.zeros_like(self.skew_bias)
         bias[list(experts)] = float(skew)
         self.skew_bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = F.linear(x, self.weight).float() + self.skew_bias  # [T, E]
+        logits = F.linear(x, self.weight).float()  # [T, E]
+        logits = logits + self.skew_bias * logits.std(dim=-1, keepdim=True)
         if self.penalty is not None:
             logits = self.penalty(logits, self.load)
         if self.kind == "sigmoid":
