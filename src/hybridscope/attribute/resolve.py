@@ -1,0 +1,124 @@
+"""Resolution: every GPU event (source='cuda', kind kernel/memcpy/memset) gets one layer type.
+
+Order of decision, per GPU event (all in one columnar pass):
+1. CUDA graph replay (several kernels share one launch correlation, the launch is a
+   cu(da)GraphLaunch / hipGraphLaunch, or the importer set graph_id): the scope around the graph
+   launch says nothing about each node, so the kernel's name rule decides (`other` if none),
+   attr_method='graph', no layer index / module / scope; the step still comes from the launch.
+2. Collectives (a rule with `collective = true`, e.g. NCCL): inside an MoE scope `moe_comm`
+   (attr_method 'scope'), elsewhere the rule's type, `comm` (attr_method 'name').
+3. Scopes win: the innermost typed scope open on the launching thread (pid, tid) at the launch's
+   timestamp (kernel -> cuda_api event with the same correlation) gives the layer type
+   (attr_method 'scope'); weak types already yielded in `scopes`.
+4. Otherwise the first matching name rule (attr_method 'name'), or `other` (attr_method 'none').
+Layer index, module and step come from the scopes around the launch whatever decided the type
+(a residual add inside decoder block 7 is `other` but still layer 7), except for graph kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+from hybridscope.attribute.rules import Rule, match_table
+from hybridscope.store.db import insert_columns
+
+
+def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules: Sequence[Rule]) -> None:
+    """Write layer_type, layer_index, module, scope_id, attr_method, step on the run's GPU events.
+
+    Needs the temp tables `build_scopes` leaves (`_hs_attr_sc`, `_hs_attr_active`).
+    """
+    params = {"run": run_id, "rank": rank}
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _hs_attr_gpu AS
+        SELECT rank, event_id, name, kind, nullif(correlation, 0) AS correlation, graph_id
+        FROM events
+        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank)
+          AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')
+        """,
+        params,
+    )
+    _name_rules(con, rules)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _hs_attr_launch AS
+        SELECT e.rank, e.correlation, arg_min(coalesce(e.pid, -1), e.ts_ns) AS pid,
+               arg_min(coalesce(e.tid, -1), e.ts_ns) AS tid, min(e.ts_ns) AS ts,
+               arg_min(e.name, e.ts_ns) AS launch_name
+        FROM events e
+        SEMI JOIN (SELECT DISTINCT rank, correlation FROM _hs_attr_gpu) g
+             ON g.rank = e.rank AND g.correlation = e.correlation
+        WHERE e.run_id = $run AND ($rank IS NULL OR e.rank = $rank) AND e.source = 'cuda_api'
+        GROUP BY e.rank, e.correlation
+        """,
+        params,
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _hs_attr_at AS
+        SELECT l.rank, l.correlation, l.launch_name, a.active
+        FROM _hs_attr_launch l
+        ASOF LEFT JOIN _hs_attr_active a ON l.rank = a.rank AND l.pid = a.pid AND l.tid = a.tid AND l.ts >= a.t
+        """
+    )
+    con.execute(_DECIDE)
+    con.execute(
+        """
+        UPDATE events AS e SET layer_type = o.layer_type, layer_index = o.layer_index, module = o.module,
+               scope_id = o.scope_id, attr_method = o.attr_method, step = o.step
+        FROM _hs_attr_out AS o
+        WHERE e.run_id = $run AND e.rank = o.rank AND e.event_id = o.event_id
+        """,
+        {"run": run_id},
+    )
+
+
+def _name_rules(con, rules: Sequence[Rule]) -> None:
+    pairs = con.execute("SELECT DISTINCT name, kind FROM _hs_attr_gpu").fetchall()
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _hs_attr_rules (name VARCHAR, kind VARCHAR, rule_type VARCHAR,"
+        " collective BOOLEAN, rule INTEGER)"
+    )
+    if pairs:
+        insert_columns(con, "_hs_attr_rules", match_table(rules, pairs))
+
+
+_DECIDE = """
+CREATE OR REPLACE TEMP TABLE _hs_attr_out AS
+WITH cc AS (
+    SELECT rank, correlation, count(*) AS n_kernels FROM _hs_attr_gpu
+    WHERE kind = 'kernel' AND correlation IS NOT NULL GROUP BY rank, correlation),
+j AS (
+    SELECT g.rank, g.event_id,
+           (g.graph_id IS NOT NULL OR coalesce(cc.n_kernels > 1, FALSE)
+            OR coalesce(la.launch_name ILIKE '%graphlaunch%', FALSE)) AS is_graph,
+           r.rule_type, coalesce(r.collective, FALSE) AS collective,
+           s.eff_type, s.type_scope, s.eff_index, coalesce(s.typed_module, s.any_module) AS module,
+           s.eff_step, coalesce(s.in_moe, FALSE) AS in_moe
+    FROM _hs_attr_gpu g
+    LEFT JOIN _hs_attr_rules r ON r.name = g.name AND r.kind = g.kind
+    LEFT JOIN cc ON cc.rank = g.rank AND cc.correlation = g.correlation
+    LEFT JOIN _hs_attr_at la ON la.rank = g.rank AND la.correlation = g.correlation
+    LEFT JOIN _hs_attr_sc s ON s.rank = g.rank AND s.scope_id = la.active)
+SELECT rank, event_id,
+       CASE WHEN is_graph THEN coalesce(rule_type, 'other')
+            WHEN collective AND in_moe THEN 'moe_comm'
+            WHEN collective THEN rule_type
+            WHEN eff_type IS NOT NULL THEN eff_type
+            ELSE coalesce(rule_type, 'other') END AS layer_type,
+       CASE WHEN is_graph THEN 'graph'
+            WHEN collective AND in_moe THEN 'scope'
+            WHEN collective THEN 'name'
+            WHEN eff_type IS NOT NULL THEN 'scope'
+            WHEN rule_type IS NOT NULL THEN 'name'
+            ELSE 'none' END AS attr_method,
+       CASE WHEN NOT is_graph THEN eff_index END AS layer_index,
+       CASE WHEN NOT is_graph THEN module END AS module,
+       CASE WHEN NOT is_graph AND eff_type IS NOT NULL AND (in_moe OR NOT collective)
+            THEN type_scope END AS scope_id,
+       eff_step AS step
+FROM j
+"""
