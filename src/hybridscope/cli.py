@@ -20,6 +20,9 @@ VERBS: tuple[str, ...] = (
     "runs",
     "decompose",
     "query",
+    "baseline",
+    "check",
+    "diff",
 )
 
 app = typer.Typer(

@@ -142,3 +142,24 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens   INTEGER,
     output_tokens   INTEGER
 );
+
+-- Baselines (hybridscope baseline save): per group, the durations themselves (up to 200k,
+-- a seeded uniform subsample beyond), so `check` tests distributions, not summaries.
+CREATE TABLE IF NOT EXISTS baselines (
+    name             VARCHAR PRIMARY KEY,
+    run_id           INTEGER,            -- the run it was taken from (in the database it was saved in)
+    rank             INTEGER,            -- NULL: all ranks pooled
+    run_label        VARCHAR,
+    created_at       TIMESTAMP DEFAULT current_timestamp,
+    throughput       DOUBLE,
+    throughput_unit  VARCHAR             -- 'tokens/s' | 'steps/s' | NULL
+);
+
+CREATE TABLE IF NOT EXISTS baseline_groups (
+    name       VARCHAR NOT NULL,         -- baselines.name
+    group_by   VARCHAR NOT NULL,         -- 'layer_type' | 'layer' | 'kernel'
+    group_key  VARCHAR NOT NULL,
+    n          BIGINT NOT NULL,          -- events in the run (samples may hold fewer)
+    total_ns   BIGINT NOT NULL,
+    samples    BIGINT[] NOT NULL         -- sorted durations, ns
+);
