@@ -102,7 +102,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     rows += [_row(tuple(g[1:1 + len(key_cols)]), g, total, wall_ns) for g in groups]
 
     notes = []
-    if all_raw[1] == 0:
+    if all_raw[-4] == 0:
         notes.append("no GPU events (kernel, memcpy, memset) in this selection")
     if top is not None and n_groups > top:
         notes.append(f"showing the top {top} of {n_groups} groups by GPU time; 'all' covers every group")
