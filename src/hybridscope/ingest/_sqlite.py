@@ -45,7 +45,8 @@ class SqliteFile:
         except sqlite3.Error as e:
             raise self.error(e) from None
         if check != "ok":
-            raise BadInput(f"{self.path} is a damaged SQLite file ({check}); nothing was imported")
+            detail = " ".join(check.replace("*** in database main ***", "").split())
+            raise BadInput(f"{self.path} is a damaged SQLite file ({detail}); nothing was imported")
         self._columns: dict[str, list[str]] = {}
 
     def close(self) -> None:

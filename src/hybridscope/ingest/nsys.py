@@ -149,7 +149,9 @@ def _kernels(rep: NsysReport) -> Iterator[dict]:
     name_col = next((c for c in KERNEL_NAME_COLUMNS if c in cols), None)
     if name_col is None:
         raise BadInput(f"{rep.sq.path}: {KERNEL} has no kernel name column ({', '.join(KERNEL_NAME_COLUMNS)})")
-    graph = "graphNodeId" if "graphNodeId" in cols else "NULL"
+    # graph_id: the CUDA graph a kernel was replayed from (Kineto's "graph id"); the node id
+    # alone marks graph kernels in exports older than the graphId column.
+    graph = "nullif(graphId, 0)" if "graphId" in cols else "nullif(graphNodeId, 0)" if "graphNodeId" in cols else "NULL"
     extra = [c for c in ("gridX", "blockX", "registersPerThread", "graphNodeId", "graphId") if c not in cols]
     if extra:
         rep.notes.setdefault("missing_columns", {})[KERNEL] = extra
@@ -158,7 +160,7 @@ def _kernels(rep: NsysReport) -> Iterator[dict]:
         ("block", "json_array(blockX, blockY, blockZ)", ("blockX", "blockY", "blockZ")),
         ("registers", "registersPerThread", ("registersPerThread",)),
         ("shared_mem", "staticSharedMemory + dynamicSharedMemory", ("staticSharedMemory", "dynamicSharedMemory")),
-        ("graph", "graphId", ("graphId",)),
+        ("graph_node", "graphNodeId", ("graphNodeId",)),
     ])
     keys, values = _strings(rep, KERNEL, name_col)
     sql = (f"{_gpu_head(rep, cols)}, coalesce({name_col}, -1) AS nid, {graph} AS graph, {args} AS args "
@@ -244,10 +246,10 @@ def _nvtx(rep: NsysReport) -> Iterator[dict]:
     text = "text" if "text" in cols else "NULL"
     tid_col = "textId" if "textId" in cols else "NULL"
     keys, values = _strings(rep, NVTX, "textId") if "textId" in cols else (np.empty(0, np.int64), np.empty(0, object))
-    dom = "CASE WHEN domainId > 0 THEN json_object('nvtx_domain', domainId) END" if "domainId" in cols else "NULL"
+    name, args = _nvtx_name_args(text, "domainId" in cols)
     sql = (f"SELECT start, \"end\" - start AS dur, NULL AS deviceId, NULL AS streamId, NULL AS corr, "
-           f"{_pid(cols, 'globalTid')} AS pid, {_tid(cols)} AS tid, {text} AS text, coalesce({tid_col}, -1) AS nid, "
-           f"NULL AS graph, {dom} AS args FROM {NVTX} WHERE {is_range} AND {_valid_time()}")
+           f"{_pid(cols, 'globalTid')} AS pid, {_tid(cols)} AS tid, {name} AS text, coalesce({tid_col}, -1) AS nid, "
+           f"NULL AS graph, {args} AS args FROM {NVTX} WHERE {is_range} AND {_valid_time()}")
 
     def build(c):
         names = c["text"].astype(object)
@@ -266,6 +268,26 @@ def _nvtx(rep: NsysReport) -> Iterator[dict]:
     open_ranges = rep.sq.count(NVTX, f"WHERE {is_range} AND NOT coalesce({_valid_time()}, 0)")
     if open_ranges:
         rep.skipped["nvtx_unterminated_ranges"] = open_ranges
+
+
+def _nvtx_name_args(text: str, has_domain: bool) -> tuple[str, str]:
+    """SQL for an NVTX range's name and args.
+
+    vLLM's and SGLang's layerwise NVTX hooks (PytHooks) push str(dict) per module call:
+    "{'Module': 'model.layers.3.mixer', 'TrainableParams': ..., 'Inputs': [...], ...}". The name
+    becomes the module path (what a Kineto record_function range of the module would be called)
+    and the whole text is kept in args.nvtx (shapes, parameters).
+    """
+    hook = f"{text} LIKE '{{''Module'': ''%'"
+    start = len("{'Module': '") + 1
+    quote = "''''"  # SQL literal of one single quote
+    name = (f"CASE WHEN {hook} THEN substr({text}, {start}, instr(substr({text}, {start}), {quote}) - 1) "
+            f"ELSE {text} END")
+    if not has_domain:
+        return name, f"CASE WHEN {hook} THEN json_object('nvtx', {text}) END"
+    return name, (f"CASE WHEN {hook} AND domainId > 0 THEN json_object('nvtx', {text}, 'nvtx_domain', domainId) "
+                  f"WHEN {hook} THEN json_object('nvtx', {text}) "
+                  f"WHEN domainId > 0 THEN json_object('nvtx_domain', domainId) END")
 
 
 # --- helpers ---------------------------------------------------------------------------------
