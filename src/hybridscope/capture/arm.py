@@ -1,0 +1,255 @@
+"""An armed capture: the hooks, timer, routing, kernel backend and sampler of one model, its steps,
+and `finish()`, which turns them into one run in the store (see capture.session for the contract).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from hybridscope.capture import writer
+from hybridscope.capture.hooks import Recorder, install, plan
+from hybridscope.capture.layers import CpuTimer, CudaTimer, Resolved
+from hybridscope.capture.routing import Routing
+from hybridscope.capture.sampler import Sampler
+
+CUDA_EVENT_POOL = 1 << 18  # events in flight at most: 2 per module call not yet read back
+
+
+def arm(cap, model, in_forward: bool = False) -> Armed:
+    return Armed(cap, model, in_forward)
+
+
+class Armed:
+    def __init__(self, cap, model, in_forward: bool):
+        import torch
+
+        self.cap, self.faults, self.torch = cap, cap.faults, torch
+        self.rank, self.world_size = _rank()
+        specs_modules = plan(model)
+        self.specs = [s for s, _ in specs_modules]
+        self.device = _device_of(model)
+        self.cuda = self.device is not None and self.device.type == "cuda"
+        timer = None
+        if cap.mode == "layers":
+            timer = (CudaTimer(min(2 * cap.max_events, CUDA_EVENT_POOL), torch) if self.cuda
+                     else CpuTimer(2 * cap.max_events))
+        self.timer = timer
+        self.routing = Routing(cap.max_events)
+        self.recorder = Recorder(self.specs, capacity=cap.max_events, timer=timer, routing=self.routing)
+        self.resolved = Resolved()
+        self.steps: list[tuple] = []
+        self.explicit = False
+        self.root_depth = 1 if in_forward else 0
+        self.forward_seen = in_forward
+        self.open_ts = time.perf_counter_ns()
+        self.open_meta: tuple = (None, None, None)
+        self.last_end = self.open_ts
+        self.kernels = None
+        if cap.mode == "kernels":
+            from hybridscope.capture.kernels import KernelBackend
+
+            self.kernels = KernelBackend(cuda=self.cuda, window=cap.window, max_windows=4096, faults=self.faults)
+            self.kernels.start()
+        self.sampler = Sampler(cap.sampler_interval, self.faults, devices=self._uuids())
+        self.sampler.start()
+        self.handles = install(specs_modules, self.recorder, self.faults)
+        self.handles.append(model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        self.handles.append(model.register_forward_hook(self._root_post, always_call=True))
+        self.model_class = type(model).__name__
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _root_pre(self, module, args, kwargs):
+        with self.faults.guard("hook.step"):
+            self.root_depth += 1
+            if self.root_depth > 1 or self.explicit:
+                return
+            now = time.perf_counter_ns()
+            meta = _step_meta(args, kwargs)
+            if not self.forward_seen:
+                self.forward_seen, self.open_ts, self.open_meta = True, now, meta
+            else:
+                self._boundary(now, closing=self.open_meta, following=meta)
+        return
+
+    def _root_post(self, module, args, output):
+        with self.faults.guard("hook.step"):
+            self.root_depth = max(0, self.root_depth - 1)
+            if self.root_depth == 0:
+                self.last_end = time.perf_counter_ns()
+
+    def explicit_step(self, n_tokens, phase, n_requests) -> None:
+        if not self.explicit:
+            self.explicit = True
+            self.forward_seen = True
+        self._boundary(time.perf_counter_ns(), closing=(phase, n_tokens, n_requests), following=(None,) * 3)
+
+    def _boundary(self, now: int, closing: tuple, following: tuple) -> None:
+        rec = self.recorder
+        self.steps.append((rec.step, self.open_ts + rec.offset, now - self.open_ts, *closing))
+        rec.step += 1
+        self.open_ts, self.open_meta = now, following
+        if self.timer is not None:
+            self.timer.step_boundary()
+            with self.faults.guard("layers.resolve"):
+                self._take(self.timer.resolve(rec.parents, final=False, faults=self.faults))
+        with self.faults.guard("routing"):
+            self.routing.step_boundary()
+        if self.kernels is not None:
+            with self.faults.guard("kernels.step"):
+                self.kernels.step()
+        if self.cap.limit_reached(len(self.steps)):
+            self.cap.stop()
+
+    def _take(self, res: Resolved) -> None:
+        for name in ("inst", "ts_ns", "excl_ns", "incl_ns"):
+            getattr(self.resolved, name).extend(getattr(res, name))
+
+    # -- the end -------------------------------------------------------------------------------
+    def finish(self, summary) -> None:
+        """Disarm, read everything back and write the run; fills `summary`."""
+        for h in self.handles:
+            with self.faults.guard("disarm"):
+                h.remove()
+        if self.kernels is not None:
+            with self.faults.guard("kernels.stop"):
+                self.kernels.stop()
+        self.sampler.stop()
+        rec = self.recorder
+        if self.forward_seen and (not self.explicit or rec.inst_step and rec.inst_step[-1] == rec.step):
+            end = self.last_end if not self.explicit else time.perf_counter_ns()
+            self.steps.append((rec.step, self.open_ts + rec.offset, max(0, end - self.open_ts), *self.open_meta))
+        if self.timer is not None:
+            with self.faults.guard("layers.resolve"):
+                self._take(self.timer.resolve(rec.parents, final=True, faults=self.faults))
+        tables, counts = self._tables()
+        notes = self._notes()
+        db = Path(str(self.cap.db).replace("{rank}", str(self.rank)))
+        if self.world_size > 1 and "{rank}" not in str(self.cap.db):
+            db = db.with_name(f"{db.stem}.rank{self.rank}{db.suffix}")
+            summary.notes.append(f"rank {self.rank} of {self.world_size}: writing {db}")
+        meta = writer.RunMeta(label=self.cap.label or self.model_class, path=_script(), rank=self.rank,
+                              world_size=self.world_size, device_name=self._device_name(),
+                              versions=self._versions())
+        run_id, written = writer.write_run(db, meta, tables, notes, self.faults)
+        summary.run_id, summary.db = run_id, str(written)
+        for k, v in counts.items():
+            setattr(summary, k, v)
+        summary.drops = notes["drops"]
+        summary.notes += [n for n in (notes.get("sampler"), notes.get("routing")) if n]
+
+    def _tables(self) -> tuple[dict, dict]:
+        rec, pid = self.recorder, os.getpid()
+        ann = rec.annotation_columns(self.rank, pid)
+        first = len(rec.inst_spec)
+        steps, step_ann, step_samples = writer.step_tables(self.steps, rank=self.rank, pid=pid, tid=rec.tid,
+                                                           first_id=first)
+        first += len(self.steps)
+        dev = self.device.index if self.cuda else None
+        layer = writer.layer_columns(self.resolved.columns(), rec, rank=self.rank, pid=pid, device=dev,
+                                     first_id=first)
+        first += len(layer.get("event_id", ()))
+        kern = {}
+        if self.kernels is not None:
+            with self.faults.guard("kernels.convert"):
+                kern = self.kernels.columns(self.rank)
+        if kern:
+            import numpy as np
+
+            kern["event_id"] = first + np.arange(len(kern["name"]), dtype=np.int64)
+        routing = {}
+        with self.faults.guard("routing"):
+            routing = self.routing.columns(self.rank)
+        samples = writer.merge(self.sampler.columns(self.rank), step_samples)
+        events = writer.merge(ann, step_ann, layer, kern)
+        counts = {"events": _n(events), "layer_events": _n(layer), "kernel_events": _n(kern),
+                  "scopes": _n(ann) + _n(step_ann), "steps": _n(steps), "routing_rows": _n(routing),
+                  "samples": _n(samples)}
+        return {"events": events, "steps": steps, "routing": routing, "samples": samples}, counts
+
+    def _notes(self) -> dict:
+        rec = self.recorder
+        notes = {
+            "mode": self.cap.mode, "model": self.model_class, "hooked_modules": len(self.specs),
+            "layer_timing": ("cuda_events" if self.cuda else "perf_counter") if self.timer else None,
+            "drops": {"scopes": rec.drops, "routing": self.routing.drops, "samples": self.sampler.drops,
+                      "kernel_windows": self.kernels.dropped_windows if self.kernels else 0},
+            "faults": self.faults.as_dict(), "hook_mismatches": rec.mismatches,
+            "sampler": self.sampler.note or None, "window": list(self.cap.window) if self.cap.window else None,
+        }
+        if self.routing.unknown:
+            notes["routing"] = ("routers with an unknown expert count were not counted: "
+                                + ", ".join(sorted(self.routing.unknown)))
+        if self.routing.out_of_range:
+            notes["routing_out_of_range"] = self.routing.out_of_range
+        if not self.specs:
+            notes["routing"] = "no hybrid layers recognized in this model: only steps were recorded"
+        return notes
+
+    def _uuids(self) -> dict | None:
+        if not self.cuda:
+            return None
+        with self.faults.guard("sampler.devices"):
+            idx = self.device.index if self.device.index is not None else self.torch.cuda.current_device()
+            return {idx: str(self.torch.cuda.get_device_properties(idx).uuid)}
+        return None
+
+    def _device_name(self) -> str | None:
+        if self.cuda:
+            return self.torch.cuda.get_device_name(self.device)
+        import platform
+
+        return platform.processor() or platform.machine() or None
+
+    def _versions(self) -> dict:
+        v = {"torch": self.torch.__version__, "python": sys.version.split()[0]}
+        if self.cuda:
+            v["cuda_runtime"] = self.torch.version.cuda
+        return v
+
+
+def _n(cols: dict) -> int:
+    return len(next(iter(cols.values()))) if cols else 0
+
+
+def _step_meta(args, kwargs) -> tuple:
+    """(phase, n_tokens, n_requests) from a top-level call's inputs, None where they do not say."""
+    import torch
+
+    for a in (*args, *kwargs.values()):
+        if isinstance(getattr(a, "decode", None), bool):
+            phase = "decode" if a.decode else "prefill"
+            ids = next((x for x in args if isinstance(x, torch.Tensor) and not x.is_floating_point()), None)
+            return phase, (int(ids.numel()) if ids is not None else None), len(getattr(a, "slots", ()) or ()) or None
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = next((x for x in args if isinstance(x, torch.Tensor)), None)
+    if isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point():
+        return ("prefill" if ids.shape[1] > 1 else "decode"), int(ids.numel()), int(ids.shape[0])
+    return None, None, None
+
+
+def _device_of(model):
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return None
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size): torch.distributed when initialized, else torchrun's environment."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except (RuntimeError, ValueError):  # a half-initialized process group says nothing useful
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _script() -> str:
+    return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "<python>"

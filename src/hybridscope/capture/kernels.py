@@ -1,0 +1,142 @@
+"""`kernels` mode: kernel-level events through torch.profiler / Kineto, converted straight to columns.
+
+On a GPU the profiler runs with CUDA activities only: kernels, memcpy/memset and the CUDA runtime
+calls that launched them (CUPTI correlation ids), without recording every aten op on the CPU,
+which is what makes `torch.profiler` with CPU activities so expensive on eager decode. Kernels get
+their layer through the hooks' scopes: kernel -> correlation -> launch (host time, thread) ->
+innermost scope, by `hybridscope.attribute` like any import. On CPU there is no device timeline:
+the profiler records CPU ops (source 'cpu', kind 'cpu_op'), attributed the same way.
+
+Windowed sampling `window=(k, n)`: k profiled steps out of every n (torch.profiler's schedule:
+n-k-1 steps off, 1 warm-up step, k recorded), so a long run pays for CUPTI only in its windows.
+The results of each window are kept as the profiler's own result objects and converted at flush,
+so the run itself pays only for the profiler, not for the conversion. `max_windows` bounds them;
+windows past it are dropped and counted.
+
+Conversion reads `_KinetoEvent` accessors into columns (`_convert`); benchmarks/bench_capture.py
+compares it with exporting a Chrome trace and importing it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Kineto activity type -> (events.source, events.kind)
+ACTIVITY_KINDS: dict[str, tuple[str, str]] = {
+    "kernel": ("cuda", "kernel"),
+    "gpu_memcpy": ("cuda", "memcpy"),
+    "gpu_memset": ("cuda", "memset"),
+    "gpu_user_annotation": ("cuda", "gpu_annotation"),
+    "cuda_runtime": ("cuda_api", "runtime"),
+    "cuda_driver": ("cuda_api", "driver"),
+    "cuda_sync": ("cuda_api", "sync"),
+    "cpu_op": ("cpu", "cpu_op"),
+    "python_function": ("cpu", "python"),
+    "user_annotation": ("annotation", "user_annotation"),
+}
+DEVICE_SIDE = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation"})
+SKIP = frozenset({"overhead", "ac2g", "flow", "cpu_instant_event", "collective_comm"})
+
+
+class KernelBackend:
+    """Owns one torch.profiler session; `step()` at each step boundary, `stop()` at the end."""
+
+    def __init__(self, *, cuda: bool, window: tuple[int, int] | None, max_windows: int, faults):
+        import torch
+
+        self.torch = torch
+        self.cuda = cuda
+        self.window = window
+        self.max_windows = max_windows
+        self.faults = faults
+        self.results: list = []
+        self.dropped_windows = 0
+        self.prof = None
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        acts = [ProfilerActivity.CUDA] if self.cuda else [ProfilerActivity.CPU]
+        sched = None
+        if self.window is not None:
+            k, n = self.window
+            if n > k:
+                warmup = 1 if n - k >= 1 else 0
+                sched = schedule(wait=n - k - warmup, warmup=warmup, active=k, repeat=0)
+        self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
+        self.prof.start()
+
+    def step(self) -> None:
+        if self.prof is not None and self.window is not None:
+            self.prof.step()
+
+    def stop(self) -> None:
+        """Stop the profiler; torch.profiler hands a window still recording to `_keep`."""
+        if self.prof is None:
+            return
+        prof, self.prof = self.prof, None
+        prof.stop()
+
+    def _keep(self, prof) -> None:
+        if len(self.results) >= self.max_windows:
+            self.dropped_windows += 1
+            return
+        self.results.append(prof.profiler.kineto_results)
+
+    def columns(self, rank: int) -> dict[str, np.ndarray | list]:
+        """Every kept window as `events` columns (without event_id); converted now."""
+        parts = [_convert(r.events(), rank) for r in self.results]
+        parts = [p for p in parts if p]
+        if not parts:
+            return {}
+        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _concat(chunks):
+    if isinstance(chunks[0], np.ndarray):
+        return np.concatenate(chunks)
+    return [v for c in chunks for v in c]
+
+
+def _convert(events, rank: int) -> dict[str, np.ndarray | list]:
+    """`_KinetoEvent`s -> events columns. Correlations: a launch and its kernel share CUPTI's
+    correlation id; a kernel's `linked_correlation_id` (and a CPU op's own id) is the external id."""
+    pid = os.getpid()
+    cols: dict[str, list] = {k: [] for k in (
+        "source", "kind", "name", "device", "stream", "tid", "ts_ns", "duration_ns",
+        "correlation", "external_id")}
+    for e in events:
+        act = e.activity_type()
+        if act in SKIP:
+            continue
+        src, kind = ACTIVITY_KINDS.get(act, ("cpu", "other"))
+        name = e.name()
+        if act == "cuda_runtime" and "Synchronize" in name:
+            kind = "sync"
+        device_side = act in DEVICE_SIDE
+        cols["source"].append(src)
+        cols["kind"].append(kind)
+        cols["name"].append(name)
+        cols["device"].append(e.device_index() if device_side else None)
+        cols["stream"].append(e.device_resource_id() if device_side else None)
+        cols["tid"].append(None if device_side else e.device_resource_id())
+        cols["ts_ns"].append(e.start_ns())
+        cols["duration_ns"].append(e.duration_ns())
+        if src in ("cpu", "annotation"):
+            cols["correlation"].append(None)
+            cols["external_id"].append(e.correlation_id())
+        else:
+            cols["correlation"].append(e.correlation_id())
+            cols["external_id"].append(e.linked_correlation_id() or None)
+    n = len(cols["name"])
+    if n == 0:
+        return {}
+    out: dict[str, np.ndarray | list] = dict(cols)
+    out["ts_ns"] = np.asarray(cols["ts_ns"], np.int64)
+    out["duration_ns"] = np.asarray(cols["duration_ns"], np.int64)
+    out["duration_us"] = out["duration_ns"] / 1000.0
+    out["pid"] = np.full(n, pid, np.int64)
+    out["rank"] = np.full(n, rank, np.int32)
+    return out

@@ -1,0 +1,169 @@
+"""`hybridscope.capture(...)`: live capture of a PyTorch model into the store, as one run.
+
+    with hybridscope.capture(db="run.duckdb", model=model, mode="layers") as cap:
+        for batch in batches:
+            model(batch)
+            cap.step()                 # optional: without it, each top-level forward is a step
+
+Modes: 'layers' (light, meant to stay on: per-module device time from CUDA events, see
+capture.layers) and 'kernels' (deep: kernels through torch.profiler, attributed to the same
+scopes, see capture.kernels; `sample_every=n, sample_steps=k` profiles k steps of every n).
+Both record the module scopes, MoE routing counts, steps, and the dashboard's view (sampler).
+
+Steps: `cap.step(n_tokens=, phase=, n_requests=)` ends the current step and starts the next
+(step 0 starts when capture is armed). Until the first `cap.step()`, each top-level call of the
+model is one step, from its start to the next call's start (the last: to its own end); phase and
+token count are read from its inputs when they say it (a 2-D `input_ids` of width 1 is decode,
+wider is prefill; an argument with a boolean `decode` attribute says it directly).
+
+Limits: `steps=N` and `duration=seconds` stop recording at the first step boundary past them:
+hooks are removed, the profiler and sampler stop and the run is written then; the workload goes on.
+Nothing in capture can take the workload down (capture.faults): failures are counted and reported,
+buffers are bounded (`max_events`) and drops are counted. The summary goes to stderr at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridscope.capture.faults import Faults
+from hybridscope.errors import UsageError
+
+MODES = ("layers", "kernels")
+
+
+@dataclass
+class Summary:
+    """What a capture wrote. `drops` and `faults` are counts per place."""
+
+    run_id: int | None
+    db: str | None
+    mode: str
+    events: int = 0
+    layer_events: int = 0
+    kernel_events: int = 0
+    scopes: int = 0
+    steps: int = 0
+    routing_rows: int = 0
+    samples: int = 0
+    drops: dict = field(default_factory=dict)
+    faults: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    flush_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        where = f"run {self.run_id} in {self.db}" if self.run_id is not None else "nothing written"
+        out = [f"hybridscope capture ({self.mode}): {where}",
+               (f"  {self.steps} steps, {self.events} events ({self.layer_events} layer, "
+                f"{self.kernel_events} kernel/op), {self.scopes} scopes, {self.routing_rows} routing rows, "
+                f"{self.samples} samples; flush {self.flush_s:.2f} s")]
+        drops = {k: v for k, v in self.drops.items() if v}
+        out.append("  drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) if drops else "none"))
+        out.append("  faults: " + (", ".join(f"{k} {v['count']} ({v['first']})" for k, v in self.faults.items())
+                                   if self.faults else "none"))
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layers", label: str | None = None,
+            steps: int | None = None, duration: float | None = None, sample_every: int | None = None,
+            sample_steps: int = 1, sampler_interval: float = 0.1, max_events: int = 1_000_000,
+            quiet: bool = False) -> Capture:
+    """A capture session (a context manager). `model` may be given later with `cap.attach(model)`.
+
+    Raises UsageError (one line) for arguments that do not fit; nothing else escapes it."""
+    if mode not in MODES:
+        raise UsageError(f"capture mode must be one of {', '.join(MODES)}, not {mode!r}")
+    for name, value in (("steps", steps), ("sample_every", sample_every), ("max_events", max_events)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a positive integer, not {value!r}")
+    if duration is not None and not duration > 0:
+        raise UsageError(f"duration must be a positive number of seconds, not {duration!r}")
+    if sample_every is not None and not 1 <= sample_steps <= sample_every:
+        raise UsageError(f"sample_steps must be between 1 and sample_every ({sample_every}), not {sample_steps}")
+    if not sampler_interval > 0:
+        raise UsageError(f"sampler_interval must be positive, not {sampler_interval!r}")
+    window = (sample_steps, sample_every) if sample_every is not None else None
+    return Capture(Path(db), mode=mode, label=label, steps=steps, duration=duration, window=window,
+                   sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=model)
+
+
+class Capture:
+    """One capture session; see the module docstring. Use through `capture(...)`."""
+
+    def __init__(self, db: Path, *, mode, label, steps, duration, window, sampler_interval, max_events,
+                 quiet, model=None):
+        self.db, self.mode, self.label = db, mode, label
+        self.max_steps, self.duration, self.window = steps, duration, window
+        self.sampler_interval, self.max_events, self.quiet = sampler_interval, max_events, quiet
+        self.faults = Faults()
+        self.summary: Summary | None = None
+        self.model = None
+        self._pending_model = model
+        self._state = "new"  # new -> armed -> stopped
+        self._lock = threading.Lock()
+
+    # -- public API -----------------------------------------------------------------------------
+    def __enter__(self):  # -> Capture
+        self._t_enter = time.monotonic()
+        if self._pending_model is not None:
+            self.attach(self._pending_model)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.stop()
+        return False  # the workload's own exceptions are its own
+
+    def attach(self, model, in_forward: bool = False) -> None:
+        """Arm capture on `model` (an nn.Module). UsageError when it is not one. `in_forward`: the
+        model's first call is already running (found by `hybridscope trace`): it is step 0."""
+        from hybridscope.capture import arm
+
+        if not hasattr(model, "named_modules") or not hasattr(model, "register_forward_pre_hook"):
+            raise UsageError(f"capture needs a torch.nn.Module, not {type(model).__name__}")
+        if self._state != "new":
+            return
+        self.model = model
+        self._t_enter = getattr(self, "_t_enter", time.monotonic())
+        self._armed = arm.arm(self, model, in_forward)
+        self._state = "armed"
+
+    def step(self, n_tokens: int | None = None, phase: str | None = None, n_requests: int | None = None) -> None:
+        """End the current step and start the next one (see the module docstring)."""
+        if self._state != "armed":
+            return
+        with self.faults.guard("step"):
+            self._armed.explicit_step(n_tokens, phase, n_requests)
+
+    def stop(self) -> Summary:
+        """Disarm and write the run (idempotent). Returns (and prints) the summary."""
+        with self._lock:
+            if self._state == "stopped":
+                return self.summary
+            armed, self._state = getattr(self, "_armed", None), "stopped"
+        t0 = time.perf_counter()
+        summary = Summary(run_id=None, db=None, mode=self.mode)
+        if armed is None:
+            summary.notes.append("no model was captured (no recognized model ran, or none was given)")
+        else:
+            try:
+                armed.finish(summary)
+            except Exception as e:  # noqa: BLE001 - the last line of defence: report, never raise into the workload
+                self.faults.record("stop", e)
+        summary.faults = self.faults.as_dict()
+        summary.flush_s = time.perf_counter() - t0
+        self.summary = summary
+        if not self.quiet:
+            print("\n".join(summary.lines()), file=sys.stderr)
+        return summary
+
+    # -- called by the armed hooks -----------------------------------------------------------------
+    def limit_reached(self, steps_done: int) -> bool:
+        if self.max_steps is not None and steps_done >= self.max_steps:
+            return True
+        return self.duration is not None and time.monotonic() - self._t_enter >= self.duration
