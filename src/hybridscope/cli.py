@@ -35,7 +35,7 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)  # so that `hybridscope --version` reaches the callback
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
@@ -44,6 +44,15 @@ def _root(
 
         typer.echo(f"hybridscope {__version__}")
         raise typer.Exit(0)
+
+
+# typer >= 0.20 vendors click as `typer._click`: its usage errors are not click's own classes.
+try:
+    from typer._click.exceptions import ClickException as _VendoredClickException
+
+    _USAGE_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException, _VendoredClickException)
+except ImportError:  # an older typer raises click's classes
+    _USAGE_ERRORS = (click.exceptions.ClickException,)
 
 
 def _register() -> None:
@@ -58,10 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         rv = app(args=argv, prog_name="hybridscope", standalone_mode=False)
     except HybridscopeError as e:
         _fail(e.message, e.exit_code)
-    except click.exceptions.ClickException as e:  # usage errors: bad flag, missing argument
+    except _USAGE_ERRORS as e:  # usage errors: bad flag, missing argument
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except BrokenPipeError:  # `hybridscope query ... | head`
         sys.exit(0)

@@ -1,0 +1,99 @@
+"""The CLI shell: help, version, exit codes, one-line errors, `runs`, and a real console-script run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+from factories import add_run, new_store, store_with
+
+from hybridscope.cli import main
+
+OUR_VERBS = ("runs", "decompose", "query")
+
+
+def _cli(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+def test_help_lists_our_verbs(capsys):
+    assert _cli(["--help"]) == 0
+    text = capsys.readouterr().out
+    for verb in OUR_VERBS:
+        assert verb in text
+
+
+def test_version(capsys):
+    from hybridscope import __version__
+
+    assert _cli(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hybridscope {__version__}"
+
+
+def test_help_imports_no_heavy_module():
+    """Registering every verb must not import duckdb, numpy or torch: `--help` stays fast."""
+    code = ("import sys; from hybridscope import cli; cli._register(); "
+            "print(','.join(m for m in ('duckdb', 'numpy', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("argv", [["no-such-verb"], ["runs"], ["decompose", "--db"], ["runs", "--db", "x", "--nope"]])
+def test_usage_errors_exit_2(argv, capsys):
+    assert _cli(argv) == 2
+
+
+def test_runs_on_empty_and_filled_store(db_path, capsys):
+    con = new_store(db_path)
+    con.close()
+    assert _cli(["runs", "--db", str(db_path), "-f", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["rows"] == []
+    con, _ = store_with(db_path, {"mamba": [1_000, 2_000]}, label="first")
+    add_run(con, label="second", ranks=(0, 1), device_name="NVIDIA H200")
+    con.close()
+    assert _cli(["runs", "--db", str(db_path), "-f", "json"]) == 0
+    rows = orjson.loads(capsys.readouterr().out)["rows"]
+    assert [(r["run_id"], r["label"], r["ranks"], r["events"]) for r in rows] == [
+        (1, "first", "0", 2), (2, "second", "0,1", 0)]
+    assert rows[0]["window_ns"] == 3_000 and rows[1]["window_ns"] is None
+    assert _cli(["runs", "--db", str(db_path)]) == 0
+    text = capsys.readouterr().out
+    assert "first" in text and "NVIDIA H200" in text and "3.00 µs" in text
+
+
+def test_unusable_files_are_one_line_errors(tmp_path, capsys):
+    junk = tmp_path / "junk.duckdb"
+    junk.write_bytes(b"this is not a database\n" * 100)
+    other = tmp_path / "other.duckdb"
+    import duckdb
+
+    duckdb.connect(str(other)).execute("CREATE TABLE t (x INT)").close()
+    for path, words in ((tmp_path / "missing.duckdb", "no database"), (junk, "cannot open"),
+                        (other, "not a hybridscope store")):
+        for verb in (["runs"], ["decompose"], ["query", "SELECT 1"]):
+            assert _cli([*verb, "--db", str(path)]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0], (verb, err)
+    assert junk.read_bytes() == b"this is not a database\n" * 100  # nothing written to it
+
+
+def test_console_script_end_to_end(db_path):
+    con, _ = store_with(db_path, {"mamba": [1_000, 3_000], "moe_comm": [40_000]})
+    con.close()
+    env = {**os.environ, "COLUMNS": "200"}
+    exe = [sys.executable, "-m", "hybridscope"]
+    done = subprocess.run([*exe, "decompose", "--db", str(db_path), "-f", "csv"],
+                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("layer_type,n,p50_ns")
+    assert done.stdout.splitlines()[1].startswith("all,3,3000.0,")
+    bad = subprocess.run([*exe, "query", "--db", str(db_path), "DROP TABLE events"],
+                         check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
