@@ -84,6 +84,7 @@ def _events(sq: SqliteFile, stats: dict):
     keys, names = sq.lookup("SELECT source_id * 65536 + op_id, name FROM ops")
     src_keys, src_names = sq.lookup("SELECT id, name FROM sources")
     kinds = np.array([_kind(k >> 16, v, src_keys, src_names) for k, v in zip(keys, names)], dtype=object)
+    src_kinds = np.array([KIND_BY_SOURCE.get(v, "other") for v in src_names], dtype=object)
     args = [("source", "coalesce(s.name, e.source)"), ("arg0", "e.arg0"), ("arg1", "e.arg1"),
             ("ret", "e.ret_code"), ("stack", "CASE WHEN e.stack_hash != 0 THEN e.stack_hash END"),
             ("node", "nullif(e.node, '')"), ("id", "e.id")]
@@ -101,7 +102,10 @@ def _events(sq: SqliteFile, stats: dict):
             stats["unknown_ops"] += missing
             lost = name == ""
             name[lost] = [f"ingero source {k >> 16} op {k & 65535}" for k in code[lost]]
-        yield {"source": np.full(m, "host_api", dtype=object), "kind": resolve(keys, kinds, code, "other")[0],
+        kind = resolve(keys, kinds, code, "")[0]
+        if missing:  # an op the `ops` table lacks: its source still says runtime/driver/other
+            kind[kind == ""] = resolve(src_keys, src_kinds, code[kind == ""] >> 16, "other")[0]
+        yield {"source": np.full(m, "host_api", dtype=object), "kind": kind,
                "name": name, "device": c["device"], "pid": c["pid"], "tid": c["tid"],
                "ts_ns": c["ts"], "duration_ns": c["dur"], "args": c["args"]}
 
