@@ -1,0 +1,222 @@
+"""Collectives across ranks: arrivals, waits, stragglers, traffic, clock alignment.
+
+Definitions (docs/analyses.md, "collectives"):
+- Collective events: the run's NCCL/RCCL kernels (source 'cuda', kind 'kernel', name starting
+  with 'nccl' or 'rccl') when it has any; otherwise the host-side collective ranges of a CPU run
+  (gloo's 'gloo:<op>' annotations, which span a collective from enqueue to completion).
+- Matching: the k-th collective of process group g on one rank is the k-th of g on every rank
+  (collectives of a group are issued in the same order everywhere: NCCL/gloo require it).
+  g is the event's 'Process Group Name' arg, '0' when absent.
+- Arrival = start of the rank's collective; the last arrival ends everyone's wait.
+  wait(rank) = last arrival - arrival(rank), >= 0. The straggler of a collective is the rank that
+  arrived last. A rank's wait is time its GPU (or thread) sat in the collective for a peer.
+- Step straggler: the rank that arrived last most often in that step (ties: the largest total
+  lateness); wait share of a step = sum of every rank's wait / (ranks x step time), step time
+  being the mean over ranks of the step's span (its 'step' scope, else its events' span).
+- Traffic: from each collective's split sizes ('In split size' rows to each peer, empty = equal
+  split), row size = 'In msg nelems' / total rows, element size from 'dtype'.
+- Clock alignment across hosts: ranks leave a collective within microseconds of each other, so
+  offset(rank) = median over matched collectives of (end(rank0) - end(rank)); the residual skew is
+  the median absolute deviation of that difference after the offset. Ranks of one host share a
+  clock and are not shifted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybridscope.analyze.table import Column, Table, plain
+
+_GPU = "source = 'cuda' AND kind = 'kernel' AND (name LIKE 'nccl%' OR name LIKE 'rccl%')"
+_CPU = "source = 'annotation' AND name LIKE 'gloo:%'"
+
+DTYPE_BYTES = {
+    "float": 4, "float32": 4, "float16": 2, "half": 2, "bfloat16": 2, "double": 8, "float64": 8,
+    "long": 8, "long int": 8, "int64": 8, "int": 4, "int32": 4, "int16": 2, "short": 2, "char": 1,
+    "int8": 1, "byte": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
+}
+
+
+def _predicate(con, run_id: int) -> str:
+    n = con.execute(f"SELECT count(*) FROM events WHERE run_id = ? AND {_GPU}", [run_id]).fetchall()[0][0]
+    return _GPU if n else _CPU
+
+
+def _matched_sql(pred: str) -> str:
+    """Every collective event with its group, ordinal, arrival and wait (values bound by caller)."""
+    return f"""
+        WITH c AS (
+            SELECT rank, name, step, ts_ns AS start_ns, ts_ns + duration_ns AS end_ns, args,
+                   coalesce(json_extract_string(args, '$."Process Group Name"'), '0') AS pg
+            FROM events WHERE run_id = $run AND {pred}
+        ), n AS (
+            SELECT *, row_number() OVER (PARTITION BY rank, pg ORDER BY start_ns) - 1 AS seq FROM c
+        ), g AS (
+            SELECT pg, seq, max(start_ns) AS last_arrival, arg_max(rank, start_ns) AS straggler,
+                   count(*) AS n_ranks, max(end_ns) - min(end_ns) AS end_spread
+            FROM n GROUP BY pg, seq
+        )
+        SELECT n.pg, n.seq, n.rank, n.name, n.step, n.start_ns, n.end_ns,
+               g.last_arrival - n.start_ns AS wait_ns, n.rank = g.straggler AS is_straggler,
+               g.n_ranks, g.end_spread, n.args
+        FROM n JOIN g USING (pg, seq)
+    """
+
+
+COLLECTIVE_COLUMNS = (
+    Column("pg", "str", "process group"),
+    Column("seq", "int", "ordinal of the collective in its group"),
+    Column("rank", "int", "rank"),
+    Column("name", "str", "kernel / op name"),
+    Column("step", "int", "step of the rank's collective, when known"),
+    Column("start_ns", "int", "arrival (start) on the run's clock"),
+    Column("end_ns", "int", "completion on the run's clock"),
+    Column("wait_ns", "ns", "last arrival - this rank's arrival", "wait"),
+    Column("straggler", "str", "'yes' when this rank arrived last"),
+)
+
+
+def collectives(con, run_id: int) -> Table:
+    """One row per (collective, rank): arrival, completion, wait, straggler flag."""
+    rows = con.execute(_matched_sql(_predicate(con, run_id)) + " ORDER BY n.pg, n.seq, n.rank",
+                       {"run": run_id}).fetchall()
+    out = [(pg, int(seq), int(r), name, None if st is None else int(st), int(s), int(e), int(w),
+            "yes" if strag else "") for pg, seq, r, name, st, s, e, w, strag, *_ in rows]
+    notes = []
+    incomplete = {(pg, seq) for pg, seq, *_, nr, _, _ in rows if nr < max((x[9] for x in rows), default=0)}
+    if incomplete:
+        notes.append(f"{len(incomplete)} collective(s) are missing on some rank (trace windows differ?)")
+    return Table("collectives", COLLECTIVE_COLUMNS, out, {"title": f"run {run_id} · collectives by rank",
+                                                           "notes": notes, "run_id": run_id})
+
+
+RANK_COLUMNS = (
+    Column("rank", "int", "rank"),
+    Column("collectives", "int", "collectives matched"),
+    Column("comm_ns", "ns", "time inside collectives", "in collectives"),
+    Column("wait_ns", "ns", "time waiting for a later peer", "waiting"),
+    Column("wait_pct", "pct", "wait / time inside collectives", "wait %"),
+    Column("straggler_n", "int", "collectives where this rank arrived last", "last to arrive"),
+    Column("p99_wait_ns", "ns", "p99 of the wait per collective", "p99 wait"),
+)
+
+
+def rank_waits(con, run_id: int) -> Table:
+    """Per rank: how long it sat in collectives, how much of that was waiting, how often it was last."""
+    rows = con.execute(f"""
+        SELECT rank, count(*), sum(end_ns - start_ns), sum(wait_ns), count(*) FILTER (WHERE is_straggler),
+               quantile_cont(wait_ns, 0.99)
+        FROM ({_matched_sql(_predicate(con, run_id))}) GROUP BY rank ORDER BY rank""", {"run": run_id}).fetchall()
+    out = [(int(r), int(n), int(c), int(w), 100.0 * w / c if c else None, int(s), plain(p)) for r, n, c, w, s, p in rows]
+    return Table("rank_waits", RANK_COLUMNS, out, {"title": f"run {run_id} · collective wait per rank", "run_id": run_id})
+
+
+STEP_COLUMNS = (
+    Column("step", "int", "step"),
+    Column("straggler", "int", "rank that arrived last most often in the step"),
+    Column("last_n", "int", "collectives where it arrived last", "times last"),
+    Column("collectives", "int", "collectives in the step"),
+    Column("wait_ns", "ns", "sum of every rank's wait in the step", "total wait"),
+    Column("step_ns", "ns", "mean step time over ranks", "step time"),
+    Column("wait_share_pct", "pct", "total wait / (ranks x step time)", "wait share"),
+)
+
+
+def stragglers(con, run_id: int) -> Table:
+    """Per step: who was the straggler, and what share of the step its peers spent waiting."""
+    pred = _predicate(con, run_id)
+    rows = con.execute(f"""
+        WITH m AS ({_matched_sql(pred)}),
+        per_rank AS (
+            SELECT step, rank, count(*) FILTER (WHERE is_straggler) AS last_n,
+                   sum(last_arrival_gap) AS lateness
+            FROM (SELECT *, start_ns - min(start_ns) OVER (PARTITION BY pg, seq) AS last_arrival_gap FROM m)
+            WHERE step IS NOT NULL GROUP BY step, rank
+        ),
+        pick AS (SELECT step, arg_max(rank, (last_n, lateness)) AS straggler, max(last_n) AS last_n FROM per_rank GROUP BY step),
+        totals AS (SELECT step, count(DISTINCT (pg, seq)) AS n, sum(wait_ns) AS wait, count(DISTINCT rank) AS ranks
+                   FROM m WHERE step IS NOT NULL GROUP BY step),
+        spans AS (SELECT step, avg(span) AS step_ns FROM ({_step_spans_sql(con, run_id)}) GROUP BY step)
+        SELECT t.step, p.straggler, p.last_n, t.n, t.wait, s.step_ns, t.ranks
+        FROM totals t JOIN pick p USING (step) LEFT JOIN spans s USING (step) ORDER BY t.step""",
+        {"run": run_id}).fetchall()
+    out = []
+    for step, strag, last_n, n, wait, step_ns, ranks in rows:
+        share = 100.0 * wait / (ranks * step_ns) if step_ns else None
+        out.append((int(step), int(strag), int(last_n), int(n), int(wait), plain(step_ns), share))
+    notes = [] if out else ["no collective carries a step: attribute step scopes first (record_function 'step#i')"]
+    return Table("stragglers", STEP_COLUMNS, out, {"title": f"run {run_id} · stragglers per step",
+                                                    "notes": notes, "run_id": run_id})
+
+
+def _step_spans_sql(con, run_id: int) -> str:
+    """(rank, step, span) from step scopes when the run has them, else from its events' extent."""
+    has_scopes = con.execute("SELECT count(*) FROM scopes WHERE run_id = ? AND kind = 'step' AND step IS NOT NULL",
+                             [run_id]).fetchall()[0][0]
+    if has_scopes:
+        return ("SELECT rank, step, max(end_ns) - min(ts_ns) AS span FROM scopes "
+                "WHERE run_id = $run AND kind = 'step' AND step IS NOT NULL GROUP BY rank, step")
+    return ("SELECT rank, step, max(ts_ns + duration_ns) - min(ts_ns) AS span FROM events "
+            "WHERE run_id = $run AND step IS NOT NULL GROUP BY rank, step")
+
+
+TRAFFIC_COLUMNS = (
+    Column("src_rank", "int", "sending rank"),
+    Column("dst_rank", "int", "receiving rank"),
+    Column("rows", "int", "rows (tokens) sent"),
+    Column("bytes", "int", "bytes sent"),
+    Column("collectives", "int", "collectives with split sizes"),
+)
+
+
+def traffic(con, run_id: int) -> Table:
+    """Rank x rank bytes of the run's all-to-alls, from their split sizes (module doc)."""
+    rows = con.execute(f"""
+        SELECT rank, json_extract_string(args, '$."In split size"'), json_extract(args, '$."In msg nelems"'),
+               json_extract(args, '$."Group size"'), lower(json_extract_string(args, '$.dtype')),
+               json_extract_string(args, '$."Process Group Ranks"')
+        FROM events WHERE run_id = $run AND {_GPU}
+          AND json_extract_string(args, '$."In split size"') IS NOT NULL""", {"run": run_id}).fetchall()
+    acc: dict[tuple[int, int], list[int]] = {}
+    for rank, splits, nelems, group, dtype, ranks in rows:
+        peers = _int_list(ranks) or list(range(int(group or 0)))
+        sizes = _int_list(splits)
+        if not peers or nelems is None:
+            continue
+        nelems = int(nelems)
+        if not sizes:  # equal split
+            sizes = [nelems // len(peers)] * len(peers)
+            row_elems = 1
+        else:
+            row_elems = nelems // max(1, sum(sizes))
+        elem = DTYPE_BYTES.get((dtype or "").replace("c10::", ""), 0)
+        for peer, n in zip(peers, sizes):
+            cell = acc.setdefault((int(rank), peer), [0, 0, 0])
+            cell[0] += n
+            cell[1] += n * row_elems * elem
+            cell[2] += 1
+    out = [(s, d, r, b, c) for (s, d), (r, b, c) in sorted(acc.items())]
+    notes = [] if out else ["no collective with split sizes (Kineto record_param_comms args) in this run"]
+    return Table("traffic", TRAFFIC_COLUMNS, out, {"title": f"run {run_id} · all-to-all traffic", "notes": notes,
+                                                   "run_id": run_id})
+
+
+def _int_list(text: str | None) -> list[int]:
+    if not text:
+        return []
+    body = text.strip().strip("[]").strip()
+    return [int(x) for x in body.split(",") if x.strip()] if body else []
+
+
+def clock_offsets(con, run_id: int) -> dict[int, tuple[int, float]]:
+    """{rank: (offset_ns to add to its timestamps, residual skew ns)} from collective completions."""
+    rows = con.execute(f"""
+        WITH m AS ({_matched_sql(_predicate(con, run_id))})
+        SELECT a.rank, list(b.end_ns - a.end_ns) FROM m a JOIN m b ON a.pg = b.pg AND a.seq = b.seq AND b.rank = 0
+        GROUP BY a.rank ORDER BY a.rank""", {"run": run_id}).fetchall()
+    result = {}
+    for rank, diffs in rows:
+        d = np.asarray(diffs, dtype=np.int64)
+        off = int(np.median(d))
+        result[int(rank)] = (off, float(np.median(np.abs(d - off))))
+    return result
