@@ -231,12 +231,13 @@ def _q(name: str) -> str:
 PID, TID = 4242, 4250
 
 
-def hybrid_model(steps: int = 2, t0: int = 1_000_000) -> Report:
+def hybrid_model(steps: int = 2, t0: int = 1_000_000, pythooks: bool = False) -> Report:
     """Two decode steps of a 3-layer hybrid model (Mamba, attention, MoE), one NVTX push/pop range
     per module on the launching thread, as vLLM's layerwise NVTX tracing emits them.
 
     Per step and layer: one NVTX range `model.layers.<i>.<module>`; inside it one
     cudaLaunchKernel per kernel; each kernel runs on the GPU 2 us after its launch.
+    `pythooks` names the ranges as those hooks do (str of a dict, see `pythooks_text`).
     Returns the report; kernels' expected layer indices are in each kernel dict's 'layer'.
     """
     layers = [("mixer", ["_chunk_scan_fwd_kernel", "_state_passing_fwd_kernel"]),
@@ -254,6 +255,31 @@ def hybrid_model(steps: int = 2, t0: int = 1_000_000) -> Report:
                                     "pid": PID, "layer": i, "module": f"model.layers.{i}.{module}"})
                 t += 10_000
                 corr += 1
-            rep.nvtx.append({"start": start, "end": t, "text": f"model.layers.{i}.{module}", "pid": PID, "tid": TID})
+            path = f"model.layers.{i}.{module}"
+            rep.nvtx.append({"start": start, "end": t, "text": pythooks_text(path) if pythooks else path,
+                             "module": path, "pid": PID, "tid": TID})
         t += 50_000
     return rep
+
+
+def pythooks_text(module: str) -> str:
+    """The NVTX text vLLM's/SGLang's layerwise hooks (PytHooks) push for one module call."""
+    return str({"Module": module, "TrainableParams": {"weight": [4096, 4096]}, "Inputs": [[1, 4096]],
+                "StaticParams": {}})
+
+
+def as_kineto(rep: Report, *, module_names: bool = True) -> dict:
+    """The same run as a Kineto trace: NVTX ranges as record_function ranges (named by module path
+    when `module_names`), launches as cuda_runtime, kernels on (device, stream), times in µs."""
+    def x(cat, name, start, end, pid, tid, args=None):
+        ev = {"ph": "X", "cat": cat, "name": name, "pid": pid, "tid": tid, "ts": start / 1000, "dur": (end - start) / 1000}
+        return ev | ({"args": args} if args else {})
+
+    events = [x("user_annotation", r["module"] if module_names and "module" in r else r["text"], r["start"], r["end"],
+                r["pid"], r["tid"]) for r in rep.nvtx]
+    events += [x("cuda_runtime", r["name"].split("_v")[0], r["start"], r["end"], r["pid"], r["tid"],
+                 {"correlation": r["corr"]}) for r in rep.runtime]
+    events += [x("kernel", k["name"], k["start"], k["end"], k.get("device", 0), k.get("stream", 7),
+                 {"correlation": k["corr"], "device": k.get("device", 0), "stream": k.get("stream", 7)})
+               for k in rep.kernels]
+    return {"schemaVersion": 1, "traceEvents": events}

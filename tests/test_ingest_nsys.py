@@ -195,3 +195,27 @@ def test_read_only_copy_on_read_only_directory(tmp_path, db_path):
     finally:
         ro.chmod(0o755)
     assert res.n_events > 0
+
+
+@pytest.mark.parametrize("pythooks", [False, True])
+def test_nvtx_module_ranges_attribute_kernels_exactly_as_kineto_ranges(tmp_path, db_path, pythooks):
+    """The same run, once as an nsys export with one NVTX range per module (plain paths, or the
+    str(dict) texts of vLLM's/SGLang's layerwise hooks), once as a Kineto trace with one
+    record_function range per module: every kernel gets the same layer type, index and module."""
+    rep = nf.hybrid_model(steps=2, pythooks=pythooks)
+    kineto = tmp_path / "same_run.json"
+    kineto.write_text(json.dumps(nf.as_kineto(rep)))
+    r_nsys, r_kineto = _import(db_path, nf.write(tmp_path / "r.sqlite", rep), kineto)
+    sql = ("SELECT name, layer_type, layer_index, module, attr_method FROM events "
+           "WHERE run_id = ? AND kind = 'kernel' ORDER BY ts_ns")
+    from_nsys = _rows(db_path, sql, [r_nsys.run_id])
+    assert from_nsys == _rows(db_path, sql, [r_kineto.run_id])
+    assert [(k[2], k[3]) for k in from_nsys] == [(k["layer"], k["module"]) for k in rep.kernels]
+    assert {k[1] for k in from_nsys if k[2] == 1} == {"attention"} and {k[1] for k in from_nsys if k[2] == 2} == {
+        "moe_experts"}
+    scopes = _rows(db_path, "SELECT DISTINCT name FROM scopes WHERE run_id = ? ORDER BY 1", [r_nsys.run_id])
+    assert scopes == sorted({(n["module"],) for n in rep.nvtx})
+    if pythooks:  # the hook's full text (shapes, parameters) stays with the range
+        args = _rows(db_path, "SELECT args->>'nvtx' FROM events WHERE run_id = ? AND source = 'annotation' "
+                              "ORDER BY ts_ns LIMIT 1", [r_nsys.run_id])
+        assert args == [(rep.nvtx[0]["text"],)]
