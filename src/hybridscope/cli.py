@@ -23,6 +23,7 @@ VERBS: tuple[str, ...] = (
     "baseline",
     "check",
     "diff",
+    "trace",
 )
 
 app = typer.Typer(
