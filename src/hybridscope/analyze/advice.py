@@ -1,0 +1,210 @@
+"""Ranked recommendations, each with the numbers behind it. No advice without data behind it.
+
+Each rule reads the result tables of the other analyses and returns one `Advice` or None; a rule
+fires only when its evidence is present and passes its threshold (docs/analyses.md, "advice"):
+
+- routing_penalty: steps with routing and moe_comm time, split in two by imbalance where moe_comm
+  changes most (`best_split`, at least `min_group` steps per side); t = the lower group's largest
+  imbalance. Fires when p99(moe_comm | upper) / p99(moe_comm | lower) >= `jump` and
+  Spearman(imbalance, moe_comm) >= `min_rho`. At stake: the moe_comm time of the upper group's
+  steps beyond the p50 of the lower group's.
+- stream_pairing: colliding moe_comm collectives (conflicts). Fires when any pair exists; names the
+  pair of modules / streams with the most time at stake.
+- capacity_factor: experts whose capacity_factor_p99 >= `cf_threshold`: recommends that factor
+  (rounded up to 0.25) per tail-heavy expert. No time estimate (none is measured).
+- cuda_graphs: phases that launch_bound judged launch-bound, decode (or unknown phase) only.
+  At stake: the idle time before the phase's kernels.
+- comm_overlap: exposed communication >= `exposed_pct` % of a rank's window. At stake: exposed time.
+- host_stall: the gap site (layer type before -> after) with the most idle time, when it holds
+  >= `stall_pct` % of the summed window. At stake: that idle time.
+Advice is ranked by time at stake (largest first; rules without a time estimate last).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hybridscope.analyze.table import Column, Table
+from hybridscope.present.table import format_ns
+
+
+@dataclass(frozen=True)
+class Advice:
+    rule: str
+    recommendation: str
+    evidence: str
+    at_stake_ns: float | None
+    numbers: dict = field(default_factory=dict)
+
+
+def advice(tables: dict[str, Table], *, wall_ns: int | None = None, jump: float = 1.5, min_rho: float = 0.3,
+           min_group: int = 3, cf_threshold: float = 1.5, exposed_pct: float = 5.0,
+           stall_pct: float = 5.0) -> Table:
+    """Run every rule on `tables` (keyed by Table.name: expert_steps, expert_correlation,
+    conflict_pairs, expert_load, launch_bound, overlap, gap_sites); missing tables skip their rules."""
+    found = [
+        routing_penalty(tables.get("expert_steps"), jump=jump, min_rho=min_rho, min_group=min_group),
+        stream_pairing(tables.get("conflict_pairs")),
+        capacity_factor(tables.get("expert_load"), threshold=cf_threshold),
+        cuda_graphs(tables.get("launch_bound")),
+        comm_overlap(tables.get("overlap"), exposed_pct=exposed_pct),
+        host_stall(tables.get("gap_sites"), wall_ns, stall_pct=stall_pct),
+    ]
+    found = sorted((a for a in found if a is not None),
+                   key=lambda a: (a.at_stake_ns is None, -(a.at_stake_ns or 0)))
+    rows = [(i + 1, a.rule, a.recommendation, a.evidence, a.at_stake_ns,
+             100.0 * a.at_stake_ns / wall_ns if a.at_stake_ns is not None and wall_ns else None)
+            for i, a in enumerate(found)]
+    cols = (Column("rank", "int", "1 = most time at stake", "#"), Column("rule", "str"),
+            Column("recommendation", "str"), Column("evidence", "str", "the numbers behind it"),
+            Column("at_stake_ns", "ns", "time the change could win back (upper bound)", "at stake"),
+            Column("at_stake_pct", "pct", "at stake / wall time", "% wall"))
+    return Table("advice", cols, rows, {"title": "What to change", "numbers": {a.rule: a.numbers for a in found}})
+
+
+def routing_penalty(t: Table | None, *, jump: float, min_rho: float, min_group: int) -> Advice | None:
+    if t is None:
+        return None
+    pairs = [(x, y) for x, y in zip(t.column("imbalance"), t.column("moe_comm_ns")) if y is not None]
+    if len(pairs) < 2 * min_group:
+        return None
+    from hybridscope.analyze.experts import spearman
+
+    x = np.array([p[0] for p in pairs], dtype=np.float64)
+    y = np.array([p[1] for p in pairs], dtype=np.float64)
+    rho = spearman(x, y)
+    cut = best_split(x, y, min_group)
+    if cut is None or rho is None or rho < min_rho:
+        return None
+    lo_x, hi_x = cut
+    above, below = y[x >= hi_x], y[x <= lo_x]
+    p99_a, p99_b, p50_b = (float(np.percentile(above, 99)), float(np.percentile(below, 99)),
+                           float(np.percentile(below, 50)))
+    ratio = p99_a / p99_b if p99_b > 0 else math.inf
+    if ratio < jump:
+        return None
+    stake = float(np.clip(above - p50_b, 0, None).sum())
+    return Advice(
+        "routing_penalty",
+        f"Penalize routing for batches whose expert imbalance (max/mean) exceeds {lo_x:.2f}: "
+        "re-route or defer their overflow tokens before the all-to-all.",
+        f"{above.size} of {x.size} steps at imbalance ≥ {hi_x:.2f}: moe_comm p99 {format_ns(p99_a)} vs "
+        f"{format_ns(p99_b)} at ≤ {lo_x:.2f} ({ratio:.1f}×); Spearman ρ(imbalance, moe_comm) = {rho:.2f}",
+        stake,
+        {"threshold": lo_x, "next_level": hi_x, "jump": ratio, "p99_above_ns": p99_a, "p99_below_ns": p99_b,
+         "rho": rho, "n_above": int(above.size), "n_below": int(below.size)})
+
+
+def best_split(x: np.ndarray, y: np.ndarray, min_group: int) -> tuple[float, float] | None:
+    """The imbalance level where moe_comm changes most: the split of the steps sorted by x into a
+    lower and an upper group (each >= min_group steps, cut between distinct x values) that
+    minimizes the summed squared deviation of y from each group's mean (a one-split regression
+    tree). Returns (largest x of the lower group, smallest x of the upper group)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    n = xs.size
+    c1, c2 = np.cumsum(ys), np.cumsum(ys * ys)
+    i = np.arange(min_group, n - min_group + 1)  # lower group = first i steps
+    i = i[xs[i - 1] < xs[i]] if i.size else i
+    if i.size == 0:
+        return None
+    sse_lo = c2[i - 1] - c1[i - 1] ** 2 / i
+    sse_hi = (c2[-1] - c2[i - 1]) - (c1[-1] - c1[i - 1]) ** 2 / (n - i)
+    k = int(i[np.argmin(sse_lo + sse_hi)])
+    return float(xs[k - 1]), float(xs[k])
+
+
+def stream_pairing(t: Table | None) -> Advice | None:
+    if t is None or not len(t):
+        return None
+    top = t.to_records()[0]  # conflict_pairs is sorted by time at stake
+    n_total = sum(t.column("n"))
+    mods = f"{top['module_a'] or '?'} and {top['module_b'] or '?'}"
+    if top["kind"] == "overlap":
+        rec = (f"Give the all-to-alls of {mods} their own stream / communicator pair, or order them: "
+               f"they are in flight together on one {top['scope']}.")
+        ev = f"{top['n']} overlapping pairs on streams {top['stream_a']}/{top['stream_b']}, " \
+             f"{format_ns(top['total_ns'])} in flight together"
+    else:
+        rec = f"Run the collectives of {mods} on paired streams: they queue back to back on stream {top['stream_a']}."
+        ev = f"{top['n']} back-to-back pairs, up to {format_ns(top['total_ns'])} could overlap"
+    if n_total > top["n"]:
+        ev += f"; {n_total} conflicting pairs in all"
+    return Advice("stream_pairing", rec, ev, float(top["total_ns"]),
+                  {"kind": top["kind"], "scope": top["scope"], "n": top["n"], "n_total": n_total,
+                   "stream_a": top["stream_a"], "stream_b": top["stream_b"], "total_ns": top["total_ns"]})
+
+
+def capacity_factor(t: Table | None, *, threshold: float) -> Advice | None:
+    if t is None:
+        return None
+    heavy = [r for r in t.to_records() if (r["capacity_factor_p99"] or 0) >= threshold]
+    if not heavy:
+        return None
+    heavy.sort(key=lambda r: -r["capacity_factor_p99"])
+    shown = heavy[:5]
+    cf = {f"{r['layer_index']}/{r['expert']}": math.ceil(r["capacity_factor_p99"] * 4) / 4 for r in heavy}
+    listing = ", ".join(f"layer {r['layer_index']} expert {r['expert']}: "
+                        f"{math.ceil(r['capacity_factor_p99'] * 4) / 4:g}" for r in shown)
+    more = f" (+{len(heavy) - len(shown)} more)" if len(heavy) > len(shown) else ""
+    return Advice(
+        "capacity_factor",
+        f"Raise the capacity factor of tail-heavy experts: {listing}{more}.",
+        f"{len(heavy)} experts needed ≥ {threshold:g}× an even share at p99 of steps; worst "
+        f"{shown[0]['capacity_factor_p99']:.2f}× (layer {shown[0]['layer_index']} expert {shown[0]['expert']})",
+        None, {"capacity_factors": cf})
+
+
+def cuda_graphs(t: Table | None) -> Advice | None:
+    if t is None:
+        return None
+    bound = [r for r in t.to_records() if r["launch_bound"] == "yes" and r["phase"] in ("decode", "unknown")]
+    if not bound:
+        return None
+    r = max(bound, key=lambda r: r["idle_ns"])
+    idle = sum(b["idle_ns"] for b in bound)
+    phase = "decode" if r["phase"] == "decode" else "the steps (phase unknown)"
+    return Advice(
+        "cuda_graphs",
+        f"Capture {phase} in CUDA graphs: the GPU waits on kernel launches.",
+        f"rank {r['rank']}: median kernel {format_ns(r['median_kernel_ns'])}, median gap before a kernel "
+        f"{format_ns(r['median_gap_ns'])}, {r['gap_ge_kernel_pct']:.0f}% of kernels wait at least their own "
+        f"duration; {format_ns(idle)} idle between launches",
+        float(idle), {"ranks": [b["rank"] for b in bound], "idle_ns": idle,
+                      "median_kernel_ns": r["median_kernel_ns"], "median_gap_ns": r["median_gap_ns"]})
+
+
+def comm_overlap(t: Table | None, *, exposed_pct: float) -> Advice | None:
+    if t is None:
+        return None
+    hit = [r for r in t.to_records() if (r["exposed_wall_pct"] or 0) >= exposed_pct]
+    if not hit:
+        return None
+    r = max(hit, key=lambda r: r["exposed_ns"])
+    return Advice(
+        "comm_overlap",
+        "Overlap MoE communication with compute (e.g. split each batch in two micro-batches so one's "
+        "all-to-all runs under the other's experts, or a dedicated comm stream).",
+        f"rank {r['rank']}: {format_ns(r['exposed_ns'])} of {format_ns(r['comm_ns'])} communication exposed "
+        f"({r['exposed_comm_pct']:.0f}% of comm, {r['exposed_wall_pct']:.1f}% of wall time)",
+        float(r["exposed_ns"]), {"rank": r["rank"], "exposed_ns": r["exposed_ns"],
+                                 "exposed_wall_pct": r["exposed_wall_pct"]})
+
+
+def host_stall(t: Table | None, wall_ns: int | None, *, stall_pct: float) -> Advice | None:
+    if t is None or not len(t) or not wall_ns:
+        return None
+    r = t.to_records()[0]  # gap_sites is sorted by idle time
+    share = 100.0 * r["idle_ns"] / wall_ns
+    if share < stall_pct:
+        return None
+    return Advice(
+        "host_stall",
+        f"Remove the host stall between {r['before']} and {r['after']} kernels (a .item()/.tolist() sync, "
+        "a host-side shape computation or an allocation): the GPU idles there.",
+        f"{r['n_gaps']} gaps, {format_ns(r['idle_ns'])} idle ({share:.1f}% of wall time), "
+        f"p50 {format_ns(r['p50_ns'])}, p99 {format_ns(r['p99_ns'])}",
+        float(r["idle_ns"]), {"before": r["before"], "after": r["after"], "idle_ns": r["idle_ns"], "share": share})

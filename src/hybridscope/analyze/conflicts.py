@@ -1,0 +1,117 @@
+"""Stream conflicts: MoE collectives in flight together, or queued back to back on one stream.
+
+On the moe_comm kernels of each (rank, device). Definitions (docs/analyses.md, "stream conflicts"):
+- *overlap*: a collective that starts before an earlier one has ended. Its partner is the earlier
+  collective with the latest end (the one still in flight); `ns` is the time both are in flight.
+  `scope` says what they share: 'stream' (same stream: the trace shows them overlapping although
+  a stream runs them in order), 'communicator' (other streams, same process group, or group
+  unknown: they contend for the same NCCL channels), 'device' (other streams and groups);
+- *serialized*: two consecutive collectives of one stream, the second starting at most
+  `back_to_back_ns` after the first ends with no other kernel of the device starting in between,
+  from different scopes (module or layer index differ; two collectives of one module, like a
+  count exchange before a token exchange, usually depend on each other). `ns` is the shorter of
+  the two durations: the most that running them concurrently could save.
+- meta['max_in_flight'] is the most moe_comm kernels in flight at one instant on any device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybridscope.analyze import intervals, timeline
+from hybridscope.analyze.table import Column, Table
+
+CONFLICT_COLUMNS = (
+    Column("rank", "int"), Column("device", "int"),
+    Column("kind", "str", "overlap | serialized"),
+    Column("scope", "str", "stream | communicator | device"),
+    Column("stream_a", "int", "stream of the earlier collective"), Column("stream_b", "int", "stream of the later"),
+    Column("module_a", "str"), Column("module_b", "str"),
+    Column("layer_a", "int"), Column("layer_b", "int"),
+    Column("step", "int", "step of the later collective"),
+    Column("at_ns", "ns", "start of the later collective from the rank's window start", "at"),
+    Column("ns", "ns", "overlap: time both in flight; serialized: the shorter duration", "at stake"),
+)
+
+
+def conflicts(con, run_id: int, *, back_to_back_ns: int = 2_000) -> Table:
+    """Every overlapping or serialized pair of moe_comm kernels (module doc)."""
+    k = timeline.kernels(con, run_id)
+    windows = timeline.rank_windows(con, run_id)
+    rows: list[tuple] = []
+    max_in_flight = 0
+    for (rank, device), idx in timeline.groups(k, "rank", "device"):
+        comm = idx[k["layer_type"][idx] == "moe_comm"]
+        if comm.size == 0:
+            continue
+        max_in_flight = max(max_in_flight, intervals.max_concurrency(k["ts_ns"][comm], k["end_ns"][comm]))
+        lo = windows[rank][0]
+        for a, b, kind, ns in _overlaps(k, comm) + _serialized(k, idx, comm, back_to_back_ns):
+            rows.append(_row(k, rank, device, lo, a, b, kind, ns))
+    rows.sort(key=lambda r: (r[0], r[1] if r[1] is not None else -1, r[11]))
+    return Table("conflicts", CONFLICT_COLUMNS, rows,
+                 {"title": "MoE collectives in conflict", "run_id": run_id, "max_in_flight": max_in_flight,
+                  "back_to_back_ns": back_to_back_ns})
+
+
+def conflict_pairs(table: Table) -> Table:
+    """`conflicts` grouped by (kind, scope, streams, modules): count and total time at stake."""
+    acc: dict[tuple, list[int]] = {}
+    for r in table.to_records():
+        key = (r["kind"], r["scope"], r["stream_a"], r["stream_b"], r["module_a"], r["module_b"])
+        acc.setdefault(key, []).append(r["ns"])
+    rows = [(*key, len(v), int(sum(v))) for key, v in acc.items()]
+    rows.sort(key=lambda r: -r[7])
+    cols = (Column("kind", "str"), Column("scope", "str"), Column("stream_a", "int"), Column("stream_b", "int"),
+            Column("module_a", "str"), Column("module_b", "str"), Column("n", "int", "pairs"),
+            Column("total_ns", "ns", "summed time at stake", "at stake"))
+    return Table("conflict_pairs", cols, rows, {"title": "Colliding collectives", **dict(table.meta)})
+
+
+def _overlaps(k: dict, comm: np.ndarray) -> list[tuple]:
+    """(earlier, later, 'overlap', ns) for collectives starting while an earlier one is in flight."""
+    s, e = k["ts_ns"][comm], k["end_ns"][comm]
+    order = np.lexsort((e, s))
+    s, e, comm = s[order], e[order], comm[order]
+    run_max = np.maximum.accumulate(e)
+    holder = np.maximum.accumulate(np.where(e >= run_max, np.arange(s.size), 0))
+    j = np.flatnonzero(s[1:] < run_max[:-1]) + 1
+    ns = np.minimum(e[j], run_max[j - 1]) - s[j]
+    keep = ns > 0
+    return [(int(a), int(b), "overlap", int(n))
+            for a, b, n in zip(comm[holder[j - 1]][keep], comm[j][keep], ns[keep])]
+
+
+def _serialized(k: dict, idx: np.ndarray, comm: np.ndarray, back_to_back_ns: int) -> list[tuple]:
+    """(earlier, later, 'serialized', ns) for back-to-back collectives of one stream (module doc)."""
+    starts_all = np.sort(k["ts_ns"][idx])
+    out = []
+    for _stream, pos in timeline.groups({"stream": k["stream"][comm]}, "stream"):
+        c = comm[pos]
+        c = c[np.argsort(k["ts_ns"][c], kind="stable")]
+        a, b = c[:-1], c[1:]
+        gap = k["ts_ns"][b] - k["end_ns"][a]
+        between = np.searchsorted(starts_all, k["ts_ns"][b], "left") - np.searchsorted(starts_all, k["end_ns"][a], "left")
+        other_scope = (k["module"][a].astype(str) != k["module"][b].astype(str)) | (k["layer_index"][a] != k["layer_index"][b])
+        hit = (gap >= 0) & (gap <= back_to_back_ns) & (between == 0) & other_scope
+        ns = np.minimum(k["duration_ns"][a], k["duration_ns"][b])
+        out += [(int(x), int(y), "serialized", int(n)) for x, y, n in zip(a[hit], b[hit], ns[hit])]
+    return out
+
+
+def _row(k, rank, device, lo, a, b, kind, ns) -> tuple:
+    sa, sb = int(k["stream"][a]), int(k["stream"][b])
+    if kind == "serialized" or sa == sb:
+        scope = "stream"
+    elif k["pg"][a] is None or k["pg"][b] is None or k["pg"][a] == k["pg"][b]:
+        scope = "communicator"
+    else:
+        scope = "device"
+    return (int(rank), None if device < 0 else int(device), kind, scope, sa, sb, k["module"][a], k["module"][b],
+            _opt(k["layer_index"][a]), _opt(k["layer_index"][b]), _opt(k["step"][b]),
+            int(k["ts_ns"][b] - lo), ns)
+
+
+def _opt(v) -> int | None:
+    v = int(v)
+    return None if v < 0 else v

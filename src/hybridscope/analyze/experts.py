@@ -1,0 +1,139 @@
+"""MoE experts: tokens per expert, routing imbalance, and how imbalance tracks comm and step time.
+
+From the `routing` table (tokens per expert, per MoE layer and step, per rank). Definitions
+(docs/analyses.md, "experts"):
+- tokens of an expert at a step are summed over ranks (each rank routes its own tokens);
+- a layer has E = max(expert) + 1 experts (seen over the whole run); an expert absent from a
+  step's rows received 0 tokens;
+- imbalance of (layer, step) = max over experts of tokens / mean tokens per expert
+  (= total / E); 1.0 is perfectly balanced, E means all tokens went to one expert;
+- a step's imbalance is the max over its MoE layers (the worst layer sets the all-to-all's size);
+- capacity factor of an expert at a step = its tokens / (layer total / E): the multiple of an even
+  share it needed; `capacity_factor_p99` is its continuous p99 over steps;
+- per step, `moe_comm_ns` and `latency_ns` are the max over ranks (the slowest rank sets when the
+  collective and the step finish);
+- correlations (Pearson on values, Spearman on average ranks) of step imbalance with moe_comm
+  time and with step latency, over steps present in both routing and the timeline; None with
+  fewer than 3 steps or a constant series.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybridscope.analyze import timeline
+from hybridscope.analyze.table import Column, Table, plain
+
+_ROUTED = """
+    r AS (SELECT step, layer_index, expert, sum(tokens) AS tokens FROM routing WHERE run_id = $run
+          GROUP BY step, layer_index, expert),
+    ne AS (SELECT layer_index, max(expert) + 1 AS n_experts FROM r GROUP BY layer_index),
+    g AS (SELECT step, layer_index, sum(tokens) AS total, max(tokens) AS mx,
+                 first(expert ORDER BY tokens DESC, expert) AS hot
+          FROM r GROUP BY step, layer_index)"""
+
+
+def imbalance(con, run_id: int) -> Table:
+    """Per (step, layer): tokens routed, mean and max per expert, imbalance, the hottest expert."""
+    rows = con.execute(
+        f"""WITH {_ROUTED}
+        SELECT g.step, g.layer_index, ne.n_experts, g.total, g.total / ne.n_experts, g.mx,
+               CASE WHEN g.total > 0 THEN g.mx / (g.total / ne.n_experts) END, g.hot
+        FROM g JOIN ne USING (layer_index) ORDER BY g.step, g.layer_index""",
+        {"run": run_id},
+    ).fetchall()
+    cols = (Column("step", "int"), Column("layer_index", "int", "", "layer"),
+            Column("n_experts", "int", "", "experts"), Column("tokens", "int", "tokens routed (× top-k)"),
+            Column("mean_tokens", "float", "tokens / experts", "mean"),
+            Column("max_tokens", "int", "tokens of the busiest expert", "max"),
+            Column("imbalance", "ratio", "max / mean"), Column("hot_expert", "int", "the busiest expert", "hot"))
+    return Table("imbalance", cols, [tuple(plain(v) for v in r) for r in rows],
+                 {"title": "Routing imbalance per layer and step", "run_id": run_id})
+
+
+def expert_load(con, run_id: int) -> Table:
+    """Per (layer, expert): tokens over the run, share of the layer, mean and p99 per step, and the
+    capacity factor it needed at p99 (module doc). The expert heatmap's data."""
+    rows = con.execute(
+        f"""WITH {_ROUTED},
+        grid AS (SELECT g.step, g.layer_index, g.total, ne.n_experts, unnest(range(ne.n_experts)) AS expert
+                 FROM g JOIN ne USING (layer_index)),
+        full_ AS (SELECT grid.*, coalesce(r.tokens, 0) AS tokens FROM grid
+                  LEFT JOIN r USING (step, layer_index, expert))
+        SELECT layer_index, expert, sum(tokens)::BIGINT,
+               100.0 * sum(tokens) / nullif(sum(total), 0),
+               avg(tokens), quantile_cont(tokens, 0.99),
+               quantile_cont(CASE WHEN total > 0 THEN tokens / (total / n_experts) END, 0.99)
+        FROM full_ GROUP BY layer_index, expert ORDER BY layer_index, expert""",
+        {"run": run_id},
+    ).fetchall()
+    cols = (Column("layer_index", "int", "", "layer"), Column("expert", "int"),
+            Column("tokens", "int", "tokens over the run"),
+            Column("share_pct", "pct", "share of the layer's tokens", "share"),
+            Column("mean_per_step", "float", "", "mean/step"), Column("p99_per_step", "float", "", "p99/step"),
+            Column("capacity_factor_p99", "ratio", "p99 over steps of tokens / even share", "cf p99"))
+    return Table("expert_load", cols, [tuple(plain(v) for v in r) for r in rows],
+                 {"title": "Tokens per expert", "run_id": run_id})
+
+
+def expert_steps(con, run_id: int) -> Table:
+    """Per step with routing: imbalance (max over layers), moe_comm time and latency (max over ranks)."""
+    imb: dict[int, float] = {}
+    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id).rows:
+        if ratio is not None:
+            imb[step] = max(imb.get(step, 0.0), ratio)
+    comm: dict[int, int] = {}
+    for rank, step, lt, ns in timeline.step_sums(con, run_id):
+        if lt == "moe_comm":
+            comm[step] = max(comm.get(step, 0), ns)
+    latency: dict[int, int] = {}
+    for w in timeline.step_windows(con, run_id):
+        latency[w["step"]] = max(latency.get(w["step"], 0), w["end_ns"] - w["ts_ns"])
+    rows = [(s, imb[s], comm.get(s, 0) if s in latency else None, latency.get(s)) for s in sorted(imb)]
+    cols = (Column("step", "int"), Column("imbalance", "ratio", "max over MoE layers of max/mean"),
+            Column("moe_comm_ns", "ns", "moe_comm kernel time in the step (max over ranks)", "moe_comm"),
+            Column("latency_ns", "ns", "step latency (max over ranks)", "latency"))
+    return Table("expert_steps", cols, rows, {"title": "Imbalance vs moe_comm per step", "run_id": run_id})
+
+
+def expert_correlation(con, run_id: int, steps_table: Table | None = None) -> Table:
+    """Pearson and Spearman correlation of step imbalance with moe_comm time and with latency."""
+    t = steps_table if steps_table is not None else expert_steps(con, run_id)
+    rows = []
+    for y in ("moe_comm_ns", "latency_ns"):
+        pairs = [(x, v) for x, v in zip(t.column("imbalance"), t.column(y)) if v is not None]
+        xs = np.array([p[0] for p in pairs], dtype=np.float64)
+        ys = np.array([p[1] for p in pairs], dtype=np.float64)
+        rows.append(("imbalance", y, len(pairs), pearson(xs, ys), spearman(xs, ys)))
+    cols = (Column("x", "str"), Column("y", "str"), Column("n", "int", "steps"),
+            Column("pearson", "float", "Pearson r"), Column("spearman", "float", "Spearman rho"))
+    return Table("expert_correlation", cols, rows, {"title": "Does imbalance cost time?", "run_id": run_id})
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson r, None with fewer than 3 points or a constant series."""
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rho: Pearson r of the average ranks (ties share the mean of their ranks)."""
+    if x.size < 3:
+        return None
+    return pearson(rankdata(x), rankdata(y))
+
+
+def rankdata(a: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties averaged (scipy.stats.rankdata's 'average'), vectorized."""
+    a = np.asarray(a)
+    order = np.argsort(a, kind="stable")
+    sorted_a = a[order]
+    new = np.r_[True, sorted_a[1:] != sorted_a[:-1]]
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], a.size]
+    avg = (starts + ends + 1) / 2.0  # mean of 1-based ranks starts+1 .. ends
+    ranks = np.empty(a.size, dtype=np.float64)
+    ranks[order] = avg[group]
+    return ranks

@@ -1,0 +1,131 @@
+"""Engine steps: prefill vs decode, per-step GPU time stacked by layer type, the slowest steps.
+
+Steps and the step of each kernel come from `timeline` (recorded steps, or step ranges of an
+imported trace). Definitions (docs/analyses.md, "steps"):
+- a step's latency is `end_ns - ts_ns` of its window; its GPU time is the sum of its kernels'
+  durations (kernels may overlap, so GPU time can exceed latency on several streams);
+- `step_stack`: per step and layer type, the summed kernel time;
+- `phases`: per phase ('prefill', 'decode', 'mixed', or 'unknown'), count and continuous
+  percentiles of step latency;
+- `slow_steps`: the slowest steps are those with latency >= the continuous `quantile` of all step
+  latencies (at least the single slowest step). For each layer type: its mean time per slow step and
+  per other step, its share of the slow steps' GPU time, and the growth `slow - typical`.
+  meta['dominant'] is the layer type with the largest share of the slow steps' GPU time,
+  meta['grew_most'] the one whose time per step grew the most.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybridscope.analyze import timeline
+from hybridscope.analyze.dashboard import pct
+from hybridscope.analyze.table import Column, Table
+from hybridscope.attribute.vocab import ORDER
+
+STEP_COLUMNS = (
+    Column("rank", "int"),
+    Column("step", "int"),
+    Column("phase", "str"),
+    Column("ts_ns", "ns", "step start on the run's clock", "start"),
+    Column("latency_ns", "ns", "end - start of the step window", "latency"),
+    Column("gpu_ns", "ns", "sum of the step's kernel durations", "GPU time"),
+    Column("n_kernels", "int", "kernels launched in the step", "kernels"),
+    Column("top_layer_type", "str", "layer type with the most GPU time in the step", "top"),
+    Column("top_share_pct", "pct", "its share of the step's GPU time", "top share"),
+    Column("n_tokens", "int", "tokens processed, when recorded", "tokens"),
+)
+
+
+def steps(con, run_id: int) -> Table:
+    """One row per (rank, step), in time order per rank."""
+    windows = timeline.step_windows(con, run_id)
+    stack = _stack(con, run_id)
+    rows = []
+    for w in windows:
+        per_type = stack.get((w["rank"], w["step"]), {})
+        top = max(per_type, key=per_type.get) if per_type else None
+        share = 100.0 * per_type[top] / w["gpu_ns"] if top and w["gpu_ns"] else None
+        rows.append((w["rank"], w["step"], w["phase"] or "unknown", w["ts_ns"], w["end_ns"] - w["ts_ns"],
+                     w["gpu_ns"], w["n_kernels"], top, share, w["n_tokens"]))
+    source = "recorded" if windows and windows[0]["recorded"] else "derived from step ranges"
+    return Table("steps", STEP_COLUMNS, rows, {"title": "Steps", "run_id": run_id, "steps_from": source})
+
+
+def step_stack(con, run_id: int) -> Table:
+    """Per (rank, step, layer type): summed kernel time. Layer types in vocabulary order."""
+    stack = _stack(con, run_id)
+    rows = [(rank, step, lt, ns) for (rank, step), per in sorted(stack.items())
+            for lt, ns in sorted(per.items(), key=lambda kv: ORDER.index(kv[0]))]
+    cols = (Column("rank", "int"), Column("step", "int"), Column("layer_type", "str", "", "layer type"),
+            Column("gpu_ns", "ns", "summed kernel time of the layer type in the step", "GPU time"))
+    return Table("step_stack", cols, rows, {"title": "GPU time per step by layer type", "run_id": run_id})
+
+
+def phases(con, run_id: int) -> Table:
+    """Per phase: steps, latency p50/p99/max, mean GPU time per step."""
+    by_phase: dict[str, list[tuple[int, int]]] = {}
+    for w in timeline.step_windows(con, run_id):
+        by_phase.setdefault(w["phase"] or "unknown", []).append((w["end_ns"] - w["ts_ns"], w["gpu_ns"]))
+    rows = []
+    for phase in sorted(by_phase, key=_phase_order):
+        lat = [x for x, _ in by_phase[phase]]
+        rows.append((phase, len(lat), pct(lat, 50), pct(lat, 99), max(lat),
+                     float(np.mean([g for _, g in by_phase[phase]]))))
+    cols = (Column("phase", "str"), Column("n_steps", "int", "", "steps"),
+            Column("p50_ns", "ns", "step latency p50", "p50"), Column("p99_ns", "ns", "step latency p99", "p99"),
+            Column("max_ns", "ns", "slowest step", "max"),
+            Column("gpu_mean_ns", "ns", "mean GPU time per step", "GPU/step"))
+    return Table("phases", cols, rows, {"title": "Prefill vs decode", "run_id": run_id})
+
+
+def slow_steps(con, run_id: int, *, quantile: float = 0.99) -> Table:
+    """Which layer type dominates (and which grew in) the slowest steps (module doc)."""
+    windows = timeline.step_windows(con, run_id)
+    cols = (Column("layer_type", "str", "", "layer type"),
+            Column("slow_mean_ns", "ns", "mean time per slow step", "slow steps"),
+            Column("typical_mean_ns", "ns", "mean time per other step", "other steps"),
+            Column("growth_ns", "ns", "slow - typical", "growth"),
+            Column("slow_share_pct", "pct", "share of the slow steps' GPU time", "slow share"),
+            Column("typical_share_pct", "pct", "share of the other steps' GPU time", "other share"))
+    meta = {"title": f"Slowest {100 * (1 - quantile):g}% of steps", "run_id": run_id, "quantile": quantile}
+    if not windows:
+        return Table("slow_steps", cols, (), {**meta, "n_slow": 0, "notes": ["no steps in this run"]})
+    lat = np.array([w["end_ns"] - w["ts_ns"] for w in windows], dtype=np.float64)
+    threshold = float(np.quantile(lat, quantile))
+    slow = lat >= min(threshold, lat.max())
+    keys = [(w["rank"], w["step"]) for w in windows]
+    stack = _stack(con, run_id)
+    types = sorted({lt for per in stack.values() for lt in per}, key=ORDER.index)
+    mat = np.array([[stack.get(k, {}).get(lt, 0) for lt in types] for k in keys], dtype=np.float64)
+    mat = mat.reshape(len(keys), len(types))
+    slow_tot, typ_tot = mat[slow].sum(axis=0), mat[~slow].sum(axis=0)
+    n_slow, n_typ = int(slow.sum()), int((~slow).sum())
+    rows = []
+    for j, lt in enumerate(types):
+        s_mean = slow_tot[j] / n_slow
+        t_mean = typ_tot[j] / n_typ if n_typ else None
+        rows.append((lt, s_mean, t_mean, s_mean - t_mean if t_mean is not None else None,
+                     _share(slow_tot[j], slow_tot.sum()), _share(typ_tot[j], typ_tot.sum()) if n_typ else None))
+    rows.sort(key=lambda r: -r[1])
+    grew = max((r for r in rows if r[3] is not None), key=lambda r: r[3], default=None)
+    meta.update(n_slow=n_slow, n_steps=len(keys), threshold_ns=threshold,
+                slow_steps=[[int(k[0]), int(k[1])] for k, s in zip(keys, slow) if s],
+                dominant=rows[0][0] if rows else None, grew_most=grew[0] if grew else None)
+    return Table("slow_steps", cols, rows, meta)
+
+
+def _stack(con, run_id: int) -> dict[tuple[int, int], dict[str, int]]:
+    """{(rank, step): {layer_type: summed kernel ns}} for kernels with a known step."""
+    out: dict[tuple[int, int], dict[str, int]] = {}
+    for rank, step, lt, ns in timeline.step_sums(con, run_id):
+        out.setdefault((rank, step), {})[lt] = ns
+    return out
+
+
+def _share(part: float, whole: float) -> float | None:
+    return 100.0 * float(part) / float(whole) if whole else None
+
+
+def _phase_order(phase: str) -> int:
+    return {"prefill": 0, "mixed": 1, "decode": 2}.get(phase, 3)

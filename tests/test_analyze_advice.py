@@ -1,0 +1,112 @@
+"""Each advice rule fires on its evidence and stays silent without it."""
+
+import numpy as np
+import pytest
+
+from hybridscope.analyze import advice as adv
+from hybridscope.analyze.table import Column, Table
+
+
+def tab(name, **cols):
+    names = list(cols)
+    n = len(cols[names[0]])
+    return Table(name, tuple(Column(c) for c in names), [tuple(cols[c][i] for c in names) for i in range(n)])
+
+
+def expert_steps(imb, comm):
+    return tab("expert_steps", step=list(range(len(imb))), imbalance=imb, moe_comm_ns=comm,
+               latency_ns=[0] * len(imb))
+
+
+SKEWED = expert_steps([1.1, 1.2, 1.1, 1.15, 1.1, 4.0, 4.2, 3.9], [100, 110, 100, 105, 100, 600, 650, 580])
+
+
+def test_routing_penalty_fires_at_the_jump():
+    a = adv.routing_penalty(SKEWED, jump=1.5, min_rho=0.3, min_group=3)
+    assert a is not None
+    n = a.numbers
+    assert n["threshold"] == pytest.approx(1.2) and n["next_level"] == pytest.approx(3.9)
+    assert (n["n_above"], n["n_below"]) == (3, 5)
+    assert n["p99_above_ns"] == pytest.approx(np.percentile([600, 650, 580], 99))
+    assert n["p99_below_ns"] == pytest.approx(np.percentile([100, 110, 100, 105, 100], 99))
+    # at stake: the upper group's comm beyond the lower group's p50 (100)
+    assert a.at_stake_ns == pytest.approx(500 + 550 + 480)
+    assert "1.20" in a.recommendation
+
+
+def test_routing_penalty_silent_without_a_jump_or_data():
+    flat = expert_steps([1.1, 1.2, 1.1, 1.15, 1.1, 4.0, 4.2, 3.9], [100, 110, 100, 105, 100, 104, 101, 103])
+    assert adv.routing_penalty(flat, jump=1.5, min_rho=0.3, min_group=3) is None
+    assert adv.routing_penalty(SKEWED, jump=10.0, min_rho=0.3, min_group=3) is None
+    no_comm = expert_steps([1.1] * 4 + [4.0] * 4, [None] * 8)
+    assert adv.routing_penalty(no_comm, jump=1.5, min_rho=0.3, min_group=3) is None
+    assert adv.routing_penalty(None, jump=1.5, min_rho=0.3, min_group=3) is None
+
+
+def pairs(kind="overlap", n=3, total=5_000):
+    return tab("conflict_pairs", kind=[kind], scope=["communicator"], stream_a=[11], stream_b=[12],
+               module_a=["L1.dispatch"], module_b=["L1.combine"], n=[n], total_ns=[total])
+
+
+def test_stream_pairing():
+    a = adv.stream_pairing(pairs())
+    assert a.at_stake_ns == 5_000 and "L1.dispatch and L1.combine" in a.recommendation
+    assert a.numbers["n"] == 3
+    assert "back to back" in adv.stream_pairing(pairs("serialized")).recommendation
+    assert adv.stream_pairing(pairs().with_rows([])) is None
+    assert adv.stream_pairing(None) is None
+
+
+def load(cfs):
+    return tab("expert_load", layer_index=[1] * len(cfs), expert=list(range(len(cfs))), capacity_factor_p99=cfs)
+
+
+def test_capacity_factor():
+    a = adv.capacity_factor(load([1.0, 1.6, 2.3, 1.2]), threshold=1.5)
+    assert a.numbers["capacity_factors"] == {"1/2": 2.5, "1/1": 1.75}
+    assert a.at_stake_ns is None
+    assert adv.capacity_factor(load([1.0, 1.4, 1.2]), threshold=1.5) is None
+
+
+def bound(verdicts, phases):
+    n = len(verdicts)
+    return tab("launch_bound", rank=[0] * n, phase=phases, launch_bound=verdicts, idle_ns=[40_000] * n,
+               median_kernel_ns=[2_000] * n, median_gap_ns=[10_000] * n, gap_ge_kernel_pct=[80.0] * n)
+
+
+def test_cuda_graphs_only_for_launch_bound_decode():
+    a = adv.cuda_graphs(bound(["yes", "no"], ["decode", "prefill"]))
+    assert a.at_stake_ns == 40_000 and "decode" in a.recommendation
+    assert adv.cuda_graphs(bound(["no", "yes"], ["decode", "prefill"])) is None
+    assert adv.cuda_graphs(bound(["no"], ["decode"])) is None
+
+
+def ov(pct):
+    return tab("overlap", rank=[0], exposed_ns=[190], comm_ns=[250], exposed_comm_pct=[76.0], exposed_wall_pct=[pct])
+
+
+def test_comm_overlap():
+    assert adv.comm_overlap(ov(19.0), exposed_pct=5.0).at_stake_ns == 190
+    assert adv.comm_overlap(ov(4.9), exposed_pct=5.0) is None
+
+
+def sites(idle):
+    return tab("gap_sites", before=["moe_comm"], after=["mamba"], n_gaps=[10], idle_ns=[idle], p50_ns=[1.0],
+               p99_ns=[2.0])
+
+
+def test_host_stall():
+    a = adv.host_stall(sites(100), 1000, stall_pct=5.0)
+    assert a.numbers["share"] == pytest.approx(10.0) and "moe_comm and mamba" in a.recommendation
+    assert adv.host_stall(sites(40), 1000, stall_pct=5.0) is None
+    assert adv.host_stall(sites(100), None, stall_pct=5.0) is None
+
+
+def test_advice_ranks_by_time_at_stake():
+    t = adv.advice({"expert_steps": SKEWED, "conflict_pairs": pairs(total=2_000), "expert_load": load([2.3]),
+                    "overlap": ov(19.0)}, wall_ns=10_000)
+    assert t.column("rule") == ["stream_pairing", "routing_penalty", "comm_overlap", "capacity_factor"]  # 2000, 1530, 190, -
+    assert t.column("rank") == [1, 2, 3, 4]
+    assert t.record(rule="comm_overlap")["at_stake_pct"] == pytest.approx(1.9)
+    assert set(t.meta["numbers"]) == set(t.column("rule"))
+    assert len(adv.advice({}, wall_ns=10_000)) == 0

@@ -1,0 +1,82 @@
+"""Expert load, imbalance and its correlations, by hand."""
+
+import numpy as np
+import pytest
+from factories import add_events, add_routing, add_run, add_steps, new_store
+
+from hybridscope.analyze import experts
+from hybridscope.store import db
+
+
+@pytest.fixture
+def store(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con, ranks=[0, 1])
+    # step 0 balanced: [2,2,2,2] over both ranks; step 1: [8,0,2,2], total 12, mean 3, max 8
+    add_routing(con, run, np.array([[[1, 1, 1, 1]], [[6, 0, 1, 1]]]), rank=0, layers=[3])
+    add_routing(con, run, np.array([[[1, 1, 1, 1]], [[2, 0, 1, 1]]]), rank=1, layers=[3])
+    return con, run
+
+
+def test_imbalance_sums_ranks(store):
+    con, run = store
+    t = experts.imbalance(con, run)
+    s0, s1 = t.record(step=0), t.record(step=1)
+    assert s0["imbalance"] == pytest.approx(1.0) and s0["tokens"] == 8
+    assert (s1["tokens"], s1["max_tokens"], s1["mean_tokens"], s1["hot_expert"]) == (12, 8, 3.0, 0)
+    assert s1["imbalance"] == pytest.approx(8 / 3) and s1["layer_index"] == 3 and s1["n_experts"] == 4
+
+
+def test_expert_load_and_capacity_factor(store):
+    con, run = store
+    t = experts.expert_load(con, run)
+    e0 = t.record(expert=0)
+    assert e0["tokens"] == 10 and e0["share_pct"] == pytest.approx(50.0)
+    assert e0["mean_per_step"] == pytest.approx(5.0)
+    # capacity factors of expert 0: 2/2 = 1 at step 0, 8/3 at step 1; continuous p99
+    assert e0["capacity_factor_p99"] == pytest.approx(1 + 0.99 * (8 / 3 - 1))
+    assert t.record(expert=1)["capacity_factor_p99"] == pytest.approx(0.99)  # 0 at step 1, 1 at step 0
+
+
+def test_missing_expert_rows_count_as_zero(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con)
+    # step 0 routes to experts 0..3; step 1 records only experts 0 and 1
+    db.insert_columns(con, "routing", {"run_id": [run] * 6, "rank": [0] * 6, "step": [0, 0, 0, 0, 1, 1],
+                                       "layer_index": [1] * 6, "expert": [0, 1, 2, 3, 0, 1],
+                                       "tokens": [1, 1, 1, 1, 3, 1]})
+    s1 = experts.imbalance(con, run).record(step=1)
+    assert s1["mean_tokens"] == pytest.approx(1.0) and s1["imbalance"] == pytest.approx(3.0)
+    e3 = experts.expert_load(con, run).record(expert=3)
+    assert e3["mean_per_step"] == pytest.approx(0.5)
+
+
+def test_expert_steps_take_the_slowest_rank(store):
+    con, run = store
+    for rank, comm in ((0, [100, 300]), (1, [150, 200])):
+        add_steps(con, run, [1000, 2000], rank=rank)
+        add_events(con, run, comm, ts_ns=[0, 1000], rank=rank, layer_type="moe_comm", step=[0, 1])
+    t = experts.expert_steps(con, run)
+    assert t.column("moe_comm_ns") == [150, 300]
+    assert t.column("latency_ns") == [1000, 2000]
+    assert t.column("imbalance") == pytest.approx([1.0, 8 / 3])
+
+
+def test_expert_steps_without_timeline(store):
+    con, run = store
+    assert experts.expert_steps(con, run).column("moe_comm_ns") == [None, None]
+
+
+def test_rankdata_averages_ties():
+    assert experts.rankdata(np.array([10, 20, 20, 30])).tolist() == [1.0, 2.5, 2.5, 4.0]
+    assert experts.rankdata(np.array([3, 1, 2])).tolist() == [3.0, 1.0, 2.0]
+
+
+def test_pearson_and_spearman():
+    x, y = np.array([1.0, 2, 3, 4]), np.array([1.0, 2, 3, 40])
+    # Pearson by hand: dx = [-1.5,-.5,.5,1.5]; dy = y - 11.5
+    dx, dy = x - x.mean(), y - y.mean()
+    assert experts.pearson(x, y) == pytest.approx((dx * dy).sum() / np.sqrt((dx**2).sum() * (dy**2).sum()))
+    assert experts.spearman(x, y) == pytest.approx(1.0)
+    assert experts.spearman(x, -y) == pytest.approx(-1.0)
+    assert experts.pearson(np.ones(4), y) is None and experts.pearson(x[:2], y[:2]) is None

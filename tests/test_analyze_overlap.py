@@ -1,0 +1,70 @@
+"""Overlap, exposed communication, idle gaps and launch-bound detection, by hand."""
+
+import pytest
+from factories import add_events, add_run, add_steps, new_store
+
+from hybridscope.analyze import overlap
+
+
+@pytest.fixture
+def store(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con, window_ns=(0, 1000))
+    add_events(con, run, [100, 10], ts_ns=[0, 150], layer_type="mamba", stream=7, name="scan")
+    add_events(con, run, [150, 100], ts_ns=[50, 300], layer_type="moe_comm", stream=11, name="nccl")
+    return con, run
+
+
+def test_exposed_communication(store):
+    con, run = store
+    r = overlap.overlap(con, run).record(rank=0)
+    # comm [50,200) + [300,400) = 250; compute [0,100) + [150,160) = 110; both: 50 + 10 = 60
+    assert (r["comm_ns"], r["compute_ns"], r["overlapped_ns"], r["exposed_ns"]) == (250, 110, 60, 190)
+    assert r["exposed_comm_pct"] == pytest.approx(76.0) and r["exposed_wall_pct"] == pytest.approx(19.0)
+
+
+def test_gaps(store):
+    con, run = store
+    g = overlap.gaps(con, run)
+    s = g["gap_summary"].record(rank=0)
+    # busy [0,200) and [300,400): one gap of 100
+    assert (s["n_gaps"], s["idle_ns"], s["max_ns"]) == (1, 100, 100) and s["idle_pct"] == pytest.approx(10.0)
+    top = g["top_gaps"].to_records()[0]
+    assert (top["at_ns"], top["gap_ns"], top["before"], top["after"]) == (200, 100, "moe_comm", "moe_comm")
+    site = g["gap_sites"].record(before="moe_comm", after="moe_comm")
+    assert site["n_gaps"] == 1 and site["idle_ns"] == 100
+    assert g["gap_histogram"].rows == ((64, 128, 1, 100),)
+
+
+def test_gap_neighbours_and_sites(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con)
+    # a [0,10) attention, b [5,30) mamba (ends last), gap 30..40, c [40,50) moe_router, gap 50..80, d norm
+    add_events(con, run, [10, 25, 10, 5], ts_ns=[0, 5, 40, 80],
+               layer_type=["attention", "mamba", "moe_router", "norm"], name=["a", "b", "c", "d"])
+    g = overlap.gaps(con, run, top=1)
+    assert g["top_gaps"].rows[0][3:] == (30, None, "moe_router", "norm", "c", "d")
+    assert g["gap_sites"].record(before="mamba", after="moe_router")["idle_ns"] == 10
+    s = g["gap_summary"].record(rank=0)
+    assert s["p50_ns"] == pytest.approx(20.0) and s["p99_ns"] == pytest.approx(10 + 0.99 * 20)
+
+
+def test_launch_bound_decode_not_prefill(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con)
+    add_steps(con, run, [300_000, 60_000], phase=["prefill", "decode"], start_ns=0)
+    # prefill: 3 kernels of 100 us, 1 us apart; decode: 5 kernels of 2 us, 10 us apart
+    add_events(con, run, [100_000] * 3, ts_ns=[0, 101_000, 202_000], step=0, phase="prefill",
+               correlation=[1, 2, 3])
+    dec_ts = [300_000 + 12_000 * i for i in range(5)]
+    add_events(con, run, [2_000] * 5, ts_ns=dec_ts, step=1, phase="decode", correlation=[4, 5, 6, 7, 8])
+    add_events(con, run, [1_000] * 5, ts_ns=[t - 1_500 for t in dec_ts], source="cuda_api", kind="runtime",
+               name="cudaLaunchKernel", correlation=[4, 5, 6, 7, 8])
+    t = overlap.launch_bound(con, run)
+    d, p = t.record(phase="decode"), t.record(phase="prefill")
+    assert d["median_kernel_ns"] == 2_000 and d["median_gap_ns"] == 10_000 and d["idle_ns"] == 40_000
+    assert d["gap_ge_kernel_pct"] == pytest.approx(80.0)  # the first kernel has no gap before it
+    assert d["gpu_kernels_per_ms"] == pytest.approx(5 / 0.010)
+    assert d["cpu_launches_per_ms"] == pytest.approx(5 / 0.048)
+    assert d["launch_bound"] == "yes"
+    assert p["launch_bound"] == "no" and p["median_gap_ns"] == 1_000 and p["cpu_launches_per_ms"] is None
