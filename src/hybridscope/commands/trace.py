@@ -1,0 +1,87 @@
+"""`hybridscope trace`: run a Python script in this process with capture armed on its model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hybridscope.commands._common import DbOption, err, wrote
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'60s', '2m', '500ms', '1h' or plain seconds -> seconds. UsageError otherwise."""
+    from hybridscope.errors import UsageError
+
+    m = _DURATION.match(text)
+    if m is None or float(m.group(1)) <= 0:
+        raise UsageError(f"--duration takes a positive time like 60s, 2m or 500ms, not {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def split_command(command: list[str]) -> tuple[str, str, list[str]]:
+    """`python script.py ARGS`, `script.py ARGS` or `python -m pkg.mod ARGS` ->
+    ('path' | 'module', target, ARGS). UsageError for anything else."""
+    from hybridscope.errors import NotFound, UsageError
+
+    words = list(command or [])
+    if words and re.fullmatch(r"(.*/)?python[0-9.]*", words[0]):
+        words = words[1:]
+    if not words:
+        raise UsageError("give the script to run after `--`: hybridscope trace --db run.duckdb -- python script.py ARGS")
+    if words[0] == "-m":
+        if len(words) < 2:
+            raise UsageError("`python -m` needs a module name")
+        return "module", words[1], words[2:]
+    if words[0].startswith("-"):
+        raise UsageError(f"trace runs `python script.py` or `python -m module`; unsupported option {words[0]!r}")
+    script = Path(words[0])
+    if not script.is_file():
+        raise NotFound(f"no such script: {script}")
+    if script.suffix not in (".py", ""):
+        raise UsageError(f"trace runs Python scripts in-process; {script} is not a .py file")
+    return "path", str(script), words[1:]
+
+
+def trace(
+    db: DbOption,
+    command: Annotated[Optional[list[str]], typer.Argument(
+        help="The script and its arguments, after `--`: -- python script.py ARGS", show_default=False)] = None,
+    mode: Annotated[str, typer.Option("--mode", help="layers (light, stays on) or kernels (deep).")] = "layers",
+    duration: Annotated[Optional[str], typer.Option("--duration", help="Stop capturing after this long: 60s, 2m.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Stop capturing after N steps.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="The model: a global of the script (model, runner.model) or a class name. "
+        "Default: the first hybrid model the script runs.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Name of the run (default: the model class).")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(
+        "--sample-every", help="kernels mode: profile --sample-steps steps out of every N.")] = None,
+    sample_steps: Annotated[int, typer.Option("--sample-steps", help="Steps profiled per window.")] = 1,
+) -> int:
+    """Run a Python script with capture armed; the run lands in --db like an import.
+
+    Example: hybridscope trace --steps 64 --db run.duckdb -- python serve.py --batch 8
+    """
+    from hybridscope.capture.script import run_traced
+    from hybridscope.errors import UsageError
+
+    if duration is not None and steps is not None:
+        raise UsageError("give --duration or --steps, not both")
+    seconds = parse_duration(duration) if duration is not None else None
+    kind, target, args = split_command(command)
+    code, summary = run_traced(kind, target, args, db=db, mode=mode, duration=seconds, steps=steps,
+                               model=model, label=label, sample_every=sample_every, sample_steps=sample_steps)
+    if summary.run_id is None:
+        err.print("hybridscope: no run was written: " + "; ".join(summary.notes))
+        return code or 1
+    wrote(summary.db)
+    return code
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trace", context_settings={"allow_interspersed_args": False})(trace)
