@@ -35,7 +35,7 @@ def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, durati
             code = _exit_code(e.code)
         except KeyboardInterrupt:
             code = 130
-        except BaseException:  # the script's own failure: shown as Python shows it
+        except Exception:  # noqa: BLE001 - the script's own failure, shown as Python shows it
             traceback.print_exc()
             code = 1
         finally:

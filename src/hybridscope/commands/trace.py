@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -50,16 +50,16 @@ def split_command(command: list[str]) -> tuple[str, str, list[str]]:
 
 def trace(
     db: DbOption,
-    command: Annotated[Optional[list[str]], typer.Argument(
+    command: Annotated[list[str] | None, typer.Argument(
         help="The script and its arguments, after `--`: -- python script.py ARGS", show_default=False)] = None,
     mode: Annotated[str, typer.Option("--mode", help="layers (light, stays on) or kernels (deep).")] = "layers",
-    duration: Annotated[Optional[str], typer.Option("--duration", help="Stop capturing after this long: 60s, 2m.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Stop capturing after N steps.")] = None,
-    model: Annotated[Optional[str], typer.Option(
+    duration: Annotated[str | None, typer.Option("--duration", help="Stop capturing after this long: 60s, 2m.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Stop capturing after N steps.")] = None,
+    model: Annotated[str | None, typer.Option(
         "--model", help="The model: a global of the script (model, runner.model) or a class name. "
         "Default: the first hybrid model the script runs.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="Name of the run (default: the model class).")] = None,
-    sample_every: Annotated[Optional[int], typer.Option(
+    label: Annotated[str | None, typer.Option("--label", help="Name of the run (default: the model class).")] = None,
+    sample_every: Annotated[int | None, typer.Option(
         "--sample-every", help="kernels mode: profile --sample-steps steps out of every N.")] = None,
     sample_steps: Annotated[int, typer.Option("--sample-steps", help="Steps profiled per window.")] = 1,
 ) -> int:
