@@ -24,6 +24,7 @@ VERBS: tuple[str, ...] = (
     "check",
     "diff",
     "trace",
+    "merge",
 )
 
 app = typer.Typer(
