@@ -276,3 +276,23 @@ def test_cli_missing_db_and_empty_store(tmp_path, capsys):
     assert _cli(["decompose", "--db", str(tmp_path / "empty.duckdb")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no runs" in err[0]
+
+
+def test_docs_worked_example():
+    """The example of docs/analyses.md, number by number."""
+    con = new_store(":memory:")
+    run = add_run(con, window_ns=(0, 1_000 * US))
+    add_events(con, run, [10 * US] * 4, layer_type="mamba")
+    add_events(con, run, [4 * US, 5 * US, 6 * US, 8 * US, 30 * US, 200 * US], layer_type="moe_comm")
+    t = decompose(con, run)
+    c = t.record(layer_type="moe_comm")
+    assert [c["p50_ns"], c["p90_ns"], c["p99_ns"], c["p999_ns"]] == pytest.approx(
+        [7 * US, 115 * US, 191.5 * US, 199.15 * US])
+    assert c["tail_ratio"] == pytest.approx(191.5 / 7)
+    assert c["gpu_ns"] == 253 * US
+    assert c["gpu_pct"] == pytest.approx(100 * 253 / 293)
+    assert c["wall_pct"] == pytest.approx(25.3)
+    a = t.record(layer_type="all")
+    assert [a["p50_ns"], a["p99_ns"]] == pytest.approx([10 * US, 184.7 * US])
+    assert a["tail_ratio"] == pytest.approx(18.47)
+    assert (a["gpu_ns"], a["wall_pct"]) == (293 * US, pytest.approx(29.3))
