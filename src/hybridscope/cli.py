@@ -19,6 +19,7 @@ from hybridscope.errors import HybridscopeError
 VERBS: tuple[str, ...] = (
     "runs",
     "decompose",
+    "attribution",
     "query",
     "baseline",
     "check",

@@ -1,0 +1,164 @@
+"""Attribution coverage: how much of a run's GPU time each attribution method explains.
+
+`coverage(con, run_id, rank=None)` -> Table 'attribution', one row per method, in this order:
+- scope: an enclosing scope (module frame, record_function / NVTX range) gave the layer type;
+- graph: replayed from a CUDA graph; typed by the kernel's name rule (`other` when none matched);
+- name:  a kernel-name rule gave the type (no typed scope around the launch);
+- none:  nothing did; the event is `other`;
+- unattributed: attribution has not run on these events (layer_type NULL): should be 0.
+Columns: n events, gpu_ns (sum of durations), gpu_pct (of the run's GPU time), typed_ns (the part
+whose layer type is not `other`), with_layer_pct (share of gpu_ns whose layer index is known).
+GPU events = source 'cuda' AND kind IN ('kernel', 'memcpy', 'memset'). With no rank, ranks pool.
+`meta['attributed_pct']` = scope + graph + name share of GPU time, counted only where the type is
+not `other` (a graph kernel without a name rule is not explained).
+
+`unattributed(con, run_id, rank=None, top=10)` -> Table 'unattributed': the kernels with the most
+GPU time among events whose layer type is `other` (attr_method 'none', or 'graph' with no rule),
+with n, gpu_ns and gpu_pct of the run's GPU time: the names worth a rule or a scope. The `kernel`
+column is `short_kernel_name(name)`; the full names, in row order, are `meta['names']`.
+"""
+
+from __future__ import annotations
+
+from hybridscope.analyze.table import Column, Table, plain
+from hybridscope.errors import NotFound, UsageError
+
+METHODS = ("scope", "graph", "name", "none", "unattributed")
+
+_GPU = "source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')"
+
+COVERAGE_COLUMNS = (
+    Column("method", "str", "how the layer type was decided: scope, graph, name, none, unattributed"),
+    Column("n", "int", "GPU events"),
+    Column("gpu_ns", "ns", "sum of their durations", "GPU time"),
+    Column("gpu_pct", "pct", "share of the run's GPU time", "% GPU"),
+    Column("typed_ns", "ns", "part of gpu_ns with a layer type other than `other`", "typed"),
+    Column("with_layer_pct", "pct", "share of gpu_ns whose layer index is known", "% with layer"),
+)
+UNATTRIBUTED_COLUMNS = (
+    Column("kernel", "str", "kernel / memcpy / memset name"),
+    Column("n", "int", "events"),
+    Column("gpu_ns", "ns", "sum of durations", "GPU time"),
+    Column("gpu_pct", "pct", "share of the run's GPU time", "% GPU"),
+)
+
+
+def _check_rank(con, run_id: int, rank: int | None) -> None:
+    if rank is None:
+        return
+    found = con.execute("SELECT 1 FROM run_ranks WHERE run_id = ? AND rank = ?", [run_id, rank]).fetchall()
+    if not found:
+        found = con.execute("SELECT 1 FROM events WHERE run_id = ? AND rank = ? LIMIT 1", [run_id, rank]).fetchall()
+    if not found:
+        raise NotFound(f"run {run_id} has no rank {rank}")
+
+
+def coverage(con, run_id: int, *, rank: int | None = None) -> Table:
+    """Per attribution method: events, GPU time and its share (see the module doc)."""
+    _check_rank(con, run_id, rank)
+    rows = con.execute(
+        f"""
+        SELECT coalesce(attr_method, 'unattributed') AS method, count(*) AS n,
+               sum(duration_ns)::BIGINT AS gpu_ns,
+               (sum(duration_ns) FILTER (WHERE layer_type IS NOT NULL AND layer_type <> 'other'))::BIGINT,
+               (sum(duration_ns) FILTER (WHERE layer_index IS NOT NULL))::BIGINT
+        FROM events
+        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND {_GPU}
+        GROUP BY ALL
+        """,
+        {"run": run_id, "rank": rank},
+    ).fetchall()
+    by = {r[0]: r for r in rows}
+    total = sum(int(r[2] or 0) for r in rows)
+    out = []
+    for method in METHODS:
+        _, n, gpu, typed, with_layer = by.get(method, (method, 0, 0, 0, 0))
+        gpu, typed, with_layer = int(gpu or 0), int(typed or 0), int(with_layer or 0)
+        out.append((method, plain(n), gpu, _pct(gpu, total), typed, _pct(with_layer, gpu)))
+    explained = sum(r[4] for r in out if r[0] in ("scope", "graph", "name"))
+    graph = by.get("graph")
+    notes = []
+    if graph is not None:
+        notes.append(f"{graph[1]} kernels replayed from CUDA graphs: typed by name, no layer index")
+    if by.get("unattributed"):
+        notes.append("some GPU events were never attributed: re-run `hybridscope attribution --rules FILE`")
+    return Table("attribution", COVERAGE_COLUMNS, out, {
+        "title": f"Attribution coverage, run {run_id}" + (f" rank {rank}" if rank is not None else ""),
+        "run_id": run_id, "rank": rank, "gpu_ns": total, "attributed_pct": _pct(explained, total),
+        "notes": notes,
+    })
+
+
+def unattributed(con, run_id: int, *, rank: int | None = None, top: int = 10) -> Table:
+    """The `top` kernel names by GPU time among events left `other` (see the module doc)."""
+    if top < 0:
+        raise UsageError(f"--top must be >= 0, not {top}")
+    _check_rank(con, run_id, rank)
+    params = {"run": run_id, "rank": rank, "top": top}
+    total = con.execute(
+        f"SELECT coalesce(sum(duration_ns), 0)::BIGINT FROM events"
+        f" WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND {_GPU}",
+        {"run": run_id, "rank": rank},
+    ).fetchall()[0][0]
+    rows = con.execute(
+        f"""
+        SELECT name, count(*), sum(duration_ns)::BIGINT AS gpu_ns FROM events
+        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND {_GPU}
+          AND coalesce(layer_type, 'other') = 'other'
+        GROUP BY name ORDER BY gpu_ns DESC, name LIMIT $top
+        """,
+        params,
+    ).fetchall()
+    out = [(short_kernel_name(name), plain(n), int(gpu), _pct(int(gpu), total)) for name, n, gpu in rows]
+    return Table("unattributed", UNATTRIBUTED_COLUMNS, out, {
+        "names": [r[0] for r in rows],
+        "title": f"Top {top} kernels left `other`, run {run_id}" + (f" rank {rank}" if rank is not None else ""),
+        "run_id": run_id, "rank": rank, "gpu_ns": int(total),
+    })
+
+
+_DROP = ("void ", "at::native::", "(anonymous namespace)::", "at_cuda_detail::", "c10::", "std::")
+
+
+def short_kernel_name(name: str, width: int = 100) -> str:
+    """A C++ kernel name a person can scan: no `void`, no parameter list, templates nested deeper
+    than one level shown as `<…>`, common namespaces dropped, at most `width` characters.
+    Names that are not C++ signatures (`Memcpy HtoD (Pageable -> Device)`) keep their text."""
+    text = name
+    if "::" in text or text.startswith("void ") or "<" in text:
+        text = _elide_templates(_without_params(text))
+    for prefix in _DROP:
+        text = text.replace(prefix, "")
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _elide_templates(text: str) -> str:
+    kept, depth = [], 0
+    for ch in text:
+        if ch == "<":
+            depth += 1
+            kept.append("<" if depth == 1 else "<…>" if depth == 2 else "")
+        elif ch == ">":
+            kept.append(">" if depth == 1 else "")
+            depth -= 1
+        elif depth < 2:
+            kept.append(ch)
+    return "".join(kept)
+
+
+def _without_params(text: str) -> str:
+    """Cut at the first '(' outside template brackets: the parameter list."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and i > 0:
+            return text[:i]
+    return text
+
+
+def _pct(part: int, whole: int) -> float:
+    return 100.0 * part / whole if whole else 0.0
