@@ -26,6 +26,7 @@ VERBS: tuple[str, ...] = (
     "diff",
     "trace",
     "merge",
+    "ranks",
 )
 
 app = typer.Typer(
