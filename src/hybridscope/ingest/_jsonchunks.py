@@ -1,0 +1,289 @@
+"""Stream the `traceEvents` array of a (possibly gzipped) Chrome-trace JSON file in slices.
+
+Contract: `EventSlices(path)` yields byte strings, each a JSON array of WHOLE events of the
+trace's `traceEvents`, in file order, with the numbers of the `ts` and `dur` keys turned into
+JSON strings (so that a JSON parser cannot round them through a double: `1712195495519689.047` µs
+needs 54 bits of mantissa). After the iteration, `meta` holds every other top-level key (they
+may come before or after the array: Kineto writes `baseTimeNanoseconds` last). Memory is bounded
+by a few slices, whatever the file size. Anything that is not such a document raises BadInput.
+
+How slices are cut: Kineto pretty-prints one event per `{ ... }` block at a fixed indent, so the
+last `<indent>},<indent>{` of a buffer is an event boundary (found with one `rfind`). A wrong cut
+can only produce an unbalanced slice, which the JSON parser rejects: the importer then reads the
+file again with `careful=True`, where every cut comes from a bracket-depth scan that knows about
+strings (vectorized with numpy). The end of the array is always found with that scan.
+
+How numbers are kept exact: `"ts": 123.456, ` becomes `"ts":"123.456",` in place: the space
+before the number and the byte after it become quotes (a comma followed by whitespace moves one
+byte right over that whitespace), so nothing else moves. Compact JSON, with no whitespace to use,
+gets the quotes inserted instead (a copy of the slice).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from hybridscope.errors import BadInput
+
+CHUNK_BYTES = 16 << 20
+MAX_OUTSIDE_BYTES = 256 << 20  # header or trailer larger than this is not a trace we read
+_ARRAY_START = re.compile(rb'"traceEvents"\s*:\s*\[')
+QUOTE, BACKSLASH, COLON, SPACE = 34, 92, 58, 32
+_NUMBER = np.zeros(256, bool)
+_NUMBER[list(b"0123456789.-+eE")] = True
+_SPACE = np.zeros(256, bool)
+_SPACE[list(b" \t\r\n")] = True
+_BEFORE_KEY = _SPACE.copy()
+_BEFORE_KEY[list(b"{,")] = True
+_BRACKET = np.zeros(256, bool)
+_BRACKET[list(b"{}[]")] = True
+# keys whose numbers become strings
+_WINDOW = 24  # bytes looked at to find where a number ends (a ts has ~21)
+NUMBER_KEYS = (b"ts", b"dur")
+
+
+class EventSlices:
+    """Iterate slices of whole events; see the module docstring."""
+
+    def __init__(self, path: Path, *, careful: bool = False, chunk_bytes: int = CHUNK_BYTES,
+                 on_progress: Callable[[int], None] | None = None):
+        self.path = Path(path)
+        self.careful = careful
+        self.chunk_bytes = chunk_bytes
+        self.on_progress = on_progress
+        self.meta: dict = {}
+        self.head_meta: dict = {}  # the top-level keys before traceEvents, once the first slice is out
+
+    # -- reading ------------------------------------------------------------------------------
+    def _open(self):
+        raw = open(self.path, "rb")  # noqa: SIM115 - closed by __iter__
+        self._raw = raw
+        if raw.read(2) == b"\x1f\x8b":
+            raw.seek(0)
+            return gzip.GzipFile(fileobj=raw, mode="rb")
+        raw.seek(0)
+        return raw
+
+    def _read(self, f, n: int) -> bytes:
+        try:
+            data = f.read(n)
+        except (OSError, EOFError, zlib.error) as e:
+            raise BadInput(f"{self.path}: truncated or corrupt gzip data ({e})") from None
+        if self.on_progress is not None:
+            self.on_progress(self._raw.tell())
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self._open() as f:
+            try:
+                yield from self._slices(f)
+            finally:
+                self._raw.close()
+
+    def _slices(self, f) -> Iterator[bytes]:
+        header, buf = self._header(f)
+        try:  # best effort: lets the importer know the rank early; `meta` is the checked version
+            head = orjson.loads(header + b'"traceEvents": null}')
+            self.head_meta = head if isinstance(head, dict) else {}
+        except orjson.JSONDecodeError:
+            pass
+        pattern = _boundary_pattern(buf)
+        eof = False
+        while True:
+            parts = [buf]
+            size = len(buf)
+            while size < self.chunk_bytes and not eof:
+                data = self._read(f, self.chunk_bytes)
+                eof = not data
+                parts.append(data)
+                size += len(data)
+            buf = b"".join(parts)
+            cut = -1 if (self.careful or eof or pattern is None) else buf.rfind(pattern)
+            if cut >= 0:
+                end = cut + len(pattern) // 2  # just past the event's closing brace
+                yield quote_numbers(buf[:end])
+                buf = buf[end + 1:]  # drop the comma
+                continue
+            end, nxt, closed = scan_elements(buf, self.path)
+            if end > 0:
+                yield quote_numbers(buf[:end])
+            if closed:
+                self.meta = self._finish(f, header, buf[nxt:])
+                return
+            if eof:
+                raise BadInput(f"{self.path}: the traceEvents array never closes (truncated file?)")
+            if end <= 0 and len(buf) > 64 * self.chunk_bytes:
+                raise BadInput(f"{self.path}: one trace event is larger than {len(buf) >> 20} MB")
+            buf = buf[nxt:]
+            if end <= 0:  # not one whole event yet: read more before scanning again
+                more = self._read(f, self.chunk_bytes)
+                eof = not more
+                buf += more
+
+    def _header(self, f) -> tuple[bytes, bytes]:
+        buf = b""
+        while True:
+            m = _ARRAY_START.search(buf, max(0, len(buf) - self.chunk_bytes - 32))
+            if m:
+                head = buf[:m.start()]
+                if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+                    raise BadInput(f"{self.path}: not a JSON object at the top")
+                return head, buf[m.end():]
+            data = self._read(f, self.chunk_bytes)
+            if not data or len(buf) > MAX_OUTSIDE_BYTES:
+                raise BadInput(f"{self.path}: no traceEvents array (not a Kineto/Chrome trace?)")
+            buf += data
+
+    def _finish(self, f, header: bytes, trailer: bytes) -> dict:
+        parts = [trailer]
+        size = len(trailer)
+        while data := self._read(f, self.chunk_bytes):
+            parts.append(data)
+            size += len(data)
+            if size > MAX_OUTSIDE_BYTES:
+                raise BadInput(f"{self.path}: more than {MAX_OUTSIDE_BYTES >> 20} MB after traceEvents")
+        doc = header + b'"traceEvents": null' + b"".join(parts)
+        try:
+            meta = orjson.loads(doc)
+        except orjson.JSONDecodeError as e:
+            raise BadInput(f"{self.path}: malformed JSON around traceEvents ({e})") from None
+        if not isinstance(meta, dict):
+            raise BadInput(f"{self.path}: the top of the document is not a JSON object")
+        meta.pop("traceEvents", None)
+        return meta
+
+
+def _boundary_pattern(buf: bytes) -> bytes | None:
+    """`<indent>},<indent>{` from the whitespace before the first event, when it has a newline
+    (one-line JSON has no indent that separates top-level events from nested objects)."""
+    i = 0
+    while i < len(buf) and buf[i] in b" \t\r\n":
+        i += 1
+    indent = buf[:i]
+    if b"\n" not in indent:
+        return None
+    indent = indent[indent.rindex(b"\n"):]
+    return indent + b"}," + indent + b"{"
+
+
+def scan_elements(buf: bytes, path: Path) -> tuple[int, int, bool]:
+    """Bracket-depth scan of `buf`, which starts inside the array between elements.
+
+    Returns (end, next, closed): `buf[:end]` holds whole elements (end 0: none complete),
+    `buf[next:]` is what follows (the next element, or after the array's `]` when `closed`).
+    """
+    a = np.frombuffer(buf, np.uint8)
+    quotes = _unescaped_quotes(a)
+    # one compare finds { } [ ] (0x7B 0x7D 0x5B 0x5D, equal but for bits 0x20 0x04 0x02), with
+    # Y _ y DEL, which the exact check drops; then those inside strings are dropped
+    brackets = np.flatnonzero((a & 0xD9) == 0x59)
+    brackets = brackets[_BRACKET[a[brackets]]]
+    brackets = brackets[(np.searchsorted(quotes, brackets) & 1) == 0]
+    step = np.where(a[brackets] & 0x02, 1, -1)  # opening '{' '[' have bit 0x02 set
+    depth = np.cumsum(step)
+    out = np.flatnonzero(depth < 0)
+    closed = out.size > 0
+    if closed:
+        stop = brackets[out[0]]
+        top = np.flatnonzero(depth[: out[0]] == 0)
+    else:
+        stop = len(buf)
+        top = np.flatnonzero(depth == 0)
+    if closed:
+        last = brackets[top[-1]] + 1 if top.size else 0
+        if buf[last:stop].strip(b" \t\r\n") not in (b"", b","):
+            raise BadInput(f"{path}: malformed traceEvents array (a value that is not an object?)")
+        return last, int(stop) + 1, True
+    for end in (brackets[top[-2:]] + 1)[::-1].tolist():
+        comma = buf.find(b",", end)
+        if comma < 0:  # the buffer's last element may be followed by `]` not read yet
+            continue
+        if buf[end:comma].strip(b" \t\r\n"):
+            raise BadInput(f"{path}: malformed traceEvents array near byte {end}")
+        return end, comma + 1, False
+    return 0, 0, False
+
+
+def _unescaped_quotes(a: np.ndarray) -> np.ndarray:
+    q = np.flatnonzero(a == QUOTE)
+    maybe = q[(q > 0) & (a[q - 1] == BACKSLASH)]
+    if not maybe.size:
+        return q
+    escaped = []
+    for p in maybe.tolist():  # rare: a quote after a backslash; odd runs of backslashes escape it
+        j = p - 1
+        while j >= 0 and a[j] == BACKSLASH:
+            j -= 1
+        if (p - 1 - j) % 2:
+            escaped.append(p)
+    return np.setdiff1d(q, np.asarray(escaped, dtype=q.dtype), assume_unique=True)
+
+
+def quote_numbers(piece: bytes) -> bytes:
+    """`piece` (whole events, comma separated) as a JSON array in which the numbers of NUMBER_KEYS
+    are strings: `"ts": 1.5, "dur": 2,\n` -> `"ts":"1.5","dur":"2",\n`.
+
+    In place when the number has whitespace before it and whitespace (or a comma then whitespace)
+    after it, as Kineto and json.dumps write it: the whitespace becomes the quotes, nothing moves.
+    Otherwise (compact JSON) the quotes are inserted, which copies the slice.
+    """
+    buf = bytearray(len(piece) + 2)
+    buf[0], buf[1:-1], buf[-1] = 0x5B, piece, 0x5D
+    a = np.frombuffer(buf, np.uint8)
+    colons = np.flatnonzero(a == COLON)
+    colons = colons[(colons >= 6) & (colons < a.size - 3)]
+    colons = colons[a[colons - 1] == QUOTE]
+    found = []
+    for key in NUMBER_KEYS:
+        k = len(key)
+        hit = a[colons - k - 2] == QUOTE
+        for i, ch in enumerate(key):
+            hit &= a[colons - k - 1 + i] == ch
+        keyed = colons[hit]
+        found.append(keyed[_BEFORE_KEY[a[keyed - k - 3]]])  # a key, not the end of a string's text
+    c = np.concatenate(found)
+    if not c.size:
+        return bytes(buf)
+    spaced = _SPACE[a[c + 1]] & _NUMBER[a[c + 2]]
+    tight = _NUMBER[a[c + 1]]
+    start = np.where(spaced, c + 2, c + 1)[spaced | tight]
+    spaced = spaced[spaced | tight]
+    end = _run_ends(a, start)
+    after = a[end]
+    nxt = a[np.minimum(end + 1, a.size - 1)]
+    ws_after = _SPACE[after]
+    comma_ws = (after == ord(",")) & _SPACE[nxt]
+    easy = spaced & (ws_after | comma_ws)
+    a[start[easy] - 1] = QUOTE
+    a[end[easy & ws_after]] = QUOTE
+    cw = end[easy & comma_ws]
+    a[cw] = QUOTE
+    a[cw + 1] = ord(",")
+    if easy.all():
+        return bytes(buf)
+    hard = ~easy
+    at = np.empty(2 * int(hard.sum()), np.int64)
+    at[0::2], at[1::2] = start[hard], end[hard]
+    return np.insert(a, at, QUOTE).tobytes()
+
+
+def _run_ends(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """For each index in `starts` (a number character), the index just past its number: a
+    window of bytes per start rather than a pass over the whole slice (numbers are short)."""
+    cols = np.arange(_WINDOW)
+    isnum = _NUMBER[a[np.minimum(starts[:, None] + cols, a.size - 1)]]
+    length = np.argmin(isnum, axis=1)  # the last byte is `]`, so every number ends somewhere
+    long = np.flatnonzero(isnum.all(axis=1))
+    for i in long.tolist():  # a number longer than the window: rare, so found one by one
+        j = int(starts[i])
+        while _NUMBER[a[j]]:
+            j += 1
+        length[i] = j - starts[i]
+    return starts + length
