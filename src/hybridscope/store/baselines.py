@@ -38,8 +38,10 @@ def subsample(sorted_d: np.ndarray, seed_text: str) -> np.ndarray:
 
 
 def save(con, name: str, run_id: int, per: dict[str, Samples], *, rank: int | None = None,
-         force: bool = False) -> dict:
+         force: bool = False, label: str | None = None) -> dict:
     """Store the baseline `name` of run `run_id` from its samples `per` grouping, in one transaction.
+
+    `label` names the run; by default it is read from `con`'s runs table (the run's own store).
 
     An existing name is replaced only with `force`; otherwise BadInput says how.
     """
@@ -50,7 +52,9 @@ def save(con, name: str, run_id: int, per: dict[str, Samples], *, rank: int | No
         raise BadInput(f"baseline {name!r} exists; will not overwrite without --force")
     if not per["layer_type"].groups:
         raise BadInput(f"run {run_id} has no GPU events or layer timings to keep as a baseline")
-    label = con.execute("SELECT label FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    if label is None:
+        rows = con.execute("SELECT label FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        label = rows[0][0] if rows else None
     top = per["layer_type"]
     with db.transaction(con):
         con.execute("DELETE FROM baseline_groups WHERE name = ?", [name])
