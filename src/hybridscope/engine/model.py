@@ -25,6 +25,7 @@ from . import kernels
 from .cache import HybridCache
 from .config import EngineConfig
 from .moe import FeedForward, MoE
+from .ops import Ops
 
 
 @dataclass
@@ -72,13 +73,13 @@ class Batch:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, **fk):
+    def __init__(self, dim: int, eps: float, ops: Ops, **fk):
         super().__init__()
-        self.eps = eps
+        self.eps, self.ops = eps, ops
         self.weight = nn.Parameter(torch.ones(dim, **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.ops.rms_norm(x, self.weight, self.eps)
 
 
 class Embedding(nn.Module):
@@ -113,7 +114,7 @@ class Attention(nn.Module):
     """GQA over a slot-based KV cache [slots, Hkv, L, D]: SDPA per prefill sequence, one batched
     grouped-query SDPA for decode (queries of a KV head folded into the query-length axis)."""
 
-    def __init__(self, cfg: EngineConfig, layer_idx: int, **fk):
+    def __init__(self, cfg: EngineConfig, layer_idx: int, ops: Ops, **fk):
         super().__init__()
         self.layer_idx, self.cfg = layer_idx, cfg
         self.hq, self.hkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -180,9 +181,9 @@ class Mamba2Mixer(nn.Module):
     """Mamba2 (SSD) mixer: in_proj -> causal conv -> SSD scan (prefill) or state update (decode) ->
     gated grouped RMSNorm -> out_proj. Conv and SSM states live in the cache's slot rows."""
 
-    def __init__(self, cfg: EngineConfig, layer_idx: int, **fk):
+    def __init__(self, cfg: EngineConfig, layer_idx: int, ops: Ops, **fk):
         super().__init__()
-        self.layer_idx, self.cfg = layer_idx, cfg
+        self.layer_idx, self.cfg, self.ops = layer_idx, cfg, ops
         H, G, N = cfg.mamba_heads, cfg.n_groups, cfg.ssm_state
         self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner + 2 * G * N + H, bias=False, **fk)
         self.conv_weight = nn.Parameter(torch.empty(cfg.conv_dim, cfg.conv_kernel, **fk))
@@ -198,8 +199,7 @@ class Mamba2Mixer(nn.Module):
         cfg, T = self.cfg, x.shape[0]
         H, P, G, N = cfg.mamba_heads, cfg.mamba_head_dim, cfg.n_groups, cfg.ssm_state
         z, xbc, dt = self.in_proj(x).split([cfg.d_inner, cfg.conv_dim, H], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias)  # [T, H]
-        A = -torch.exp(self.A_log)
+        dt, A = self.ops.mamba_dt(dt, self.dt_bias, self.A_log)  # [T, H] fp32, [H]
         conv, ssm = cache.conv[self.layer_idx], cache.ssm[self.layer_idx]
         if batch.decode:
             xbc = kernels.causal_conv1d_update(conv[:T], xbc, self.conv_weight, self.conv_bias)
@@ -227,21 +227,21 @@ class Mamba2Mixer(nn.Module):
                 initial_states=ssm[batch.slots_t],
                 chunk_size=cfg.chunk_size,
             )
-        y = y.reshape(T, cfg.d_inner) * F.silu(z)
-        y = F.rms_norm(y.view(T, G, -1), (cfg.d_inner // G,), eps=cfg.norm_eps).view(T, -1) * self.norm_weight
+        y = self.ops.gated_rmsnorm(y, z, self.norm_weight, G, cfg.norm_eps)
         return self.out_proj(y)
 
 
 class ParallelHybridMixer(nn.Module):
     """Attention and Mamba2 heads side by side on the same input (Falcon-H1 / Hymba); outputs summed."""
 
-    def __init__(self, cfg: EngineConfig, layer_idx: int, **fk):
+    def __init__(self, cfg: EngineConfig, layer_idx: int, ops: Ops, **fk):
         super().__init__()
-        self.attn = Attention(cfg, layer_idx, **fk)
-        self.mamba = Mamba2Mixer(cfg, layer_idx, **fk)
+        self.ops = ops
+        self.attn = Attention(cfg, layer_idx, ops, **fk)
+        self.mamba = Mamba2Mixer(cfg, layer_idx, ops, **fk)
 
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
-        return self.attn(x, batch, cache) + self.mamba(x, batch, cache)
+        return self.ops.add(self.attn(x, batch, cache), self.mamba(x, batch, cache))
 
 
 class DenseMLP(FeedForward):
@@ -254,22 +254,22 @@ _MIXERS = {"M": Mamba2Mixer, "*": Attention, "P": ParallelHybridMixer}
 class HybridBlock(nn.Module):
     """x + sublayer(norm(x)), the sublayer being ``mixer``, ``moe`` or ``mlp``."""
 
-    def __init__(self, cfg: EngineConfig, layer_idx: int, **fk):
+    def __init__(self, cfg: EngineConfig, layer_idx: int, ops: Ops, **fk):
         super().__init__()
-        self.layer_idx, self.char = layer_idx, cfg.pattern[layer_idx]
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, **fk)
+        self.layer_idx, self.char, self.ops = layer_idx, cfg.pattern[layer_idx], ops
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, ops, **fk)
         if self.char in _MIXERS:
-            self.mixer = _MIXERS[self.char](cfg, layer_idx, **fk)
+            self.mixer = _MIXERS[self.char](cfg, layer_idx, ops, **fk)
         elif self.char == "E":
-            self.moe = MoE(cfg, layer_idx, **fk)
+            self.moe = MoE(cfg, layer_idx, ops, **fk)
         else:
-            self.mlp = DenseMLP(cfg.d_model, cfg.d_ff, cfg.activation, **fk)
+            self.mlp = DenseMLP(cfg.d_model, cfg.d_ff, cfg.activation, ops, **fk)
 
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
         h = self.norm(x)
         if self.char in _MIXERS:
-            return x + self.mixer(h, batch, cache)
-        return x + (self.moe(h) if self.char == "E" else self.mlp(h))
+            return self.ops.add(x, self.mixer(h, batch, cache))
+        return self.ops.add(x, self.moe(h) if self.char == "E" else self.mlp(h))
 
 
 class HybridModel(nn.Module):
@@ -277,9 +277,10 @@ class HybridModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         fk = {"device": device, "dtype": cfg.torch_dtype}
+        self.ops = Ops()  # eager element-wise ops; ``self.ops.compile()`` fuses them (ops.py)
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, **fk)
-        self.layers = nn.ModuleList(HybridBlock(cfg, i, **fk) for i in range(len(cfg.pattern)))
-        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps, **fk)
+        self.layers = nn.ModuleList(HybridBlock(cfg, i, self.ops, **fk) for i in range(len(cfg.pattern)))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps, self.ops, **fk)
         self.lm_head = LMHead(cfg.d_model, cfg.vocab_size, **fk)
 
     def forward(self, input_ids: torch.Tensor, batch: Batch, cache: HybridCache, all_logits: bool = False):

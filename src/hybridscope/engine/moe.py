@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from . import ops as _ops
 from .config import EngineConfig
+from .ops import Ops
 
 # penalty(logits [T, E] fp32, load [E] fp32 = tokens per expert of the previous call) -> logits [T, E]
 RoutingPenalty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,24 +36,17 @@ class Routing(NamedTuple):
     logits: torch.Tensor
 
 
-def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "relu2":
-        return torch.square(F.relu(h))
-    gate, up = h.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
 class FeedForward(nn.Module):
     """relu2: down(relu(up x)^2); swiglu: down(silu(gate x) * up x) with gate and up fused in ``up``."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str, **fk):
+    def __init__(self, d_model: int, d_ff: int, activation: str, ops: Ops, **fk):
         super().__init__()
-        self.activation = activation
+        self.activation, self.ops = activation, ops
         self.up = nn.Linear(d_model, d_ff * (2 if activation == "swiglu" else 1), bias=False, **fk)
         self.down = nn.Linear(d_ff, d_model, bias=False, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(_act(self.up(x), self.activation))
+        return self.down(self.ops.act(self.up(x), self.activation))
 
 
 class SharedExpert(FeedForward):
@@ -63,20 +58,15 @@ class Router(nn.Module):
     scores = sigmoid(logits), experts chosen on scores + correction_bias, weights = chosen scores.
     Either way optionally renormalized over k and scaled by ``routed_scale``.
 
-    Knobs: ``skew_bias`` [E] (see ``set_skew``), ``penalty`` (a ``RoutingPenalty`` or
-    None). ``load`` [E] holds tokens per expert of the latest call (updated in place, graph-safe)."""
+    Knobs: ``skew_bias`` [E] (see ``set_skew``) and ``penalty`` (a ``RoutingPenalty`` or None, applied
+    after the skew). ``load`` [E] holds tokens per expert of the latest call (in place, graph-safe)."""
 
-    def __init__(self, cfg: EngineConfig, **fk):
+    def __init__(self, cfg: EngineConfig, ops: Ops, **fk):
         super().__init__()
-        E = cfg.n_experts
-        self.kind, self.top_k, self.norm_topk, self.scale = (
-            cfg.router,
-            cfg.top_k,
-            cfg.norm_topk,
-            cfg.routed_scale,
-        )
+        E, dev = cfg.n_experts, fk.get("device")
+        self.ops, self.kind, self.top_k = ops, cfg.router, cfg.top_k
+        self.norm_topk, self.scale = cfg.norm_topk, cfg.routed_scale
         self.weight = nn.Parameter(torch.empty(E, cfg.d_model, **fk))
-        dev = fk.get("device")
         self.register_buffer("correction_bias", torch.zeros(E, device=dev))
         self.register_buffer("skew_bias", torch.zeros(E, device=dev))
         self.register_buffer("load", torch.zeros(E, device=dev))
@@ -92,21 +82,14 @@ class Router(nn.Module):
         self.skew_bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = F.linear(x, self.weight).float()  # [T, E]
-        logits = logits + self.skew_bias * logits.std(dim=-1, keepdim=True)
+        logits = self.ops.skew_logits(F.linear(x, self.weight), self.skew_bias)  # [T, E] fp32
         if self.penalty is not None:
             logits = self.penalty(logits, self.load)
-        if self.kind == "sigmoid":
-            scores = torch.sigmoid(logits)
-            ids = torch.topk(scores + self.correction_bias, self.top_k, dim=-1).indices
-            weights = scores.gather(-1, ids)
-        else:
-            weights, ids = torch.topk(logits.softmax(dim=-1), self.top_k, dim=-1)
-        if self.norm_topk:
-            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
-        flat = ids.reshape(-1)
-        self.load.zero_().scatter_add_(0, flat, torch.ones_like(flat, dtype=self.load.dtype))
-        return Routing(weights * self.scale, ids, logits)
+        weights, ids, load = self.ops.select_experts(
+            logits, self.correction_bias, self.kind, self.top_k, self.norm_topk, self.scale
+        )
+        self.load.copy_(load)
+        return Routing(weights, ids, logits)
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -119,16 +102,16 @@ class Experts(nn.Module):
     """All routed experts' weights, stacked: ``up`` [E, I or 2I, d], ``down`` [E, d, I]. Under expert
     parallelism it holds experts ``first .. first+E_local-1`` only (see ep.py)."""
 
-    def __init__(self, cfg: EngineConfig, **fk):
+    def __init__(self, cfg: EngineConfig, ops: Ops, **fk):
         super().__init__()
         E, d, inner = cfg.n_experts, cfg.d_model, cfg.d_expert
-        self.activation, self.first = cfg.activation, 0
+        self.activation, self.first, self.ops = cfg.activation, 0, ops
         self.up = nn.Parameter(torch.empty(E, inner * (2 if cfg.activation == "swiglu" else 1), d, **fk))
         self.down = nn.Parameter(torch.empty(E, d, inner, **fk))
 
     def forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         """x [M, d] sorted by local expert, offs [E_local] int32 cumulative row ends -> [M, d]."""
-        h = _act(grouped_mm(x, self.up, offs), self.activation)
+        h = self.ops.act(grouped_mm(x, self.up, offs), self.activation)
         return grouped_mm(h, self.down, offs)
 
     def shard(self, first: int, n: int) -> None:
@@ -150,19 +133,15 @@ class LocalDispatcher:
         return y
 
 
-class _Plan(NamedTuple):
-    order: torch.Tensor  # [T*k] flat (token, slot) index of each sorted row
-    kept: torch.Tensor  # [E] rows each expert keeps after capacity
-    keep: torch.Tensor | None  # [T*k] bool per sorted row (None: nothing can drop)
-
-
 class MoE(nn.Module):
-    def __init__(self, cfg: EngineConfig, layer_idx: int, **fk):
+    def __init__(self, cfg: EngineConfig, layer_idx: int, ops: Ops, **fk):
         super().__init__()
-        self.layer_idx, self.n_experts, self.top_k = layer_idx, cfg.n_experts, cfg.top_k
-        self.router = Router(cfg, **fk)
-        self.experts = Experts(cfg, **fk)
-        self.shared = SharedExpert(cfg.d_model, cfg.d_shared, cfg.activation, **fk) if cfg.d_shared else None
+        self.layer_idx, self.n_experts, self.top_k, self.ops = layer_idx, cfg.n_experts, cfg.top_k, ops
+        self.router = Router(cfg, ops, **fk)
+        self.experts = Experts(cfg, ops, **fk)
+        self.shared = (
+            SharedExpert(cfg.d_model, cfg.d_shared, cfg.activation, ops, **fk) if cfg.d_shared else None
+        )
         self.register_buffer("capacity_factors", torch.zeros(cfg.n_experts, device=fk.get("device")))
         self.register_buffer("dropped", torch.zeros((), dtype=torch.long, device=fk.get("device")))
         self.set_capacity(cfg.capacity_factor, cfg.capacity_overrides)
@@ -181,50 +160,23 @@ class MoE(nn.Module):
         self.drops = factor is not None or bool(overrides)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]
+        T = x.shape[0]  # x [T, d]
         with record_function("moe.router"):
             r = self.router(x)
         with record_function("moe.dispatch"):
-            plan = self._plan(r.ids, T)
-            xl, offs, ctx = self.dispatcher.dispatch(x[plan.order // self.top_k], plan.kept)
+            order, kept, keep, dropped = self.ops.plan_rows(
+                r.ids, self.router.load, self.capacity_factors, self.drops
+            )
+            self.dropped.copy_(dropped)
+            xl, offs, ctx = self.dispatcher.dispatch(x[order // self.top_k], kept)  # rows sorted by expert
         with record_function("moe.experts"):
             yl = self.experts(xl, offs)
         with record_function("moe.combine"):
-            out = self._combine(self.dispatcher.combine(yl, ctx), plan, r.weights, T).to(x.dtype)
+            y = self.dispatcher.combine(yl, ctx)  # [T*k, d] sorted rows
+            out = self.ops.combine_rows(y, order, r.weights, keep, T, self.top_k).to(x.dtype)
         if self.shared is not None:
-            out = out + self.shared(x)
+            out = self.ops.add(out, self.shared(x))
         return out
-
-    def _plan(self, ids: torch.Tensor, T: int) -> _Plan:
-        flat = ids.reshape(-1)  # [T*k], row t*k+j = token t's j-th choice
-        order = torch.argsort(flat, stable=True)  # stable: earlier tokens first within an expert
-        counts = self.router.load.long()
-        if not self.drops:
-            return _Plan(order, counts, None)
-        sorted_e = flat[order]
-        rank = torch.arange(flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_e]
-        cap = torch.where(
-            self.capacity_factors > 0,
-            torch.ceil(self.capacity_factors * (flat.numel() / self.n_experts)),
-            float(flat.numel()),
-        ).long()
-        keep = rank < cap[sorted_e]
-        kept = torch.minimum(counts, cap)
-        self.dropped.copy_((counts - kept).sum())
-        back = torch.argsort((~keep).to(torch.int8), stable=True)  # dropped rows to the end, order kept
-        return _Plan(order[back], kept, keep[back])
-
-    def _combine(self, y: torch.Tensor, plan: _Plan, weights: torch.Tensor, T: int) -> torch.Tensor:
-        """Sorted rows y [T*k, d] -> [T, d] fp32: each token's rows weighted and summed over k."""
-        w = weights.reshape(-1)[plan.order]
-        rows = y.float() * w[:, None]
-        if plan.keep is not None:
-            rows = torch.where(
-                plan.keep[:, None], rows, 0.0
-            )  # dropped rows are undefined, not just 0-weighted
-        unsorted = torch.empty_like(rows)
-        unsorted[plan.order] = rows
-        return unsorted.view(T, self.top_k, -1).sum(dim=1)
 
 
 @torch.no_grad()
@@ -247,7 +199,7 @@ def moe_ref(moe: MoE, x: torch.Tensor) -> torch.Tensor:
             used[e] += 1
             if cap[e] is not None and used[e] > cap[e]:
                 continue
-            h = _act(x[t].float() @ ex.up[e].float().t(), ex.activation)
+            h = _ops.act(x[t].float() @ ex.up[e].float().t(), ex.activation)
             out[t] += float(r.weights[t, j]) * (h @ ex.down[e].float().t())
     if moe.shared is not None:
         out += moe.shared(x).float()

@@ -72,6 +72,7 @@ class StepRecord:
     decode_tokens: int
     graph: bool
     bucket: int  # dense decode: rows computed (B); packed: tokens computed
+    cached_tokens: list[int] = field(default_factory=list)  # tokens in cache per live request, at the end
 
     @property
     def latency(self) -> float:
@@ -92,6 +93,7 @@ class Engine:
         max_batch: int | None = None,
         max_seq_len: int | None = None,
         cuda_graphs: bool | None = None,
+        compile: bool = False,
         max_prefill_tokens: int = 4096,
         temperature: float = 0.0,
         seed: int = 0,
@@ -108,6 +110,8 @@ class Engine:
         if cuda_graphs and (self.device.type != "cuda" or ep):
             raise ValueError("cuda_graphs needs a CUDA model without expert parallelism")
         self.cuda_graphs = cuda_graphs
+        if compile:
+            model.ops.compile()
         log.info(
             "engine: %s on %s, cuda_graphs=%s, slots=%d", cfg.name, self.device, cuda_graphs, self.max_batch
         )
@@ -183,6 +187,7 @@ class Engine:
         self._sample_and_stream(reqs, logits, dense=not prefills)
         end = self.now()
         kind = "decode" if not prefills else ("mixed" if decodes else "prefill")
+        cached = [len(r.prompt) + len(r.tokens) - 1 for r in self.running.values()]  # K/V written so far
         rec = StepRecord(
             len(self.steps),
             start,
@@ -193,6 +198,7 @@ class Engine:
             len(decodes),
             graph,
             bucket,
+            cached,
         )
         self.steps.append(rec)
         for r in reqs:
