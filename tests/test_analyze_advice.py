@@ -100,6 +100,8 @@ def test_host_stall():
     assert a.numbers["share"] == pytest.approx(10.0) and "moe_comm and mamba" in a.recommendation
     assert adv.host_stall(sites(40), 1000, stall_pct=5.0) is None
     assert adv.host_stall(sites(100), None, stall_pct=5.0) is None
+    two = adv.host_stall(sites(200), 1000, stall_pct=5.0, n_ranks=2)  # pooled over 2 ranks: 100 per rank
+    assert two.at_stake_ns == 100 and two.numbers["share"] == pytest.approx(10.0)
 
 
 def test_advice_ranks_by_time_at_stake():

@@ -20,6 +20,7 @@ def test_exposed_communication(store):
     r = overlap.overlap(con, run).record(rank=0)
     # comm [50,200) + [300,400) = 250; compute [0,100) + [150,160) = 110; both: 50 + 10 = 60
     assert (r["comm_ns"], r["compute_ns"], r["overlapped_ns"], r["exposed_ns"]) == (250, 110, 60, 190)
+    assert (r["busy_ns"], r["idle_ns"], r["compute_only_ns"]) == (300, 700, 50)  # busy = [0,200)+[300,400)
     assert r["exposed_comm_pct"] == pytest.approx(76.0) and r["exposed_wall_pct"] == pytest.approx(19.0)
 
 

@@ -20,6 +20,8 @@ VERBS: tuple[str, ...] = (
     "import_",
     "runs",
     "decompose",
+    "report",
+    "export",
     "attribution",
     "query",
     "baseline",

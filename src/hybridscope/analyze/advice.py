@@ -15,8 +15,8 @@ fires only when its evidence is present and passes its threshold (docs/analyses.
 - cuda_graphs: phases that launch_bound judged launch-bound, decode (or unknown phase) only.
   At stake: the idle time before the phase's kernels.
 - comm_overlap: exposed communication >= `exposed_pct` % of a rank's window. At stake: exposed time.
-- host_stall: the gap site (layer type before -> after) with the most idle time, when it holds
-  >= `stall_pct` % of the summed window. At stake: that idle time.
+- host_stall: the gap site (layer type before -> after) with the most idle time, when its idle
+  time per rank holds >= `stall_pct` % of the wall-clock window. At stake: that idle time per rank.
 Advice is ranked by time at stake (largest first; rules without a time estimate last).
 """
 
@@ -40,18 +40,20 @@ class Advice:
     numbers: dict = field(default_factory=dict)
 
 
-def advice(tables: dict[str, Table], *, wall_ns: int | None = None, jump: float = 1.5, min_rho: float = 0.3,
+def advice(tables: dict[str, Table], *, wall_ns: int | None = None, n_ranks: int = 1, jump: float = 1.5, min_rho: float = 0.3,
            min_group: int = 3, cf_threshold: float = 1.5, exposed_pct: float = 5.0,
            stall_pct: float = 5.0) -> Table:
     """Run every rule on `tables` (keyed by Table.name: expert_steps, expert_correlation,
-    conflict_pairs, expert_load, launch_bound, overlap, gap_sites); missing tables skip their rules."""
+    conflict_pairs, expert_load, launch_bound, overlap, gap_sites); missing tables skip their rules.
+    `wall_ns` is the run's wall-clock window (the longest rank window); `n_ranks` turns the pooled
+    idle time of gap_sites into time per rank."""
     found = [
         routing_penalty(tables.get("expert_steps"), jump=jump, min_rho=min_rho, min_group=min_group),
         stream_pairing(tables.get("conflict_pairs")),
         capacity_factor(tables.get("expert_load"), threshold=cf_threshold),
         cuda_graphs(tables.get("launch_bound")),
         comm_overlap(tables.get("overlap"), exposed_pct=exposed_pct),
-        host_stall(tables.get("gap_sites"), wall_ns, stall_pct=stall_pct),
+        host_stall(tables.get("gap_sites"), wall_ns, n_ranks=n_ranks, stall_pct=stall_pct),
     ]
     found = sorted((a for a in found if a is not None),
                    key=lambda a: (a.at_stake_ns is None, -(a.at_stake_ns or 0)))
@@ -194,17 +196,18 @@ def comm_overlap(t: Table | None, *, exposed_pct: float) -> Advice | None:
                                  "exposed_wall_pct": r["exposed_wall_pct"]})
 
 
-def host_stall(t: Table | None, wall_ns: int | None, *, stall_pct: float) -> Advice | None:
+def host_stall(t: Table | None, wall_ns: int | None, *, stall_pct: float, n_ranks: int = 1) -> Advice | None:
     if t is None or not len(t) or not wall_ns:
         return None
-    r = t.to_records()[0]  # gap_sites is sorted by idle time
-    share = 100.0 * r["idle_ns"] / wall_ns
+    r = t.to_records()[0]  # gap_sites is sorted by idle time, pooled over ranks
+    per_rank = r["idle_ns"] / max(n_ranks, 1)
+    share = 100.0 * per_rank / wall_ns
     if share < stall_pct:
         return None
     return Advice(
         "host_stall",
         f"Remove the host stall between {r['before']} and {r['after']} kernels (a .item()/.tolist() sync, "
         "a host-side shape computation or an allocation): the GPU idles there.",
-        f"{r['n_gaps']} gaps, {format_ns(r['idle_ns'])} idle ({share:.1f}% of wall time), "
+        f"{r['n_gaps']} gaps, {format_ns(per_rank)} idle per rank ({share:.1f}% of wall time), "
         f"p50 {format_ns(r['p50_ns'])}, p99 {format_ns(r['p99_ns'])}",
-        float(r["idle_ns"]), {"before": r["before"], "after": r["after"], "idle_ns": r["idle_ns"], "share": share})
+        float(per_rank), {"before": r["before"], "after": r["after"], "idle_ns": r["idle_ns"], "share": share})

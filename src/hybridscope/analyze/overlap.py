@@ -41,9 +41,14 @@ def overlap(con, run_id: int) -> Table:
         both = intervals.intersection_length(comm, comp)
         lo, hi = windows[rank]
         exposed = comm_ns - both
-        rows.append((rank, None if device < 0 else device, hi - lo, comp_ns, comm_ns, both, exposed,
+        busy = comp_ns + exposed
+        rows.append((rank, None if device < 0 else device, hi - lo, busy, hi - lo - busy, comp_ns - both,
+                     comp_ns, comm_ns, both, exposed,
                      100.0 * exposed / comm_ns if comm_ns else None, 100.0 * exposed / (hi - lo) if hi > lo else None))
     cols = (Column("rank", "int"), Column("device", "int"), Column("window_ns", "ns", "", "window"),
+            Column("busy_ns", "ns", "time with any kernel running", "busy"),
+            Column("idle_ns", "ns", "window - busy", "idle"),
+            Column("compute_only_ns", "ns", "compute with no comm running", "compute only"),
             Column("compute_ns", "ns", "union of compute kernels", "compute"),
             Column("comm_ns", "ns", "union of moe_comm + comm kernels", "comm"),
             Column("overlapped_ns", "ns", "comm time hidden under compute", "overlapped"),

@@ -78,7 +78,12 @@ def build_report(con, run_id: int) -> Report:
     put(dashboard.contrast(con, run_id, dash=dash, decomposition=dec))
     put(dashboard.duty_cycle(con, run_id))
     if len(info["ranks"]) > 1:
+        from hybridscope.analyze import collectives
+
         put(per_rank(con, run_id, info["ranks"]))
+        put(collectives.rank_waits(con, run_id))
+        put(collectives.stragglers(con, run_id))
+        put(collectives.traffic(con, run_id))
     put(latency_cdf(con, run_id))
     put(steps.steps(con, run_id))
     put(steps.step_stack(con, run_id))
@@ -94,7 +99,7 @@ def build_report(con, run_id: int) -> Report:
     put(conflicts.conflict_pairs(put(conflicts.conflicts(con, run_id))))
     windows = dec.meta.get("windows_ns") or {}
     wall = max((hi - lo for lo, hi in windows.values()), default=None)  # the run's wall clock, not rank-time
-    put(advice_mod.advice(t, wall_ns=wall))
+    put(advice_mod.advice(t, wall_ns=wall, n_ranks=max(len(windows), 1)))
     return Report(run_id, info, t)
 
 

@@ -1,0 +1,229 @@
+"""The HTML report: one self-contained file (inline CSS, inline SVG, a few lines of inline JS; no
+CDN, no network), rendered from a `Report` (analyze/report.py). Formatting only: every number shown
+comes from an analysis Table.
+
+Each chart is a `<figure class="plot" data-plot=NAME>` holding one `<svg>`; marks carry classes
+(`series`, `bar`, `cell`, `dot`) so tests count what was drawn. Clicking a legend key hides or shows
+that layer type in its figure. The script sets `data-ready="1"` on <body> once it has run.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from hybridscope.analyze.report import Report
+from hybridscope.analyze.table import Table
+from hybridscope.attribute.vocab import ORDER
+from hybridscope.present import svg
+from hybridscope.present.table import format_ns, format_value
+from hybridscope.present.terminal import contrast_lines
+
+COLOURS = {
+    "mamba": "#1f77b4", "attention": "#2ca02c", "moe_router": "#bcbd22", "moe_experts": "#ff7f0e",
+    "moe_comm": "#d62728", "mlp": "#9467bd", "norm": "#8c564b", "embedding": "#e377c2", "lm_head": "#7f7f7f",
+    "sampling": "#17becf", "comm": "#6baed6", "memory": "#c5b0d5", "other": "#b0b0b0", "unattributed": "#dddddd",
+    "compute only": "#1f77b4", "overlapped": "#9467bd", "exposed comm": "#d62728", "idle": "#dddddd",
+}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1320px;padding:16px 24px;color:#222}
+h1{font-size:20px;margin:4px 0}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#666}.contrast{display:grid;grid-template-columns:1fr 1fr;gap:16px;margin:12px 0}
+.card{border-radius:8px;padding:12px 16px}.card h3{margin:0 0 6px;font-size:15px}
+.dash{background:#eef8ee;border:1px solid #9c9}.dec{background:#fdeeee;border:1px solid #e99}
+.card p{margin:2px 0}.grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+figure{margin:8px 0}figcaption{color:#555;font-size:13px;margin-bottom:4px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{padding:3px 8px;border-bottom:1px solid #eee}
+th{text-align:left;background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.summary td{font-weight:600}svg{max-width:100%;height:auto}
+svg .axis{stroke:#444}svg .grid{stroke:#eee}svg .tick{font-size:10px;fill:#555}svg .label{font-size:11px;fill:#333}
+svg .series{stroke-width:2}svg .dot{fill:#d62728;fill-opacity:.6}.hidden{display:none}
+.legend span{display:inline-block;margin:0 10px 4px 0;cursor:pointer;user-select:none}
+.legend i{display:inline-block;width:11px;height:11px;margin-right:4px;vertical-align:-1px;border-radius:2px}
+.legend span.off{opacity:.35}ol.advice li{margin-bottom:8px}.evidence{color:#555;font-size:13px}
+.note{color:#777;font-size:12.5px}
+"""
+
+JS = """
+document.querySelectorAll('.legend span').forEach(function (key) {
+  key.addEventListener('click', function () {
+    var fig = key.closest('figure'); key.classList.toggle('off');
+    fig.querySelectorAll('[data-series="' + key.dataset.series + '"]').forEach(function (m) {
+      m.classList.toggle('hidden');
+    });
+  });
+});
+document.body.dataset.ready = '1';
+"""
+
+
+def render(report: Report) -> str:
+    """The whole report as one HTML document."""
+    info = report.run
+    title = f"hybridscope · run {report.run_id} · {info.get('label') or ''}"
+    body = [f"<h1>{escape(title)}</h1>",
+            (f'<p class="meta">{escape(str(info.get("source")))} · {len(info.get("ranks") or [])} rank(s) · '
+            f'{escape(str(info.get("device_name") or "device unknown"))} · window '
+            f'{escape(format_ns((info.get("t_end_ns") or 0) - (info.get("t_start_ns") or 0)))}</p>'),
+            _contrast(report), "<h2>Decomposition</h2>", table_html(report["decompose_layer_type"])]
+    for name in ("per_rank", "rank_waits", "stragglers", "traffic"):
+        if report.get(name) is not None and len(report[name]):
+            body.append(table_html(report[name], max_rows=12))
+    body += ["<h2>Latency per layer type and per layer</h2>", '<div class="grid2">', _cdf(report),
+             _layer_bars(report), "</div>",
+             "<h2>Steps</h2>", _step_stack(report), '<div class="grid2">', table_html(report["phases"]),
+             table_html(report["slow_steps"]), "</div>",
+             "<h2>Experts</h2>", '<div class="grid2">', _heatmap(report), _scatter(report), "</div>",
+             table_html(report["expert_correlation"]),
+             "<h2>Overlap and gaps</h2>", '<div class="grid2">', _overlap(report), _gap_histogram(report), "</div>",
+             table_html(report["overlap"]), table_html(report["gap_sites"], max_rows=10),
+             table_html(report["top_gaps"], max_rows=10), table_html(report["launch_bound"]),
+             "<h2>Stream conflicts</h2>", _conflicts(report), "<h2>Advice</h2>", _advice(report["advice"]),
+             '<p class="note">Definitions of every number: docs/analyses.md. Generated by hybridscope.</p>']
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body)
+            + f"\n<script>{JS}</script>\n</body></html>\n")
+
+
+def table_html(table: Table, *, max_rows: int | None = None) -> str:
+    """A Table as an HTML table, values formatted as in the terminal."""
+    rows = table.rows if max_rows is None else table.rows[:max_rows]
+    n_sum = int(table.meta.get("summary_rows", 0) or 0)
+    head = "".join(f'<th title="{escape(c.doc)}">{escape(c.header)}</th>' for c in table.columns)
+    body = []
+    for i, r in enumerate(rows):
+        cells = "".join(f'<td class="{"num" if c.kind != "str" else ""}">{escape(format_value(v, c.kind))}</td>'
+                        for v, c in zip(r, table.columns))
+        body.append(f'<tr{" class=summary" if i < n_sum else ""}>{cells}</tr>')
+    cut = f'<p class="note">first {max_rows} of {len(table)} rows</p>' if max_rows and len(table) > max_rows else ""
+    caption = escape(str(table.meta.get("title") or table.name))
+    return (f'<table data-table="{escape(table.name)}"><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>{cut}")
+
+
+def _figure(name: str, caption: str, content: str, legend: list[str] | None = None) -> str:
+    keys = ""
+    if legend:
+        keys = '<div class="legend">' + "".join(
+            f'<span data-series="{escape(k)}"><i style="background:{COLOURS.get(k, "#999")}"></i>{escape(k)}</span>'
+            for k in legend) + "</div>"
+    return f'<figure class="plot" data-plot="{name}"><figcaption>{escape(caption)}</figcaption>{keys}{content}</figure>'
+
+
+def _contrast(report: Report) -> str:
+    dash, dec = contrast_lines(report["contrast"])
+    d = "".join(f"<p>{escape(x)}</p>" for x in dash) or "<p>no dashboard data</p>"
+    x = "".join(f"<p>{escape(s)}</p>" for s in dec) or "<p>no GPU kernels</p>"
+    return (f'<div class="contrast"><div class="card dash"><h3>What a dashboard shows</h3>{d}</div>'
+            f'<div class="card dec"><h3>What the decomposition shows</h3>{x}</div></div>')
+
+
+def _types_in(values) -> list[str]:
+    return sorted(set(values), key=lambda t: ORDER.index(t) if t in ORDER else len(ORDER))
+
+
+def _cdf(report: Report) -> str:
+    t = report["latency_cdf"]
+    types = _types_in(t.column("layer_type"))
+    series = []
+    for lt in types:
+        pts = [(r["duration_ns"], r["level"]) for r in t.to_records() if r["layer_type"] == lt]
+        series.append((lt, [p[0] for p in pts], [p[1] for p in pts], COLOURS.get(lt, "#999")))
+    chart = svg.line_chart(series, x_label="kernel duration (log scale)", y_label="share of kernels ≤ x",
+                           fmt_x=format_ns)
+    return _figure("cdf", "Latency CDF per layer type (log x): a long right tail is where the p99 hides.",
+                   chart, types)
+
+
+def _layer_bars(report: Report) -> str:
+    t = report["decompose_layer"]
+    bars = [(str(r["layer_index"]), r["p99_ns"] or 0.0, COLOURS.get(r["layer_type"], "#999"),
+             (f"layer {r['layer_index']} {r['layer_type']}: p50 {format_ns(r['p50_ns'] or 0)}, p99 "
+             f"{format_ns(r['p99_ns'] or 0)}, GPU time {format_ns(r['gpu_ns'])}"))
+            for r in t.to_records() if r["layer_type"] != "all" and r["layer_index"] is not None]
+    chart = svg.bar_chart(bars, y_label="kernel p99", fmt_y=format_ns)
+    legend = _types_in([r["layer_type"] for r in t.to_records() if r["layer_index"] is not None])
+    return _figure("layers", "Kernel p99 per layer index, coloured by layer type.", chart, legend)
+
+
+def _step_stack(report: Report) -> str:
+    steps, stack = report["steps"], report["step_stack"]
+    ranks = sorted(set(steps.column("rank")))
+    rank = ranks[0] if ranks else None
+    parts: dict[int, list] = {}
+    for r in stack.to_records():
+        if r["rank"] == rank:
+            parts.setdefault(r["step"], []).append((r["layer_type"], r["gpu_ns"], COLOURS.get(r["layer_type"], "#999")))
+    columns = [(str(s["step"]), parts.get(s["step"], [])) for s in steps.to_records() if s["rank"] == rank]
+    chart = svg.stacked_bars(columns, y_label="GPU time per step", x_label="step", fmt_y=format_ns)
+    note = f" (rank {rank} of {len(ranks)})" if len(ranks) > 1 else ""
+    return _figure("steps", f"GPU time per step stacked by layer type, in time order{note}.", chart,
+                   _types_in(stack.column("layer_type")))
+
+
+def _heatmap(report: Report) -> str:
+    t = report["expert_load"]
+    layers = sorted(set(t.column("layer_index")))
+    experts = sorted(set(t.column("expert")))
+    cell = {(r["layer_index"], r["expert"]): r for r in t.to_records()}
+    values = [[(cell.get((li, e)) or {}).get("share_pct") or 0.0 for e in experts] for li in layers]
+
+    def tip(i: int, j: int) -> str:
+        r = cell.get((layers[i], experts[j]))
+        if r is None:
+            return f"layer {layers[i]} expert {experts[j]}: no tokens"
+        return (f"layer {r['layer_index']} expert {r['expert']}: {r['tokens']:,} tokens ({r['share_pct']:.1f}%), "
+                f"capacity factor p99 {format_value(r['capacity_factor_p99'], 'ratio')}")
+
+    chart = svg.heatmap([f"layer {li}" for li in layers], [str(e) for e in experts], values, tip=tip)
+    return _figure("experts", "Share of each MoE layer's tokens per expert (darker = hotter).", chart)
+
+
+def _scatter(report: Report) -> str:
+    t = report["expert_steps"]
+    pts = [(r["imbalance"], r["moe_comm_ns"], (f"step {r['step']}: imbalance {r['imbalance']:.2f}, "
+            f"moe_comm {format_ns(r['moe_comm_ns'])}")) for r in t.to_records() if r["moe_comm_ns"] is not None]
+    chart = svg.scatter(pts, x_label="routing imbalance (max/mean)", y_label="moe_comm time per step",
+                        fmt_x=lambda v: f"{v:.2f}", fmt_y=format_ns)
+    return _figure("imbalance", "Routing imbalance vs moe_comm time, one dot per step.", chart)
+
+
+def _overlap(report: Report) -> str:
+    t = report["overlap"]
+    parts = ("compute_only_ns", "overlapped_ns", "exposed_ns", "idle_ns")
+    names = ("compute only", "overlapped", "exposed comm", "idle")
+    columns = [(f"rank {r['rank']}" + (f" gpu {r['device']}" if r["device"] is not None else ""),
+                [(n, float(r[p]), COLOURS[n]) for p, n in zip(parts, names)]) for r in t.to_records()]
+    chart = svg.stacked_bars(columns, y_label="share of the window", fmt_y=format_ns)
+    return _figure("overlap", "Each rank's window: compute, comm hidden under compute, exposed comm, idle.",
+                   chart, list(names))
+
+
+def _gap_histogram(report: Report) -> str:
+    t = report["gap_histogram"]
+    bars = [(format_ns(r["lo_ns"]), r["n_gaps"], "#888",
+             f"{format_ns(r['lo_ns'])} – {format_ns(r['hi_ns'])}: {r['n_gaps']:,} gaps, {format_ns(r['idle_ns'])} idle")
+            for r in t.to_records()]
+    chart = svg.bar_chart(bars, y_label="gaps", fmt_y=lambda v: f"{v:,.0f}")
+    return _figure("gaps", "GPU idle gaps by length (power-of-two bins).", chart)
+
+
+def _conflicts(report: Report) -> str:
+    t = report["conflict_pairs"]
+    if not len(t):
+        return (f'<p>No two MoE collectives were in flight together or queued back to back on one stream '
+                f'(at most {t.meta.get("max_in_flight", 0)} in flight at once).</p>')
+    return table_html(t, max_rows=12) + table_html(report["conflicts"], max_rows=12)
+
+
+def _advice(t: Table) -> str:
+    if not len(t):
+        return "<p>No rule fired: no recommendation has data behind it in this run.</p>"
+    items = []
+    for r in t.to_records():
+        stake = (f" <b>At stake: {escape(format_ns(r['at_stake_ns']))} "
+                 f"({escape(format_value(r['at_stake_pct'], 'pct'))} of wall time).</b>"
+                 if r["at_stake_ns"] is not None else "")
+        items.append(f'<li data-rule="{escape(r["rule"])}"><b>[{escape(r["rule"])}]</b> '
+                     f'{escape(r["recommendation"])}{stake}<div class="evidence">{escape(r["evidence"])}</div></li>')
+    return '<ol class="advice">' + "".join(items) + "</ol>"

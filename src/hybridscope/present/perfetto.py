@@ -1,0 +1,94 @@
+"""Chrome trace-event JSON for the Perfetto UI (ui.perfetto.dev) and chrome://tracing.
+
+Layout: one process per rank ("rank N"); in it one thread (track) per (layer type, stream),
+named "moe_comm · stream 11" and sorted in vocabulary order, plus a "steps" track. Every kernel is
+a complete event ('X') named by the kernel, with args layer_type, layer_index, module, stream, step,
+phase. Time: `ts`/`dur` in µs as floats carrying the ns digits (ts from the run's window start; the
+absolute start is in otherData.t0_ns).
+
+Perfetto needs the slices of one track to nest: a kernel that starts inside the previous one on
+its track and ends after it (a clock artifact on one stream) goes to that track's "overlap" twin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybridscope.attribute.vocab import ORDER
+
+STEPS_TID = 1
+OVERLAP_TID = 50_000  # added to a track's tid for its overlap twin
+
+
+def trace_events(kernels: dict[str, np.ndarray], steps: list[dict], t0_ns: int, run: dict) -> dict:
+    """The trace document (a dict ready for JSON) from timeline.kernels and timeline.step_windows."""
+    n = len(kernels["ts_ns"])
+    type_idx = np.array([ORDER.index(t) if t in ORDER else len(ORDER) for t in kernels["layer_type"].tolist()],
+                        dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
+    stream = np.where(kernels["stream"] >= 0, kernels["stream"], 0) if n else np.zeros(0, dtype=np.int64)
+    tid = (type_idx + 1) * 1000 + stream % 1000 + 10
+    tid = tid + OVERLAP_TID * _partial_overlaps(kernels["rank"], tid, kernels["ts_ns"], kernels["end_ns"])
+    ts_us = (kernels["ts_ns"] - t0_ns) / 1000.0
+    dur_us = kernels["duration_ns"] / 1000.0
+    cols = [kernels[c].tolist() for c in ("name", "rank", "layer_type", "layer_index", "module", "step", "phase")]
+    events = [
+        {"ph": "X", "name": name, "cat": lt, "pid": rank, "tid": t, "ts": ts, "dur": d,
+         "args": {"layer_type": lt, "layer_index": None if li < 0 else li, "module": mod, "stream": s,
+                  "step": None if st < 0 else st, "phase": ph}}
+        for name, rank, lt, li, mod, st, ph, t, ts, d, s in zip(*cols, tid.tolist(), ts_us.tolist(),
+                                                               dur_us.tolist(), kernels["stream"].tolist())
+    ]
+    events += [{"ph": "X", "name": f"step {w['step']}" + (f" ({w['phase']})" if w["phase"] else ""),
+                "cat": "step", "pid": w["rank"], "tid": STEPS_TID, "ts": (w["ts_ns"] - t0_ns) / 1000.0,
+                "dur": (w["end_ns"] - w["ts_ns"]) / 1000.0,
+                "args": {"step": w["step"], "phase": w["phase"], "gpu_ns": w["gpu_ns"], "kernels": w["n_kernels"]}}
+               for w in steps]
+    return {"traceEvents": _metadata(kernels["rank"], tid, type_idx, stream, steps) + events,
+            "displayTimeUnit": "ns",
+            "otherData": {"generator": "hybridscope", "run_id": run.get("run_id"), "label": run.get("label"),
+                          "t0_ns": int(t0_ns)}}
+
+
+def _partial_overlaps(rank, tid, start, end) -> np.ndarray:
+    """1 where a kernel starts before the latest end on its track and ends after it, else 0."""
+    if len(start) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((start, tid, rank))
+    r, t, s, e = rank[order], tid[order], start[order], end[order]
+    new_track = np.r_[True, (r[1:] != r[:-1]) | (t[1:] != t[:-1])]
+    # running max of ends that restarts on each track: offset every track above the previous one's ends
+    track_no = np.cumsum(new_track) - 1
+    span = int(e.max() - s.min()) + 1
+    shifted = e - s.min() + track_no.astype(np.int64) * span
+    prev_max = np.maximum.accumulate(shifted) - track_no.astype(np.int64) * span + s.min()
+    prev = np.r_[np.iinfo(np.int64).min, prev_max[:-1]]
+    bad = ~new_track & (s < prev) & (e > prev)
+    out = np.zeros(len(start), dtype=np.int64)
+    out[order] = bad.astype(np.int64)
+    return out
+
+
+def _metadata(rank, tid, type_idx, stream, steps) -> list[dict]:
+    meta = []
+    ranks = sorted(set(rank.tolist()) | {w["rank"] for w in steps})
+    for r in ranks:
+        meta += [{"ph": "M", "name": "process_name", "pid": r, "tid": 0, "args": {"name": f"rank {r}"}},
+                 {"ph": "M", "name": "process_sort_index", "pid": r, "tid": 0, "args": {"sort_index": r}}]
+        if any(w["rank"] == r for w in steps):
+            meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": STEPS_TID, "args": {"name": "steps"}},
+                     {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": STEPS_TID, "args": {"sort_index": 0}}]
+    if len(tid):
+        tracks = np.unique(np.stack([rank, tid, type_idx, stream], axis=1), axis=0)
+        for r, t, ti, s in tracks.tolist():
+            lt = ORDER[ti] if ti < len(ORDER) else "other"
+            name = f"{lt} · stream {s}" + (" · overlap" if t >= OVERLAP_TID else "")
+            meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": t, "args": {"name": name}},
+                     {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": t, "args": {"sort_index": t}}]
+    return meta
+
+
+def to_json(doc: dict) -> bytes:
+    """The trace document as compact JSON bytes."""
+    import orjson
+
+    return orjson.dumps(doc)
