@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from hybridscope.errors import BadInput, NotFound
-from hybridscope.ingest._common import ImportContext, ImportResult, file_sha256, find_duplicate
+from hybridscope.ingest._common import ImportContext, ImportResult, RetryFile, file_sha256, find_duplicate
 
 __all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "detect", "import_files", "iter_import"]
 
@@ -110,7 +110,8 @@ def iter_import(
     A file whose bytes are already stored yields a result with `duplicate_of` set and writes
     nothing. A bad file raises BadInput naming it; its transaction is rolled back, files before it
     stay imported. Files of one distributed job (same world size, distinct ranks) become one run.
-    After a rank's rows are in, attribution runs in the same transaction.
+    After a rank's rows are in, attribution runs in the same transaction. An importer that raises
+    RetryFile gets one more go at the file in a fresh transaction with `ctx.careful` set.
     """
     from importlib import import_module
 
@@ -124,14 +125,23 @@ def iter_import(
         fmt = detect(path)
         importer = import_module(FORMATS[fmt])
         digest = file_sha256(path)
-        with transaction(con):
-            dup = find_duplicate(con, digest)
-            if dup is not None:
-                result = ImportResult(str(path), fmt, dup[0], dup[1], 0, duplicate_of=dup)
-            else:
-                ctx.pending = None
-                result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
-                attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path)
+        ctx.careful = False
+        while True:
+            try:
+                with transaction(con):
+                    dup = find_duplicate(con, digest)
+                    if dup is not None:
+                        result = ImportResult(str(path), fmt, dup[0], dup[1], 0, duplicate_of=dup)
+                    else:
+                        ctx.pending = None
+                        result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
+                        attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path)
+            except RetryFile as e:
+                if ctx.careful:
+                    raise BadInput(f"{path}: {e}") from None
+                ctx.careful = True
+                continue
+            break
         ctx.committed()
         yield result
 

@@ -38,6 +38,11 @@ class ImportResult:
     world_size: int = 1
 
 
+class RetryFile(Exception):
+    """Raised by an importer to have its file imported again, in a fresh transaction, with
+    `ctx.careful` set (a fast path met something it cannot vouch for). The driver retries once."""
+
+
 @dataclass
 class ImportContext:
     """Options of one `import_files` call, and the runs its earlier files opened.
@@ -51,6 +56,7 @@ class ImportContext:
     rank: int | None = None
     label: str | None = None
     progress: bool = True
+    careful: bool = False
     jobs: dict[str, tuple[int, set[int]]] = field(default_factory=dict)
 
     pending: tuple[str, int, int] | None = None

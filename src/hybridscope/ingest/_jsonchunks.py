@@ -52,11 +52,11 @@ NUMBER_KEYS = (b"ts", b"dur")
 class EventSlices:
     """Iterate slices of whole events; see the module docstring."""
 
-    def __init__(self, path: Path, *, careful: bool = False, chunk_bytes: int = CHUNK_BYTES,
+    def __init__(self, path: Path, *, careful: bool = False, chunk_bytes: int | None = None,
                  on_progress: Callable[[int], None] | None = None):
         self.path = Path(path)
         self.careful = careful
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.on_progress = on_progress
         self.meta: dict = {}
         self.head_meta: dict = {}  # the top-level keys before traceEvents, once the first slice is out

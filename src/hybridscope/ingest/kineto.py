@@ -30,6 +30,7 @@ from hybridscope.errors import BadInput
 from hybridscope.ingest._common import (
     ImportContext,
     ImportResult,
+    RetryFile,
     finish_rank,
     insert_run,
     insert_run_rank,
@@ -146,24 +147,22 @@ FROM (
 
 
 class _SliceRejected(Exception):
-    """DuckDB refused a slice: a bad cut (retry carefully) or a bad file (BadInput)."""
+    """DuckDB refused a slice: a wrong fast cut (retried carefully) or a bad file (BadInput)."""
 
 
 def import_file(con: duckdb.DuckDBPyConnection, path: Path, *, content_hash: str,
                 ctx: ImportContext) -> ImportResult:
     """One Kineto file -> one rank (see the module docstring), inside the caller's transaction."""
     try:
-        loaded = _load_events(con, path, ctx, careful=False)
-    except _SliceRejected as e:
-        con.execute("DELETE FROM events WHERE run_id = ? AND rank = ?", list(e.args[1]))
-        try:
-            loaded = _load_events(con, path, ctx, careful=True)
-        except _SliceRejected as e2:
-            raise BadInput(f"{path}: {e2.args[0]}") from None
+        loaded = _load_events(con, path, ctx)
+    except _SliceRejected as e:  # DuckDB aborted the transaction: retry in a fresh one, or give up
+        if ctx.careful:
+            raise BadInput(f"{path}: {e}") from None
+        raise RetryFile(str(e)) from None
     return _write_rank(con, path, content_hash, ctx, *loaded)
 
 
-def _load_events(con, path: Path, ctx: ImportContext, *, careful: bool):
+def _load_events(con, path: Path, ctx: ImportContext):
     """Stream the events into `events`; return (meta, skipped, thread names, (run_id, rank) used).
 
     The (run_id, rank) the rows get is decided from the keys before traceEvents (where Kineto
@@ -171,7 +170,7 @@ def _load_events(con, path: Path, ctx: ImportContext, *, careful: bool):
     """
     size = path.stat().st_size
     with _progress(path, size, ctx.progress and size >= (8 << 20)) as advance:
-        slices = EventSlices(path, careful=careful, on_progress=advance)
+        slices = EventSlices(path, careful=ctx.careful, on_progress=advance)
         skipped: dict[str, int] = {}
         threads: dict[str, str] = {}
         base, where = 0, None
@@ -184,7 +183,7 @@ def _load_events(con, path: Path, ctx: ImportContext, *, careful: bool):
                     n = con.execute("SELECT count(*) FROM _hs_stage").fetchall()[0][0]
                     con.execute(INSERT_SQL, {"run": where[0], "rank": where[1], "base": base})
                 except duckdb.Error as e:
-                    raise _SliceRejected(_first_line(e), where) from None
+                    raise _SliceRejected(_first_line(e)) from None
                 finally:
                     slice_path.unlink(missing_ok=True)
                 base += n
