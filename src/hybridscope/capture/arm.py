@@ -101,6 +101,7 @@ class Armed:
             with self.faults.guard("kernels.step"):
                 self.kernels.step()
         if self.cap.limit_reached(len(self.steps)):
+            self.open_ts = None  # the step just begun is not recorded: its hooks go now
             self.cap.stop()
 
     def _take(self, res: Resolved) -> None:
@@ -118,7 +119,8 @@ class Armed:
                 self.kernels.stop()
         self.sampler.stop()
         rec = self.recorder
-        if self.forward_seen and (not self.explicit or rec.inst_step and rec.inst_step[-1] == rec.step):
+        if self.open_ts is not None and self.forward_seen and (
+                not self.explicit or (rec.inst_step and rec.inst_step[-1] == rec.step)):
             end = self.last_end if not self.explicit else time.perf_counter_ns()
             self.steps.append((rec.step, self.open_ts + rec.offset, max(0, end - self.open_ts), *self.open_meta))
         if self.timer is not None:
@@ -219,8 +221,11 @@ def _step_meta(args, kwargs) -> tuple:
     import torch
 
     for a in (*args, *kwargs.values()):
-        if isinstance(getattr(a, "decode", None), bool):
-            phase = "decode" if a.decode else "prefill"
+        if isinstance(getattr(a, "decode", None), bool):  # an engine batch descriptor
+            lens = list(getattr(a, "lens", None) or ())
+            n_one = sum(n == 1 for n in lens)
+            phase = ("decode" if a.decode or (lens and n_one == len(lens))
+                     else "mixed" if n_one else "prefill")
             ids = next((x for x in args if isinstance(x, torch.Tensor) and not x.is_floating_point()), None)
             return phase, (int(ids.numel()) if ids is not None else None), len(getattr(a, "slots", ()) or ()) or None
     ids = kwargs.get("input_ids")

@@ -72,8 +72,10 @@ def plan(model) -> list[tuple[Spec, object]]:
     """(Spec, module) for every module to hook, in `named_modules` order (parents first)."""
     found, leaves = [], []
     for path, module in model.named_modules():
-        if not path or any(path.startswith(leaf) for leaf in leaves):
-            continue  # the model itself is the step; nothing inside a leaf is worth a hook
+        if not path:
+            continue  # the model itself is the step, not a scope
+        if any(path.startswith(leaf) for leaf in leaves) and not _strong_by_class(module):
+            continue  # inside a leaf only a mixer/attention class counts (a parallel hybrid's halves)
         info = recognize(module, path)
         if info is not None:
             found.append((path, module, info))
@@ -89,10 +91,16 @@ def plan(model) -> list[tuple[Spec, object]]:
     return specs
 
 
+def _strong_by_class(module) -> bool:
+    info = classify_module(type(module).__name__)
+    return info is not None and info.role in STRONG_ROLES
+
+
 def _resolve_type(path: str, info, by_path: dict) -> str | None:
-    if info.role == "block":
-        children = [i for p, i in by_path.items() if p.startswith(path + ".") and i.role in STRONG_ROLES]
-        return children[0].layer_type if children else None
+    if info.role == "block":  # a strong child's type, else the first typed child's (a dense MLP)
+        children = [i for p, i in by_path.items() if p.startswith(path + ".") and i.layer_type]
+        strong = [i for i in children if i.role in STRONG_ROLES]
+        return (strong or children or [info])[0].layer_type
     if info.layer_type in WEAK_TYPES:
         parts = path.split(".")
         for k in range(len(parts) - 1, 0, -1):
