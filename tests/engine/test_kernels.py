@@ -77,6 +77,7 @@ SCAN_CASES = [  # (lens, H, P, G, N, chunk_size, init)
     ([1, 7, 64, 130], 4, 8, 2, 16, 64, False),
     ([37, 0, 16, 5], 6, 4, 3, 8, 16, True),  # an empty sequence, chunk ends on a sequence end
     ([200], 2, 16, 1, 32, 32, True),  # G=1, one long sequence, many chunks
+    ([(7 * i) % 23 for i in range(40)], 2, 8, 2, 16, 16, True),  # 40 sequences, some empty
 ]
 
 
@@ -148,6 +149,7 @@ CONV_CASES = [  # (lens, D, K, init)
     ([1, 7, 64, 130], 24, 4, False),
     ([2, 0, 1, 9], 10, 3, True),  # sequences shorter than K-1: final state reaches into the initial one
     ([50], 33, 2, True),
+    ([(7 * i) % 23 for i in range(40)], 8, 4, True),  # 40 sequences, some empty
 ]
 
 

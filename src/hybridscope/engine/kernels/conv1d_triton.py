@@ -1,5 +1,6 @@
 """Triton kernels for Mamba2's causal depthwise conv1d: prefill over packed sequences, final conv
-states, and the decode update. Channels are the vector dimension (x is [T, D], D contiguous); the
+states, and the decode update. Each token finds its sequence by binary search in cu_seqlens inside the
+kernel, so the launchers run no PyTorch op but allocations and never sync with the host. Channels are the vector dimension (x is [T, D], D contiguous); the
 K taps are unrolled. Imported only when the Triton backend is chosen.
 """
 
@@ -16,18 +17,31 @@ def _silu(v):
 
 
 @triton.jit
+def _seq_of_token(cu_ptr, S, t, LOG_S: tl.constexpr):
+    """Binary search: the largest s < S with cu[s] <= t (empty sequences are skipped by construction)."""
+    lo = tl.zeros_like(t)
+    hi = lo + (S - 1)
+    for _ in tl.static_range(LOG_S):
+        mid = (lo + hi + 1) // 2
+        go = tl.load(cu_ptr + mid) <= t
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    return lo
+
+
+@triton.jit
 def causal_conv1d_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, seq_ptr, cu_ptr, init_ptr, y_ptr,
-    T, Dm,
+    x_ptr, w_ptr, bias_ptr, cu_ptr, init_ptr, y_ptr,
+    T, S, Dm,
     x_t, x_d, w_d, w_k, i_s, i_d, i_k, y_t, y_d,
     KW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    LOG_S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mt, md = offs_t < T, offs_d < Dm
-    seq = tl.load(seq_ptr + offs_t, mask=mt, other=0)
-    pos = offs_t - tl.load(cu_ptr + seq, mask=mt, other=0)  # position within its sequence
+    seq = _seq_of_token(cu_ptr, S, tl.minimum(offs_t, T - 1), LOG_S)
+    pos = offs_t - tl.load(cu_ptr + seq)  # position within its sequence
     acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[None, :]
@@ -99,8 +113,6 @@ def causal_conv1d_triton(x, weight, bias, cu_seqlens, initial_conv_states, activ
     KW = weight.shape[1]
     cu = cu_seqlens.to(x.device, torch.int32)
     S = cu.numel() - 1
-    seq = (torch.searchsorted(cu[1:], torch.arange(T, device=x.device, dtype=torch.int32), right=True)
-           .to(torch.int32))  # sequence of every token, computed on the device (no host sync)
     y = torch.empty_like(x)
     final = torch.empty(S, Dm, KW - 1, device=x.device, dtype=x.dtype)
     init = initial_conv_states
@@ -108,10 +120,10 @@ def causal_conv1d_triton(x, weight, bias, cu_seqlens, initial_conv_states, activ
     bt, bd = 32, min(128, triton.next_power_of_2(Dm))
     if T > 0:
         causal_conv1d_fwd_kernel[(triton.cdiv(T, bt), triton.cdiv(Dm, bd))](
-            x, weight, bias if bias is not None else weight, seq, cu, init if init is not None else x, y,
-            T, Dm, *x.stride(), *weight.stride(), *istr, *y.stride(),
+            x, weight, bias if bias is not None else weight, cu, init if init is not None else x, y,
+            T, S, Dm, *x.stride(), *weight.stride(), *istr, *y.stride(),
             KW=KW, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=activation == "silu",
-            BLOCK_T=bt, BLOCK_D=bd, num_warps=4,
+            LOG_S=max(1, (S - 1).bit_length()), BLOCK_T=bt, BLOCK_D=bd, num_warps=4,
         )
     causal_conv1d_final_state_kernel[(S, triton.cdiv(Dm, bd))](
         x, cu, init if init is not None else x, final, Dm, *x.stride(), *istr, *final.stride(),
