@@ -77,6 +77,8 @@ def bound(verdicts, phases):
 def test_cuda_graphs_only_for_launch_bound_decode():
     a = adv.cuda_graphs(bound(["yes", "no"], ["decode", "prefill"]))
     assert a.at_stake_ns == 40_000 and "decode" in a.recommendation
+    two = adv.cuda_graphs(bound(["yes", "yes"], ["decode", "decode"]))  # two ranks: per rank, not summed
+    assert two.at_stake_ns == 40_000
     assert adv.cuda_graphs(bound(["no", "yes"], ["decode", "prefill"])) is None
     assert adv.cuda_graphs(bound(["no"], ["decode"])) is None
 

@@ -80,3 +80,10 @@ def test_pearson_and_spearman():
     assert experts.spearman(x, y) == pytest.approx(1.0)
     assert experts.spearman(x, -y) == pytest.approx(-1.0)
     assert experts.pearson(np.ones(4), y) is None and experts.pearson(x[:2], y[:2]) is None
+
+
+def test_no_routing_no_correlation_rows(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con)
+    add_events(con, run, [10], layer_type="moe_comm")
+    assert len(experts.expert_correlation(con, run)) == 0

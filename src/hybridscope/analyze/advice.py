@@ -13,7 +13,7 @@ fires only when its evidence is present and passes its threshold (docs/analyses.
 - capacity_factor: experts whose capacity_factor_p99 >= `cf_threshold`: recommends that factor
   (rounded up to 0.25) per tail-heavy expert. No time estimate (none is measured).
 - cuda_graphs: phases that launch_bound judged launch-bound, decode (or unknown phase) only.
-  At stake: the idle time before the phase's kernels.
+  At stake: the idle time before the phase's kernels, on the rank where it is largest.
 - comm_overlap: exposed communication >= `exposed_pct` % of a rank's window. At stake: exposed time.
 - host_stall: the gap site (layer type before -> after) with the most idle time, when its idle
   time per rank holds >= `stall_pct` % of the wall-clock window. At stake: that idle time per rank.
@@ -167,7 +167,7 @@ def cuda_graphs(t: Table | None) -> Advice | None:
     if not bound:
         return None
     r = max(bound, key=lambda r: r["idle_ns"])
-    idle = sum(b["idle_ns"] for b in bound)
+    idle = r["idle_ns"]  # per rank (ranks run side by side: their idle times do not add up in wall time)
     phase = "decode" if r["phase"] == "decode" else "the steps (phase unknown)"
     return Advice(
         "cuda_graphs",

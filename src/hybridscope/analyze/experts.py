@@ -100,7 +100,7 @@ def expert_correlation(con, run_id: int, steps_table: Table | None = None) -> Ta
     """Pearson and Spearman correlation of step imbalance with moe_comm time and with latency."""
     t = steps_table if steps_table is not None else expert_steps(con, run_id)
     rows = []
-    for y in ("moe_comm_ns", "latency_ns"):
+    for y in ("moe_comm_ns", "latency_ns") if len(t) else ():  # no routing recorded: no rows
         pairs = [(x, v) for x, v in zip(t.column("imbalance"), t.column(y)) if v is not None]
         xs = np.array([p[0] for p in pairs], dtype=np.float64)
         ys = np.array([p[1] for p in pairs], dtype=np.float64)

@@ -26,6 +26,8 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
     """Build the report of `run` (latest when None) in store `db`, print it on `console` (stdout by
     default) and, when `html` is given, write the HTML file. Returns the `Report`. `demo` calls this.
     """
+    from rich.console import Console
+
     from hybridscope.analyze.report import build_report
     from hybridscope.errors import BadInput
     from hybridscope.present import terminal
@@ -38,7 +40,10 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
         rep = build_report(con, store.resolve_run(con, run))
     finally:
         con.close()
-    terminal.render(rep, console or out)
+    if console is None:
+        # piped or captured: no terminal width to squeeze the tables into (as print_table does)
+        console = out if out.is_terminal else Console(width=200, highlight=False, soft_wrap=False)
+    terminal.render(rep, console)
     if html is not None:
         from hybridscope.present import html as html_renderer
 
