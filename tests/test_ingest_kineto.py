@@ -17,8 +17,8 @@ from conftest import EXTERNAL, TRACES
 
 from hybridscope.cli import main
 from hybridscope.errors import BadInput
-from hybridscope.ingest import detect, import_files
 from hybridscope.ingest import _jsonchunks as jc
+from hybridscope.ingest import detect, import_files
 
 TABLES = ("runs", "run_ranks", "events", "scopes")
 
@@ -148,13 +148,13 @@ def test_categories_map_to_source_and_kind_and_the_rest_is_counted(tmp_path, db_
         ev("Trace", "PyTorch Profiler (0)", "1.000", "500.000", pid="Spans", tid="PyTorch Profiler"),
         ev("ac2g", "ac2g", "90.000", None, ph="s", pid=100, tid=100),
         ev("ac2g", "ac2g", "100.000", None, ph="f", pid=0, tid=7),
-        '  {\n    "name": "thread_name", "ph": "M", "ts": 1.000, "pid": 0, "tid": 7,\n'
-        '    "args": {\n      "name": "stream 7 "\n    }\n  }',
+        ('  {\n    "name": "thread_name", "ph": "M", "ts": 1.000, "pid": 0, "tid": 7,\n'
+         '    "args": {\n      "name": "stream 7 "\n    }\n  }'),
         '  {\n    "name": "Record Window End", "ph": "i", "s": "g",\n    "pid": "", "tid": "", "ts": 200.000\n  }',
     ]
     path = write_trace(tmp_path / "t.json", events)
     (res,) = run_import(db_path, path)
-    got = dict(((n, s), k) for n, s, k in rows(db_path, "SELECT name, source, kind FROM events"))
+    got = {(n, s): k for n, s, k in rows(db_path, "SELECT name, source, kind FROM events")}
     assert got == {
         ("gemm", "cuda"): "kernel", ("Memcpy HtoD", "cuda"): "memcpy", ("Memset", "cuda"): "memset",
         ("moe.dispatch", "cuda"): "gpu_annotation", ("cudaLaunchKernel", "cuda_api"): "runtime",
@@ -365,7 +365,7 @@ def _external_kineto() -> list[Path]:
 def test_every_external_kineto_trace_imports(path, db_path):
     assert detect(path) == "kineto"
     (res,) = run_import(db_path, path)
-    raw = json.loads(gzip.open(path).read())
+    raw = json.loads(gzip.decompress(path.read_bytes()))
     complete = sum(1 for e in raw["traceEvents"] if e.get("ph") == "X")
     assert res.n_events + sum(res.skipped.values()) == len(raw["traceEvents"])
     assert 0 < res.n_events <= complete
@@ -377,7 +377,7 @@ def test_ns_resolution_trace_keeps_every_ns(db_path):
     if not path.exists():
         pytest.skip(f"{path} not present")
     run_import(db_path, path)
-    text = gzip.open(path).read().decode()
+    text = gzip.decompress(path.read_bytes()).decode()
     # the first kernel's text, converted by hand: "ts": 1712195495505582.988, "dur": 4.928
     assert '"ts": 1712195495505582.988, "dur": 4.928' in text
     got = rows(db_path, "SELECT duration_ns FROM events WHERE ts_ns = 1712195495505582988 AND kind = 'kernel'")
