@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from hybridscope.engine.config import EngineConfig
 from hybridscope.engine.ep import apply_ep
 from hybridscope.engine.model import Batch, build_model
+from hybridscope.engine.scheduler import Engine, Request
 
 WORLD = 2
 
@@ -34,9 +35,20 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         apply_ep(model)
         sharded = _run(model, ids)
         moe = next(m for m in model.modules() if type(m).__name__ == "MoE")
-        torch.save({"single": single, "ep": sharded, "send": moe.last_send_counts,
-                    "recv": moe.last_recv_counts, "load": moe.router.load.clone(),
-                    "n_local": moe.experts.up.shape[0]}, os.path.join(out_dir, f"r{rank}.pt"))
+        res = {
+            "single": single,
+            "ep": sharded,
+            "send": moe.last_send_counts,
+            "recv": moe.last_recv_counts,
+            "load": moe.router.load.clone(),
+            "n_local": moe.experts.up.shape[0],
+        }
+        # serving under EP with unequal work per rank: the idle rank must keep joining the all-to-alls
+        reqs = [
+            Request(i, [3 + i] * (4 + 3 * rank), max_new_tokens=6 - 4 * rank) for i in range(3 - 2 * rank)
+        ]
+        res["served"] = [len(r.tokens) for r in Engine(model).run(reqs)]
+        torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -52,8 +64,11 @@ def _run(model, ids) -> list[torch.Tensor]:
 
 def test_ep_two_gloo_ranks_equal_single_process(tmp_path):
     # fork: the children reuse the imported torch (spawn re-imports it: ~10 s more on a busy CPU)
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    mp.start_processes(
+        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork"
+    )
     res = [torch.load(tmp_path / f"r{r}.pt") for r in range(WORLD)]
+    assert res[0]["served"] == [6, 6, 6] and res[1]["served"] == [2]
     for r in res:
         assert r["n_local"] == 4
         for a, b in zip(r["single"], r["ep"]):
@@ -63,5 +78,5 @@ def test_ep_two_gloo_ranks_equal_single_process(tmp_path):
     for a in range(WORLD):
         for b in range(WORLD):
             assert res[a]["send"][b] == res[b]["recv"][a]
-        assert res[a]["send"] == [int(res[a]["load"][4 * b:4 * b + 4].sum()) for b in range(WORLD)]
+        assert res[a]["send"] == [int(res[a]["load"][4 * b : 4 * b + 4].sum()) for b in range(WORLD)]
         assert sum(res[a]["send"]) == 4

@@ -67,7 +67,7 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
         overrides["max_batch"] = args.max_batch
     need = args.prompt_len + args.gen_len
     base = PRESETS[args.preset].get("max_seq_len", 512)
-    overrides["max_seq_len"] = args.max_seq_len or max(base if need <= base else need, need)
+    overrides["max_seq_len"] = args.max_seq_len or max(max(base, need), need)
     return EngineConfig.from_preset(args.preset, **overrides)
 
 
@@ -132,22 +132,32 @@ def _mib(n: float) -> str:
 def render(res: dict) -> str:
     """The result as a few aligned lines (ms for latencies)."""
     a, m = res["args"], res["memory"]
-    ms = lambda k: f"{res[k] * 1e3:8.2f} ms" if not math.isnan(res[k]) else "       - "  # noqa: E731
+    ms = lambda k: f"{res[k] * 1e3:8.2f} ms" if not math.isnan(res[k]) else "       - "
     rate = f"{a['rate']:g}/s" if a["rate"] else "all at t=0"
     lines = [
-        f"hybridscope engine bench: {res['preset']} on {res['device']} ({res['dtype']}), rank {res['rank']}"
-        f"/{res['world']}, cuda_graphs={res['cuda_graphs']}",
-        f"  workload    {res['requests']} requests, prompt {a['prompt_len']}, gen {a['gen_len']}, arrivals {rate}, "
-        f"skew {a['skew']:g} on experts {a['skew_experts']}",
-        f"  throughput  {res['tokens_per_s']:10.1f} output tok/s   ({res['output_tokens']} tokens, {res['steps']} "
-        f"steps, {res['decode_steps']} decode, {res['graph_steps']} from CUDA graphs)",
+        (
+            f"hybridscope engine bench: {res['preset']} on {res['device']} ({res['dtype']}), rank {res['rank']}"
+            f"/{res['world']}, cuda_graphs={res['cuda_graphs']}"
+        ),
+        (
+            f"  workload    {res['requests']} requests, prompt {a['prompt_len']}, gen {a['gen_len']}, arrivals {rate}, "
+            f"skew {a['skew']:g} on experts {a['skew_experts']}"
+        ),
+        (
+            f"  throughput  {res['tokens_per_s']:10.1f} output tok/s   ({res['output_tokens']} tokens, {res['steps']} "
+            f"steps, {res['decode_steps']} decode, {res['graph_steps']} from CUDA graphs)"
+        ),
         f"  TTFT        p50 {ms('ttft_p50')}   p99 {ms('ttft_p99')}",
         f"  ITL         p50 {ms('itl_p50')}   p99 {ms('itl_p99')}",
         f"  step        p50 {ms('step_p50')}   p99 {ms('step_p99')}",
-        f"  memory      KV cache   {_mib(m['kv_cache_used']):>14} used of {_mib(m['kv_cache_allocated'])} allocated"
-        f"  (peak: {res['peak_live_requests']} requests, {res['peak_cached_tokens']} cached tokens)",
-        f"              SSM state  {_mib(m['ssm_state_used']):>14} used of {_mib(m['ssm_state_allocated'])} allocated"
-        f"  (+ conv state {_mib(m['conv_state_used'])})",
+        (
+            f"  memory      KV cache   {_mib(m['kv_cache_used']):>14} used of {_mib(m['kv_cache_allocated'])} allocated"
+            f"  (peak: {res['peak_live_requests']} requests, {res['peak_cached_tokens']} cached tokens)"
+        ),
+        (
+            f"              SSM state  {_mib(m['ssm_state_used']):>14} used of {_mib(m['ssm_state_allocated'])} allocated"
+            f"  (+ conv state {_mib(m['conv_state_used'])})"
+        ),
     ]
     if "cuda_max_allocated" in m:
         lines.append(

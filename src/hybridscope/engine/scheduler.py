@@ -102,9 +102,18 @@ class Engine:
     ):
         self.model, cfg = model, model.cfg
         self.device = model.embed.weight.device
-        self.cache = model.new_cache(max_batch, max_seq_len)
-        self.max_batch, self.max_seq_len = self.cache.max_batch, self.cache.max_seq_len
-        ep = any(getattr(getattr(m, "dispatcher", None), "needs_host_sync", False) for m in model.modules())
+        ep_groups = [
+            m.dispatcher.group
+            for m in model.modules()
+            if getattr(m, "dispatcher", None) and m.dispatcher.needs_host_sync
+        ]
+        self.ep = ep = bool(ep_groups)
+        self.ep_group = ep_groups[0] if ep else None  # None is also torch.distributed's default group
+        # under EP a rank with nothing to do still joins every step's all-to-alls: it runs a one-token
+        # forward in a scratch slot past the request slots
+        max_batch = max_batch or cfg.max_batch
+        self.cache = model.new_cache(max_batch + ep, max_seq_len)
+        self.max_batch, self.max_seq_len = max_batch, self.cache.max_seq_len
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and not ep
         if cuda_graphs and (self.device.type != "cuda" or ep):
@@ -129,6 +138,7 @@ class Engine:
         self.running: dict[int, Request] = {}  # slot -> request
         self.finished: list[Request] = []
         self.steps: list[StepRecord] = []
+        self._peers_busy = False
 
     # ---- queue -------------------------------------------------------------------------------
     def submit(self, requests: list[Request]) -> None:
@@ -146,9 +156,9 @@ class Engine:
         if not self.steps:
             self.t0 = self.clock()
         self.submit(requests)
-        while self.waiting or self.running:
-            if self.step() is None:
-                self.sleep(max(0.0, self.waiting[0].arrival - self.now()))
+        while self._any_rank(bool(self.waiting or self.running)):
+            if self.step() is None and not self._peers_busy:
+                self.sleep(max(0.0, self.waiting[0].arrival - self.now()) if self.waiting else 1e-3)
         return self.finished
 
     def _admit(self, now: float) -> list[Request]:
@@ -166,6 +176,16 @@ class Engine:
             admitted.append(r)
         return admitted
 
+    def _any_rank(self, flag: bool) -> bool:
+        """flag OR-ed over the expert-parallel ranks (just flag without EP)."""
+        if not self.ep:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.ep_group)
+        return bool(t.item())
+
     def now(self) -> float:
         return self.clock() - self.t0
 
@@ -175,7 +195,11 @@ class Engine:
         """Run one engine step; None when nothing is running and nothing has arrived yet."""
         start = self.now()
         prefills = self._admit(start)
+        self._peers_busy = self._any_rank(bool(self.running)) and not self.running
         if not self.running:
+            if self._peers_busy:  # expert parallel: keep the collectives of every layer matched
+                scratch = Batch.packed([self.max_batch], [0], [1], self.device)
+                self.model(self.last_tok[:1], scratch, self.cache)
             return None
         decodes = [r for r in self.running.values() if r.tokens]
         if prefills:
