@@ -63,6 +63,8 @@ except ImportError:  # an older typer raises click's classes
 
 
 def _register() -> None:
+    if app.registered_commands or app.registered_groups:  # once per process: main() may run many times
+        return
     for name in VERBS:
         importlib.import_module(f"hybridscope.commands.{name}").register(app)
 
