@@ -5,7 +5,8 @@ JSON or CSV without computing anything. Tests assert on `rows` / `to_records()`.
 
 Contract:
 - `columns` fix the order and the meaning of every value; `rows` are tuples in that order.
-- Values are plain Python scalars (str, int, float, bool) or None; never numpy scalars.
+- Values are plain Python scalars (str, int, float, bool) or None, never numpy scalars (`plain()`
+  converts them); a 'str' column of `query` results may also hold lists and dicts (DuckDB LIST/STRUCT).
 - A column's `kind` says how to read and show its values:
     'str'    text
     'int'    a count
