@@ -104,3 +104,54 @@ def _requests(con, run):
         "run_id": np.full(n, run), "request_id": np.arange(n), "arrival_ns": arrival,
         "first_token_ns": first, "finish_ns": first + 26 * 900_000,
         "prompt_tokens": np.full(n, 64), "output_tokens": np.full(n, 27)})
+
+
+def plot_marks(document: str) -> dict[str, dict[str, int]]:
+    """{data-plot name: {mark class: count}} for the figures of an HTML report (or a DOM dump)."""
+    from collections import Counter
+    from html.parser import HTMLParser
+
+    class Marks(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.plot, self.depth, self.found = None, 0, {}
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "figure" and a.get("data-plot"):
+                self.plot, self.depth = a["data-plot"], 0
+                self.found[self.plot] = Counter()
+            elif self.plot is not None:
+                if tag == "figure":
+                    self.depth += 1
+                for cls in (a.get("class") or "").split():
+                    self.found[self.plot][f"{tag}.{cls}"] += 1
+                if tag == "svg":
+                    self.found[self.plot]["svg"] += 1
+
+        def handle_endtag(self, tag):
+            if tag == "figure" and self.plot is not None:
+                if self.depth == 0:
+                    self.plot = None
+                else:
+                    self.depth -= 1
+
+    p = Marks()
+    p.feed(document)
+    return {k: dict(v) for k, v in p.found.items()}
+
+
+def expected_marks(report) -> dict[str, tuple[str, int]]:
+    """What each plot must draw, from the report's data: {plot: (mark, count)}."""
+    first_rank = min(report["steps"].column("rank"))
+    return {
+        "cdf": ("path.series", len(set(report["latency_cdf"].column("layer_type")))),
+        "layers": ("rect.bar", sum(1 for r in report["decompose_layer"].to_records()
+                                   if r["layer_type"] != "all" and r["layer_index"] is not None)),
+        "steps": ("rect.bar", sum(1 for r in report["step_stack"].to_records() if r["rank"] == first_rank)),
+        "experts": ("rect.cell", len(set(report["expert_load"].column("layer_index")))
+                    * len(set(report["expert_load"].column("expert")))),
+        "imbalance": ("circle.dot", sum(1 for v in report["expert_steps"].column("moe_comm_ns") if v is not None)),
+        "overlap": ("rect.bar", 4 * len(report["overlap"])),
+        "gaps": ("rect.bar", len(report["gap_histogram"])),
+    }

@@ -7,7 +7,8 @@ phase. Time: `ts`/`dur` in µs as floats carrying the ns digits (ts from the run
 absolute start is in otherData.t0_ns).
 
 Perfetto needs the slices of one track to nest: a kernel that starts inside the previous one on
-its track and ends after it (a clock artifact on one stream) goes to that track's "overlap" twin.
+its track and ends after it (a clock artifact on one stream) goes to that track's "overlap" twin;
+steps that overlap (a derived step lasts until its last kernel ends) alternate between two tracks.
 """
 
 from __future__ import annotations
@@ -38,15 +39,31 @@ def trace_events(kernels: dict[str, np.ndarray], steps: list[dict], t0_ns: int, 
         for name, rank, lt, li, mod, st, ph, t, ts, d, s in zip(*cols, tid.tolist(), ts_us.tolist(),
                                                                dur_us.tolist(), kernels["stream"].tolist())
     ]
+    lanes = _step_lanes(steps)
     events += [{"ph": "X", "name": f"step {w['step']}" + (f" ({w['phase']})" if w["phase"] else ""),
-                "cat": "step", "pid": w["rank"], "tid": STEPS_TID, "ts": (w["ts_ns"] - t0_ns) / 1000.0,
+                "cat": "step", "pid": w["rank"], "tid": STEPS_TID + lane, "ts": (w["ts_ns"] - t0_ns) / 1000.0,
                 "dur": (w["end_ns"] - w["ts_ns"]) / 1000.0,
                 "args": {"step": w["step"], "phase": w["phase"], "gpu_ns": w["gpu_ns"], "kernels": w["n_kernels"]}}
-               for w in steps]
+               for w, lane in zip(steps, lanes)]
     return {"traceEvents": _metadata(kernels["rank"], tid, type_idx, stream, steps) + events,
             "displayTimeUnit": "ns",
             "otherData": {"generator": "hybridscope", "run_id": run.get("run_id"), "label": run.get("label"),
                           "t0_ns": int(t0_ns)}}
+
+
+def _step_lanes(steps: list[dict]) -> list[int]:
+    """0 for every step of a rank whose steps do not overlap; else 0/1 alternating in time order
+    (a derived step runs until its last kernel ends, which can be after the next step began)."""
+    lanes = [0] * len(steps)
+    by_rank: dict[int, list[int]] = {}
+    for i, w in enumerate(steps):
+        by_rank.setdefault(w["rank"], []).append(i)
+    for idx in by_rank.values():
+        idx.sort(key=lambda i: steps[i]["ts_ns"])
+        if any(steps[b]["ts_ns"] < steps[a]["end_ns"] for a, b in zip(idx, idx[1:])):
+            for k, i in enumerate(idx):
+                lanes[i] = k % 2
+    return lanes
 
 
 def _partial_overlaps(rank, tid, start, end) -> np.ndarray:
@@ -74,9 +91,12 @@ def _metadata(rank, tid, type_idx, stream, steps) -> list[dict]:
     for r in ranks:
         meta += [{"ph": "M", "name": "process_name", "pid": r, "tid": 0, "args": {"name": f"rank {r}"}},
                  {"ph": "M", "name": "process_sort_index", "pid": r, "tid": 0, "args": {"sort_index": r}}]
-        if any(w["rank"] == r for w in steps):
-            meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": STEPS_TID, "args": {"name": "steps"}},
-                     {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": STEPS_TID, "args": {"sort_index": 0}}]
+        used = sorted({lane for w, lane in zip(steps, _step_lanes(steps)) if w["rank"] == r})
+        for lane in used:
+            name = "steps" if used == [0] else ("steps · even", "steps · odd")[lane]
+            meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": STEPS_TID + lane, "args": {"name": name}},
+                     {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": STEPS_TID + lane,
+                      "args": {"sort_index": lane}}]
     if len(tid):
         tracks = np.unique(np.stack([rank, tid, type_idx, stream], axis=1), axis=0)
         for r, t, ti, s in tracks.tolist():

@@ -1,0 +1,74 @@
+"""The HTML report in a real headless Chromium: it loads with no console output, its script runs,
+every plot is drawn with the marks its data calls for, and a screenshot is a real picture."""
+
+import shutil
+import struct
+import subprocess
+
+import pytest
+import report_scenario
+
+from hybridscope.analyze.report import build_report
+from hybridscope.present import html
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+if CHROMIUM is None:
+    pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it: apt-get install chromium)",
+                allow_module_level=True)
+
+
+def chromium(url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([CHROMIUM, *flags, *args, url], capture_output=True, text=True, timeout=60)
+
+
+def console_lines(stderr: str) -> list[str]:
+    """Every console message and uncaught error Chromium logged (it logs them as INFO:CONSOLE)."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("browser")
+    con, run = report_scenario.build(d / "run.duckdb")
+    rep = build_report(con, run)
+    con.close()
+    path = d / "report.html"
+    path.write_text(html.render(rep), encoding="utf-8")
+    return path, rep
+
+
+def test_loads_without_console_output_and_draws_every_plot(report_file, tmp_path):
+    path, rep = report_file
+    got = chromium(path.as_uri(), tmp_path, "--dump-dom")
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert console_lines(got.stderr) == []
+    assert 'data-ready="1"' in got.stdout  # the inline script ran to its end
+    marks = report_scenario.plot_marks(got.stdout)
+    for plot, (mark, n) in report_scenario.expected_marks(rep).items():
+        assert n > 0 and marks[plot].get(mark) == n, (plot, mark, marks.get(plot))
+
+
+def test_harness_sees_script_errors(tmp_path):
+    """The check above can fail: a page with a script error is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
+    got = chromium(bad.as_uri(), tmp_path, "--dump-dom")
+    assert any("undefinedFunction" in line for line in console_lines(got.stderr))
+
+
+def test_screenshot(report_file, tmp_path):
+    path, _ = report_file
+    shot = tmp_path / "report.png"
+    got = chromium(path.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1280,2400",
+                   "--hide-scrollbars")
+    assert got.returncode == 0 and shot.exists(), got.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert (width, height) == (1280, 2400)
+    assert len(data) > 100_000  # charts and tables, not a blank page (a blank one is a few KB)

@@ -1,0 +1,66 @@
+"""The report on the real 2-rank expert-parallel traces (../shared/traces/ep2_bal_rank{0,1}):
+moe_comm is its own row, there is a per-rank view, and the HTML and Perfetto outputs hold up."""
+
+import json
+
+import pytest
+import report_scenario
+from test_report_perfetto import check_trace
+
+from hybridscope.analyze.report import build_report
+from hybridscope.cli import main
+from hybridscope.present import html
+from hybridscope.store import db
+
+
+@pytest.fixture(scope="module")
+def ep2(tmp_path_factory):
+    from conftest import TRACES
+
+    paths = [TRACES / f"ep2_bal_rank{r}.pt.trace.json.gz" for r in (0, 1)]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"{paths[0].parent} not present")
+    path = tmp_path_factory.mktemp("ep2") / "ep2.duckdb"
+    with pytest.raises(SystemExit) as e:
+        main(["import", *map(str, paths), "--db", str(path)])
+    assert e.value.code == 0
+    con = db.open_readonly(path)
+    rep = build_report(con, db.resolve_run(con, None))
+    con.close()
+    return path, rep
+
+
+def test_moe_comm_row_and_per_rank_view(ep2):
+    _, rep = ep2
+    dec = rep["decompose_layer_type"]
+    comm = dec.record(layer_type="moe_comm")
+    per_rank = rep["per_rank"]
+    assert sorted({r["rank"] for r in per_rank.to_records()}) == [0, 1]
+    by_rank = [per_rank.record(rank=rank, layer_type="moe_comm")["n"] for rank in (0, 1)]
+    # every GPU event inside moe.dispatch / moe.combine (the 80 all-to-all kernels of each rank among them)
+    assert comm["n"] == sum(by_rank) and min(by_rank) >= 80
+    assert rep["contrast"].meta["tail_layer_type"] == "moe_comm"
+    assert len(rep["steps"]) == 40  # step#0..19 on each rank
+
+
+def test_terminal_report(ep2, capsys):
+    path, _ = ep2
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--db", str(path)])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "moe_comm p99 = " in out and "Per rank" in out
+    assert any(line.split()[:1] == ["moe_comm"] for line in out.splitlines())
+
+
+def test_html_and_perfetto(ep2, tmp_path, capsys):
+    path, rep = ep2
+    marks = report_scenario.plot_marks(html.render(rep))
+    assert marks["cdf"]["path.series"] == len(set(rep["latency_cdf"].column("layer_type")))
+    assert marks["steps"]["rect.bar"] > 0
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--db", str(path), "--perfetto", str(tmp_path / "ep2.json")])
+    assert e.value.code == 0
+    xs = check_trace(json.loads((tmp_path / "ep2.json").read_text()))
+    assert {e["pid"] for e in xs} == {0, 1}
+    assert any(e["cat"] == "moe_comm" and e["name"].startswith("ncclDevKernel_SendRecv") for e in xs)
