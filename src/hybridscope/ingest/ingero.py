@@ -24,7 +24,7 @@ import numpy as np
 
 from hybridscope.errors import BadInput
 from hybridscope.ingest._common import ImportContext, ImportResult, finish_rank, insert_run, insert_run_rank
-from hybridscope.ingest._sqlite import SqliteFile, resolve, write_events
+from hybridscope.ingest._sqlite import EventWriter, SqliteFile, lookup_table, nn
 
 FORMAT = "ingero"
 REQUIRED = {"events": ("timestamp", "duration", "pid", "tid", "source", "op"),
@@ -51,23 +51,25 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
                        world_size=meta["world_size"], device_name=meta["device"], versions=meta["versions"],
                        distributed_info=None)
         rows = sq.count("events")
-        stats = {"unknown_ops": 0}
-        n, t0, t1 = write_events(con, run_id, rank, _events(sq, stats), total=rows, progress=ctx.progress,
-                                 label=path.name)
+        out = EventWriter(con, run_id, rank)
+        with out.progress(ctx.progress, rows, path.name):
+            _write_events(sq, out)
         n_samples = _samples(con, sq, run_id, rank)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=meta["host"],
                         device_name=meta["device"], versions=meta["versions"], distributed_info=None,
-                        base_time_ns=0, n_events=n, t_start_ns=t0, t_end_ns=t1)
-        skipped = {"events rows not stored": rows - n} if rows != n else {}
-        notes = {"format": FORMAT, "events_table_rows": rows, "events_stored": n, "samples": n_samples,
+                        base_time_ns=0, n_events=out.n, t_start_ns=out.t_start, t_end_ns=out.t_end)
+        skipped = {"events rows without timestamp/duration": rows - out.n} if rows != out.n else {}
+        notes = {"format": FORMAT, "events_table_rows": rows, "events_stored": out.n, "samples": n_samples,
                  "timing": "host-side API/tracepoint durations (eBPF), not GPU kernel executions: "
-                           "stored as source='host_api'", **meta["notes"]}
-        if stats["unknown_ops"]:
-            notes["unknown_ops"] = f"{stats['unknown_ops']} events have a (source, op) pair missing from `ops`"
+                           "stored as source='host_api'", **meta["notes"], **skipped}
+        unknown = sq.count("events", "e WHERE NOT EXISTS (SELECT 1 FROM ops o WHERE o.source_id = e.source "
+                                     "AND o.op_id = e.op)")
+        if unknown:
+            notes["unknown_ops"] = f"{unknown} events have a (source, op) pair missing from `ops`"
         finish_rank(con, run_id, rank, notes)
     finally:
         sq.close()
-    return ImportResult(str(path), FORMAT, run_id, rank, n, skipped=skipped, world_size=meta["world_size"])
+    return ImportResult(str(path), FORMAT, run_id, rank, out.n, skipped=skipped, world_size=meta["world_size"])
 
 
 def _check(sq: SqliteFile) -> None:
@@ -78,62 +80,63 @@ def _check(sq: SqliteFile) -> None:
             raise BadInput(f"{sq.path} is not a readable Ingero database: no {what}")
 
 
-def _events(sq: SqliteFile, stats: dict):
-    """Chunks of normalized columns from `events`, in rowid order; counts unknown ops in stats."""
+def _write_events(sq: SqliteFile, out: EventWriter) -> None:
+    """`events` in rowid order through `out`: integer columns from SQLite, names and kinds joined
+    from `ops`/`sources` in DuckDB, args built there."""
     cols = sq.columns("events")
-    keys, names = sq.lookup("SELECT source_id * 65536 + op_id, name FROM ops")
+    op_keys, op_names = sq.lookup("SELECT source_id * 65536 + op_id, name FROM ops")
     src_keys, src_names = sq.lookup("SELECT id, name FROM sources")
-    kinds = np.array([_kind(k >> 16, v, src_keys, src_names) for k, v in zip(keys, names)], dtype=object)
-    src_kinds = np.array([KIND_BY_SOURCE.get(v, "other") for v in src_names], dtype=object)
-    args = [("source", "coalesce(s.name, e.source)"), ("arg0", "e.arg0"), ("arg1", "e.arg1"),
-            ("ret", "e.ret_code"), ("stack", "CASE WHEN e.stack_hash != 0 THEN e.stack_hash END"),
-            ("node", "nullif(e.node, '')"), ("id", "e.id")]
-    need = {"arg0": "arg0", "arg1": "arg1", "ret": "ret_code", "stack": "stack_hash", "node": "node", "id": "id"}
-    args_sql = ", ".join(f"'{k}', {v}" for k, v in args if k not in need or need[k] in cols)
-    device = "CASE WHEN s.name IN ('CUDA', 'DRIVER') THEN e.gpu_id END" if "gpu_id" in cols else "NULL"
-    sql = (f"SELECT e.timestamp AS ts, e.duration AS dur, e.pid, e.tid, e.source * 65536 + e.op AS code, "
-           f"{device} AS device, json_object({args_sql}) AS args "
-           f"FROM events e LEFT JOIN sources s ON s.id = e.source ORDER BY e.rowid")
-    for c in sq.chunks(sql):
-        m = len(c["ts"])
-        code = c["code"].astype(np.int64)
-        name, missing = resolve(keys, names, code, "")
-        if missing:
-            stats["unknown_ops"] += missing
-            lost = name == ""
-            name[lost] = [f"ingero source {k >> 16} op {k & 65535}" for k in code[lost]]
-        kind = resolve(keys, kinds, code, "")[0]
-        if missing:  # an op the `ops` table lacks: its source still says runtime/driver/other
-            kind[kind == ""] = resolve(src_keys, src_kinds, code[kind == ""] >> 16, "other")[0]
-        yield {"source": np.full(m, "host_api", dtype=object), "kind": kind,
-               "name": name, "device": c["device"], "pid": c["pid"], "tid": c["tid"],
-               "ts_ns": c["ts"], "duration_ns": c["dur"], "args": c["args"]}
+    src_kind = dict(zip(src_keys.tolist(), (KIND_BY_SOURCE.get(v, "other") for v in src_names)))
+    op_kinds = np.array([_kind(src_kind.get(k >> 16, "other"), v) for k, v in zip(op_keys.tolist(), op_names)],
+                        dtype=object)
+    ints = {"ts": "timestamp", "dur": "duration", "pid": "pid", "tid": "tid", "src": "source",
+            "code": "source * 65536 + op"}
+    ints |= {k: c for k, c in (("gpu", "gpu_id"), ("arg0", "arg0"), ("arg1", "arg1"), ("ret", "ret_code"),
+                               ("stack", "stack_hash")) if c in cols}
+    texts = {"node": "node"} if "node" in cols else {}
+    int_id = "id" in cols and sq.query_rows("SELECT typeof(id) FROM events LIMIT 1") in ([], [("integer",)])
+    (ints if int_id else texts).update({"ingero_id": "id"} if "id" in cols else {})
+    args = [("'source'", "coalesce(s.name, c.src::VARCHAR)")]
+    args += [(f"'{k}'", f"c.{k}") for k in ("arg0", "arg1", "ret") if k in ints]
+    args += [("'stack'", "nullif(c.stack, 0)")] if "stack" in ints else []
+    args += [("'node'", "nullif(c.node, '')")] if texts.get("node") else []
+    args += [("'id'", "c.ingero_id")] if "id" in cols else []
+    device = f"CASE WHEN s.name IN ('CUDA', 'DRIVER') THEN {nn('gpu')} END" if "gpu" in ints else "NULL"
+    select = {"source": "'host_api'", "kind": "coalesce(o.kind, s.kind, 'other')",
+              "name": "coalesce(o.name, 'ingero source ' || c.src || ' op ' || (c.code % 65536))",
+              "device": device, "pid": nn("pid"), "tid": nn("tid"),
+              "args": f"json_object({', '.join(f'{k}, {v}' for k, v in args)})"}
+    joins = "LEFT JOIN _hs_ops o ON o.id = c.code LEFT JOIN _hs_src s ON s.id = c.src"
+    src_kinds = np.array([src_kind[k] for k in src_keys.tolist()], dtype=object)
+    with lookup_table(out.con, op_keys, "_hs_ops", name=op_names, kind=op_kinds), \
+            lookup_table(out.con, src_keys, "_hs_src", name=src_names, kind=src_kinds):
+        for frame in sq.column_chunks("events", ints, texts, "timestamp IS NOT NULL AND duration >= 0"):
+            out.write(frame, select, joins)
 
 
-def _kind(source_id: int, op: str, src_keys: np.ndarray, src_names: np.ndarray) -> str:
-    source = resolve(src_keys, src_names, np.array([source_id], dtype=np.int64), "")[0][0]
-    if source not in KIND_BY_SOURCE:
+def _kind(source_kind: str, op: str) -> str:
+    """'runtime'/'driver' by the op's Ingero source, 'sync' for its synchronizations, else 'other'."""
+    if source_kind == "other":
         return "other"
-    return "sync" if op in SYNC_OPS or "Synchronize" in op else KIND_BY_SOURCE[source]
+    return "sync" if op in SYNC_OPS or "Synchronize" in op else source_kind
 
 
 def _samples(con, sq: SqliteFile, run_id: int, rank: int) -> int:
-    """system_snapshots -> samples (one row per metric and snapshot)."""
+    """system_snapshots -> samples (one row per metric and snapshot; a small table)."""
     from hybridscope.store.db import insert_columns
 
     cols = [c for c in SNAPSHOT_METRICS if c in sq.columns("system_snapshots")]
     if not cols or "timestamp" not in sq.columns("system_snapshots"):
         return 0
-    n = 0
-    for c in sq.chunks(f"SELECT timestamp, {', '.join(cols)} FROM system_snapshots ORDER BY timestamp"):
-        m = len(c["timestamp"])
-        for col in cols:
-            insert_columns(con, "samples", {
-                "run_id": np.full(m, run_id, dtype=np.int64), "rank": np.full(m, rank, dtype=np.int64),
-                "ts_ns": c["timestamp"], "metric": np.full(m, SNAPSHOT_METRICS[col], dtype=object),
-                "value": c[col]})
-            n += m
-    return n
+    rows = sq.query_rows(f"SELECT timestamp, {', '.join(cols)} FROM system_snapshots "
+                         "WHERE timestamp IS NOT NULL ORDER BY timestamp")
+    ts = np.array([r[0] for r in rows], dtype=np.int64)
+    for i, col in enumerate(cols, start=1):
+        insert_columns(con, "samples", {
+            "run_id": np.full(len(rows), run_id, dtype=np.int64), "rank": np.full(len(rows), rank, dtype=np.int64),
+            "ts_ns": ts, "metric": np.full(len(rows), SNAPSHOT_METRICS[col], dtype=object),
+            "value": np.array([r[i] for r in rows], dtype=np.float64)})
+    return len(rows) * len(cols)
 
 
 def _metadata(sq: SqliteFile) -> dict:

@@ -23,7 +23,6 @@ A report that holds several processes gets correlation ids made unique per proce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 
 from hybridscope.errors import BadInput
 from hybridscope.ingest._common import ImportContext, ImportResult, finish_rank, insert_run, insert_run_rank
-from hybridscope.ingest._sqlite import SqliteFile, resolve, write_events
+from hybridscope.ingest._sqlite import EventWriter, SqliteFile, lookup_table, nn
 
 FORMAT = "nsys"
 KERNEL = "CUPTI_ACTIVITY_KIND_KERNEL"
@@ -114,21 +113,21 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
         if new:
             insert_run(con, run_id, source=FORMAT, label=ctx.label or path.stem, host=rep.host, rank=rank,
                        world_size=1, device_name=rep.device_name, versions=rep.versions, distributed_info=None)
-        n, t0, t1 = write_events(con, run_id, rank, iter_events(rep), total=rep.total_rows(),
-                                 progress=ctx.progress, label=path.name)
+        out = EventWriter(con, run_id, rank)
+        with out.progress(ctx.progress, rep.total_rows(), path.name):
+            write_events(rep, out)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=rep.host,
                         device_name=rep.device_name, versions=rep.versions, distributed_info=None,
-                        base_time_ns=rep.base_time_ns, n_events=n, t_start_ns=t0, t_end_ns=t1)
+                        base_time_ns=rep.base_time_ns, n_events=out.n, t_start_ns=out.t_start, t_end_ns=out.t_end)
         finish_rank(con, run_id, rank, {"format": FORMAT, "events": rep.counts, "skipped": rep.skipped,
                                         **rep.notes})
     finally:
         rep.sq.close()
-    return ImportResult(str(path), FORMAT, run_id, rank, n, skipped=dict(rep.skipped))
+    return ImportResult(str(path), FORMAT, run_id, rank, out.n, skipped=dict(rep.skipped))
 
 
-def iter_events(rep: NsysReport) -> Iterator[dict[str, np.ndarray]]:
-    """Normalized event columns in chunks: source, kind, name, device, stream, pid, tid, ts_ns,
-    duration_ns, correlation, graph_id, args (JSON text or None)."""
+def write_events(rep: NsysReport, out: EventWriter) -> None:
+    """Every table the export has, through `out`; counts, skips and notes land in `rep`."""
     pids = _processes(rep)
     rep.multi_process = len(pids) > 1
     if rep.multi_process:
@@ -136,70 +135,83 @@ def iter_events(rep: NsysReport) -> Iterator[dict[str, np.ndarray]]:
             f"{len(pids)} processes in one report: correlation = pid * 2**32 + CUPTI correlationId"
         )
     for reader in (_kernels, _memcpy, _memset, _graphs, _runtime, _syncs, _nvtx):
-        yield from reader(rep)
+        reader(rep, out)
 
 
-# --- tables ----------------------------------------------------------------------------------
+# --- tables: integer columns come from SQLite in chunks, DuckDB maps them to events ------------
 
 
-def _kernels(rep: NsysReport) -> Iterator[dict]:
+def _kernels(rep: NsysReport, out: EventWriter) -> None:
     cols = rep.sq.columns(KERNEL)
     if not cols:
         return
     name_col = next((c for c in KERNEL_NAME_COLUMNS if c in cols), None)
     if name_col is None:
         raise BadInput(f"{rep.sq.path}: {KERNEL} has no kernel name column ({', '.join(KERNEL_NAME_COLUMNS)})")
+    missing = [c for c in ("gridX", "blockX", "registersPerThread", "graphNodeId", "graphId") if c not in cols]
+    if missing:
+        rep.notes.setdefault("missing_columns", {})[KERNEL] = missing
+    ints = _gpu_ints(rep, cols) | {"nid": name_col}
+    ints |= {c: c for c in ("gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ", "registersPerThread",
+                            "staticSharedMemory", "dynamicSharedMemory", "graphNodeId", "graphId") if c in cols}
+    args = _json_args([
+        ("grid", "[c.gridX, c.gridY, c.gridZ]", ("gridX", "gridY", "gridZ")),
+        ("block", "[c.blockX, c.blockY, c.blockZ]", ("blockX", "blockY", "blockZ")),
+        ("registers", "c.registersPerThread", ("registersPerThread",)),
+        ("shared_mem", "c.staticSharedMemory + c.dynamicSharedMemory", ("staticSharedMemory", "dynamicSharedMemory")),
+        ("graph_node", nn("graphNodeId"), ("graphNodeId",)),
+    ], ints)
     # graph_id: the CUDA graph a kernel was replayed from (Kineto's "graph id"); the node id
     # alone marks graph kernels in exports older than the graphId column.
-    graph = "nullif(graphId, 0)" if "graphId" in cols else "nullif(graphNodeId, 0)" if "graphNodeId" in cols else "NULL"
-    extra = [c for c in ("gridX", "blockX", "registersPerThread", "graphNodeId", "graphId") if c not in cols]
-    if extra:
-        rep.notes.setdefault("missing_columns", {})[KERNEL] = extra
-    args = _json_object(cols, [
-        ("grid", "json_array(gridX, gridY, gridZ)", ("gridX", "gridY", "gridZ")),
-        ("block", "json_array(blockX, blockY, blockZ)", ("blockX", "blockY", "blockZ")),
-        ("registers", "registersPerThread", ("registersPerThread",)),
-        ("shared_mem", "staticSharedMemory + dynamicSharedMemory", ("staticSharedMemory", "dynamicSharedMemory")),
-        ("graph_node", "graphNodeId", ("graphNodeId",)),
-    ])
+    graph = next((f"nullif({nn(c)}, 0)" for c in ("graphId", "graphNodeId") if c in ints), "NULL")
     keys, values = _strings(rep, KERNEL, name_col)
-    sql = (f"{_gpu_head(rep, cols)}, coalesce({name_col}, -1) AS nid, {graph} AS graph, {args} AS args "
-           f"FROM {KERNEL} WHERE {_valid_time()}")
-    yield from _timed(rep, KERNEL, sql, lambda c: _base(c, "cuda", "kernel", resolve(keys, values, c["nid"], "<unknown kernel>")[0]))
+    with lookup_table(out.con, keys, name=values):
+        _read(rep, out, KERNEL, ints, {
+            **_gpu_select("cuda", "kernel"), "name": "coalesce(l.name, '<unknown kernel>')",
+            "graph_id": graph, "args": args}, "LEFT JOIN _hs_lookup l ON l.id = c.nid")
 
 
-def _memcpy(rep: NsysReport) -> Iterator[dict]:
+def _memcpy(rep: NsysReport, out: EventWriter) -> None:
     cols = rep.sq.columns(MEMCPY)
-    if not cols:
-        return
-    src = "srcKind" if "srcKind" in cols else "0"
-    dst = "dstKind" if "dstKind" in cols else "0"
-    graph = "graphNodeId" if "graphNodeId" in cols else "NULL"
-    code = f"(coalesce(copyKind, 0) * 65536 + coalesce({src}, 0) * 256 + coalesce({dst}, 0))"
-    sql = (f"{_gpu_head(rep, cols)}, {code} AS code, {graph} AS graph, "
-           f"{_json_object(cols, [('bytes', 'bytes', ('bytes',))])} AS args FROM {MEMCPY} WHERE {_valid_time()}")
-    yield from _timed(rep, MEMCPY, sql, lambda c: _base(c, "cuda", "memcpy", _by_code(c["code"], _memcpy_name)))
+    if cols:
+        src, dst = _c(cols, "srcKind"), _c(cols, "dstKind")
+        code = f"(coalesce(copyKind, 0) * 65536 + coalesce({src}, 0) * 256 + coalesce({dst}, 0))"
+        _coded(rep, out, MEMCPY, cols, code, "memcpy", _memcpy_name)
 
 
-def _memset(rep: NsysReport) -> Iterator[dict]:
+def _memset(rep: NsysReport, out: EventWriter) -> None:
     cols = rep.sq.columns(MEMSET)
-    if not cols:
-        return
-    kind = "coalesce(memKind, 0)" if "memKind" in cols else "3"  # old exports: device memory
-    graph = "graphNodeId" if "graphNodeId" in cols else "NULL"
-    sql = (f"{_gpu_head(rep, cols)}, {kind} AS code, {graph} AS graph, "
-           f"{_json_object(cols, [('bytes', 'bytes', ('bytes',))])} AS args FROM {MEMSET} WHERE {_valid_time()}")
-    name = lambda k: f"Memset ({_label(MEM_KINDS, k)})"
-    yield from _timed(rep, MEMSET, sql, lambda c: _base(c, "cuda", "memset", _by_code(c["code"], name)))
+    if cols:
+        kind = "coalesce(memKind, 0)" if "memKind" in cols else "3"  # old exports: device memory
+        _coded(rep, out, MEMSET, cols, kind, "memset", lambda k: f"Memset ({_label(MEM_KINDS, k)})")
 
 
-def _graphs(rep: NsysReport) -> Iterator[dict]:
+def _syncs(rep: NsysReport, out: EventWriter) -> None:
+    cols = rep.sq.columns(SYNC)
+    if cols:
+        stype = next((c for c in ("syncType", "deprecatedSyncType") if c in cols), "0")
+        _coded(rep, out, SYNC, cols, f"coalesce({stype}, 0)", "sync", lambda k: _label(SYNC_NAMES, k), "cuda_api")
+
+
+def _coded(rep: NsysReport, out: EventWriter, table: str, cols: list[str], code: str, kind: str, name_of,
+           source: str = "cuda") -> None:
+    """A GPU table whose events are named after a small integer code (copy kind, sync type)."""
+    codes = sorted(r[0] for r in rep.sq.query_rows(f"SELECT DISTINCT {code} FROM {table}"))
+    names = np.array([name_of(int(k)) for k in codes], dtype=object)
+    ints = _gpu_ints(rep, cols) | {"code": code} | {c: c for c in ("bytes",) if c in cols}
+    select = {**_gpu_select(source, kind), "name": "l.name",
+              "args": _json_args([("bytes", "c.bytes", ("bytes",))], ints)}
+    with lookup_table(out.con, np.array(codes, dtype=np.int64), name=names):
+        _read(rep, out, table, ints, select, "LEFT JOIN _hs_lookup l ON l.id = c.code")
+
+
+def _graphs(rep: NsysReport, out: EventWriter) -> None:
     cols = rep.sq.columns(GRAPH)
     if not cols:
         return
-    sql = (f"{_gpu_head(rep, cols)}, coalesce(graphId, -1) AS code, graphId AS graph, NULL AS args "
-           f"FROM {GRAPH} WHERE {_valid_time()}")
-    yield from _timed(rep, GRAPH, sql, lambda c: _base(c, "cuda", "other", _by_code(c["code"], lambda g: f"CUDA graph {g}")))
+    ints = _gpu_ints(rep, cols) | {"graph": _c(cols, "graphId")}
+    name = f"'CUDA graph ' || coalesce({nn('graph')}::VARCHAR, '?')"
+    _read(rep, out, GRAPH, ints, {**_gpu_select("cuda", "other"), "name": name, "graph_id": nn("graph")})
     if rep.counts.get(GRAPH):
         rep.notes["cuda_graphs"] = (
             f"{rep.counts[GRAPH]} CUDA graph executions were traced whole: their kernels are not in the "
@@ -207,60 +219,39 @@ def _graphs(rep: NsysReport) -> Iterator[dict]:
         )
 
 
-def _runtime(rep: NsysReport) -> Iterator[dict]:
+def _runtime(rep: NsysReport, out: EventWriter) -> None:
     cols = rep.sq.columns(RUNTIME)
     if not cols:
         return
-    keys, values = _strings(rep, RUNTIME, "nameId")
-    names = np.array([_api_name(v) for v in values], dtype=object)  # distinct names only
-    kinds = np.array([_api_kind(v) for v in names], dtype=object)
-    ret = "CASE WHEN returnValue != 0 THEN json_object('return', returnValue) END" if "returnValue" in cols else "NULL"
-    sql = (f"SELECT start, \"end\" - start AS dur, NULL AS deviceId, NULL AS streamId, "
-           f"{_corr(rep, cols, 'globalTid')}, {_pid(cols, 'globalTid')} AS pid, {_tid(cols)} AS tid, "
-           f"coalesce(nameId, -1) AS nid, NULL AS graph, {ret} AS args FROM {RUNTIME} WHERE {_valid_time()}")
-
-    def build(c):
-        out = _base(c, "cuda_api", "runtime", resolve(keys, names, c["nid"], "<unknown API>")[0])
-        out["kind"] = resolve(keys, kinds, c["nid"], "runtime")[0]
-        out["tid"] = c["tid"]
-        return out
-
-    yield from _timed(rep, RUNTIME, sql, build)
-
-
-def _syncs(rep: NsysReport) -> Iterator[dict]:
-    cols = rep.sq.columns(SYNC)
-    if not cols:
+    if "nameId" not in cols:
+        rep.notes.setdefault("unreadable_tables", {})[RUNTIME] = "no nameId column"
         return
-    stype = "syncType" if "syncType" in cols else "deprecatedSyncType" if "deprecatedSyncType" in cols else "0"
-    sql = (f"{_gpu_head(rep, cols)}, coalesce({stype}, 0) AS code, NULL AS graph, NULL AS args "
-           f"FROM {SYNC} WHERE {_valid_time()}")
-    yield from _timed(rep, SYNC, sql, lambda c: _base(c, "cuda_api", "sync", _by_code(c["code"], lambda k: _label(SYNC_NAMES, k))))
+    keys, raw = _strings(rep, RUNTIME, "nameId")
+    names = np.array([_api_name(v) for v in raw], dtype=object)  # once per distinct name
+    kinds = np.array([_api_kind(v) for v in names], dtype=object)
+    ints = {"ts": "start", "dur": '"end" - start', "corr": _corr(rep, cols, "globalTid"),
+            "pid": _pid(cols, "globalTid"), "tid": _tid(cols), "nid": "nameId", "ret": _c(cols, "returnValue")}
+    select = {"source": "'cuda_api'", "kind": "coalesce(l.kind, 'runtime')",
+              "name": "coalesce(l.name, '<unknown API>')", "pid": nn("pid"), "tid": nn("tid"),
+              "correlation": nn("corr"), "args": f"CASE WHEN {nn('ret')} != 0 THEN json_object('return', c.ret) END"}
+    with lookup_table(out.con, keys, name=names, kind=kinds):
+        _read(rep, out, RUNTIME, ints, select, "LEFT JOIN _hs_lookup l ON l.id = c.nid")
 
 
-def _nvtx(rep: NsysReport) -> Iterator[dict]:
+def _nvtx(rep: NsysReport, out: EventWriter) -> None:
     cols = rep.sq.columns(NVTX)
     if not cols:
         return
     is_range = f"eventType IN ({NVTX_PUSH_POP}, {NVTX_START_END})" if "eventType" in cols else "1"
-    text = "text" if "text" in cols else "NULL"
-    tid_col = "textId" if "textId" in cols else "NULL"
+    ints = {"ts": "start", "dur": '"end" - start', "pid": _pid(cols, "globalTid"), "tid": _tid(cols),
+            "textId": _c(cols, "textId"), "domainId": _c(cols, "domainId")}
     keys, values = _strings(rep, NVTX, "textId") if "textId" in cols else (np.empty(0, np.int64), np.empty(0, object))
-    name, args = _nvtx_name_args(text, "domainId" in cols)
-    sql = (f"SELECT start, \"end\" - start AS dur, NULL AS deviceId, NULL AS streamId, NULL AS corr, "
-           f"{_pid(cols, 'globalTid')} AS pid, {_tid(cols)} AS tid, {name} AS text, coalesce({tid_col}, -1) AS nid, "
-           f"NULL AS graph, {args} AS args FROM {NVTX} WHERE {is_range} AND {_valid_time()}")
-
-    def build(c):
-        names = c["text"].astype(object)
-        unnamed = np.equal(names, None)
-        if unnamed.any():
-            names[unnamed] = resolve(keys, values, c["nid"][unnamed], "<unnamed NVTX range>")[0]
-        out = _base(c, "annotation", "user_annotation", names)
-        out["tid"] = c["tid"]
-        return out
-
-    yield from _timed(rep, NVTX, sql, build)
+    texts = {"text": _c(cols, "text")}
+    name, args = _nvtx_name_args("c.text", "domainId" in cols)
+    with lookup_table(out.con, keys, name=values):
+        _read(rep, out, NVTX, ints, {"source": "'annotation'", "kind": "'user_annotation'", "name": name,
+                                     "pid": nn("pid"), "tid": nn("tid"), "args": args},
+              "LEFT JOIN _hs_lookup l ON l.id = c.textId", texts, is_range)
     if "eventType" in cols:
         marks = rep.sq.count(NVTX, f"WHERE eventType = {NVTX_MARK}")
         if marks:
@@ -271,60 +262,58 @@ def _nvtx(rep: NsysReport) -> Iterator[dict]:
 
 
 def _nvtx_name_args(text: str, has_domain: bool) -> tuple[str, str]:
-    """SQL for an NVTX range's name and args.
+    """DuckDB expressions for an NVTX range's name and args.
 
     vLLM's and SGLang's layerwise NVTX hooks (PytHooks) push str(dict) per module call:
     "{'Module': 'model.layers.3.mixer', 'TrainableParams': ..., 'Inputs': [...], ...}". The name
     becomes the module path (what a Kineto record_function range of the module would be called)
-    and the whole text is kept in args.nvtx (shapes, parameters).
+    and the whole text is kept in args.nvtx (shapes, parameters). Registered strings (textId)
+    come from StringIds through the lookup `l`.
     """
-    hook = f"{text} LIKE '{{''Module'': ''%'"
-    start = len("{'Module': '") + 1
-    quote = "''''"  # SQL literal of one single quote
-    name = (f"CASE WHEN {hook} THEN substr({text}, {start}, instr(substr({text}, {start}), {quote}) - 1) "
-            f"ELSE {text} END")
-    if not has_domain:
-        return name, f"CASE WHEN {hook} THEN json_object('nvtx', {text}) END"
-    return name, (f"CASE WHEN {hook} AND domainId > 0 THEN json_object('nvtx', {text}, 'nvtx_domain', domainId) "
-                  f"WHEN {hook} THEN json_object('nvtx', {text}) "
-                  f"WHEN domainId > 0 THEN json_object('nvtx_domain', domainId) END")
+    hook = f"starts_with({text}, '{{''Module'': ''')"
+    name = (f"CASE WHEN {hook} THEN regexp_extract({text}, '^\\{{''Module'': ''([^'']*)''', 1) "
+            f"ELSE coalesce({text}, l.name, '<unnamed NVTX range>') END")
+    domain = "c.domainId > 0" if has_domain else "FALSE"
+    args = (f"CASE WHEN {hook} AND {domain} THEN json_object('nvtx', {text}, 'nvtx_domain', c.domainId) "
+            f"WHEN {hook} THEN json_object('nvtx', {text}) "
+            f"WHEN {domain} THEN json_object('nvtx_domain', c.domainId) END")
+    return name, args
 
 
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _timed(rep: NsysReport, table: str, sql: str, build) -> Iterator[dict]:
-    """Run one table's query, count its rows and the rows dropped for lacking a valid time."""
+def _read(rep: NsysReport, out: EventWriter, table: str, ints: dict[str, str], select: dict[str, str],
+          joins: str = "", texts: dict[str, str] | None = None, where: str = "1") -> None:
+    """Stream `table`'s rows that have a valid time through `out`; count them and those dropped."""
     if not {"start", "end"} <= set(rep.sq.columns(table)):
         rep.notes.setdefault("unreadable_tables", {})[table] = "no start/end columns"
         return
     n = 0
-    for chunk in rep.sq.chunks(sql):
-        out = build(chunk)
-        n += len(out["ts_ns"])
-        yield out
+    for frame in rep.sq.column_chunks(table, ints, texts, f"({where}) AND {_valid_time()}"):
+        n += out.write(frame, select, joins)
     rep.counts[table] = n
-    if table != NVTX:
+    if table != NVTX:  # NVTX rows that are not ranges are counted by _nvtx
         bad = rep.sq.count(table) - n
         if bad:
             rep.skipped[f"{table}: no valid start/end"] = bad
 
 
-def _base(c: dict, source: str, kind: str, names: np.ndarray) -> dict:
-    n = len(c["start"])
-    return {
-        "source": np.full(n, source, dtype=object), "kind": np.full(n, kind, dtype=object), "name": names,
-        "device": c["deviceId"], "stream": c["streamId"], "pid": c["pid"],
-        "tid": np.full(n, None, dtype=object), "ts_ns": c["start"], "duration_ns": c["dur"],
-        "correlation": c["corr"], "graph_id": c["graph"], "args": c["args"],
-    }
+def _gpu_ints(rep: NsysReport, cols: list[str]) -> dict[str, str]:
+    """The SQLite columns every GPU activity table shares (NULL where a vintage lacks one)."""
+    return {"ts": "start", "dur": '"end" - start', "corr": _corr(rep, cols, "globalPid"),
+            "pid": _pid(cols, "globalPid"), "device": _c(cols, "deviceId"), "stream": _c(cols, "streamId")}
 
 
-def _gpu_head(rep: NsysReport, cols: list[str]) -> str:
-    """SELECT start, dur, deviceId, streamId, corr, pid: the leading columns of a GPU table."""
-    dev, stream = _c(cols, "deviceId"), _c(cols, "streamId")
-    return (f'SELECT start, "end" - start AS dur, {dev} AS deviceId, {stream} AS streamId, '
-            f"{_corr(rep, cols, 'globalPid')}, {_pid(cols, 'globalPid')} AS pid")
+def _gpu_select(source: str, kind: str) -> dict[str, str]:
+    return {"source": f"'{source}'", "kind": f"'{kind}'", "device": nn("device"), "stream": nn("stream"),
+            "pid": nn("pid"), "correlation": nn("corr")}
+
+
+def _json_args(fields: list[tuple[str, str, tuple[str, ...]]], ints: dict[str, str]) -> str:
+    """DuckDB json_object(...) over the fields whose chunk columns were read, else NULL."""
+    parts = [f"'{key}', {expr}" for key, expr, need in fields if all(c in ints for c in need)]
+    return f"json_object({', '.join(parts)})" if parts else "NULL"
 
 
 def _c(cols: list[str], name: str) -> str:
@@ -346,29 +335,15 @@ def _tid(cols: list[str]) -> str:
 
 def _corr(rep: NsysReport, cols: list[str], gcol: str) -> str:
     if "correlationId" not in cols:
-        return "NULL AS corr"
+        return "NULL"
     if rep.multi_process and gcol in cols:
-        return f"({PID.format(g=gcol)} << 32) + correlationId AS corr"
-    return "correlationId AS corr"
-
-
-def _json_object(cols: list[str], fields: list[tuple[str, str, tuple[str, ...]]]) -> str:
-    """SQLite json_object(...) over the fields whose source columns exist, else NULL."""
-    parts = [f"'{key}', {expr}" for key, expr, need in fields if all(c in cols for c in need)]
-    return f"json_object({', '.join(parts)})" if parts else "NULL"
+        return f"({PID.format(g=gcol)} << 32) + correlationId"
+    return "correlationId"
 
 
 def _strings(rep: NsysReport, table: str, col: str) -> tuple[np.ndarray, np.ndarray]:
     """StringIds rows referenced by `table.col` (only those: StringIds can be large)."""
     return rep.sq.lookup(f"SELECT id, value FROM StringIds WHERE id IN (SELECT DISTINCT {col} FROM {table})")
-
-
-def _by_code(codes: np.ndarray, name_of) -> np.ndarray:
-    """name_of(code) per row, calling it once per distinct code."""
-    uniq, inverse = np.unique(codes.astype(np.int64), return_inverse=True)
-    names = np.empty(len(uniq), dtype=object)
-    names[:] = [name_of(int(u)) for u in uniq]
-    return names[inverse]
 
 
 def _label(labels: list[str], k: int) -> str:
