@@ -23,7 +23,7 @@ def chromium(url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
-    return subprocess.run([CHROMIUM, *flags, *args, url], capture_output=True, text=True, timeout=60)
+    return subprocess.run([CHROMIUM, *flags, *args, url], check=False, capture_output=True, text=True, timeout=60)
 
 
 def console_lines(stderr: str) -> list[str]:

@@ -40,7 +40,7 @@ def test_report_cli_terminal_and_html(scenario, capsys, tmp_path):
     code, out, err = run_cli(["report", "--db", str(path), "--html", str(out_html)], capsys)
     assert code == 0 and f"Wrote {out_html}" in err
     assert "moe_comm p99 = 9× its p50" in out and "GPU 96% utilized (NVML mean)" in out
-    assert re.search(r"^\s+moe_comm\s+360\s", out, re.M)  # its own row in the decomposition
+    assert re.search(r"^\s+moe_comm\s+360\s", out, re.MULTILINE)  # its own row in the decomposition
     assert "Per rank" in out and "[routing_penalty]" in out
     assert out_html.stat().st_size > 20_000
 

@@ -41,7 +41,7 @@ def check_trace(doc):
 
 
 def test_export_scenario(tmp_path, capsys):
-    con, run = report_scenario.build(tmp_path / "run.duckdb")
+    con, _run = report_scenario.build(tmp_path / "run.duckdb")
     first = con.execute("SELECT min(ts_ns) FROM events").fetchall()[0][0]
     con.close()
     doc = export(tmp_path / "run.duckdb", tmp_path / "t.json", capsys)

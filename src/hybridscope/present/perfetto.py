@@ -13,6 +13,8 @@ steps that overlap (a derived step lasts until its last kernel ends) alternate b
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from hybridscope.attribute.vocab import ORDER
@@ -60,7 +62,7 @@ def _step_lanes(steps: list[dict]) -> list[int]:
         by_rank.setdefault(w["rank"], []).append(i)
     for idx in by_rank.values():
         idx.sort(key=lambda i: steps[i]["ts_ns"])
-        if any(steps[b]["ts_ns"] < steps[a]["end_ns"] for a, b in zip(idx, idx[1:])):
+        if any(steps[b]["ts_ns"] < steps[a]["end_ns"] for a, b in itertools.pairwise(idx)):
             for k, i in enumerate(idx):
                 lanes[i] = k % 2
     return lanes
