@@ -20,7 +20,7 @@ from hybridscope.attribute.recognize import ModuleInfo, classify_annotation, cla
 __all__ = ["AttributionSummary", "ModuleInfo", "attribute_run", "classify_annotation", "classify_module"]
 
 _TEMPS = ("_hs_attr_src", "_hs_attr_names", "_hs_attr_bound", "_hs_attr_sc", "_hs_attr_active",
-          "_hs_attr_gpu", "_hs_attr_rules", "_hs_attr_launch", "_hs_attr_at", "_hs_attr_out")
+          "_hs_attr_rules")
 
 
 @dataclass(frozen=True)

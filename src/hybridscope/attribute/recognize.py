@@ -173,7 +173,7 @@ _LAYER_WORD_RE = re.compile(r"^layer[_#]?(\d+)(?:_|$)")  # NVTX habits: `layer3_
 _FRAME_RE = re.compile(r"^nn\.Module:\s*([A-Za-z_]\w*?)(?:_(\d+))?$")
 _STEP_RE = re.compile(r"^(?:ProfilerStep|step|Step|iteration|iter)\s*[#_ ]\s*(\d+)$")
 _COLLECTIVE_RE = re.compile(r"^(nccl|gloo|c10d|rccl|record_param_comms)", re.IGNORECASE)
-_CLASS_PATH_RE = re.compile(r"^([A-Z]\w*)\s*(?::\s*|\()([\w./]+)\)?$")
+_CLASS_PATH_RE = re.compile(r"^([A-Z]\w*)\s*(?::\s*|\()([\w./]*)\)?$")
 
 
 def parse_module_frame(name: str) -> tuple[str, int | None] | None:
@@ -224,6 +224,7 @@ def _path_rule(path: str) -> tuple[str, str | None] | None:
 
 def classify_module(class_name: str, module_path: str | None = None) -> ModuleInfo | None:
     """Recognize a module by its class (and path). None when neither says anything."""
+    module_path = module_path or None
     index = layer_index_from_path(module_path)
     hit = _class_rule(class_name) if class_name else None
     if hit is None and module_path:

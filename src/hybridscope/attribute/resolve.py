@@ -31,53 +31,20 @@ def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules
     Needs the temp tables `build_scopes` leaves (`_hs_attr_sc`, `_hs_attr_active`).
     """
     params = {"run": run_id, "rank": rank}
+    _name_rules(con, rules, params)
     con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _hs_attr_gpu AS
-        SELECT rank, event_id, name, kind, nullif(correlation, 0) AS correlation, graph_id
-        FROM events
-        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank)
-          AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')
-        """,
-        params,
-    )
-    _name_rules(con, rules)
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _hs_attr_launch AS
-        SELECT e.rank, e.correlation, arg_min(coalesce(e.pid, -1), e.ts_ns) AS pid,
-               arg_min(coalesce(e.tid, -1), e.ts_ns) AS tid, min(e.ts_ns) AS ts,
-               arg_min(e.name, e.ts_ns) AS launch_name
-        FROM events e
-        SEMI JOIN (SELECT DISTINCT rank, correlation FROM _hs_attr_gpu) g
-             ON g.rank = e.rank AND g.correlation = e.correlation
-        WHERE e.run_id = $run AND ($rank IS NULL OR e.rank = $rank) AND e.source = 'cuda_api'
-        GROUP BY e.rank, e.correlation
-        """,
-        params,
-    )
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _hs_attr_at AS
-        SELECT l.rank, l.correlation, l.launch_name, a.active
-        FROM _hs_attr_launch l
-        ASOF LEFT JOIN _hs_attr_active a ON l.rank = a.rank AND l.pid = a.pid AND l.tid = a.tid AND l.ts >= a.t
-        """
-    )
-    con.execute(_DECIDE)
-    con.execute(
-        """
+        f"""
         UPDATE events AS e SET layer_type = o.layer_type, layer_index = o.layer_index, module = o.module,
                scope_id = o.scope_id, attr_method = o.attr_method, step = o.step
-        FROM _hs_attr_out AS o
+        FROM ({_DECIDE}) AS o
         WHERE e.run_id = $run AND e.rank = o.rank AND e.event_id = o.event_id
         """,
-        {"run": run_id},
+        params,
     )
 
 
-def _name_rules(con, rules: Sequence[Rule]) -> None:
-    pairs = con.execute("SELECT DISTINCT name, kind FROM _hs_attr_gpu").fetchall()
+def _name_rules(con, rules: Sequence[Rule], params: dict) -> None:
+    pairs = con.execute(f"SELECT DISTINCT name, kind FROM events WHERE {_GPU}", params).fetchall()
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _hs_attr_rules (name VARCHAR, kind VARCHAR, rule_type VARCHAR,"
         " collective BOOLEAN, rule INTEGER)"
@@ -86,22 +53,41 @@ def _name_rules(con, rules: Sequence[Rule]) -> None:
         insert_columns(con, "_hs_attr_rules", match_table(rules, pairs))
 
 
-_DECIDE = """
-CREATE OR REPLACE TEMP TABLE _hs_attr_out AS
-WITH cc AS (
-    SELECT rank, correlation, count(*) AS n_kernels FROM _hs_attr_gpu
+_GPU = """run_id = $run AND ($rank IS NULL OR rank = $rank)
+          AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')"""
+
+# One statement, so DuckDB pipelines it: GPU events, their launches (one per correlation: the
+# first), the innermost scope open at each launch (ASOF on the thread timeline), the decision.
+_DECIDE = f"""
+WITH gpu AS (
+    SELECT rank, event_id, name, kind, nullif(correlation, 0) AS correlation, graph_id
+    FROM events WHERE {_GPU}),
+cc AS (
+    SELECT rank, correlation, count(*) AS n_kernels FROM gpu
     WHERE kind = 'kernel' AND correlation IS NOT NULL GROUP BY rank, correlation),
+launch AS (
+    SELECT rank, correlation, arg_min(coalesce(pid, -1), ts_ns) AS pid,
+           arg_min(coalesce(tid, -1), ts_ns) AS tid, min(ts_ns) AS ts,
+           bool_or(name ILIKE '%graphlaunch%') AS graph_launch
+    FROM events
+    WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND source = 'cuda_api'
+      AND correlation IS NOT NULL AND correlation <> 0
+    GROUP BY rank, correlation),
+la AS (
+    SELECT l.rank, l.correlation, l.graph_launch, a.active
+    FROM launch l
+    ASOF LEFT JOIN _hs_attr_active a ON l.rank = a.rank AND l.pid = a.pid AND l.tid = a.tid AND l.ts >= a.t),
 j AS (
     SELECT g.rank, g.event_id,
            (g.graph_id IS NOT NULL OR coalesce(cc.n_kernels > 1, FALSE)
-            OR coalesce(la.launch_name ILIKE '%graphlaunch%', FALSE)) AS is_graph,
+            OR coalesce(la.graph_launch, FALSE)) AS is_graph,
            r.rule_type, coalesce(r.collective, FALSE) AS collective,
            s.eff_type, s.type_scope, s.eff_index, coalesce(s.typed_module, s.any_module) AS module,
            s.eff_step, coalesce(s.in_moe, FALSE) AS in_moe
-    FROM _hs_attr_gpu g
+    FROM gpu g
     LEFT JOIN _hs_attr_rules r ON r.name = g.name AND r.kind = g.kind
     LEFT JOIN cc ON cc.rank = g.rank AND cc.correlation = g.correlation
-    LEFT JOIN _hs_attr_at la ON la.rank = g.rank AND la.correlation = g.correlation
+    LEFT JOIN la ON la.rank = g.rank AND la.correlation = g.correlation
     LEFT JOIN _hs_attr_sc s ON s.rank = g.rank AND s.scope_id = la.active)
 SELECT rank, event_id,
        CASE WHEN is_graph THEN coalesce(rule_type, 'other')
