@@ -7,7 +7,8 @@ Public ops (each dispatches explicitly, see ``_backend``; ``backend='triton'|'to
     causal_conv1d(x, weight, bias, *, cu_seqlens, initial_conv_states=None, activation='silu')
         -> (y [T, D], final_conv_states [S, D, K-1])               prefill
     causal_conv1d_update(conv_state, x, weight, bias, activation='silu') -> y [S, D]   decode
-Each has ``<op>_ref``; ``naive`` holds the float64 sequential ground truth.
+Every op also takes ``backend=None|'triton'|'torch'`` (keyword-only). Each has ``<op>_ref`` (same
+arguments, no ``backend``); ``naive`` holds the float64 sequential ground truth.
 """
 
 from ._backend import select_backend, triton_status
