@@ -41,6 +41,8 @@ def import_(traces: TracesArgument, db: DbOption, rules: RulesOption = None, ran
             if r.skipped:
                 most = sorted(r.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
                 err.print("  skipped: " + ", ".join(f"{n:,} {why}" for why, n in most), soft_wrap=True)
+            for note in r.notes:
+                err.print(f"  note: {note}", soft_wrap=True, markup=False)
     finally:
         con.close()
     wrote(db)

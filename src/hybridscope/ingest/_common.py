@@ -36,6 +36,7 @@ class ImportResult:
     skipped: Mapping[str, int] = field(default_factory=dict)
     duplicate_of: tuple[int, int] | None = None
     world_size: int = 1
+    notes: tuple[str, ...] = ()  # one line each: what the file lacked or what was not read (summary)
 
 
 class RetryFile(Exception):

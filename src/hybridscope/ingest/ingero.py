@@ -69,7 +69,9 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
         finish_rank(con, run_id, rank, notes)
     finally:
         sq.close()
-    return ImportResult(str(path), FORMAT, run_id, rank, out.n, skipped=skipped, world_size=meta["world_size"])
+    lines = [notes[k] for k in ("timing", "nodes", "ranks", "unknown_ops", "ingero_not_recorded") if k in notes]
+    return ImportResult(str(path), FORMAT, run_id, rank, out.n, skipped=skipped, world_size=meta["world_size"],
+                        notes=tuple(lines))
 
 
 def _check(sq: SqliteFile) -> None:

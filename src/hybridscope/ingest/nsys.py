@@ -123,7 +123,20 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
                                         **rep.notes})
     finally:
         rep.sq.close()
-    return ImportResult(str(path), FORMAT, run_id, rank, out.n, skipped=dict(rep.skipped))
+    return ImportResult(str(path), FORMAT, run_id, rank, out.n, skipped=dict(rep.skipped),
+                        notes=_summary_notes(rep.notes))
+
+
+def _summary_notes(notes: dict) -> tuple[str, ...]:
+    """The notes as lines for the import summary (runs.notes keeps them structured)."""
+    lines = [notes[k] for k in ("no_kernels", "clock", "cuda_graphs", "correlation") if k in notes]
+    if "missing_tables" in notes:
+        lines.append("not in the export (nothing of that kind recorded): " + ", ".join(notes["missing_tables"]))
+    for table, cols in notes.get("missing_columns", {}).items():
+        lines.append(f"older export: {table} has no {', '.join(cols)}")
+    for table, why in notes.get("unreadable_tables", {}).items():
+        lines.append(f"{table} not read: {why}")
+    return tuple(lines)
 
 
 def write_events(rep: NsysReport, out: EventWriter) -> None:
