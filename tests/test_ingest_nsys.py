@@ -219,3 +219,25 @@ def test_nvtx_module_ranges_attribute_kernels_exactly_as_kineto_ranges(tmp_path,
         args = _rows(db_path, "SELECT args->>'nvtx' FROM events WHERE run_id = ? AND source = 'annotation' "
                               "ORDER BY ts_ns LIMIT 1", [r_nsys.run_id])
         assert args == [(rep.nvtx[0]["text"],)]
+
+
+def test_cli_import_prints_what_the_export_lacks_and_decompose_reads_it(tmp_path, db_path, capsys):
+    from hybridscope.cli import main
+
+    path = nf.write(tmp_path / "old.sqlite", nf.hybrid_model(steps=1), "2020")
+    with pytest.raises(SystemExit) as e:
+        main(["import", str(path), "--db", str(db_path), "--no-progress"])
+    assert e.value.code == 0
+    cap = capsys.readouterr()
+    assert f"{path}: run 1 rank 0: 13 events" in cap.out
+    assert "note: no TARGET_INFO_SESSION_START_TIME" in cap.err and "has no graphNodeId, graphId" in cap.err
+    with pytest.raises(SystemExit) as e:
+        main(["decompose", "--db", str(db_path), "--by", "layer", "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    by_layer = {r["layer_index"]: r["n"] for r in rows if r["layer_index"] is not None}
+    assert by_layer == {0: 2, 1: 1, 2: 2}
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(SystemExit) as e:
+        main(["import", str(bad), "--db", str(db_path), "--no-progress"])
+    assert e.value.code == 1 and "error:" in capsys.readouterr().err
