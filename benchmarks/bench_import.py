@@ -1,0 +1,143 @@
+"""Kineto import speed and memory: hybridscope vs Holistic Trace Analysis, side by side.
+
+Each measurement runs in its own child process (so peak RSS is that loader's alone, read from
+`resource.getrusage(RUSAGE_SELF)` in the child at the end) and times only the load, after the
+imports. hybridscope is timed twice: `import` as the verb runs it (parse + store + attribution),
+and `load` without the attribution pass. HTA is `TraceAnalysis(trace_dir=...)` on a folder
+holding only that file (HTA's documented way to load a trace), under a memory cap.
+
+    pip install -e '.[bench]'
+    python benchmarks/bench_import.py --synthetic-events 5000000 --traces ../shared/traces
+
+Prints a markdown table (paste into docs/benchmarks.md) and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHILD = r"""
+import json, resource, sys, time
+mode, path, work = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "hta":
+    import logging
+    from hta.trace_analysis import TraceAnalysis
+    logging.disable(logging.CRITICAL)
+    t = time.perf_counter()
+    ta = TraceAnalysis(trace_dir=work)
+    wall = time.perf_counter() - t
+    rows = sum(len(df) for df in ta.t.traces.values())
+    total = None
+else:
+    import hybridscope.ingest as ingest
+    if mode == "load":
+        import hybridscope.attribute as attribute
+        attribute.attribute_run = lambda *a, **k: None
+    t = time.perf_counter()
+    (res,) = ingest.import_files(work + "/bench.duckdb", [path], progress=False)
+    wall = time.perf_counter() - t
+    rows, total = res.n_events, res.n_events + sum(res.skipped.values())
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"wall": wall, "rows": rows, "total": total, "peak": peak}))
+"""
+
+
+def measure(mode: str, path: Path, *, mem_cap: int, timeout: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="hs-bench-") as work:
+        if mode == "hta":
+            os.symlink(path.resolve(), Path(work) / path.name)
+
+        def cap() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_cap, mem_cap))
+
+        try:
+            p = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), work], capture_output=True,
+                               text=True, timeout=timeout, preexec_fn=cap if mode == "hta" else None)
+        except subprocess.TimeoutExpired:
+            return {"error": f"over {timeout} s"}
+        if p.returncode != 0:
+            last = (p.stderr.strip().splitlines() or ["?"])[-1]
+            return {"error": f"failed: {last[:80]}"}
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def synthetic(n: int, folder: Path) -> Path:
+    path = folder / f"synthetic_{n}.pt.trace.json.gz"
+    if not path.exists():
+        sys.path.insert(0, str(HERE))
+        from make_synthetic_trace import write
+
+        write(path, n)
+    return path
+
+
+def _fmt_rate(r: dict) -> str:
+    return f"{r['total'] / r['wall'] / 1e6:.2f} M/s" if r.get("total") else "-"
+
+
+def _cell(r: dict, key: str) -> str:
+    if "error" in r:
+        return r["error"]
+    if key == "wall":
+        return f"{r['wall']:.2f} s"
+    return f"{r['peak'] / 2**20:.0f} MiB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", type=Path, default=HERE.parent.parent / "shared" / "traces")
+    ap.add_argument("--synthetic-events", type=int, default=5_000_000)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hybridscope-bench")
+    ap.add_argument("--no-hta", action="store_true")
+    ap.add_argument("--hta-mem-gib", type=float, default=12)
+    ap.add_argument("--timeout", type=int, default=1200)
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    files = sorted(args.traces.glob("*.json.gz")) if args.traces.exists() else []
+    if args.synthetic_events:
+        files.append(synthetic(args.synthetic_events, args.workdir))
+    print(_machine())
+    print("| trace | MB (gz) | trace events | rows stored | import | load only | events/s (import) "
+          "| peak RSS | HTA load | HTA peak RSS | import vs HTA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in files:
+        ours = measure("import", path, mem_cap=0, timeout=args.timeout)
+        load = measure("load", path, mem_cap=0, timeout=args.timeout)
+        hta = ({"error": "not run"} if args.no_hta else
+               measure("hta", path, mem_cap=int(args.hta_mem_gib * 2**30), timeout=args.timeout))
+        ratio = f"{hta['wall'] / ours['wall']:.1f}x" if "wall" in hta and "wall" in ours else "-"
+        print(f"| {path.name} | {path.stat().st_size / 1e6:.1f} | {ours.get('total', 0):,} | {ours.get('rows', 0):,} "
+              f"| {_cell(ours, 'wall')} | {_cell(load, 'wall')} | {_fmt_rate(ours)} | {_cell(ours, 'peak')} "
+              f"| {_cell(hta, 'wall')} | {_cell(hta, 'peak')} | {ratio} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def _machine() -> str:
+    import duckdb
+    import numpy
+
+    try:
+        from importlib.metadata import version
+
+        hta = version("holistictraceanalysis")
+    except Exception:  # noqa: BLE001 - only a label
+        hta = "not installed"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs ({cpu}); "
+            f"load average before: {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, "
+            f"duckdb {duckdb.__version__}, numpy {numpy.__version__}, holistictraceanalysis {hta}")
+
+
+if __name__ == "__main__":
+    main()
