@@ -274,3 +274,21 @@ def test_bad_rules_file_is_one_clear_error_and_writes_nothing(con, tmp_path, tex
     assert con.execute("SELECT layer_type FROM events WHERE source = 'cuda'").fetchall() == [(None,)]
     with pytest.raises(BadInput, match="cannot read rules file"):
         attribute_run(con, run, rules_path=tmp_path / "missing.toml")
+
+
+def test_vague_scopes_yield_to_precise_kernel_names(con):
+    run = add_run(con)
+    scope(con, run, "model.layers.2.mlp", 0, 1_000)  # vLLM names its MoE block `mlp`
+    frame(con, run, "NemotronHMoE_0", 2_000, 3_000)   # MoE container
+    scope(con, run, "moe.experts", 4_000, 5_000)      # precise scope: stays
+    gpu(con, run, "fused_moe_kernel", 100)
+    gpu(con, run, "nvjet_in_mlp", 200)
+    gpu(con, run, "topkGatingSoftmax", 2_100)
+    gpu(con, run, "nvjet_in_moe", 2_200)
+    gpu(con, run, "moe_align_block_size_kernel", 4_100)
+    got = by_name(attributed(con, run)[1])
+    assert got["fused_moe_kernel"][:3] == ("moe_experts", "name", 2)
+    assert got["nvjet_in_mlp"][:3] == ("mlp", "scope", 2)
+    assert got["topkGatingSoftmax"][:2] == ("moe_router", "name")
+    assert got["nvjet_in_moe"][:2] == ("moe_experts", "scope")
+    assert got["moe_align_block_size_kernel"][:2] == ("moe_experts", "scope")

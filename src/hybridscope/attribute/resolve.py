@@ -9,7 +9,10 @@ Order of decision, per GPU event (all in one columnar pass):
    (attr_method 'scope'), elsewhere the rule's type, `comm` (attr_method 'name').
 3. Scopes win: the innermost typed scope open on the launching thread (pid, tid) at the launch's
    timestamp (kernel -> cuda_api event with the same correlation) gives the layer type
-   (attr_method 'scope'); weak types already yielded in `scopes`.
+   (attr_method 'scope'); weak types already yielded in `scopes`. Except where the scope is vague
+   and the name precise: a weak scope (`norm`, `mlp`: vLLM names its MoE block `mlp`) under a
+   name rule of a strong type (mamba, attention, moe_*), or an MoE container under another moe_*
+   rule (`topkGatingSoftmax` inside the MoE block is the router): the name decides ('name').
 4. Otherwise the first matching name rule (attr_method 'name'), or `other` (attr_method 'none').
 Layer index, module and step come from the scopes around the launch whatever decided the type
 (a residual add inside decoder block 7 is `other` but still layer 7), except for graph kernels.
@@ -53,6 +56,7 @@ def _name_rules(con, rules: Sequence[Rule], params: dict) -> None:
         insert_columns(con, "_hs_attr_rules", match_table(rules, pairs))
 
 
+_STRONG = "('mamba', 'attention', 'moe_router', 'moe_experts', 'moe_comm')"
 _GPU = """run_id = $run AND ($rank IS NULL OR rank = $rank)
           AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')"""
 
@@ -83,7 +87,10 @@ j AS (
             OR coalesce(la.graph_launch, FALSE)) AS is_graph,
            r.rule_type, coalesce(r.collective, FALSE) AS collective,
            s.eff_type, s.type_scope, s.eff_index, coalesce(s.typed_module, s.any_module) AS module,
-           s.eff_step, coalesce(s.in_moe, FALSE) AS in_moe
+           s.eff_step, coalesce(s.in_moe, FALSE) AS in_moe,
+           coalesce(s.refinable AND r.rule_type <> s.eff_type AND (
+               (s.eff_type IN ('norm', 'mlp') AND r.rule_type IN {_STRONG})
+               OR (s.eff_type LIKE 'moe%' AND r.rule_type LIKE 'moe%')), FALSE) AS refined
     FROM gpu g
     LEFT JOIN _hs_attr_rules r ON r.name = g.name AND r.kind = g.kind
     LEFT JOIN cc ON cc.rank = g.rank AND cc.correlation = g.correlation
@@ -93,17 +100,19 @@ SELECT rank, event_id,
        CASE WHEN is_graph THEN coalesce(rule_type, 'other')
             WHEN collective AND in_moe THEN 'moe_comm'
             WHEN collective THEN rule_type
+            WHEN refined THEN rule_type
             WHEN eff_type IS NOT NULL THEN eff_type
             ELSE coalesce(rule_type, 'other') END AS layer_type,
        CASE WHEN is_graph THEN 'graph'
             WHEN collective AND in_moe THEN 'scope'
             WHEN collective THEN 'name'
+            WHEN refined THEN 'name'
             WHEN eff_type IS NOT NULL THEN 'scope'
             WHEN rule_type IS NOT NULL THEN 'name'
             ELSE 'none' END AS attr_method,
        CASE WHEN NOT is_graph THEN eff_index END AS layer_index,
        CASE WHEN NOT is_graph THEN module END AS module,
-       CASE WHEN NOT is_graph AND eff_type IS NOT NULL AND (in_moe OR NOT collective)
+       CASE WHEN NOT is_graph AND NOT refined AND eff_type IS NOT NULL AND (in_moe OR NOT collective)
             THEN type_scope END AS scope_id,
        eff_step AS step
 FROM j

@@ -13,7 +13,8 @@ For each scope, on its thread (pid, tid), in columnar SQL:
   JambaMambaDecoderLayer_1 is not layer 1); paths in annotation names give theirs directly;
 - effective values inherited down the tree, one UPDATE per depth level: layer type of the
   innermost typed scope (weak types `norm`/`mlp` yield to an enclosing strong type), layer index
-  of the innermost scope that knows one, module label, step.
+  of the innermost scope that knows one, module label, step; `refinable` when that type came
+  from a weak scope or an MoE container (a kernel name may then say more, see `resolve`).
 
 The scope_id of a scope is the event_id of the event it came from (unique per run and rank).
 Rows of kind 'annotation' | 'module' | 'step' for the run (and rank) are replaced on every call;
@@ -118,7 +119,8 @@ def _nest(con) -> None:
                     THEN coalesce(c.module_path, c.module_class, c.name) END AS typed_module,
                coalesce(c.module_path, c.module_class) AS any_module,
                c.own_index AS eff_index, c.own_step AS eff_step,
-               coalesce(c.own_type IN ('moe_router', 'moe_experts', 'moe_comm'), FALSE) AS in_moe
+               coalesce(c.own_type IN ('moe_router', 'moe_experts', 'moe_comm'), FALSE) AS in_moe,
+               coalesce(c.role = 'moe' OR c.own_type IN ('norm', 'mlp'), FALSE) AS refinable
         FROM s c ASOF LEFT JOIN s p
           ON c.rank = p.rank AND c.pid = p.pid AND c.tid = p.tid AND c.depth - 1 = p.depth
          AND c.seq > p.seq
@@ -159,6 +161,10 @@ def _propagate(con, what: str) -> None:
                                 WHEN c.own_type IN {_WEAK} AND p.eff_type IS NOT NULL
                                      AND p.eff_type NOT IN {_WEAK} THEN p.typed_module
                                 ELSE coalesce(c.module_path, c.module_class, c.name) END,
+            refinable = CASE WHEN c.own_type IS NULL THEN p.refinable
+                             WHEN c.own_type IN {_WEAK} AND p.eff_type IS NOT NULL
+                                  AND p.eff_type NOT IN {_WEAK} THEN p.refinable
+                             ELSE c.refinable END,
             in_moe = c.in_moe OR p.in_moe,
             anc_block = p.anc_block OR coalesce(p.role = 'block', FALSE),
             eff_step = coalesce(c.own_step, p.eff_step)"""
