@@ -3,6 +3,8 @@ whose router returns hand-written expert ids, and helpers to read a captured run
 
 from __future__ import annotations
 
+import functools
+
 import duckdb
 import pytest
 import torch
@@ -28,6 +30,12 @@ def run_engine(model, n_requests: int = 3, prompt: int = 6, new_tokens: int = 3)
             for i in range(n_requests)]
     done = engine.run(reqs)
     return [r.tokens for r in sorted(done, key=lambda r: r.rid)]
+
+
+@functools.lru_cache(maxsize=8)
+def reference_tokens(n_requests: int = 3, prompt: int = 6, new_tokens: int = 3) -> list[list[int]]:
+    """What an uncaptured tiny engine generates (deterministic: seeded init, greedy sampling)."""
+    return run_engine(engine_tiny(), n_requests, prompt, new_tokens)
 
 
 def hf_nemotron_h(pattern: str = HF_PATTERN, hidden: int = 64, experts: int = 4, dtype=torch.float32):

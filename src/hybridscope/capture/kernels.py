@@ -20,6 +20,7 @@ compares it with exporting a Chrome trace and importing it.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -65,12 +66,16 @@ class KernelBackend:
             if n > k:
                 warmup = 1 if n - k >= 1 else 0
                 sched = schedule(wait=n - k - warmup, warmup=warmup, active=k, repeat=0)
-        self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
+        with warnings.catch_warnings():  # "clears events at the end of each cycle": _keep holds them
+            warnings.simplefilter("ignore", UserWarning)
+            self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
         self.prof.start()
 
     def step(self) -> None:
         if self.prof is not None and self.window is not None:
-            self.prof.step()
+            with warnings.catch_warnings():  # the same warning at each new cycle
+                warnings.simplefilter("ignore", UserWarning)
+                self.prof.step()
 
     def stop(self) -> None:
         """Stop the profiler; torch.profiler hands a window still recording to `_keep`."""

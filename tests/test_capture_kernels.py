@@ -1,0 +1,63 @@
+"""`kernels` mode on CPU: torch.profiler's CPU ops, attributed through the capture's scopes; windows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from capture_models import ToyModel, engine_tiny, latest_run, reference_tokens, rows, run_engine
+
+import hybridscope
+
+
+@pytest.fixture(scope="module")
+def kernel_run(tmp_path_factory):
+    db = tmp_path_factory.mktemp("kern") / "run.duckdb"
+    reference = reference_tokens()
+    model = engine_tiny()
+    with hybridscope.capture(db=db, model=model, mode="kernels", quiet=True) as cap:
+        out = run_engine(model)
+    return db, reference, out, cap.summary
+
+
+def test_kernel_mode_output_identical_and_ops_recorded(kernel_run):
+    db, reference, out, summary = kernel_run
+    assert out == reference
+    assert summary.faults == {} and summary.kernel_events > 100
+    con, run = latest_run(db)
+    kinds = dict(rows(con, "SELECT kind, count(*) FROM events WHERE run_id = ? AND source = 'cpu' GROUP BY 1", [run]))
+    assert set(kinds) == {"cpu_op"}
+
+
+def test_ops_are_attributed_to_the_scopes_around_them(kernel_run):
+    con, run = latest_run(kernel_run[0])
+    by_type = dict(rows(con, "SELECT layer_type, count(*) FROM events WHERE run_id = ? AND source = 'cpu' "
+                             "GROUP BY 1", [run]))
+    assert {"mamba", "attention", "moe_router", "moe_experts", "mlp", "lm_head"} <= set(by_type)
+    # each attributed op lies inside its scope, on the same thread
+    outside = rows(con, """SELECT count(*) FROM events e JOIN scopes s ON s.run_id = e.run_id AND s.scope_id = e.scope_id
+                           WHERE e.run_id = ? AND e.source = 'cpu'
+                             AND NOT (e.ts_ns >= s.ts_ns AND e.ts_ns < s.end_ns AND e.tid = s.tid)""", [run])
+    assert outside == [(0,)]
+    # router ops sit in the routers of MoE layers 1, 3, 7 (innermost module: the router's path, or
+    # the engine's own record_function range inside it)
+    got = rows(con, "SELECT DISTINCT layer_index, module FROM events WHERE run_id = ? AND "
+                    "layer_type = 'moe_router' AND source = 'cpu' ORDER BY ALL", [run])
+    assert {i for i, _ in got} == {1, 3, 7}
+    assert {m for _, m in got} >= {"layers.1.moe.router", "layers.3.moe.router", "layers.7.moe.router"}
+    steps = {s for (s,) in rows(con, "SELECT DISTINCT step FROM events WHERE run_id = ? AND source = 'cpu' "
+                                     "AND layer_type IS NOT NULL", [run])}
+    assert steps == {0, 1, 2}
+
+
+def test_windowed_sampling_profiles_only_its_steps(tmp_path):
+    model = ToyModel(torch.tensor([[0, 1]]), num_experts=2)
+    with hybridscope.capture(db=tmp_path / "w.duckdb", model=model, mode="kernels", sample_every=2,
+                             sample_steps=1, quiet=True) as cap:
+        for _ in range(5):
+            model(torch.ones(1, 2))
+    con, run = latest_run(tmp_path / "w.duckdb")
+    # schedule per 2 steps: 1 warm-up step (recorded, discarded), 1 profiled step -> steps 1 and 3
+    steps = {s for (s,) in rows(con, "SELECT DISTINCT step FROM events WHERE run_id = ? AND source = 'cpu'", [run])}
+    assert steps == {1, 3}
+    assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(5,)]
+    assert cap.summary.faults == {}

@@ -1,0 +1,72 @@
+"""MoE routing counts: hand-written router ids, the engine's router, ids out of range."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from capture_models import ToyModel, engine_tiny, latest_run, rows, run_engine
+
+import hybridscope
+from hybridscope.capture.routing import topk_ids
+
+
+def test_counts_equal_a_hand_computed_bincount(tmp_path):
+    ids = torch.tensor([[0, 2], [2, 3], [2, 0]])  # expert 0: 2 tokens, 1: 0, 2: 3, 3: 1
+    model = ToyModel(ids, num_experts=4)
+    with hybridscope.capture(db=tmp_path / "r.duckdb", model=model, quiet=True):
+        for _ in range(3):
+            model(torch.ones(3, 2))
+    con, run = latest_run(tmp_path / "r.duckdb")
+    got = rows(con, "SELECT step, layer_index, list(tokens ORDER BY expert) FROM routing WHERE run_id = ? "
+                    "GROUP BY 1, 2 ORDER BY 1", [run])
+    assert got == [(s, 0, [2, 0, 3, 1]) for s in range(3)]
+
+
+def test_ids_out_of_range_are_counted_apart_not_fatal(tmp_path):
+    ids = torch.tensor([[0, 7], [-1, 1]])  # 7 and -1 are not experts of a 4-expert router
+    model = ToyModel(ids, num_experts=4)
+    with hybridscope.capture(db=tmp_path / "o.duckdb", model=model, quiet=True) as cap:
+        model(torch.ones(2, 2))
+    con, run = latest_run(tmp_path / "o.duckdb")
+    assert rows(con, "SELECT list(tokens ORDER BY expert) FROM routing WHERE run_id = ?", [run]) == [([1, 1, 0, 0],)]
+    notes = rows(con, "SELECT notes->'$.ranks.\"0\".routing_out_of_range' FROM runs WHERE run_id = ?", [run])
+    assert notes == [("2",)]
+    assert cap.summary.faults == {}
+
+
+def test_engine_router_counts_match_its_outputs(tmp_path):
+    """Each (step, MoE layer) row equals np.bincount of the ids the router returned in that step."""
+    model = engine_tiny()
+    seen: dict[tuple[int, int], np.ndarray] = {}
+    step = [-1]
+
+    def count_step(module, args):
+        step[0] += 1
+
+    def record(layer):
+        def hook(module, args, out):
+            key = (step[0], layer)
+            seen[key] = np.bincount(out.ids.reshape(-1).numpy(), minlength=8)
+        return hook
+
+    for i, block in enumerate(model.layers):
+        if hasattr(block, "moe"):
+            block.moe.router.register_forward_hook(record(i))
+    model.register_forward_pre_hook(count_step)
+    with hybridscope.capture(db=tmp_path / "e.duckdb", model=model, quiet=True):
+        run_engine(model)
+    con, run = latest_run(tmp_path / "e.duckdb")
+    got = {(s, layer): np.array(t) for s, layer, t in rows(
+        con, "SELECT step, layer_index, list(tokens ORDER BY expert) FROM routing WHERE run_id = ? GROUP BY 1, 2",
+        [run])}
+    assert set(got) == set(seen) and len(got) == 3 * 3  # 3 steps x MoE layers 1, 3, 7
+    for key, counts in seen.items():
+        np.testing.assert_array_equal(got[key], counts)
+
+
+def test_topk_ids_finds_the_integer_tensor():
+    ids = torch.tensor([[1, 2]])
+    assert topk_ids((torch.zeros(1, 2), ids)) is ids
+    assert topk_ids({"weights": torch.zeros(1), "ids": ids}) is ids
+    assert topk_ids(torch.zeros(2, dtype=torch.bool)) is None
+    assert topk_ids(torch.zeros(2)) is None
