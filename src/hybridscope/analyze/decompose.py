@@ -34,24 +34,25 @@ NO_MODULE = "(no module)"
 ALL = "all"
 LEVELS: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 
-# by -> (key columns of the result, SQL expressions computing them). Our constants, not user input.
-_KEYS: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
+# by -> (key columns of the result, the events columns grouped on, the label of a NULL key).
+# Grouping on the raw columns and labelling NULL afterwards saves a string expression per event.
+_KEYS: dict[str, tuple[tuple[Column, ...], tuple[str, ...], tuple[str | None, ...]]] = {
     "layer_type": (
         (Column("layer_type", "str", "layer type (vocabulary) or 'unattributed'", "layer type"),),
-        (f"coalesce(layer_type, '{UNATTRIBUTED}')",),
+        ("layer_type",), (UNATTRIBUTED,),
     ),
     "layer": (
         (Column("layer_index", "int", "layer index in the model (NULL: not in a numbered layer)", "layer"),
          Column("layer_type", "str", "layer type (vocabulary) or 'unattributed'", "layer type")),
-        ("layer_index", f"coalesce(layer_type, '{UNATTRIBUTED}')"),
+        ("layer_index", "layer_type"), (None, UNATTRIBUTED),
     ),
     "module": (
         (Column("module", "str", "module path or class, '(no module)' when unknown"),),
-        (f"coalesce(module, '{NO_MODULE}')",),
+        ("module",), (NO_MODULE,),
     ),
     "kernel": (
         (Column("kernel", "str", "kernel (or memcpy/memset) name as recorded"),),
-        ("name",),
+        ("name",), (None,),
     ),
 }
 BY: tuple[str, ...] = tuple(_KEYS)
@@ -88,10 +89,12 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     chosen = sorted(windows) if rank is None else [rank]
     wall_ns = sum(windows[r][1] - windows[r][0] for r in chosen)
 
-    key_cols, key_sql = _KEYS[by]
+    key_cols, key_sql, null_labels = _KEYS[by]
     raw = _aggregate(con, run_id, rank, key_sql)
     all_raw = next(r for r in raw if r[0] == 1)
-    groups = _order(by, [r for r in raw if r[0] == 0])
+    k = len(key_cols)
+    groups = _order(by, [(0, *(lb if v is None else v for v, lb in zip(r[1:1 + k], null_labels)), *r[1 + k:])
+                         for r in raw if r[0] == 0])
     n_groups = len(groups)
     if top is not None:
         groups = groups[:top]
@@ -142,18 +145,16 @@ def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
 
 def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...]) -> list[tuple]:
     """Rows (is_all, *keys, n, [p50, p90, p99, p999], max, sum) for every group and the total."""
-    names = [f"k{i}" for i in range(len(key_sql))]
-    keys = ", ".join(f"{expr} AS {n}" for expr, n in zip(key_sql, names))
+    keys = ", ".join(key_sql)
     levels = ", ".join(repr(q) for q in LEVELS)
     rank_filter = "AND rank = $rank" if rank is not None else ""
     sql = f"""
-        SELECT grouping({names[0]}) AS is_all, {", ".join(names)}, count(*) AS n,
+        SELECT grouping({key_sql[0]}) AS is_all, {keys}, count(*) AS n,
                quantile_cont(duration_ns, [{levels}]) AS q, max(duration_ns) AS mx,
                coalesce(sum(duration_ns), 0)::BIGINT AS gpu
-        FROM (SELECT {keys}, duration_ns FROM events
-              WHERE run_id = $run AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')
-              {rank_filter})
-        GROUP BY GROUPING SETS (({", ".join(names)}), ())
+        FROM events
+        WHERE run_id = $run AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset') {rank_filter}
+        GROUP BY GROUPING SETS (({keys}), ())
     """
     params = {"run": run_id} if rank is None else {"run": run_id, "rank": rank}
     return con.execute(sql, params).fetchall()
