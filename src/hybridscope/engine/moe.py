@@ -76,13 +76,16 @@ class Router(nn.Module):
     def set_skew(self, skew: float, experts) -> None:
         """Bias the logits of ``experts`` by ``skew`` times each token's logit standard deviation across
         experts, so one value means the same imbalance at any width: 0 none, ~1 a clear hot spot, >= 10
-        every token picks them. Set in place, so captured CUDA graphs see the change."""
+        every token picks them. Set in place, so captured CUDA graphs see a change of value; turning
+        skew on or off changes the graph (``Engine`` keys its graphs on it)."""
         bias = torch.zeros_like(self.skew_bias)
         bias[list(experts)] = float(skew)
         self.skew_bias.copy_(bias)
+        self.skewed = bool(skew)  # skew 0 skips the bias kernels; the engine re-captures when this flips
 
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = self.ops.skew_logits(F.linear(x, self.weight), self.skew_bias)  # [T, E] fp32
+        logits = F.linear(x, self.weight)  # [T, E]
+        logits = self.ops.skew_logits(logits, self.skew_bias) if self.skewed else logits.float()
         if self.penalty is not None:
             logits = self.penalty(logits, self.load)
         weights, ids, load = self.ops.select_experts(

@@ -132,13 +132,17 @@ class Engine:
         self.last_tok = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
         self.pos_buf = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._routers = [m for m in model.modules() if type(m).__name__ == "Router"]
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # slot -> request
         self.finished: list[Request] = []
         self.steps: list[StepRecord] = []
         self._peers_busy = False
+        self.logits_hook: Callable[[list[Request], torch.Tensor, bool], None] | None = (
+            None  # (reqs, logits, dense)
+        )
 
     # ---- queue -------------------------------------------------------------------------------
     def submit(self, requests: list[Request]) -> None:
@@ -257,13 +261,15 @@ class Engine:
                 False,
                 B,
             )
-        graph, out = self._graph(B, kv_len)
+        graph, out = self._graph(B, kv_len, tuple(r.skewed for r in self._routers))
         graph.replay()
         return out, True, B
 
-    def _graph(self, B: int, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture (once) the dense decode of slots 0..B-1 over a KV window of kv_len."""
-        if (B, kv_len) not in self.graphs:
+    def _graph(self, B: int, kv_len: int, variant: tuple) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture (once per variant: which routers apply a skew) the dense decode of slots 0..B-1 over a
+        KV window of kv_len."""
+        key = (B, kv_len, variant)
+        if key not in self.graphs:
             batch = Batch.dense_decode(self.pos_buf[:B], kv_len)
             saved = {
                 i: (self.cache.conv[i][:B].clone(), self.cache.ssm[i][:B].clone()) for i in self.cache.ssm
@@ -279,11 +285,13 @@ class Engine:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self.model(self.last_tok[:B], batch, self.cache)
-            self.graphs[(B, kv_len)] = (graph, out)
-        return self.graphs[(B, kv_len)]
+            self.graphs[key] = (graph, out)
+        return self.graphs[key]
 
     def _sample_and_stream(self, reqs: list[Request], logits: torch.Tensor, dense: bool) -> None:
         """logits: [B, V] by slot (dense) or [S, V] in ``reqs`` order (packed)."""
+        if self.logits_hook is not None:
+            self.logits_hook(reqs, logits, dense)
         if self.temperature > 0:
             u = torch.rand(logits.shape, device=logits.device, generator=self.gen).clamp_(1e-20, 1.0)
             nxt = torch.argmax(logits / self.temperature - torch.log(-torch.log(u)), dim=-1)
