@@ -221,6 +221,10 @@ def section(results: dict, name: str, fn, deadline: float):
     except Exception as exc:  # noqa: BLE001  a failing section is recorded; the others still run
         results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
     results.setdefault("section_s", {})[name] = round(time.monotonic() - t, 1)
+    if "out_dir" in results:  # saved after every section: a later timeout keeps what was measured
+        (Path(results["out_dir"]) / "engine_bench.json").write_text(
+            json.dumps(results, indent=1, default=str)
+        )
     print(f"[{name}] {time.monotonic() - t:.1f}s: {json.dumps(results[name], default=str)[:600]}", flush=True)
 
 
@@ -272,7 +276,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = EngineConfig.from_preset(args.preset)
-    res: dict = {"preset": args.preset, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    res: dict = {
+        "preset": args.preset,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "out_dir": str(out),
+    }
     section(res, "copy_bandwidth_GBs", lambda: copy_bandwidth() / 1e9, deadline)
     engine_sections(res, cfg, args, deadline)
     gc.collect()
