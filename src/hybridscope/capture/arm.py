@@ -59,6 +59,7 @@ class Armed:
         self.handles.append(model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
         self.handles.append(model.register_forward_hook(self._root_post, always_call=True))
         self.model_class = type(model).__name__
+        self.script = _script()  # now: `hybridscope trace` restores sys.argv before the run is written
 
     # -- steps ---------------------------------------------------------------------------------
     def _root_pre(self, module, args, kwargs):
@@ -132,7 +133,7 @@ class Armed:
         if self.world_size > 1 and "{rank}" not in str(self.cap.db):
             db = db.with_name(f"{db.stem}.rank{self.rank}{db.suffix}")
             summary.notes.append(f"rank {self.rank} of {self.world_size}: writing {db}")
-        meta = writer.RunMeta(label=self.cap.label or self.model_class, path=_script(), rank=self.rank,
+        meta = writer.RunMeta(label=self.cap.label or self.model_class, path=self.script, rank=self.rank,
                               world_size=self.world_size, device_name=self._device_name(),
                               versions=self._versions())
         run_id, written = writer.write_run(db, meta, tables, notes, self.faults)

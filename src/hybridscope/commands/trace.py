@@ -32,6 +32,8 @@ def split_command(command: list[str]) -> tuple[str, str, list[str]]:
     words = list(command or [])
     if words and re.fullmatch(r"(.*/)?python[0-9.]*", words[0]):
         words = words[1:]
+    elif words and not words[0].endswith(".py") and not Path(words[0]).is_file():
+        raise UsageError(f"trace runs Python in this process: give `-- python script.py ARGS`, not {words[0]!r}")
     if not words:
         raise UsageError("give the script to run after `--`: hybridscope trace --db run.duckdb -- python script.py ARGS")
     if words[0] == "-m":

@@ -1,0 +1,112 @@
+"""`hybridscope trace -- python script.py ARGS`: end to end, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from capture_models import latest_run, rows
+
+from hybridscope.cli import main
+from hybridscope.commands.trace import parse_duration
+
+ENGINE_SCRIPT = textwrap.dedent("""
+    import sys
+    from hybridscope.engine.config import EngineConfig
+    from hybridscope.engine.model import build_model
+    from hybridscope.engine.scheduler import Engine, Request
+
+    model = build_model(EngineConfig.from_preset("tiny"))
+    new = int(sys.argv[1])
+    reqs = [Request(rid=i, prompt=[1 + i, 2, 3, 4], max_new_tokens=new) for i in range(2)]
+    done = Engine(model, cuda_graphs=False).run(reqs)
+    print("generated", sorted(len(r.tokens) for r in done))
+    sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+""")
+
+
+def _script(tmp_path, body: str, name: str = "script.py"):
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_trace_end_to_end_in_a_fresh_process(tmp_path):
+    script = _script(tmp_path, ENGINE_SCRIPT)
+    db = tmp_path / "run.duckdb"
+    proc = subprocess.run([sys.executable, "-m", "hybridscope", "trace", "--db", str(db), "--", "python",
+                           str(script), "3"], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "generated [3, 3]" in proc.stdout  # the script's own output, untouched
+    assert "hybridscope capture (layers): run 1" in proc.stderr and f"Wrote {db}" in proc.stderr
+    con, run = latest_run(db)
+    assert rows(con, "SELECT source, label FROM runs WHERE run_id = ?", [run]) == [("capture", "HybridModel")]
+    assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(3,)]
+    types = {t for (t,) in rows(con, "SELECT DISTINCT layer_type FROM events WHERE run_id = ? AND "
+                                     "source = 'layer'", [run])}
+    assert {"mamba", "attention", "moe_router", "moe_experts", "mlp"} <= types
+    assert rows(con, "SELECT path FROM run_ranks WHERE run_id = ?", [run]) == [(str(script),)]
+
+
+def test_exit_code_of_the_script_is_kept_and_the_run_written(tmp_path, capsys):
+    script = _script(tmp_path, ENGINE_SCRIPT)
+    db = tmp_path / "x.duckdb"
+    code, out, err = _cli(["trace", "--steps", "2", "--model", "HybridModel", "--label", "mine", "--db", str(db),
+                           "--", "python", str(script), "3", "7"], capsys)
+    assert code == 7 and "generated [3, 3]" in out and f"Wrote {db}" in err
+    con, run = latest_run(db)
+    assert rows(con, "SELECT label FROM runs WHERE run_id = ?", [run]) == [("mine",)]
+    assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(2,)]
+
+
+def test_a_script_that_raises_shows_its_traceback_and_still_writes(tmp_path, capsys):
+    body = ENGINE_SCRIPT.replace('print("generated"', 'raise ValueError("script bug") #')
+    script = _script(tmp_path, body)
+    code, _, err = _cli(["trace", "--db", str(tmp_path / "e.duckdb"), "--", str(script), "2"], capsys)
+    assert code == 1
+    assert "ValueError: script bug" in err and "Wrote" in err
+
+
+def test_no_model_in_the_script_is_one_line(tmp_path, capsys):
+    script = _script(tmp_path, "print('no torch here')\n")
+    code, out, err = _cli(["trace", "--db", str(tmp_path / "n.duckdb"), "--", "python", str(script)], capsys)
+    assert code == 1 and "no torch here" in out
+    assert "no run was written" in err and "no recognized hybrid model" in err
+    assert not (tmp_path / "n.duckdb").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give the script to run after `--`"),
+    (["--", "python"], "give the script to run"),
+    (["--", "python", "missing.py"], "no such script: missing.py"),
+    (["--", "bash", "-c", "true"], "give `-- python script.py ARGS`, not 'bash'"),
+    (["--", "python", "-c", "pass"], "unsupported option '-c'"),
+    (["--duration", "soon", "--", "python", "s.py"], "--duration takes a positive time"),
+    (["--duration", "1s", "--steps", "3", "--", "python", "s.py"], "--duration or --steps, not both"),
+    (["--mode", "deep", "--", "python", "s.py"], "capture mode must be one of layers, kernels"),
+    (["--steps", "0", "--", "python", "s.py"], "steps must be a positive integer"),
+    (["--mode", "kernels", "--sample-every", "2", "--sample-steps", "5", "--", "python", "s.py"],
+     "sample_steps must be between 1 and sample_every"),
+])
+def test_bad_arguments_give_one_line(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.py").write_text("raise SystemExit('must not run')\n")
+    code, _, err = _cli(["trace", "--db", "t.duckdb", *args], capsys)
+    assert code in (1, 2)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "t.duckdb").exists()
+
+
+@pytest.mark.parametrize("text, seconds", [("60s", 60), ("2m", 120), ("500ms", 0.5), ("1.5", 1.5), ("1h", 3600)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
