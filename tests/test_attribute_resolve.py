@@ -292,3 +292,14 @@ def test_vague_scopes_yield_to_precise_kernel_names(con):
     assert got["topkGatingSoftmax"][:2] == ("moe_router", "name")
     assert got["nvjet_in_moe"][:2] == ("moe_experts", "scope")
     assert got["moe_align_block_size_kernel"][:2] == ("moe_experts", "scope")
+
+
+def test_step_from_another_thread_when_the_launching_thread_has_none(con):
+    run = add_run(con)
+    scope(con, run, "ProfilerStep#7", 0, 1_000, tid=1)
+    scope(con, run, "ProfilerStep#8", 1_000, 2_000, tid=1)
+    gpu(con, run, "k_main", 500, tid=1)
+    gpu(con, run, "k_backward", 1_500, tid=2)  # autograd thread: no step range of its own
+    gpu(con, run, "k_late", 2_500, tid=2)      # after every step
+    got = by_name(attributed(con, run)[1])
+    assert (got["k_main"][4], got["k_backward"][4], got["k_late"][4]) == (7, 8, None)

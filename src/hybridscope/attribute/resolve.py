@@ -15,7 +15,9 @@ Order of decision, per GPU event (all in one columnar pass):
    rule (`topkGatingSoftmax` inside the MoE block is the router): the name decides ('name').
 4. Otherwise the first matching name rule (attr_method 'name'), or `other` (attr_method 'none').
 Layer index, module and step come from the scopes around the launch whatever decided the type
-(a residual add inside decoder block 7 is `other` but still layer 7), except for graph kernels.
+(a residual add inside decoder block 7 is `other` but still layer 7), except for graph kernels
+(step only). A launch on a thread without a step mark of its own (autograd's backward thread,
+a helper thread) takes the step whose range, on any thread of the rank, holds its timestamp.
 """
 
 from __future__ import annotations
@@ -77,17 +79,21 @@ launch AS (
     WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND source = 'cuda_api'
       AND correlation IS NOT NULL AND correlation <> 0
     GROUP BY rank, correlation),
+step_marks AS (
+    SELECT rank, ts_ns, end_ns, own_step FROM _hs_attr_sc WHERE own_step IS NOT NULL),
 la AS (
-    SELECT l.rank, l.correlation, l.graph_launch, a.active
+    SELECT l.rank, l.correlation, l.graph_launch, a.active,
+           CASE WHEN l.ts < st.end_ns THEN st.own_step END AS any_thread_step
     FROM launch l
-    ASOF LEFT JOIN _hs_attr_active a ON l.rank = a.rank AND l.pid = a.pid AND l.tid = a.tid AND l.ts >= a.t),
+    ASOF LEFT JOIN _hs_attr_active a ON l.rank = a.rank AND l.pid = a.pid AND l.tid = a.tid AND l.ts >= a.t
+    ASOF LEFT JOIN step_marks st ON l.rank = st.rank AND l.ts >= st.ts_ns),
 j AS (
     SELECT g.rank, g.event_id,
            (g.graph_id IS NOT NULL OR coalesce(cc.n_kernels > 1, FALSE)
             OR coalesce(la.graph_launch, FALSE)) AS is_graph,
            r.rule_type, coalesce(r.collective, FALSE) AS collective,
            s.eff_type, s.type_scope, s.eff_index, coalesce(s.typed_module, s.any_module) AS module,
-           s.eff_step, coalesce(s.in_moe, FALSE) AS in_moe,
+           coalesce(s.eff_step, la.any_thread_step) AS eff_step, coalesce(s.in_moe, FALSE) AS in_moe,
            coalesce(s.refinable AND r.rule_type <> s.eff_type AND (
                (s.eff_type IN ('norm', 'mlp') AND r.rule_type IN {_STRONG})
                OR (s.eff_type LIKE 'moe%' AND r.rule_type LIKE 'moe%')), FALSE) AS refined
