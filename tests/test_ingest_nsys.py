@@ -12,6 +12,8 @@ import sqlite3
 import duckdb
 import nsys_fixtures as nf
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hybridscope.errors import BadInput
 from hybridscope.ingest import detect, import_files
@@ -241,3 +243,45 @@ def test_cli_import_prints_what_the_export_lacks_and_decompose_reads_it(tmp_path
     with pytest.raises(SystemExit) as e:
         main(["import", str(bad), "--db", str(db_path), "--no-progress"])
     assert e.value.code == 1 and "error:" in capsys.readouterr().err
+
+
+# --- damaged exports: a clean BadInput and an untouched store, or a whole import ---------------
+
+_TABLES = ("runs", "run_ranks", "events", "scopes", "samples")
+
+
+def _counts(con):
+    return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in _TABLES}
+
+
+@pytest.fixture(scope="module")
+def damaged_store(tmp_path_factory):
+    from hybridscope.store.db import open_store
+
+    tmp = tmp_path_factory.mktemp("damage")
+    good = nf.write(tmp / "good.sqlite", nf.hybrid_model(steps=20))
+    con = open_store(tmp / "s.duckdb")
+    yield con, good.read_bytes(), tmp
+    con.close()
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8))
+def test_damaged_exports_never_half_import(damaged_store, cut, flips):
+    con, data, tmp = damaged_store
+    data = bytearray(data[: max(1, int(len(data) * (0.5 + cut / 2)))] if cut < 0.5 else data)
+    for where, byte in flips:
+        data[min(len(data) - 1, int(where * len(data)))] = byte
+    path = tmp / "damaged.sqlite"
+    path.write_bytes(bytes(data))
+    before = _counts(con)
+    try:
+        (res,) = import_files(con, [path], progress=False)
+    except BadInput as e:
+        assert e.message and "\n" not in e.message
+        assert _counts(con) == before
+        return
+    after = _counts(con)
+    if res.duplicate_of is None:
+        assert after["events"] - before["events"] == res.n_events and after["runs"] == before["runs"] + 1

@@ -87,7 +87,7 @@ def _sniff_sqlite(path: Path) -> str:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         finally:
             con.close()
-    except sqlite3.Error as e:
+    except (sqlite3.Error, UnicodeDecodeError) as e:  # a damaged schema page can hold bad UTF-8
         raise BadInput(f"{path}: unreadable SQLite file ({e})") from None
     for name, needed in SQLITE_FORMATS:
         if needed <= tables:

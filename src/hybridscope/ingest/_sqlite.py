@@ -46,7 +46,7 @@ class SqliteFile:
                 r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
             (check,) = self.con.execute("PRAGMA quick_check(1)").fetchall()[0]
-        except sqlite3.Error as e:
+        except (sqlite3.Error, UnicodeDecodeError) as e:
             raise self.error(e) from None
         if check != "ok":
             detail = " ".join(check.replace("*** in database main ***", "").split())
@@ -78,7 +78,7 @@ class SqliteFile:
     def query_rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
             return self.con.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # damaged text is not UTF-8
             raise self.error(e) from None
 
     def lookup(self, sql: str, params: Sequence = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +86,7 @@ class SqliteFile:
         rows = sorted(self.query_rows(sql, params), key=lambda r: r[0])
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         values = np.empty(len(rows), dtype=object)
-        values[:] = [r[1] for r in rows]
+        values[:] = ["" if r[1] is None else str(r[1]) for r in rows]  # damaged rows may hold NULL/blobs
         return keys, values
 
     def column_chunks(self, table: str, ints: dict[str, str], texts: dict[str, str] | None = None,
@@ -149,8 +149,8 @@ class EventWriter:
     NULL. Use inside the import's transaction and `progress()` context.
     """
 
-    def __init__(self, con, run_id: int, rank: int):
-        self.con, self.run_id, self.rank = con, run_id, rank
+    def __init__(self, con, run_id: int, rank: int, path: Path):
+        self.con, self.run_id, self.rank, self.path = con, run_id, rank, path
         self.n, self.t_start, self.t_end = 0, None, None
         self.advance = lambda n: None
 
@@ -163,10 +163,7 @@ class EventWriter:
         exprs = ", ".join(select.get(c, "NULL") for c in EVENT_COLUMNS)
         self.con.register("c", frame)
         try:
-            self.con.execute(
-                f"INSERT INTO events (run_id, rank, event_id, ts_ns, duration_ns, duration_us, "
-                f"{', '.join(EVENT_COLUMNS)}) SELECT $run, $rank, c.eid, c.ts, c.dur, c.dur / 1000.0, {exprs} "
-                f"FROM c {joins}", {"run": self.run_id, "rank": self.rank})
+            self._insert(exprs, joins)
         finally:
             self.con.unregister("c")
         lo, hi = int(ts.min()), int((ts + dur).max())
@@ -175,6 +172,18 @@ class EventWriter:
         self.n += m
         self.advance(m)
         return m
+
+    def _insert(self, exprs: str, joins: str) -> None:
+        import duckdb
+
+        try:
+            self.con.execute(
+                f"INSERT INTO events (run_id, rank, event_id, ts_ns, duration_ns, duration_us, "
+                f"{', '.join(EVENT_COLUMNS)}) SELECT $run, $rank, c.eid, c.ts, c.dur, c.dur / 1000.0, {exprs} "
+                f"FROM c {joins}", {"run": self.run_id, "rank": self.rank})
+        except duckdb.ConversionException as e:  # values no export writes (a damaged file)
+            raise BadInput(f"{self.path} holds values that cannot be events ({str(e).splitlines()[0]}); "
+                           "nothing was imported") from None
 
     @contextlib.contextmanager
     def progress(self, enabled: bool, total: int, label: str) -> Iterator[None]:

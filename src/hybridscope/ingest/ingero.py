@@ -51,7 +51,7 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
                        world_size=meta["world_size"], device_name=meta["device"], versions=meta["versions"],
                        distributed_info=None)
         rows = sq.count("events")
-        out = EventWriter(con, run_id, rank)
+        out = EventWriter(con, run_id, rank, path)
         with out.progress(ctx.progress, rows, path.name):
             _write_events(sq, out)
         n_samples = _samples(con, sq, run_id, rank)

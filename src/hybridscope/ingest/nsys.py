@@ -113,7 +113,7 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
         if new:
             insert_run(con, run_id, source=FORMAT, label=ctx.label or path.stem, host=rep.host, rank=rank,
                        world_size=1, device_name=rep.device_name, versions=rep.versions, distributed_info=None)
-        out = EventWriter(con, run_id, rank)
+        out = EventWriter(con, run_id, rank, path)
         with out.progress(ctx.progress, rep.total_rows(), path.name):
             write_events(rep, out)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=rep.host,
