@@ -168,3 +168,62 @@ def test_not_a_module_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="torch.nn.Module"), \
             hybridscope.capture(db=tmp_path / "x.duckdb", model=object(), quiet=True):
         pass
+
+
+class _FakeCuda:
+    """Stand-in for torch.cuda: events stamped with a settable device clock (ns); `done` says
+    up to which device time work has completed."""
+
+    now = 0
+    done = 0
+
+    class Event:
+        def __init__(self, enable_timing=True):
+            self.t = None
+
+        def record(self):
+            self.t = _FakeCuda.now
+
+        def query(self):
+            return self.t <= _FakeCuda.done
+
+        def elapsed_time(self, other):  # ms, as torch returns it
+            return (other.t - self.t) / 1e6
+
+    @staticmethod
+    def synchronize():
+        _FakeCuda.done = _FakeCuda.now
+
+
+def test_cuda_timer_reads_back_lazily_chains_anchors_and_recycles_events():
+    from types import SimpleNamespace
+
+    from hybridscope.capture.layers import CudaTimer
+
+    fake = SimpleNamespace(cuda=_FakeCuda)
+    _FakeCuda.now = _FakeCuda.done = 0
+    timer = CudaTimer(capacity=8, torch=fake)
+    parent = np.array([-1, 0, -1, 2, -1, 4])
+    marks = []  # (device ns, instance, is start): per step an outer instance holding an inner one
+    for step in range(3):
+        base = 1_000_000 * (step + 1)
+        outer, inner = 2 * step, 2 * step + 1
+        for dt, inst, start in ((0, outer, True), (100, inner, True), (400, inner, False), (1000, outer, False)):
+            _FakeCuda.now = base + dt
+            timer.mark(inst, start)
+            marks.append((base + dt, inst, start))
+        timer.step_boundary()
+        got = timer.resolve(lambda: parent, final=False)
+        if step == 0:
+            assert got.inst == []  # under half the pool in use: no readback at all
+    # step 2: 12 events live > 8 // 2, but the device has done nothing yet: nothing is read
+    assert timer.n_live == 12 and got.inst == []
+    _FakeCuda.done = 2_000_000 + 1000  # steps 0 and 1 complete
+    got = timer.resolve(lambda: parent, final=False)
+    assert np.concatenate(got.inst).tolist() == [0, 1, 2, 3]
+    assert len(timer.pool) == 7 and timer.n_live == 5  # step 1's first event stays as the anchor
+    rest = timer.resolve(lambda: parent, final=True)
+    ts = np.concatenate(got.ts_ns + rest.ts_ns) - timer.ref_ns
+    excl = np.concatenate(got.excl_ns + rest.excl_ns)
+    assert ts.tolist() == [1_000_000, 1_000_100, 2_000_000, 2_000_100, 3_000_000, 3_000_100]
+    assert excl.tolist() == [700, 300] * 3

@@ -161,7 +161,10 @@ class Armed:
         if kern:
             import numpy as np
 
+            from hybridscope.capture.kernels import align_threads
+
             kern["event_id"] = first + np.arange(len(kern["name"]), dtype=np.int64)
+            self.tid_remapped = align_threads(kern, rec.tid)
         routing = {}
         with self.faults.guard("routing"):
             routing = self.routing.columns(self.rank)
@@ -182,6 +185,10 @@ class Armed:
             "faults": self.faults.as_dict(), "hook_mismatches": rec.mismatches,
             "sampler": self.sampler.note or None, "window": list(self.cap.window) if self.cap.window else None,
         }
+        if self.kernels is not None:
+            notes["kernel_clock_offset_ns"] = self.kernels.clock_offset_ns
+            if getattr(self, "tid_remapped", None) is not None:
+                notes["launch_tid_remapped"] = self.tid_remapped
         if self.routing.unknown:
             notes["routing"] = ("routers with an unknown expert count were not counted: "
                                 + ", ".join(sorted(self.routing.unknown)))

@@ -20,9 +20,13 @@ compares it with exporting a Chrome trace and importing it.
 from __future__ import annotations
 
 import os
+import re
+import time
 import warnings
 
 import numpy as np
+
+from hybridscope.ingest.kineto import SYNC_NAME
 
 # Kineto activity type -> (events.source, events.kind)
 ACTIVITY_KINDS: dict[str, tuple[str, str]] = {
@@ -37,7 +41,7 @@ ACTIVITY_KINDS: dict[str, tuple[str, str]] = {
     "python_function": ("cpu", "python"),
     "user_annotation": ("annotation", "user_annotation"),
 }
-DEVICE_SIDE = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation"})
+DEVICE_SIDE = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation", "cuda_sync"})
 SKIP = frozenset({"overhead", "ac2g", "flow", "cpu_instant_event", "collective_comm"})
 
 
@@ -55,6 +59,8 @@ class KernelBackend:
         self.results: list = []
         self.dropped_windows = 0
         self.prof = None
+        self.marker: tuple[int, int] | None = None
+        self.clock_offset_ns = 0
 
     def start(self) -> None:
         from torch.profiler import ProfilerActivity, profile, schedule
@@ -70,6 +76,11 @@ class KernelBackend:
             warnings.simplefilter("ignore", UserWarning)
             self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
         self.prof.start()
+        if self.cuda and sched is None:
+            # a runtime call at a known host time: `columns` checks the launch clock against it
+            t0 = time.time_ns()
+            self.torch.cuda.synchronize()
+            self.marker = (t0, time.time_ns())
 
     def step(self) -> None:
         if self.prof is not None and self.window is not None:
@@ -96,7 +107,11 @@ class KernelBackend:
         parts = [p for p in parts if p]
         if not parts:
             return {}
-        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+        cols = {k: _concat([p[k] for p in parts]) for k in parts[0]}
+        self.clock_offset_ns = _marker_offset(cols, self.marker)
+        if self.clock_offset_ns:
+            cols["ts_ns"] = cols["ts_ns"] + self.clock_offset_ns
+        return cols
 
 
 def _concat(chunks):
@@ -112,13 +127,14 @@ def _convert(events, rank: int) -> dict[str, np.ndarray | list]:
     cols: dict[str, list] = {k: [] for k in (
         "source", "kind", "name", "device", "stream", "tid", "ts_ns", "duration_ns",
         "correlation", "external_id")}
+    sync = re.compile(SYNC_NAME)
     for e in events:
-        act = e.activity_type()
+        name = e.name()
+        act = e.activity_type() if hasattr(e, "activity_type") else _guess_activity(e, name)
         if act in SKIP:
             continue
         src, kind = ACTIVITY_KINDS.get(act, ("cpu", "other"))
-        name = e.name()
-        if act == "cuda_runtime" and "Synchronize" in name:
+        if src == "cuda_api" and sync.match(name):
             kind = "sync"
         device_side = act in DEVICE_SIDE
         cols["source"].append(src)
@@ -145,3 +161,49 @@ def _convert(events, rank: int) -> dict[str, np.ndarray | list]:
     out["pid"] = np.full(n, pid, np.int64)
     out["rank"] = np.full(n, rank, np.int32)
     return out
+
+
+def _guess_activity(e, name: str) -> str:
+    """Activity type for torch builds whose `_KinetoEvent` lacks `activity_type()`."""
+    if str(e.device_type()).endswith("CUDA"):
+        low = name.lower()
+        return "gpu_memcpy" if low.startswith("memcpy") else "gpu_memset" if low.startswith("memset") else "kernel"
+    if name.startswith(("cuda", "cu")) and e.linked_correlation_id() == 0 and e.correlation_id() != 0:
+        return "cuda_runtime"
+    return "cpu_op"
+
+
+def _marker_offset(cols: dict, marker: tuple[int, int] | None, slack_ns: int = 1_000_000) -> int:
+    """0 when the profiler's host clock agrees with time.time_ns() (the marker's
+    cudaDeviceSynchronize lies within its host window, give or take `slack_ns`); otherwise the
+    offset that centres it there (Kineto converts CUPTI times to the system clock; this guards
+    against a build that does not)."""
+    if marker is None:
+        return 0
+    names = np.asarray(cols["name"], dtype=object)
+    hit = np.flatnonzero((names == "cudaDeviceSynchronize") & (np.asarray(cols["source"], dtype=object) == "cuda_api"))
+    if len(hit) == 0:
+        return 0
+    i = hit[np.argmin(cols["ts_ns"][hit])]
+    t0, t1 = marker
+    ts, dur = int(cols["ts_ns"][i]), int(cols["duration_ns"][i])
+    if t0 - slack_ns <= ts <= t1 + slack_ns:
+        return 0
+    return (t0 + t1) // 2 - (ts + dur // 2)
+
+
+def align_threads(cols: dict, tid: int) -> int | None:
+    """Give the launching thread the hooks' thread id when the profiler named it otherwise.
+
+    Attribution matches a launch to the scopes open on its (pid, tid). When no runtime call
+    carries the hooks' tid, the thread with the most runtime calls is the model's; its rows get
+    `tid`. Returns the id replaced, or None when nothing was changed."""
+    src = np.asarray(cols["source"], dtype=object)
+    tids = np.asarray([-1 if t is None else t for t in cols["tid"]], np.int64)
+    api = tids[src == "cuda_api"]
+    if len(api) == 0 or (api == tid).any():
+        return None
+    values, counts = np.unique(api, return_counts=True)
+    old = int(values[np.argmax(counts)])
+    cols["tid"] = [tid if t == old else t for t in cols["tid"]]
+    return old
