@@ -143,12 +143,11 @@ def plot_marks(document: str) -> dict[str, dict[str, int]]:
 
 def expected_marks(report) -> dict[str, tuple[str, int]]:
     """What each plot must draw, from the report's data: {plot: (mark, count)}."""
-    first_rank = min(report["steps"].column("rank"))
     return {
         "cdf": ("path.series", len(set(report["latency_cdf"].column("layer_type")))),
         "layers": ("rect.bar", sum(1 for r in report["decompose_layer"].to_records()
                                    if r["layer_type"] != "all" and r["layer_index"] is not None)),
-        "steps": ("rect.bar", sum(1 for r in report["step_stack"].to_records() if r["rank"] == first_rank)),
+        "steps": ("rect.bar", len(report["step_stack_bins"])),
         "experts": ("rect.cell", len(set(report["expert_load"].column("layer_index")))
                     * len(set(report["expert_load"].column("expert")))),
         "imbalance": ("circle.dot", sum(1 for v in report["expert_steps"].column("moe_comm_ns") if v is not None)),

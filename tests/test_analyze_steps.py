@@ -83,3 +83,14 @@ def test_no_steps(tmp_path):
     add_events(con, run, [10], layer_type="mamba")
     assert len(steps.steps(con, run)) == 0
     assert steps.slow_steps(con, run).meta["n_slow"] == 0
+
+
+def test_step_stack_bins(tmp_path):
+    con, run = _recorded(tmp_path)
+    one = steps.step_stack_bins(con, run)
+    assert one.meta["n_bins"] == 4 and len(one) == 8  # one bin per step, mamba + moe_comm each
+    two = steps.step_stack_bins(con, run, max_bars=2)
+    got = {(r["bin"], r["layer_type"]): (r["first_step"], r["last_step"], r["gpu_ns"]) for r in two.to_records()}
+    assert got[(0, "moe_comm")] == (0, 1, 2_000.0)
+    assert got[(1, "moe_comm")] == (2, 3, (2_000 + 80_000) / 2)
+    assert got[(1, "mamba")] == (2, 3, 5_000.0)

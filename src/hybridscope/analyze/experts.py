@@ -37,8 +37,8 @@ def imbalance(con, run_id: int) -> Table:
     """Per (step, layer): tokens routed, mean and max per expert, imbalance, the hottest expert."""
     rows = con.execute(
         f"""WITH {_ROUTED}
-        SELECT g.step, g.layer_index, ne.n_experts, g.total, g.total / ne.n_experts, g.mx,
-               CASE WHEN g.total > 0 THEN g.mx / (g.total / ne.n_experts) END, g.hot
+        SELECT g.step, g.layer_index, ne.n_experts::BIGINT, g.total::BIGINT, (g.total / ne.n_experts)::DOUBLE,
+               g.mx::BIGINT, (CASE WHEN g.total > 0 THEN g.mx / (g.total / ne.n_experts) END)::DOUBLE, g.hot
         FROM g JOIN ne USING (layer_index) ORDER BY g.step, g.layer_index""",
         {"run": run_id},
     ).fetchall()
@@ -47,7 +47,7 @@ def imbalance(con, run_id: int) -> Table:
             Column("mean_tokens", "float", "tokens / experts", "mean"),
             Column("max_tokens", "int", "tokens of the busiest expert", "max"),
             Column("imbalance", "ratio", "max / mean"), Column("hot_expert", "int", "the busiest expert", "hot"))
-    return Table("imbalance", cols, [tuple(plain(v) for v in r) for r in rows],
+    return Table("imbalance", cols, rows,
                  {"title": "Routing imbalance per layer and step", "run_id": run_id})
 
 

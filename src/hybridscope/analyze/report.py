@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hybridscope.analyze import advice as advice_mod
-from hybridscope.analyze import conflicts, dashboard, experts, overlap, steps
+from hybridscope.analyze import conflicts, dashboard, experts, overlap, steps, timeline
 from hybridscope.analyze.table import Column, Table, plain
 
 # Levels of the latency CDF: every percent, then finer in the tail where the story is.
@@ -63,6 +63,11 @@ def run_info(con, run_id: int) -> dict:
 
 def build_report(con, run_id: int) -> Report:
     """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run)."""
+    with timeline.cached():  # the kernels, steps and windows are read once for all analyses
+        return _build(con, run_id)
+
+
+def _build(con, run_id: int) -> Report:
     from hybridscope.analyze.decompose import decompose
 
     info = run_info(con, run_id)
@@ -87,6 +92,7 @@ def build_report(con, run_id: int) -> Report:
     put(latency_cdf(con, run_id))
     put(steps.steps(con, run_id))
     put(steps.step_stack(con, run_id))
+    put(steps.step_stack_bins(con, run_id))
     put(steps.phases(con, run_id))
     put(steps.slow_steps(con, run_id))
     es = put(experts.expert_steps(con, run_id))

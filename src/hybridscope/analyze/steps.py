@@ -62,6 +62,34 @@ def step_stack(con, run_id: int) -> Table:
     return Table("step_stack", cols, rows, {"title": "GPU time per step by layer type", "run_id": run_id})
 
 
+def step_stack_bins(con, run_id: int, *, max_bars: int = 300) -> Table:
+    """The step stack of the first rank for plotting: steps in time order, consecutive steps
+    averaged in at most `max_bars` equal-count bins (bin k holds steps [k*n/B, (k+1)*n/B)); with
+    fewer steps than `max_bars` each bin is one step. Per (bin, layer type) the mean GPU time."""
+    windows = timeline.step_windows(con, run_id)
+    cols = (Column("bin", "int"), Column("first_step", "int", "", "from"), Column("last_step", "int", "", "to"),
+            Column("layer_type", "str", "", "layer type"),
+            Column("gpu_ns", "ns", "mean GPU time per step of the bin", "GPU time"))
+    if not windows:
+        return Table("step_stack_bins", cols, (), {"title": "GPU time per step", "run_id": run_id})
+    rank = min(w["rank"] for w in windows)
+    order = [w["step"] for w in sorted((w for w in windows if w["rank"] == rank), key=lambda w: w["ts_ns"])]
+    stack = _stack(con, run_id)
+    n_bins = min(max_bars, len(order))
+    edges = (np.arange(n_bins + 1) * len(order)) // n_bins
+    rows = []
+    for b in range(n_bins):
+        members = order[edges[b]:edges[b + 1]]
+        totals: dict[str, int] = {}
+        for step in members:
+            for lt, ns in stack.get((rank, step), {}).items():
+                totals[lt] = totals.get(lt, 0) + ns
+        rows += [(b, members[0], members[-1], lt, totals[lt] / len(members))
+                 for lt in sorted(totals, key=ORDER.index)]
+    return Table("step_stack_bins", cols, rows, {"title": "GPU time per step", "run_id": run_id, "rank": rank,
+                                                 "n_steps": len(order), "n_bins": n_bins})
+
+
 def phases(con, run_id: int) -> Table:
     """Per phase: steps, latency p50/p99/max, mean GPU time per step."""
     by_phase: dict[str, list[tuple[int, int]]] = {}

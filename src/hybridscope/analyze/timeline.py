@@ -15,11 +15,43 @@ own start when no launch is recorded), found with an ASOF join.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+
 import numpy as np
 
 # Kernel statistics use GPU kernels only (not memcpy/memset): what NVML's utilization counts.
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
 COMM_TYPES = ("moe_comm", "comm")
+
+_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_cache", default=None)
+
+
+@contextlib.contextmanager
+def cached():
+    """Within this block the timeline functions below compute once per (connection, run, options):
+    the report runs a dozen analyses over the same kernels. Callers must not modify the results."""
+    token = _CACHE.set({})
+    try:
+        yield
+    finally:
+        _CACHE.reset(token)
+
+
+def _memo(fn):
+    @functools.wraps(fn)
+    def wrapper(con, run_id: int, **options):
+        cache = _CACHE.get()
+        if cache is None:
+            return fn(con, run_id, **options)
+        key = (fn.__name__, id(con), run_id, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = fn(con, run_id, **options)
+        return cache[key]
+
+    return wrapper
+
 
 _STEP_SCOPES = r"""
     cand AS (
@@ -77,6 +109,7 @@ _KERNELS = f"""
     )"""
 
 
+@_memo
 def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarray]:
     """All GPU kernels of a run as numpy columns, sorted by (rank, device, ts_ns).
 
@@ -94,6 +127,7 @@ def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarra
     return {k: _plain(v) for k, v in con.execute(sql, params).fetchnumpy().items()}
 
 
+@_memo
 def step_windows(con, run_id: int) -> list[dict]:
     """One dict per (rank, step): rank, step, ts_ns, end_ns, phase, n_tokens, n_requests, recorded,
     gpu_ns (sum of the step's kernel durations) and n_kernels. Derived steps are extended to
@@ -115,6 +149,7 @@ def step_windows(con, run_id: int) -> list[dict]:
     return [dict(zip(keys, r)) for r in con.execute(sql, {"run": run_id}).fetchall()]
 
 
+@_memo
 def step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
     """(rank, step, layer_type, summed kernel ns) for kernels with a known step, grouped in SQL."""
     sql = f"""
@@ -125,6 +160,7 @@ def step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
     return [(int(r), int(s), lt, int(ns)) for r, s, lt, ns in con.execute(sql, {"run": run_id}).fetchall()]
 
 
+@_memo
 def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     """(rank, phase, n launches, host span ns) of kernel / graph launch calls; a launch's phase is
     its own, else that of the kernel it launched, else that of the step window it falls in."""
@@ -143,6 +179,7 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     return con.execute(sql, {"run": run_id}).fetchall()
 
 
+@_memo
 def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
     """Each rank's wall-time window (start_ns, end_ns): `run_ranks` when it has one, else the span
     of the rank's events."""
@@ -160,20 +197,27 @@ def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
 
 
 def groups(cols: dict[str, np.ndarray], *keys: str):
-    """Yield (key tuple, index array) per distinct combination of `keys` in `cols`.
+    """Yield (key tuple, index array) per distinct combination of `keys` in `cols`, keys ascending.
 
-    The loop runs once per group (ranks, devices), never per event.
+    Each key column is factorized to integer codes and the codes combined, so grouping sorts
+    integers only. The loop runs once per group (ranks, devices, phases), never per event.
     """
-    n = len(next(iter(cols.values()))) if cols else 0
+    n = len(cols[keys[0]]) if keys and keys[0] in cols else 0
     if n == 0:
         return
-    arrays = [_filled(cols[k]) for k in keys]
-    combo = np.rec.fromarrays(arrays) if len(arrays) > 1 else arrays[0]
-    uniq, inverse = np.unique(combo, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
-    for g, u in enumerate(uniq):
-        key = tuple(u.tolist()) if len(arrays) > 1 else (u.item() if hasattr(u, "item") else u,)
+    combined = np.zeros(n, dtype=np.int64)
+    uniques = []
+    for k in keys:
+        u, inv = np.unique(_filled(cols[k]), return_inverse=True)
+        uniques.append(u)
+        combined = combined * len(u) + inv.reshape(-1)
+    codes, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    order = np.argsort(inverse.reshape(-1), kind="stable")
+    bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(codes) + 1))
+    values = [cols[k] for k in keys]
+    for g in range(len(codes)):
+        i = first[g]
+        key = tuple(v[i].item() if hasattr(v[i], "item") else v[i] for v in values)
         yield key, order[bounds[g]:bounds[g + 1]]
 
 

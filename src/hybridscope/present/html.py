@@ -147,18 +147,21 @@ def _layer_bars(report: Report) -> str:
 
 
 def _step_stack(report: Report) -> str:
-    steps, stack = report["steps"], report["step_stack"]
-    ranks = sorted(set(steps.column("rank")))
-    rank = ranks[0] if ranks else None
+    t = report["step_stack_bins"]
     parts: dict[int, list] = {}
-    for r in stack.to_records():
-        if r["rank"] == rank:
-            parts.setdefault(r["step"], []).append((r["layer_type"], r["gpu_ns"], COLOURS.get(r["layer_type"], "#999")))
-    columns = [(str(s["step"]), parts.get(s["step"], [])) for s in steps.to_records() if s["rank"] == rank]
+    labels: dict[int, str] = {}
+    for r in t.to_records():
+        parts.setdefault(r["bin"], []).append((r["layer_type"], r["gpu_ns"], COLOURS.get(r["layer_type"], "#999")))
+        labels[r["bin"]] = str(r["first_step"]) if r["first_step"] == r["last_step"] else \
+            f"{r['first_step']}–{r['last_step']}"
+    columns = [(labels[b], parts[b]) for b in sorted(parts)]
     chart = svg.stacked_bars(columns, y_label="GPU time per step", x_label="step", fmt_y=format_ns)
-    note = f" (rank {rank} of {len(ranks)})" if len(ranks) > 1 else ""
+    n_ranks = len(set(report["steps"].column("rank")))
+    note = f" (rank {t.meta['rank']} of {n_ranks})" if n_ranks > 1 else ""
+    if t.meta.get("n_bins") and t.meta["n_bins"] < t.meta["n_steps"]:
+        note += f"; {t.meta['n_steps']:,} steps averaged in {t.meta['n_bins']} bins"
     return _figure("steps", f"GPU time per step stacked by layer type, in time order{note}.", chart,
-                   _types_in(stack.column("layer_type")))
+                   _types_in(t.column("layer_type")))
 
 
 def _heatmap(report: Report) -> str:
