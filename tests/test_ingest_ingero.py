@@ -10,6 +10,8 @@ import sqlite3
 import duckdb
 import pytest
 from conftest import EXTERNAL
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hybridscope.errors import BadInput
 from hybridscope.ingest import detect, import_files
@@ -177,3 +179,44 @@ def test_damaged_databases_leave_the_store_unchanged(tmp_path, db_path, damage):
         import_files(db_path, [bad], progress=False)
     assert "\n" not in e.value.message and str(bad) in e.value.message
     assert _snapshot(db_path) == before
+
+
+@pytest.fixture(scope="module")
+def damage_store(tmp_path_factory):
+    from hybridscope.store.db import open_store
+
+    tmp = tmp_path_factory.mktemp("dmg")
+    con = open_store(tmp / "s.duckdb")
+    import_files(con, [_small_db(tmp / "ok.db", rows=[(1, 1, 1, 1, 3, 10)])], progress=False)
+    yield con, tmp
+    con.close()
+
+
+def _table_counts(con):
+    return [con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("runs", "run_ranks", "events", "samples")]
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8))
+def test_damaged_real_database_never_half_imports(damage_store, cut, flips):
+    """Cuts and overwritten bytes of a real Ingero database: BadInput and an untouched store, or a
+    whole import (a flipped byte inside a value is invisible to SQLite)."""
+    con, tmp = damage_store
+    data = bytearray(_real(REAL[0]).read_bytes())
+    if cut < 0.5:
+        data = data[: max(1, int(len(data) * (0.5 + cut)))]
+    for where, byte in flips:
+        data[min(len(data) - 1, int(where * len(data)))] = byte
+    path = tmp / "damaged.db"
+    path.write_bytes(bytes(data))
+    before = _table_counts(con)
+    try:
+        (res,) = import_files(con, [path], progress=False)
+    except BadInput as e:
+        assert e.message and "\n" not in e.message
+        assert _table_counts(con) == before
+        return
+    if res.duplicate_of is None:
+        n = con.execute("SELECT count(*) FROM events WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
+        assert n == res.n_events and _table_counts(con)[0] == before[0] + 1
