@@ -94,3 +94,17 @@ def test_step_stack_bins(tmp_path):
     assert got[(0, "moe_comm")] == (0, 1, 2_000.0)
     assert got[(1, "moe_comm")] == (2, 3, (2_000 + 80_000) / 2)
     assert got[(1, "mamba")] == (2, 3, 5_000.0)
+
+
+def test_layers_mode_capture_stacks_layer_timings(tmp_path):
+    """A `layers`-mode run has no kernels, only per-layer device times tagged with their step."""
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con, source="capture")
+    add_steps(con, run, [1_000, 3_000], phase=["prefill", "decode"])
+    add_events(con, run, [300, 200, 900], ts_ns=[0, 400, 1_000], source="layer", kind="layer",
+               layer_type=["mamba", "moe_comm", "moe_comm"], step=[0, 0, 1])
+    t = steps.steps(con, run)
+    assert t.column("gpu_ns") == [500, 900] and t.column("n_kernels") == [0, 0]
+    assert t.record(step=1)["top_layer_type"] == "moe_comm"
+    stack = {(r["step"], r["layer_type"]): r["gpu_ns"] for r in steps.step_stack(con, run).to_records()}
+    assert stack == {(0, "mamba"): 300, (0, "moe_comm"): 200, (1, "moe_comm"): 900}

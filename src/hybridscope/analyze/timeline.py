@@ -130,7 +130,8 @@ def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarra
 @_memo
 def step_windows(con, run_id: int) -> list[dict]:
     """One dict per (rank, step): rank, step, ts_ns, end_ns, phase, n_tokens, n_requests, recorded,
-    gpu_ns (sum of the step's kernel durations) and n_kernels. Derived steps are extended to
+    gpu_ns (sum of the step's kernel durations; of its layer timings in a layers-mode capture,
+    see step_sums) and n_kernels. Derived steps are extended to
     their last kernel's end (module doc); recorded steps keep their recorded duration.
     """
     sql = f"""
@@ -146,18 +147,40 @@ def step_windows(con, run_id: int) -> list[dict]:
     """
     keys = ("rank", "step", "ts_ns", "end_ns", "phase", "n_tokens", "n_requests", "recorded", "gpu_ns",
             "n_kernels")
-    return [dict(zip(keys, r)) for r in con.execute(sql, {"run": run_id}).fetchall()]
+    out = [dict(zip(keys, r)) for r in con.execute(sql, {"run": run_id}).fetchall()]
+    if out and not any(w["n_kernels"] for w in out):  # layers-mode capture: GPU time from layer timings
+        gpu: dict[tuple[int, int], int] = {}
+        for rank, step, _lt, ns in step_sums(con, run_id):
+            gpu[(rank, step)] = gpu.get((rank, step), 0) + ns
+        for w in out:
+            w["gpu_ns"] = gpu.get((w["rank"], w["step"]), 0)
+    return out
 
 
 @_memo
 def step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
-    """(rank, step, layer_type, summed kernel ns) for kernels with a known step, grouped in SQL."""
+    """(rank, step, layer_type, summed ns) for kernels with a known step, grouped in SQL.
+
+    A run without kernels but with capture's `layers`-mode timings (source 'layer': each layer's
+    exclusive device time, tagged with its step) is summed from those instead.
+    """
     sql = f"""
         WITH {_STEP_SCOPES}, {_KERNELS}
         SELECT rank, step, layer_type, sum(duration_ns)::BIGINT FROM ks WHERE step IS NOT NULL
         GROUP BY rank, step, layer_type ORDER BY rank, step, layer_type
     """
-    return [(int(r), int(s), lt, int(ns)) for r, s, lt, ns in con.execute(sql, {"run": run_id}).fetchall()]
+    rows = con.execute(sql, {"run": run_id}).fetchall()
+    if not rows and not _has_kernels(con, run_id):
+        rows = con.execute(
+            """SELECT rank, step, coalesce(layer_type, 'other'), sum(duration_ns)::BIGINT FROM events
+               WHERE run_id = $run AND source = 'layer' AND step IS NOT NULL
+               GROUP BY ALL ORDER BY ALL""", {"run": run_id}).fetchall()
+    return [(int(r), int(s), lt, int(ns)) for r, s, lt, ns in rows]
+
+
+def _has_kernels(con, run_id: int) -> bool:
+    return bool(con.execute(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE run_id = $run AND {KERNEL_FILTER}"
+                            " LIMIT 1)", {"run": run_id}).fetchall()[0][0])
 
 
 @_memo
