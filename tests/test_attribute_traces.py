@@ -112,3 +112,12 @@ def test_cli_rules_reattribute_the_run(hf_store, tmp_path):
                       " WHERE name LIKE '%CompareEqFunctor%' AND scope_id IS NULL AND layer_index IS NULL").fetchall()
     con.close()
     assert got == [("sampling", "name")]
+
+
+def test_cli_unknown_rank_and_run(hf_store, capsys):
+    for args in (["--rank", "5"], ["--run", "99"]):
+        with pytest.raises(SystemExit) as e:
+            main(["attribution", "--db", str(hf_store), *args])
+        assert e.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("hybridscope: error: ") and err.count("\n") == 1

@@ -29,11 +29,11 @@ def attribution(
     only_unattributed: OnlyOption = False,
     fmt: FormatOption = "table",
 ) -> None:
-    """Coverage: share of GPU time attributed by scope, by CUDA graph, by kernel name, and not at all,
-    then the kernels with the most GPU time left `other`.
+    """Coverage: share of GPU time attributed by scope, by CUDA graph, by kernel name, and not at all, then the kernels with the most GPU time left `other`.
 
-    With --rules the run is attributed again first (the database is written). JSON prints both
-    tables in one object; CSV prints the coverage table, or with --unattributed the kernel list.
+    With --rules the run is attributed again first (the database is written).
+
+    JSON prints both tables in one object; CSV prints the coverage table, or with --unattributed the kernel list.
     """
     check_format(fmt)
     from hybridscope.analyze.coverage import coverage, unattributed
