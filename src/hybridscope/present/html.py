@@ -41,7 +41,7 @@ svg .series{stroke-width:2}svg .dot{fill:#d62728;fill-opacity:.6}.hidden{display
 .legend span{display:inline-block;margin:0 10px 4px 0;cursor:pointer;user-select:none}
 .legend i{display:inline-block;width:11px;height:11px;margin-right:4px;vertical-align:-1px;border-radius:2px}
 .legend span.off{opacity:.35}ol.advice li{margin-bottom:8px}.evidence{color:#555;font-size:13px}
-.note{color:#777;font-size:12.5px}
+.note{color:#777;font-size:12.5px}.tw{overflow-x:auto;max-width:100%}
 """
 
 JS = """
@@ -97,8 +97,8 @@ def table_html(table: Table, *, max_rows: int | None = None) -> str:
         body.append(f'<tr{" class=summary" if i < n_sum else ""}>{cells}</tr>')
     cut = f'<p class="note">first {max_rows} of {len(table)} rows</p>' if max_rows and len(table) > max_rows else ""
     caption = escape(str(table.meta.get("title") or table.name))
-    return (f'<table data-table="{escape(table.name)}"><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>{cut}")
+    return (f'<div class="tw"><table data-table="{escape(table.name)}"><caption>{caption}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{cut}")
 
 
 def _figure(name: str, caption: str, content: str, legend: list[str] | None = None) -> str:
