@@ -49,14 +49,15 @@ def test_real_database_every_row_stored_as_host_api_by_operation(db_path, name):
     # per operation: count, exact ns sums and extremes equal the source's own (joined by hand)
     want = _source(path, "SELECT o.name, count(*), sum(e.duration), min(e.timestamp), max(e.duration) "
                          "FROM events e JOIN ops o ON o.source_id = e.source AND o.op_id = e.op GROUP BY 1 ORDER BY 1")
-    got = _rows(db_path, "SELECT name, count(*), sum(duration_ns), min(ts_ns), max(duration_ns) FROM events "
-                         "GROUP BY 1 ORDER BY 1")
+    got = _rows(db_path, "SELECT name, count(*), sum(duration_ns), min(ts_ns + base_time_ns), max(duration_ns) "
+                         "FROM events JOIN run_ranks USING (run_id, rank) GROUP BY 1 ORDER BY 1")
     assert got == [tuple(w) for w in want]
     assert _rows(db_path, "SELECT DISTINCT source FROM events") == [("host_api",)]
     # nothing of it reaches kernel statistics (the seed query's filter)
     assert _rows(db_path, "SELECT count(*) FROM events WHERE source = 'cuda'") == [(0,)]
     (base, n_ranks, n) = _rows(db_path, "SELECT base_time_ns, count(*) OVER (), n_events FROM run_ranks")[0]
-    assert (base, n_ranks, n) == (0, 1, rows)  # Unix-epoch ns as recorded
+    assert (base, n_ranks, n) == (_source(path, "SELECT min(timestamp) FROM events")[0][0], 1, rows)
+    assert _rows(db_path, "SELECT min(ts_ns) FROM events") == [(0,)]  # ns since the first event
     notes = json.loads(_rows(db_path, "SELECT notes FROM runs")[0][0])["ranks"]["0"]
     assert notes["events_table_rows"] == notes["events_stored"] == rows
     assert "not GPU kernel executions" in notes["timing"]
@@ -135,9 +136,10 @@ def test_unknown_ops_and_older_columns(tmp_path, db_path):
     (res,) = import_files(db_path, [path], progress=False)
     assert res.n_events == 3
     got = _rows(db_path, "SELECT name, kind, ts_ns, duration_ns, duration_us FROM events ORDER BY event_id")
-    assert got == [("cudaLaunchKernel", "runtime", t, 5_000, 5.0),
-                   ("ingero source 1 op 99", "runtime", t + 10, 7, 0.007),
-                   ("sched_switch", "other", t + 20, 1_000_000, 1000.0)]
+    assert got == [("cudaLaunchKernel", "runtime", 0, 5_000, 5.0),
+                   ("ingero source 1 op 99", "runtime", 10, 7, 0.007),
+                   ("sched_switch", "other", 20, 1_000_000, 1000.0)]
+    assert _rows(db_path, "SELECT base_time_ns FROM run_ranks") == [(t,)]
     notes = json.loads(_rows(db_path, "SELECT notes FROM runs")[0][0])["ranks"]["0"]
     assert notes["unknown_ops"].startswith("1 events")
     assert "stack" not in json.loads(_rows(db_path, "SELECT args FROM events LIMIT 1")[0][0])

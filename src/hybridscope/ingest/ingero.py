@@ -9,7 +9,8 @@ analysis can group them by operation. kind: 'runtime' (CUDA runtime), 'driver' (
 'sync' (the stream/device/context synchronizations of both), 'other' (host kernel, I/O, network).
 
 Every row of `events` becomes one event (the count is checked and any difference is reported);
-`ts_ns` is Ingero's Unix-epoch timestamp as recorded (so `base_time_ns` = 0), `duration_ns` its
+`ts_ns` counts from the first event (ts_ns = timestamp - base_time_ns, where base_time_ns is the
+first event's Unix-epoch timestamp, so epoch = base_time_ns + ts_ns, as for nsys), `duration_ns` its
 duration. Kept in `args`: the Ingero source, arg0/arg1 (bytes, kernel pointer, copy direction:
 see the database's schema_info), the return code, the stack hash (stacks are in the file's
 `stack_traces`), the node and the Ingero event id. `system_snapshots` go to `samples`
@@ -51,13 +52,14 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
                        world_size=meta["world_size"], device_name=meta["device"], versions=meta["versions"],
                        distributed_info=None)
         rows = sq.count("events")
+        base = sq.query_rows("SELECT min(timestamp) FROM events")[0][0] or 0
         out = EventWriter(con, run_id, rank, path)
         with out.progress(ctx.progress, rows, path.name):
-            _write_events(sq, out)
-        n_samples = _samples(con, sq, run_id, rank)
+            _write_events(sq, out, base)
+        n_samples = _samples(con, sq, run_id, rank, base)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=meta["host"],
                         device_name=meta["device"], versions=meta["versions"], distributed_info=None,
-                        base_time_ns=0, n_events=out.n, t_start_ns=out.t_start, t_end_ns=out.t_end)
+                        base_time_ns=base, n_events=out.n, t_start_ns=out.t_start, t_end_ns=out.t_end)
         skipped = {"events rows without timestamp/duration": rows - out.n} if rows != out.n else {}
         notes = {"format": FORMAT, "events_table_rows": rows, "events_stored": out.n, "samples": n_samples,
                  "timing": "host-side API/tracepoint durations (eBPF), not GPU kernel executions: "
@@ -82,7 +84,7 @@ def _check(sq: SqliteFile) -> None:
             raise BadInput(f"{sq.path} is not a readable Ingero database: no {what}")
 
 
-def _write_events(sq: SqliteFile, out: EventWriter) -> None:
+def _write_events(sq: SqliteFile, out: EventWriter, base: int) -> None:
     """`events` in rowid order through `out`: integer columns from SQLite, names and kinds joined
     from `ops`/`sources` in DuckDB, args built there."""
     cols = sq.columns("events")
@@ -91,7 +93,7 @@ def _write_events(sq: SqliteFile, out: EventWriter) -> None:
     src_kind = dict(zip(src_keys.tolist(), (KIND_BY_SOURCE.get(v, "other") for v in src_names)))
     op_kinds = np.array([_kind(src_kind.get(k >> 16, "other"), v) for k, v in zip(op_keys.tolist(), op_names)],
                         dtype=object)
-    ints = {"ts": "timestamp", "dur": "duration", "pid": "pid", "tid": "tid", "src": "source",
+    ints = {"ts": f"timestamp - {int(base)}", "dur": "duration", "pid": "pid", "tid": "tid", "src": "source",
             "code": "source * 65536 + op"}
     ints |= {k: c for k, c in (("gpu", "gpu_id"), ("arg0", "arg0"), ("arg1", "arg1"), ("ret", "ret_code"),
                                ("stack", "stack_hash")) if c in cols}
@@ -123,8 +125,9 @@ def _kind(source_kind: str, op: str) -> str:
     return "sync" if op in SYNC_OPS or "Synchronize" in op else source_kind
 
 
-def _samples(con, sq: SqliteFile, run_id: int, rank: int) -> int:
-    """system_snapshots -> samples (one row per metric and snapshot; a small table)."""
+def _samples(con, sq: SqliteFile, run_id: int, rank: int, base: int) -> int:
+    """system_snapshots -> samples (one row per metric and snapshot; a small table), on the
+    events' clock (ns since `base`)."""
     from hybridscope.store.db import insert_columns
 
     cols = [c for c in SNAPSHOT_METRICS if c in sq.columns("system_snapshots")]
@@ -132,7 +135,7 @@ def _samples(con, sq: SqliteFile, run_id: int, rank: int) -> int:
         return 0
     rows = sq.query_rows(f"SELECT timestamp, {', '.join(cols)} FROM system_snapshots "
                          "WHERE timestamp IS NOT NULL ORDER BY timestamp")
-    ts = np.array([r[0] for r in rows], dtype=np.int64)
+    ts = np.array([r[0] - base for r in rows], dtype=np.int64)
     for i, col in enumerate(cols, start=1):
         insert_columns(con, "samples", {
             "run_id": np.full(len(rows), run_id, dtype=np.int64), "rank": np.full(len(rows), rank, dtype=np.int64),
