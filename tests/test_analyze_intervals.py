@@ -1,6 +1,8 @@
 """Interval arithmetic against hand-computed answers."""
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hybridscope.analyze import intervals
 
@@ -37,3 +39,24 @@ def test_max_concurrency_touching_is_not_overlap():
     assert intervals.max_concurrency([0, 10, 5], [10, 20, 12]) == 2
     assert intervals.max_concurrency([0, 10], [10, 20]) == 1
     assert intervals.max_concurrency([], []) == 0
+
+
+spans = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 20)), max_size=25)
+
+
+def covered(pairs) -> set[int]:
+    return {t for s, d in pairs for t in range(s, s + d)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(spans, spans)
+def test_union_and_intersection_match_brute_force(a, b):
+    ua = intervals.union([s for s, _ in a], [s + d for s, d in a])
+    ub = intervals.union([s for s, _ in b], [s + d for s, d in b])
+    assert intervals.length(ua) == len(covered(a))
+    assert intervals.intersection_length(ua, ub) == len(covered(a) & covered(b))
+    assert (ua[0][1:] > ua[1][:-1]).all()  # disjoint, sorted, not touching
+    g0, g1 = intervals.gaps(ua)
+    if ua[0].size:
+        span = int(ua[1][-1] - ua[0][0])
+        assert intervals.length(ua) + int((g1 - g0).sum()) == span

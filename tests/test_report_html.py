@@ -90,3 +90,21 @@ def test_html_escapes_names(scenario):
     tampered = t.with_rows([(*r[:7], "<script>alert(1)</script>", r[8]) for r in t.rows])
     doc = html.table_html(tampered)
     assert "<script>" not in doc and "&lt;script&gt;" in doc
+
+
+def test_overlap_parts_add_up(scenario):
+    _, rep = scenario
+    for r in rep["overlap"].to_records():
+        assert r["busy_ns"] + r["idle_ns"] == r["window_ns"]
+        assert r["compute_only_ns"] + r["overlapped_ns"] + r["exposed_ns"] == r["busy_ns"]
+        assert r["overlapped_ns"] + r["exposed_ns"] == r["comm_ns"]
+    duty = {r["rank"]: r["busy_ns"] for r in rep["duty_cycle"].to_records()}
+    assert duty == {r["rank"]: r["busy_ns"] for r in rep["overlap"].to_records()}
+
+
+def test_step_stack_adds_up_to_step_gpu_time(scenario):
+    _, rep = scenario
+    total: dict = {}
+    for r in rep["step_stack"].to_records():
+        total[(r["rank"], r["step"])] = total.get((r["rank"], r["step"]), 0) + r["gpu_ns"]
+    assert total == {(r["rank"], r["step"]): r["gpu_ns"] for r in rep["steps"].to_records()}
