@@ -10,9 +10,20 @@ need no reset: attention masks past each sequence's own length).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .config import EngineConfig
+
+
+class LayerCache(NamedTuple):
+    """One layer's cache tensors (None where the layer has none); what a mixer receives."""
+
+    k: torch.Tensor | None
+    v: torch.Tensor | None
+    conv: torch.Tensor | None
+    ssm: torch.Tensor | None
 
 
 class HybridCache:
@@ -40,6 +51,9 @@ class HybridCache:
                     dtype=torch.float32,
                     device=device,
                 )
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.k.get(i), self.v.get(i), self.conv.get(i), self.ssm.get(i))
 
     def reset(self, slot: int) -> None:
         """Zero the recurrent state of ``slot`` (a new request starts from h = 0, empty conv window)."""

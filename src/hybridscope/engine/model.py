@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .cache import HybridCache
+from .cache import HybridCache, LayerCache
 from .config import EngineConfig
 from .moe import FeedForward, MoE
 from .ops import Ops
@@ -121,7 +121,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, (self.hq + 2 * self.hkv) * self.hd, bias=False, **fk)
         self.wo = nn.Linear(self.hq * self.hd, cfg.d_model, bias=False, **fk)
 
-    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: Batch, lc: LayerCache) -> torch.Tensor:
         T = x.shape[0]
         q, k, v = self.wqkv(x).split([self.hq * self.hd, self.hkv * self.hd, self.hkv * self.hd], dim=-1)
         q, k, v = (t.view(T, -1, self.hd) for t in (q, k, v))  # [T, H, D]
@@ -130,7 +130,7 @@ class Attention(nn.Module):
                 _rope(q, batch.positions, self.cfg.rope_theta),
                 _rope(k, batch.positions, self.cfg.rope_theta),
             )
-        kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]  # [slots, Hkv, L, D]
+        kc, vc = lc.k, lc.v  # [slots, Hkv, L, D]
         if batch.decode:
             rows = torch.arange(T, device=x.device)
             kc[rows, :, batch.positions] = k
@@ -195,12 +195,12 @@ class Mamba2Mixer(nn.Module):
         self.norm_weight = nn.Parameter(torch.ones(cfg.d_inner, **fk))
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False, **fk)
 
-    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: Batch, lc: LayerCache) -> torch.Tensor:
         cfg, T = self.cfg, x.shape[0]
         H, P, G, N = cfg.mamba_heads, cfg.mamba_head_dim, cfg.n_groups, cfg.ssm_state
         z, xbc, dt = self.in_proj(x).split([cfg.d_inner, cfg.conv_dim, H], dim=-1)
         dt, A = self.ops.mamba_dt(dt, self.dt_bias, self.A_log)  # [T, H] fp32, [H]
-        conv, ssm = cache.conv[self.layer_idx], cache.ssm[self.layer_idx]
+        conv, ssm = lc.conv, lc.ssm
         if batch.decode:
             xbc = kernels.causal_conv1d_update(conv[:T], xbc, self.conv_weight, self.conv_bias)
             xs, B, C = xbc.split([cfg.d_inner, G * N, G * N], dim=-1)
@@ -240,8 +240,8 @@ class ParallelHybridMixer(nn.Module):
         self.attn = Attention(cfg, layer_idx, ops, **fk)
         self.mamba = Mamba2Mixer(cfg, layer_idx, ops, **fk)
 
-    def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
-        return self.ops.add(self.attn(x, batch, cache), self.mamba(x, batch, cache))
+    def forward(self, x: torch.Tensor, batch: Batch, lc: LayerCache) -> torch.Tensor:
+        return self.ops.add(self.attn(x, batch, lc), self.mamba(x, batch, lc))
 
 
 class DenseMLP(FeedForward):
@@ -265,10 +265,18 @@ class HybridBlock(nn.Module):
         else:
             self.mlp = DenseMLP(cfg.d_model, cfg.d_ff, cfg.activation, ops, **fk)
 
+        self.compiled_sublayer = None  # set by HybridModel.compile_decode
+
     def forward(self, x: torch.Tensor, batch: Batch, cache: HybridCache) -> torch.Tensor:
+        fast = batch.decode and self.compiled_sublayer is not None
+        return (self.compiled_sublayer if fast else self.sublayer)(x, batch, cache.layer(self.layer_idx))
+
+    def sublayer(self, x: torch.Tensor, batch: Batch, lc: LayerCache) -> torch.Tensor:
+        """The block's math on its own cache tensors (no layer index inside: one compiled graph serves
+        every layer of a kind)."""
         h = self.norm(x)
         if self.char in _MIXERS:
-            return self.ops.add(x, self.mixer(h, batch, cache))
+            return self.ops.add(x, self.mixer(h, batch, lc))
         return self.ops.add(x, self.moe(h) if self.char == "E" else self.mlp(h))
 
 
@@ -291,6 +299,20 @@ class HybridModel(nn.Module):
         if not (all_logits or batch.decode):
             x = x[batch.last_idx]
         return self.lm_head(self.norm_f(x))
+
+    def compile_decode(self, backend: str = "inductor") -> None:
+        """torch.compile each block's sublayer for the dense decode path (static shapes per batch and KV
+        bucket; prefill stays eager). Inductor fuses the element-wise work between the GEMMs and the
+        Mamba2 Triton kernels. Explicit, logged, GPU only; the engine captures the result in graphs."""
+        import logging
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 4096
+        )
+        for block in self.layers:
+            block.compiled_sublayer = torch.compile(block.sublayer, dynamic=False, backend=backend)
+        logging.getLogger("hybridscope.engine").info("decode: torch.compile per block sublayer")
 
     def new_cache(self, max_batch: int | None = None, max_seq_len: int | None = None) -> HybridCache:
         cfg = self.cfg

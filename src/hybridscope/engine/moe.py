@@ -97,7 +97,15 @@ class Router(nn.Module):
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
     """x [M, K] rows grouped by expert (group e ends at offs[e]); w [E, N, K] -> [M, N].
-    Rows past offs[-1] are left undefined (callers mask them)."""
+    Rows past offs[-1] are left undefined (callers mask them).
+
+    ``torch._grouped_mm``: one CUTLASS grouped GEMM on CUDA (bf16), a C++ loop on CPU. Its CUDA path
+    for other dtypes copies offsets to the host (no CUDA graph), so fp32/fp16 on CUDA (small test
+    models) multiply each row by its own expert's matrix instead: exact, graph-safe, not fast."""
+    if x.is_cuda and x.dtype != torch.bfloat16:
+        rows = torch.arange(x.shape[0], device=x.device, dtype=offs.dtype)
+        e = torch.searchsorted(offs, rows, right=True).clamp_(max=w.shape[0] - 1)
+        return torch.bmm(w[e], x[:, :, None])[:, :, 0]  # [M, N, K] @ [M, K, 1]
     return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
 
 
@@ -170,7 +178,8 @@ class MoE(nn.Module):
             order, kept, keep, dropped = self.ops.plan_rows(
                 r.ids, self.router.load, self.capacity_factors, self.drops
             )
-            self.dropped.copy_(dropped)
+            if self.drops:
+                self.dropped.copy_(dropped)
             xl, offs, ctx = self.dispatcher.dispatch(x[order // self.top_k], kept)  # rows sorted by expert
         with record_function("moe.experts"):
             yl = self.experts(xl, offs)

@@ -93,7 +93,7 @@ class Engine:
         max_batch: int | None = None,
         max_seq_len: int | None = None,
         cuda_graphs: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         max_prefill_tokens: int = 4096,
         temperature: float = 0.0,
         seed: int = 0,
@@ -119,8 +119,12 @@ class Engine:
         if cuda_graphs and (self.device.type != "cuda" or ep):
             raise ValueError("cuda_graphs needs a CUDA model without expert parallelism")
         self.cuda_graphs = cuda_graphs
-        if compile:
-            model.ops.compile()
+        if compile not in (False, None, True, "ops", "decode"):
+            raise ValueError(f"compile must be False, 'ops' or 'decode', got {compile!r}")
+        if compile in (True, "ops"):
+            model.ops.compile()  # element-wise stretches fused, everything else eager
+        elif compile == "decode":
+            model.compile_decode()  # whole block sublayers compiled for the dense decode path
         log.info(
             "engine: %s on %s, cuda_graphs=%s, slots=%d", cfg.name, self.device, cuda_graphs, self.max_batch
         )
