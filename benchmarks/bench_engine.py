@@ -75,9 +75,9 @@ def decode_bytes(model, context: int, batch: int = 1) -> dict[str, int]:
     return {"weights": w, "ssm_state": ssm, "conv_state": conv, "kv_cache": kv, "total": w + ssm + conv + kv}
 
 
-def engine_decode_rate(model, batch: int, n1: int, n2: int, compile_ops: bool = False) -> dict:
+def engine_decode_rate(model, batch: int, n1: int, n2: int, compile_mode=False) -> dict:
     """Decode tokens/s of the engine (CUDA graphs) by the N2 - N1 difference; also the step p50."""
-    eng = Engine(model, max_batch=batch, max_seq_len=PROMPT + n2 + 8, compile=compile_ops)
+    eng = Engine(model, max_batch=batch, max_seq_len=PROMPT + n2 + 8, compile=compile_mode)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, model.cfg.vocab_size, (PROMPT,), generator=g).tolist() for _ in range(batch)]
 
@@ -101,15 +101,16 @@ def engine_decode_rate(model, batch: int, n1: int, n2: int, compile_ops: bool = 
     }
 
 
-def graph_step_time(model, context: int, batch: int = 1, iters: int = 50, compile_ops: bool = False) -> float:
-    """Seconds per replay of the captured dense decode graph at ``context`` tokens (no sampling)."""
-    eng = Engine(model, max_batch=batch, max_seq_len=context + 64, compile=compile_ops)
+def decode_step(
+    model, context: int, batch: int = 1, iters: int = 50, compile_mode=False, kernels: bool = True
+):
+    """Seconds per replay of the captured dense decode graph at ``context`` tokens (no sampling), and
+    (``kernels``) the replay's GPU kernels from Kineto: count, summed kernel time, top 12 by time."""
+    eng = Engine(model, max_batch=batch, max_seq_len=context + 64, compile=compile_mode)
     g = torch.Generator().manual_seed(1)
+    vocab = model.cfg.vocab_size
     eng.submit(
-        [
-            Request(i, torch.randint(1, model.cfg.vocab_size, (context,), generator=g).tolist(), 32)
-            for i in range(batch)
-        ]
+        [Request(i, torch.randint(1, vocab, (context,), generator=g).tolist(), 32) for i in range(batch)]
     )
     for _ in range(4):  # prefill, then decode steps (captures the graph)
         eng.step()
@@ -122,7 +123,32 @@ def graph_step_time(model, context: int, batch: int = 1, iters: int = 50, compil
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
+    out = {"step_s": start.elapsed_time(end) / 1e3 / iters}
+    if kernels:
+        out.update(kernel_breakdown(graph))
+    return out
+
+
+def kernel_breakdown(graph, replays: int = 3) -> dict:
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    evs = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    by_name: dict[str, list[float]] = {}
+    for e in evs:
+        by_name.setdefault(e.name, []).append(
+            e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time
+        )
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+    return {
+        "kernels_per_step": len(evs) / replays,
+        "kernel_time_per_step_s": sum(sum(v) for v in by_name.values()) / replays / 1e6,
+        "top_kernels_us_per_step": [(k[:90], len(v) // replays, round(sum(v) / replays, 1)) for k, v in top],
+    }
 
 
 def hf_config(cfg: EngineConfig):
@@ -229,16 +255,15 @@ def section(results: dict, name: str, fn, deadline: float):
 
 
 def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None:
-    """(b), (a) for the engine, (c), then (b) with compiled ops; the model is freed on return."""
-    t = time.monotonic()
+    """Eager-op sections first (b, a, c), then the compiled-decode variants; the model is freed on return."""
     model = build_model(cfg, "cuda")
-    res["build_s"], res["params"] = round(time.monotonic() - t, 1), sum(p.numel() for p in model.parameters())
-    section(
-        res,
-        "roofline_b1_ctx512",
-        lambda: {"step_s": graph_step_time(model, PROMPT), **decode_bytes(model, PROMPT)},
-        deadline,
-    )
+    torch.cuda.synchronize()
+    res["params"] = sum(p.numel() for p in model.parameters())
+
+    def roofline(ctx: int, mode=False) -> dict:
+        return {**decode_step(model, ctx, compile_mode=mode), **decode_bytes(model, ctx)}
+
+    section(res, "roofline_b1_ctx512", lambda: roofline(PROMPT), deadline)
     for b in (1, 8):
         section(
             res, f"engine_decode_b{b}", lambda b=b: engine_decode_rate(model, b, args.n1, args.n2), deadline
@@ -248,19 +273,18 @@ def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None
         gc.collect()
         torch.cuda.empty_cache()
     section(res, "memory_vs_context", lambda: memory_table(cfg, [1024, 4096, 16384, 65536, 131072]), deadline)
-    section(
-        res,
-        "roofline_b1_ctx4032",
-        lambda: {"step_s": graph_step_time(model, 4032), **decode_bytes(model, 4032)},
-        deadline,
-    )
+    section(res, "roofline_b1_ctx4032", lambda: roofline(4032), deadline)
     section(res, "engine_decode_b32", lambda: engine_decode_rate(model, 32, args.n1, args.n2), deadline)
-    section(
-        res,
-        "roofline_b1_ctx512_compiled",
-        lambda: {"step_s": graph_step_time(model, PROMPT, compile_ops=True), **decode_bytes(model, PROMPT)},
-        deadline,
-    )
+    # compiled decode (torch.compile per block sublayer, then CUDA graphs): from here on the model's
+    # dense decode runs compiled code
+    section(res, "roofline_b1_ctx512_compiled", lambda: roofline(PROMPT, "decode"), deadline)
+    for b in (1, 8, 32):
+        section(
+            res,
+            f"engine_decode_b{b}_compiled",
+            lambda b=b: engine_decode_rate(model, b, args.n1, args.n2, "decode"),
+            deadline,
+        )
 
 
 def main() -> None:
@@ -303,16 +327,20 @@ def render(res: dict) -> str:
     ]
     lines += ["| decode, batch | engine tok/s | HF NemotronH tok/s | speed-up |", "|---|---|---|---|"]
     hf = res.get("hf_decode", {})
-    for b in (1, 8, 32):
-        e = res.get(f"engine_decode_b{b}", {})
+    rows = [(b, f"engine_decode_b{b}") for b in (1, 8, 32)]
+    rows += [(b, f"engine_decode_b{b}_compiled") for b in (1, 8, 32)]
+    for b, key in rows:
+        e = res.get(key, {})
         h = hf.get(b) or hf.get(str(b)) or {}
         et, ht = e.get("tok_s"), h.get("tok_s")
-        lines.append(f"| {b} | {et:.0f} | " if et else f"| {b} | {e} | ")
+        label = f"{b} (compiled decode)" if key.endswith("compiled") else str(b)
+        lines.append(f"| {label} | {et:.0f} | " if et else f"| {label} | {e} | ")
         lines[-1] += f"{ht:.1f} | {et / ht:.1f}x |" if (et and ht) else "- | - |"
     lines += [
         "",
-        "| batch-1 decode | context | bytes/step (GB) | roofline (ms) | measured (ms) | ratio |",
-        "|---|---|---|---|---|---|",
+        "| batch-1 decode | context | bytes/step (GB) | roofline (ms) | measured (ms) | ratio | kernels/step "
+        "| kernel busy (ms) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(k for k in res if k.startswith("roofline")):
         r = res[key]
@@ -320,10 +348,11 @@ def render(res: dict) -> str:
             roof = r["total"] / (bw * 1e9)
             lines.append(
                 f"| {key} | {key.split('ctx')[1].split('_')[0]} | {r['total'] / 1e9:.2f} | "
-                f"{roof * 1e3:.2f} | {r['step_s'] * 1e3:.2f} | {r['step_s'] / roof:.2f}x |"
+                f"{roof * 1e3:.2f} | {r['step_s'] * 1e3:.2f} | {r['step_s'] / roof:.2f}x | "
+                f"{r.get('kernels_per_step', '-')} | {r.get('kernel_time_per_step_s', 0) * 1e3:.2f} |"
             )
         else:
-            lines.append(f"| {key} | - | - | - | {r} | - |")
+            lines.append(f"| {key} | - | - | - | {str(r)[:200]} | - | - | - |")
     lines += [
         "",
         "| context | requests | KV cache (MiB) | SSM state (MiB) | conv state (MiB) | measured alloc (MiB) |",
