@@ -46,6 +46,7 @@ _BRACKET = np.zeros(256, bool)
 _BRACKET[list(b"{}[]")] = True
 # keys whose numbers become strings
 _WINDOW = 24  # bytes looked at to find where a number ends (a ts has ~21)
+_PAD = _WINDOW + 8  # spare bytes kept past the data, so that every window stays in the buffer
 NUMBER_KEYS = (b"ts", b"dur")
 
 
@@ -80,52 +81,67 @@ class EventSlices:
             self.on_progress(self._raw.tell())
         return data
 
-    def __iter__(self) -> Iterator[bytes]:
+    def _fill(self, f, buf: bytearray, size: int) -> tuple[bytearray, int, bool]:
+        """Read up to one chunk into `buf` after `size` bytes (decompressing straight into it);
+        return the buffer (grown if needed), the new size and whether the input is exhausted."""
+        want = self.chunk_bytes
+        if size + want + _PAD > len(buf):
+            buf.extend(bytes(size + want + _PAD - len(buf)))
+        got = 0
+        try:
+            with memoryview(buf) as view, view[size:size + want] as room:
+                while got < want and (n := f.readinto(room[got:])):
+                    got += n
+        except (OSError, EOFError, zlib.error) as e:
+            raise BadInput(f"{self.path}: truncated or corrupt gzip data ({e})") from None
+        if self.on_progress is not None:
+            self.on_progress(self._raw.tell())
+        return buf, size + got, got < want
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         with self._open() as f:
             try:
                 yield from self._slices(f)
             finally:
                 self._raw.close()
 
-    def _slices(self, f) -> Iterator[bytes]:
-        header, buf = self._header(f)
+    def _slices(self, f) -> Iterator[bytes | memoryview]:
+        """Yield the inside of the array (events without the brackets), slice by slice. A
+        memoryview yielded is valid until the next item is asked for."""
+        header, rest = self._header(f)
         try:  # best effort: lets the importer know the rank early; `meta` is the checked version
             head = orjson.loads(header + b'"traceEvents": null}')
             self.head_meta = head if isinstance(head, dict) else {}
         except orjson.JSONDecodeError:
             pass
-        pattern = _boundary_pattern(buf)
+        pattern = _boundary_pattern(rest)
+        buf = bytearray(len(rest) + 2 * self.chunk_bytes + _PAD)
+        size = len(rest)
+        buf[:size] = rest
+        del rest
         eof = False
         while True:
-            parts = [buf]
-            size = len(buf)
             while size < self.chunk_bytes and not eof:
-                data = self._read(f, self.chunk_bytes)
-                eof = not data
-                parts.append(data)
-                size += len(data)
-            buf = b"".join(parts)
-            cut = -1 if (self.careful or eof or pattern is None) else buf.rfind(pattern)
+                buf, size, eof = self._fill(f, buf, size)
+            cut = -1 if (self.careful or eof or pattern is None) else buf.rfind(pattern, 0, size)
             if cut >= 0:
                 end = cut + len(pattern) // 2  # just past the event's closing brace
-                yield quote_numbers(buf[:end])
-                buf = buf[end + 1:]  # drop the comma
-                continue
-            end, nxt, closed = scan_elements(buf, self.path)
+                nxt, closed = end + 1, False  # past the comma
+            else:
+                end, nxt, closed = scan_elements(buf, size, self.path)
             if end > 0:
-                yield quote_numbers(buf[:end])
+                yield from _quoted(buf, end)
             if closed:
-                self.meta = self._finish(f, header, buf[nxt:])
+                self.meta = self._finish(f, header, bytes(buf[nxt:size]))
                 return
-            if eof:
+            if cut < 0 and eof:
                 raise BadInput(f"{self.path}: the traceEvents array never closes (truncated file?)")
-            if end <= 0 and len(buf) > 64 * self.chunk_bytes:
-                raise BadInput(f"{self.path}: one trace event is larger than {len(buf) >> 20} MB")
-            buf = buf[nxt:]
-            if end <= 0:  # not one whole event yet: read more before scanning again
-                more = self._read(f, self.chunk_bytes)
-                eof = not more
-                buf += more
+            if end <= 0 and size > 64 * self.chunk_bytes:
+                raise BadInput(f"{self.path}: one trace event is larger than {size >> 20} MB")
+            buf[: size - nxt] = buf[nxt:size]  # the rest moves to the front; the buffer keeps its size
+            size -= nxt
+            if end <= 0 and not eof:  # not one whole event yet: read more before scanning again
+                buf, size, eof = self._fill(f, buf, size)
 
     def _header(self, f) -> tuple[bytes, bytes]:
         buf = b""
@@ -173,13 +189,13 @@ def _boundary_pattern(buf: bytes) -> bytes | None:
     return indent + b"}," + indent + b"{"
 
 
-def scan_elements(buf: bytes, path: Path) -> tuple[int, int, bool]:
-    """Bracket-depth scan of `buf`, which starts inside the array between elements.
+def scan_elements(buf: bytearray, size: int, path: Path) -> tuple[int, int, bool]:
+    """Bracket-depth scan of `buf[:size]`, which starts inside the array between elements.
 
     Returns (end, next, closed): `buf[:end]` holds whole elements (end 0: none complete),
     `buf[next:]` is what follows (the next element, or after the array's `]` when `closed`).
     """
-    a = np.frombuffer(buf, np.uint8)
+    a = np.frombuffer(buf, np.uint8, count=size)
     quotes = _unescaped_quotes(a)
     # one compare finds { } [ ] (0x7B 0x7D 0x5B 0x5D, equal but for bits 0x20 0x04 0x02), with
     # Y _ y DEL, which the exact check drops; then those inside strings are dropped
@@ -194,7 +210,7 @@ def scan_elements(buf: bytes, path: Path) -> tuple[int, int, bool]:
         stop = brackets[out[0]]
         top = np.flatnonzero(depth[: out[0]] == 0)
     else:
-        stop = len(buf)
+        stop = size
         top = np.flatnonzero(depth == 0)
     if closed:
         last = brackets[top[-1]] + 1 if top.size else 0
@@ -202,7 +218,7 @@ def scan_elements(buf: bytes, path: Path) -> tuple[int, int, bool]:
             raise BadInput(f"{path}: malformed traceEvents array (a value that is not an object?)")
         return last, int(stop) + 1, True
     for end in (brackets[top[-2:]] + 1)[::-1].tolist():
-        comma = buf.find(b",", end)
+        comma = buf.find(b",", end, size)
         if comma < 0:  # the buffer's last element may be followed by `]` not read yet
             continue
         if buf[end:comma].strip(b" \t\r\n"):
@@ -226,62 +242,85 @@ def _unescaped_quotes(a: np.ndarray) -> np.ndarray:
     return np.setdiff1d(q, np.asarray(escaped, dtype=q.dtype), assume_unique=True)
 
 
-def quote_numbers(piece: bytes) -> bytes:
-    """`piece` (whole events, comma separated) as a JSON array in which the numbers of NUMBER_KEYS
-    are strings: `"ts": 1.5, "dur": 2,\n` -> `"ts":"1.5","dur":"2",\n`.
+def _quoted(buf: bytearray, end: int) -> Iterator[bytes | memoryview]:
+    """`buf[:end]` with its ts/dur numbers quoted (see quote_in_place), as one item."""
+    replaced = quote_in_place(buf, end)
+    if replaced is not None:
+        yield replaced
+        return
+    view = memoryview(buf)[:end]
+    try:
+        yield view
+    finally:
+        view.release()
 
-    In place when the number has whitespace before it and whitespace (or a comma then whitespace)
-    after it, as Kineto and json.dumps write it: the whitespace becomes the quotes, nothing moves.
-    Otherwise (compact JSON) the quotes are inserted, which copies the slice.
+
+def quote_in_place(buf: bytearray, end: int) -> bytes | None:
+    """Turn the numbers of NUMBER_KEYS in `buf[:end]` (whole events) into JSON strings:
+    `"ts": 1.5, "dur": 2,\n` -> `"ts":"1.5","dur":"2",\n`.
+
+    In place when each number has whitespace before it and whitespace (or a comma then
+    whitespace) after it, as Kineto and json.dumps write it: the whitespace becomes the quotes,
+    nothing moves, and None is returned. Otherwise (compact JSON) the quotes are inserted into a
+    copy, which is returned. Byte patterns are matched on 8-byte windows read as integers (one
+    gather per colon, no per-byte passes). `buf` must hold _PAD bytes past `end`.
     """
-    buf = bytearray(len(piece) + 2)
-    buf[0], buf[1:-1], buf[-1] = 0x5B, piece, 0x5D
     a = np.frombuffer(buf, np.uint8)
-    colons = np.flatnonzero(a == COLON)
-    colons = colons[(colons >= 6) & (colons < a.size - 3)]
-    colons = colons[a[colons - 1] == QUOTE]
+    windows = np.lib.stride_tricks.sliding_window_view(a, 8)
+    colons = np.flatnonzero(a[:end] == COLON)
     found = []
     for key in NUMBER_KEYS:
-        k = len(key)
-        hit = a[colons - k - 2] == QUOTE
-        for i, ch in enumerate(key):
-            hit &= a[colons - k - 1 + i] == ch
-        keyed = colons[hit]
+        k = len(key)  # window: [byte before the key] " key " : [3 - k bytes not looked at]
+        cc = colons[colons >= k + 3]
+        w = windows[cc - k - 3].copy().view("<u8").ravel()
+        pattern = b"\0" + b'"' + key + b'":' + b"\0" * (4 - k)
+        mask = b"\0" + b"\xff" * (k + 3) + b"\0" * (4 - k)
+        keyed = cc[(w & _u64(mask)) == _u64(pattern)]
         found.append(keyed[_BEFORE_KEY[a[keyed - k - 3]]])  # a key, not the end of a string's text
     c = np.concatenate(found)
     if not c.size:
-        return bytes(buf)
+        return None
     spaced = _SPACE[a[c + 1]] & _NUMBER[a[c + 2]]
     tight = _NUMBER[a[c + 1]]
     start = np.where(spaced, c + 2, c + 1)[spaced | tight]
     spaced = spaced[spaced | tight]
-    end = _run_ends(a, start)
-    after = a[end]
-    nxt = a[np.minimum(end + 1, a.size - 1)]
+    stop = _run_ends(a, start)
+    after, nxt = a[stop], a[stop + 1]
     ws_after = _SPACE[after]
     comma_ws = (after == ord(",")) & _SPACE[nxt]
     easy = spaced & (ws_after | comma_ws)
     a[start[easy] - 1] = QUOTE
-    a[end[easy & ws_after]] = QUOTE
-    cw = end[easy & comma_ws]
+    a[stop[easy & ws_after]] = QUOTE
+    cw = stop[easy & comma_ws]
     a[cw] = QUOTE
     a[cw + 1] = ord(",")
     if easy.all():
-        return bytes(buf)
+        return None
     hard = ~easy
     at = np.empty(2 * int(hard.sum()), np.int64)
-    at[0::2], at[1::2] = start[hard], end[hard]
-    return np.insert(a, at, QUOTE).tobytes()
+    at[0::2], at[1::2] = start[hard], stop[hard]
+    return np.insert(a[:end], at, QUOTE).tobytes()
+
+
+def quote_numbers(piece: bytes) -> bytes:
+    """`piece` (whole events) as a JSON array with its ts/dur numbers quoted (for tests)."""
+    buf = bytearray(piece) + bytearray(_PAD)
+    replaced = quote_in_place(buf, len(piece))
+    return b"[" + (replaced if replaced is not None else bytes(buf[: len(piece)])) + b"]"
+
+
+def _u64(pattern: bytes) -> np.uint64:
+    return np.frombuffer(pattern, "<u8")[0]
 
 
 def _run_ends(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """For each index in `starts` (a number character), the index just past its number: a
-    window of bytes per start rather than a pass over the whole slice (numbers are short)."""
-    cols = np.arange(_WINDOW)
-    isnum = _NUMBER[a[np.minimum(starts[:, None] + cols, a.size - 1)]]
-    length = np.argmin(isnum, axis=1)  # the last byte is `]`, so every number ends somewhere
-    long = np.flatnonzero(isnum.all(axis=1))
-    for i in long.tolist():  # a number longer than the window: rare, so found one by one
+    window of bytes per start rather than a pass over the whole slice (numbers are short).
+    `a` must extend at least _WINDOW bytes past the last number (the buffers keep _PAD spare)."""
+    win = np.lib.stride_tricks.sliding_window_view(a, _WINDOW)[starts]
+    isnum = _NUMBER[win]
+    length = np.argmin(isnum, axis=1)
+    for i in np.flatnonzero(isnum.all(axis=1)).tolist():  # longer than the window: rare
         j = int(starts[i])
         while _NUMBER[a[j]]:
             j += 1

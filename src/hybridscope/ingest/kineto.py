@@ -288,7 +288,7 @@ def _tally(con, skipped: dict[str, int], threads: dict[str, str]) -> None:
         threads[key] = label
 
 
-def _written_ahead(slices: Iterable[bytes], folder: Path) -> Iterator[Path]:
+def _written_ahead(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator[Path]:
     """Yield the slices written to files by a worker thread that stays up to two slices ahead,
     so that reading, decompressing and cutting overlap with DuckDB's parsing."""
     q: queue.Queue = queue.Queue(maxsize=2)
@@ -300,7 +300,10 @@ def _written_ahead(slices: Iterable[bytes], folder: Path) -> Iterator[Path]:
                 if stop.is_set():
                     return
                 p = folder / f"slice{i}.json"
-                p.write_bytes(data)
+                with open(p, "wb") as f:  # the slice is the inside of the array
+                    f.write(b"[")
+                    f.write(data)
+                    f.write(b"]")
                 q.put(p)
             q.put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
