@@ -142,10 +142,17 @@ def _summary_notes(notes: dict) -> tuple[str, ...]:
 def write_events(rep: NsysReport, out: EventWriter) -> None:
     """Every table the export has, through `out`; counts, skips and notes land in `rep`."""
     pids = _processes(rep)
-    rep.multi_process = len(pids) > 1
+    # Per-process correlation ids need the process of every row that carries one.
+    ids_known = all(g in rep.sq.columns(t) for t, g in _CORRELATED if "correlationId" in rep.sq.columns(t))
+    rep.multi_process = len(pids) > 1 and ids_known
     if rep.multi_process:
         rep.notes["correlation"] = (
             f"{len(pids)} processes in one report: correlation = pid * 2**32 + CUPTI correlationId"
+        )
+    elif len(pids) > 1:
+        rep.notes["correlation"] = (
+            f"{len(pids)} processes in one report, but a table lacks globalPid/globalTid: CUPTI correlation "
+            "ids kept as recorded, so two processes' launches may share one"
         )
     for reader in (_kernels, _memcpy, _memset, _graphs, _runtime, _syncs, _nvtx):
         reader(rep, out)
@@ -381,10 +388,12 @@ def _api_kind(name: str) -> str:
     return "driver" if name.startswith("cu") and not name.startswith("cuda") else "runtime"
 
 
+_CORRELATED = ((KERNEL, "globalPid"), (MEMCPY, "globalPid"), (MEMSET, "globalPid"), (GRAPH, "globalPid"),
+               (SYNC, "globalPid"), (RUNTIME, "globalTid"))
+
+
 def _processes(rep: NsysReport) -> set[int]:
-    parts = [f"SELECT DISTINCT {PID.format(g=g)} FROM {t}" for t, g in
-             ((KERNEL, "globalPid"), (MEMCPY, "globalPid"), (MEMSET, "globalPid"), (RUNTIME, "globalTid"))
-             if g in rep.sq.columns(t)]
+    parts = [f"SELECT DISTINCT {PID.format(g=g)} FROM {t}" for t, g in _CORRELATED if g in rep.sq.columns(t)]
     if not parts:
         return set()
     return {r[0] for r in rep.sq.query_rows(" UNION ".join(parts)) if r[0] is not None}
