@@ -207,7 +207,8 @@ def main() -> None:
         results["workloads"].append(measure("hf_nemotron_h generate bs8 p512 n32", model,
                                             hf_workload(model), args.reps, tmp / "hf.duckdb", deadline))
         results["conversion"] = conversion_paths(VARIANTS["torch_profiler_cuda"].last, tmp)
-        print(json.dumps(results, indent=1), flush=True)
+        args.out.write_text(json.dumps(results, indent=1))  # kept if the engine part runs out of time
+        report(results)
         del model
         torch.cuda.empty_cache()
         if not args.skip_engine and time.monotonic() < deadline - 60:
@@ -216,6 +217,10 @@ def main() -> None:
                                                 engine_workload(model), args.reps, tmp / "engine.duckdb",
                                                 deadline + 60))
     args.out.write_text(json.dumps(results, indent=1))
+    report(results)
+
+
+def report(results: dict) -> None:
     for w in results["workloads"]:
         print(f"\n{w['workload']} ({w['reps']} reps)")
         for k, v in w["variants"].items():
