@@ -92,11 +92,13 @@ def engine_decode_rate(model, batch: int, n1: int, n2: int, compile_mode=False) 
     timed(n2)  # warm-up: captures every graph this workload needs
     t1, t2 = timed(n1), timed(n2)
     steps = sorted(s.latency for s in eng.steps if s.kind == "decode")
+    tokens = [r.tokens for r in sorted(eng.finished, key=lambda r: r.rid)]
     return {
         "tok_s": batch * (n2 - n1) / (t2 - t1),
         "t_n1": t1,
         "t_n2": t2,
         "decode_step_p50_ms": 1e3 * steps[len(steps) // 2],
+        "tokens": tokens,
         "graphs": len(eng.graphs),
     }
 
@@ -334,12 +336,18 @@ def render(res: dict) -> str:
         h = hf.get(b) or hf.get(str(b)) or {}
         et, ht = e.get("tok_s"), h.get("tok_s")
         label = f"{b} (compiled decode)" if key.endswith("compiled") else str(b)
+        if key.endswith("compiled") and e.get("tokens") and res.get(f"engine_decode_b{b}", {}).get("tokens"):
+            ref = [t for r in res[f"engine_decode_b{b}"]["tokens"] for t in r]
+            got = [t for r in e["tokens"] for t in r]
+            label += f", {sum(x == y for x, y in zip(ref, got)) / len(ref):.0%} tokens = eager"
         lines.append(f"| {label} | {et:.0f} | " if et else f"| {label} | {e} | ")
         lines[-1] += f"{ht:.1f} | {et / ht:.1f}x |" if (et and ht) else "- | - |"
     lines += [
         "",
-        "| batch-1 decode | context | bytes/step (GB) | roofline (ms) | measured (ms) | ratio | kernels/step "
-        "| kernel busy (ms) |",
+        (
+            "| batch-1 decode | context | bytes/step (GB) | roofline (ms) | measured (ms) | ratio | kernels/step "
+            "| kernel busy (ms) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(k for k in res if k.startswith("roofline")):

@@ -28,8 +28,11 @@ def test_cached_decode_equals_full_forward(overrides):
     for i, n in enumerate(lens):
         torch.testing.assert_close(first[i], ref[i][n - 1], rtol=1e-4, atol=1e-5)
     # third sequence catches up with a 4-token chunk while the others decode one token: a mixed step
-    mixed = model(torch.cat([seqs[0, L:L + 1], seqs[1, L:L + 1], seqs[2, L - 4:L]]),
-                  Batch.packed([2, 0, 5], [L, L, L - 4], [1, 1, 4], "cpu"), cache)
+    mixed = model(
+        torch.cat([seqs[0, L : L + 1], seqs[1, L : L + 1], seqs[2, L - 4 : L]]),
+        Batch.packed([2, 0, 5], [L, L, L - 4], [1, 1, 4], "cpu"),
+        cache,
+    )
     torch.testing.assert_close(mixed[0], ref[0][L], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixed[2], ref[2][L - 1], rtol=1e-4, atol=1e-5)
     # dense decode on slots 0..5 (slots 1, 3, 4 idle padding): sequences 1 (slot 0) and 2 (slot 5)
@@ -53,7 +56,11 @@ def test_presets_build_with_the_named_module_tree(name):
         sub = block.mixer if ch in "M*P" else (block.moe if ch == "E" else block.mlp)
         assert type(sub).__name__ == kinds[ch]
         assert type(block.norm).__name__ == "RMSNorm"
-    assert [type(m).__name__ for m in (model.embed, model.norm_f, model.lm_head)] == ["Embedding", "RMSNorm", "LMHead"]
+    assert [type(m).__name__ for m in (model.embed, model.norm_f, model.lm_head)] == [
+        "Embedding",
+        "RMSNorm",
+        "LMHead",
+    ]
 
 
 def test_nemotron_mini_keeps_the_real_pattern():
@@ -69,8 +76,17 @@ def test_seeded_init_is_deterministic_and_seed_dependent():
     assert not torch.equal(a["layers.0.mixer.in_proj.weight"], c["layers.0.mixer.in_proj.weight"])
 
 
-@pytest.mark.parametrize("bad", [{"pattern": "MX"}, {"n_kv_heads": 3}, {"router": "topk"}, {"top_k": 9},
-                                 {"skew_experts": (8,)}, {"dtype": "int8"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"pattern": "MX"},
+        {"n_kv_heads": 3},
+        {"router": "topk"},
+        {"top_k": 9},
+        {"skew_experts": (8,)},
+        {"dtype": "int8"},
+    ],
+)
 def test_bad_config_is_one_clear_error(bad):
     with pytest.raises(ValueError, match="EngineConfig"):
         EngineConfig.from_preset("tiny", **bad)
@@ -83,5 +99,35 @@ def test_memory_breakdown_kv_grows_state_flat():
     # tiny "ME*EP-ME": KV in 2 layers (*, P), SSM state in 3 (M, P, M); fp32
     assert cache.kv_bytes_per_token == 2 * 2 * 2 * 16 * 4  # layers x (K, V) x kv heads x head_dim x 4 B
     assert large["kv_cache_used"] - small["kv_cache_used"] == 180 * cache.kv_bytes_per_token
-    assert large["ssm_state_used"] == small["ssm_state_used"] == 2 * 3 * 4 * 16 * 16 * 4  # requests x layers x H x P x N
+    assert (
+        large["ssm_state_used"] == small["ssm_state_used"] == 2 * 3 * 4 * 16 * 16 * 4
+    )  # requests x layers x H x P x N
     assert small["kv_cache_allocated"] == 2 * 2 * 4 * 2 * 128 * 16 * 4
+
+
+def test_compiled_decode_traces_whole_blocks_and_matches_eager():
+    """Dynamo traces every block kind without a graph break, one graph per kind (not per layer), and the
+    traced decode equals eager (backend='eager': same graphs, no code generation on CPU)."""
+    import torch._dynamo
+
+    model = build_model(
+        EngineConfig.from_preset("tiny", dtype="bfloat16")
+    )  # the grouped GEMM's fake impl wants bf16
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def run():
+        cache = model.new_cache()
+        outs = [model(ids[:, :10].reshape(-1), Batch.packed([0, 1], [0, 0], [10, 10], "cpu"), cache)]
+        for t in (10, 11):
+            outs.append(model(ids[:, t], Batch.dense_decode(torch.tensor([t, t]), 32), cache))
+        return outs
+
+    ref = run()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model.compile_decode(backend="eager")
+    for a, b in zip(ref, run()):
+        assert torch.equal(a, b)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(set(model.cfg.pattern))
+    torch._dynamo.reset()

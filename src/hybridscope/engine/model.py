@@ -311,7 +311,8 @@ class HybridModel(nn.Module):
             torch._dynamo.config.accumulated_cache_size_limit, 4096
         )
         for block in self.layers:
-            block.compiled_sublayer = torch.compile(block.sublayer, dynamic=False, backend=backend)
+            if block.compiled_sublayer is None:
+                block.compiled_sublayer = torch.compile(block.sublayer, dynamic=False, backend=backend)
         logging.getLogger("hybridscope.engine").info("decode: torch.compile per block sublayer")
 
     def new_cache(self, max_batch: int | None = None, max_seq_len: int | None = None) -> HybridCache:
