@@ -92,17 +92,24 @@ def test_comm_overlap():
     assert adv.comm_overlap(ov(4.9), exposed_pct=5.0) is None
 
 
-def sites(idle):
-    return tab("gap_sites", before=["moe_comm"], after=["mamba"], n_gaps=[10], idle_ns=[idle], p50_ns=[1.0],
-               p99_ns=[2.0])
+def sites(idle, others=((10, 20),)):
+    """gap_sites with the top site (10 gaps, `idle` ns) and other sites given as (n_gaps, idle_ns)."""
+    n = [10] + [o[0] for o in others]
+    return tab("gap_sites", before=["moe_comm"] + ["mamba"] * len(others), after=["mamba"] * len(n),
+               n_gaps=n, idle_ns=[idle] + [o[1] for o in others], p50_ns=[1.0] * len(n), p99_ns=[2.0] * len(n))
 
 
 def test_host_stall():
-    a = adv.host_stall(sites(100), 1000, stall_pct=5.0)
+    a = adv.host_stall(sites(100), 1000, stall_pct=5.0, stand_out=1.5)
     assert a.numbers["share"] == pytest.approx(10.0) and "moe_comm and mamba" in a.recommendation
-    assert adv.host_stall(sites(40), 1000, stall_pct=5.0) is None
+    # mean gap 10 vs all gaps 120/20 = 6: 1.67x, not a stall that stands out
+    assert a.numbers["stands_out"] == pytest.approx(10 / 6)
+    assert adv.host_stall(sites(100), 1000, stall_pct=5.0, stand_out=2.0) is None
+    a = adv.host_stall(sites(100, others=((40, 20),)), 1000, stall_pct=5.0, stand_out=2.0)
+    assert a.numbers["stands_out"] == pytest.approx(10 / (120 / 50))
+    assert adv.host_stall(sites(40, others=((40, 20),)), 1000, stall_pct=5.0, stand_out=1.0) is None  # 4 %
     assert adv.host_stall(sites(100), None, stall_pct=5.0) is None
-    two = adv.host_stall(sites(200), 1000, stall_pct=5.0, n_ranks=2)  # pooled over 2 ranks: 100 per rank
+    two = adv.host_stall(sites(200, others=((40, 20),)), 1000, stall_pct=5.0, n_ranks=2)  # 100 per rank
     assert two.at_stake_ns == 100 and two.numbers["share"] == pytest.approx(10.0)
 
 

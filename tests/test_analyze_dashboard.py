@@ -87,3 +87,15 @@ def test_contrast_numbers(tmp_path):
     assert got["wall_pct"] == pytest.approx(100 * 760 / 10_000)
     dash = {r["item"] for r in c.to_records() if r["side"] == "dashboard"}
     assert "duty_cycle_pct" in dash
+
+
+def test_contrast_prefers_attributed_layer_types(tmp_path):
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con)
+    add_events(con, run, [10] * 7 + [10_000], layer_type="other")  # the longest tail, but unattributed
+    add_events(con, run, [10] * 7 + [100], layer_type="moe_comm")
+    assert dashboard.contrast(con, run).meta["tail_layer_type"] == "moe_comm"
+    con2 = new_store(tmp_path / "t.duckdb")
+    run2 = add_run(con2)
+    add_events(con2, run2, [10] * 7 + [10_000], layer_type="other")  # nothing attributed: say so
+    assert dashboard.contrast(con2, run2).meta["tail_layer_type"] == "other"

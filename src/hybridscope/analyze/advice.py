@@ -16,7 +16,9 @@ fires only when its evidence is present and passes its threshold (docs/analyses.
   At stake: the idle time before the phase's kernels, on the rank where it is largest.
 - comm_overlap: exposed communication >= `exposed_pct` % of a rank's window. At stake: exposed time.
 - host_stall: the gap site (layer type before -> after) with the most idle time, when its idle
-  time per rank holds >= `stall_pct` % of the wall-clock window. At stake: that idle time per rank.
+  time per rank holds >= `stall_pct` % of the wall-clock window and its mean gap is >= 2x the mean
+  gap of all sites (a stall that stands out; idle spread over every gap is launch-bound work, the
+  cuda_graphs rule's case). At stake: that idle time per rank.
 Advice is ranked by time at stake (largest first; rules without a time estimate last).
 """
 
@@ -196,18 +198,22 @@ def comm_overlap(t: Table | None, *, exposed_pct: float) -> Advice | None:
                                  "exposed_wall_pct": r["exposed_wall_pct"]})
 
 
-def host_stall(t: Table | None, wall_ns: int | None, *, stall_pct: float, n_ranks: int = 1) -> Advice | None:
+def host_stall(t: Table | None, wall_ns: int | None, *, stall_pct: float, n_ranks: int = 1,
+               stand_out: float = 2.0) -> Advice | None:
     if t is None or not len(t) or not wall_ns:
         return None
     r = t.to_records()[0]  # gap_sites is sorted by idle time, pooled over ranks
     per_rank = r["idle_ns"] / max(n_ranks, 1)
     share = 100.0 * per_rank / wall_ns
-    if share < stall_pct:
+    typical = sum(t.column("idle_ns")) / sum(t.column("n_gaps"))
+    stands_out = r["idle_ns"] / r["n_gaps"] / typical if typical else 0.0
+    if share < stall_pct or stands_out < stand_out:  # idle spread evenly over every gap is no one stall
         return None
     return Advice(
         "host_stall",
         f"Remove the host stall between {r['before']} and {r['after']} kernels (a .item()/.tolist() sync, "
         "a host-side shape computation or an allocation): the GPU idles there.",
         f"{r['n_gaps']} gaps, {format_ns(per_rank)} idle per rank ({share:.1f}% of wall time), "
-        f"p50 {format_ns(r['p50_ns'])}, p99 {format_ns(r['p99_ns'])}",
-        float(per_rank), {"before": r["before"], "after": r["after"], "idle_ns": r["idle_ns"], "share": share})
+        f"mean gap {stands_out:.1f}× the mean of all gaps, p50 {format_ns(r['p50_ns'])}, p99 {format_ns(r['p99_ns'])}",
+        float(per_rank), {"before": r["before"], "after": r["after"], "idle_ns": r["idle_ns"], "share": share,
+                          "stands_out": stands_out})

@@ -151,7 +151,8 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
 
     Dashboard side: the run-wide headline numbers that exist (dashboard meta['headline']).
     Decomposition side: the layer type with the largest tail ratio (p99/p50) among those holding at
-    least `min_gpu_pct` % of GPU time (any layer type if none does): its tail ratio, p50, p99, share of
+    least `min_gpu_pct` % of GPU time (any layer type if none does; 'other' and 'unattributed' only
+    when nothing was attributed): its tail ratio, p50, p99, share of
     wall and GPU time, and its share of the calls (n / n of the `all` row); beside it the `all` row's
     tail ratio, the single aggregate a dashboard would show.
     """
@@ -164,7 +165,8 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
     recs = dec.to_records()
     everything = next((r for r in recs if r["layer_type"] == "all"), None)
     groups = [r for r in recs if r["layer_type"] != "all" and r["tail_ratio"] is not None]
-    big = [r for r in groups if (r["gpu_pct"] or 0) >= min_gpu_pct] or groups
+    named = [r for r in groups if r["layer_type"] not in ("other", "unattributed")] or groups
+    big = [r for r in named if (r["gpu_pct"] or 0) >= min_gpu_pct] or named
     tail = max(big, key=lambda r: (r["tail_ratio"], r["gpu_ns"]), default=None)
     if tail is not None and everything is not None:
         lt = tail["layer_type"]
