@@ -41,7 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--capacity-factor", type=float, default=None)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--no-graphs", action="store_true", help="eager decode on GPU (module hooks fire)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (GPU)")
+    p.add_argument(
+        "--compile",
+        choices=["none", "ops", "decode"],
+        default="none",
+        help="GPU: torch.compile the element-wise ops, or whole blocks for decode",
+    )
     p.add_argument("--ep", action="store_true", help="expert parallel over the torchrun world")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny ops: 1 is fastest)")
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     eng = Engine(
         model,
         cuda_graphs=False if args.no_graphs else None,
-        compile=args.compile,
+        compile=False if args.compile == "none" else args.compile,
         temperature=args.temperature,
         seed=args.seed + rank,
     )
