@@ -146,7 +146,8 @@ def expected_marks(report) -> dict[str, tuple[str, int]]:
     return {
         "cdf": ("path.series", len(set(report["latency_cdf"].column("layer_type")))),
         "layers": ("rect.bar", sum(1 for r in report["decompose_layer"].to_records()
-                                   if r["layer_type"] != "all" and r["layer_index"] is not None)),
+                                   if r["layer_type"] != "all" and r["layer_index"] is not None)
+                   or sum(1 for m in report["decompose_module"].column("module") if m != "all")),
         "steps": ("rect.bar", len(report["step_stack_bins"])),
         "experts": ("rect.cell", len(set(report["expert_load"].column("layer_index")))
                     * len(set(report["expert_load"].column("expert")))),

@@ -58,6 +58,8 @@ def test_html_and_perfetto(ep2, tmp_path, capsys):
     marks = report_scenario.plot_marks(html.render(rep))
     assert marks["cdf"]["path.series"] == len(set(rep["latency_cdf"].column("layer_type")))
     assert marks["steps"]["rect.bar"] > 0
+    # no layer indices in this toy: one bar per module (moe.router, .dispatch, .experts, .combine)
+    assert marks["layers"]["rect.bar"] == report_scenario.expected_marks(rep)["layers"][1] == 4
     with pytest.raises(SystemExit) as e:
         main(["export", "--db", str(path), "--perfetto", str(tmp_path / "ep2.json")])
     assert e.value.code == 0

@@ -79,6 +79,7 @@ def _build(con, run_id: int) -> Report:
 
     dec = put(decompose(con, run_id, by="layer_type"))
     put(decompose(con, run_id, by="layer"))
+    put(decompose(con, run_id, by="module", top=24))
     dash = put(dashboard.dashboard(con, run_id))
     put(dashboard.contrast(con, run_id, dash=dash, decomposition=dec))
     put(dashboard.duty_cycle(con, run_id))

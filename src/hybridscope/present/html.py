@@ -137,13 +137,32 @@ def _cdf(report: Report) -> str:
 
 def _layer_bars(report: Report) -> str:
     t = report["decompose_layer"]
+    rows = [r for r in t.to_records() if r["layer_type"] != "all" and r["layer_index"] is not None]
+    if not rows:  # no layer indices (e.g. record_function scopes only): one bar per module instead
+        return _module_bars(report)
     bars = [(str(r["layer_index"]), r["p99_ns"] or 0.0, COLOURS.get(r["layer_type"], "#999"),
              (f"layer {r['layer_index']} {r['layer_type']}: p50 {format_ns(r['p50_ns'] or 0)}, p99 "
-             f"{format_ns(r['p99_ns'] or 0)}, GPU time {format_ns(r['gpu_ns'])}"))
-            for r in t.to_records() if r["layer_type"] != "all" and r["layer_index"] is not None]
+              f"{format_ns(r['p99_ns'] or 0)}, GPU time {format_ns(r['gpu_ns'])}"))
+            for r in rows]
     chart = svg.bar_chart(bars, y_label="kernel p99", fmt_y=format_ns)
-    legend = _types_in([r["layer_type"] for r in t.to_records() if r["layer_index"] is not None])
+    legend = _types_in([r["layer_type"] for r in rows])
     return _figure("layers", "Kernel p99 per layer index, coloured by layer type.", chart, legend)
+
+
+def _module_bars(report: Report) -> str:
+    t = report["decompose_module"]
+    bars = [(_short(r["module"]), r["p99_ns"] or 0.0, "#888",
+             (f"{r['module']}: p50 {format_ns(r['p50_ns'] or 0)}, p99 {format_ns(r['p99_ns'] or 0)}, "
+             f"GPU time {format_ns(r['gpu_ns'])}"))
+            for r in t.to_records() if r["module"] != "all"]
+    chart = svg.bar_chart(bars, y_label="kernel p99", fmt_y=format_ns)
+    return _figure("layers", "Kernel p99 per module (this run has no layer indices), largest GPU time first.",
+                   chart)
+
+
+def _short(label: str, width: int = 14) -> str:
+    """An axis label that fits under a bar: the tail of a long module path."""
+    return label if len(label) <= width else "…" + label[-(width - 1):]
 
 
 def _step_stack(report: Report) -> str:
