@@ -296,3 +296,23 @@ def test_docs_worked_example():
     assert [a["p50_ns"], a["p99_ns"]] == pytest.approx([10 * US, 184.7 * US])
     assert a["tail_ratio"] == pytest.approx(18.47)
     assert (a["gpu_ns"], a["wall_pct"]) == (293 * US, pytest.approx(29.3))
+
+
+def test_layers_mode_and_host_api_runs_are_decomposed_over_what_they_measured(tmp_path):
+    from factories import add_events, add_run, new_store
+
+    from hybridscope.analyze.decompose import decompose
+
+    con = new_store(tmp_path / "m.duckdb")
+    layers = add_run(con, source="capture")
+    add_events(con, layers, [10, 30], source="layer", kind="layer", layer_type="mamba")
+    add_events(con, layers, [5], source="annotation", kind="user_annotation", name="scope")
+    t = decompose(con, layers)
+    assert t.meta["measure"] == "layers"
+    assert t.record(layer_type="all")["gpu_ns"] == 40 and t.record(layer_type="mamba")["n"] == 2
+    host = add_run(con, source="ingero")
+    add_events(con, host, [100, 300], source="host_api", kind="runtime", name="cudaLaunchKernel")
+    add_events(con, host, [7], source="host_api", kind="sync", name="cudaDeviceSync")
+    t = decompose(con, host)
+    assert t.meta["measure"] == "host_api" and t.meta["by"] == "kernel"
+    assert t.record(kernel="cudaLaunchKernel")["p50_ns"] == 200

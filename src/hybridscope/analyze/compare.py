@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridscope.analyze.decompose import GPU_KINDS, rank_windows
+from hybridscope.analyze.decompose import MEASURES, measure_of, rank_windows
 from hybridscope.analyze.stats import quantile_cont, ratio_ci
 from hybridscope.analyze.table import Column, Table
 from hybridscope.attribute.vocab import ORDER
@@ -44,15 +44,14 @@ def run_samples(con, run_id: int, *, by: str = "layer_type", rank: int | None = 
     """The samples of a run, grouped `by` (see the module doc)."""
     if by not in _GROUP_SQL:
         raise UsageError(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
-    source, kinds = _sample_source(con, run_id)
-    params: dict = {"run": run_id, "source": source}
+    predicate = MEASURES[measure_of(con, run_id)]
+    params: dict = {"run": run_id}
     rank_sql = ""
     if rank is not None:
         rank_sql, params["rank"] = "AND rank = $rank", rank
-    kind_list = ", ".join(f"'{k}'" for k in kinds)
     rows = con.execute(
         f"""SELECT {_GROUP_SQL[by]} AS g, list(duration_ns ORDER BY duration_ns) AS d
-            FROM events WHERE run_id = $run AND source = $source AND kind IN ({kind_list}) {rank_sql}
+            FROM events WHERE run_id = $run AND {predicate} {rank_sql}
             GROUP BY g""",
         params,
     ).fetchall()
@@ -60,14 +59,6 @@ def run_samples(con, run_id: int, *, by: str = "layer_type", rank: int | None = 
     thr, unit = throughput(con, run_id, rank=rank)
     return Samples(groups, {g: int(d.sum()) for g, d in groups.items()},
                    {g: len(d) for g, d in groups.items()}, thr, unit)
-
-
-def _sample_source(con, run_id: int) -> tuple[str, tuple[str, ...]]:
-    """Kernel events when the run has them, else capture's per-layer timings."""
-    has_gpu = con.execute(
-        "SELECT count(*) FROM events WHERE run_id = ? AND source = 'cuda' AND kind IN ('kernel','memcpy','memset')",
-        [run_id]).fetchall()[0][0]
-    return ("cuda", GPU_KINDS) if has_gpu else ("layer", ("layer",))
 
 
 def throughput(con, run_id: int, *, rank: int | None = None) -> tuple[float | None, str | None]:

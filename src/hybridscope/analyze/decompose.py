@@ -5,6 +5,10 @@
 docs/analyses.md, with a worked example):
 
 - GPU events: `events` rows with source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset').
+  A run without any (a `layers`-mode capture) is decomposed over its per-layer timings instead
+  (source = 'layer': each module's exclusive device time per call), and meta['measure'] says so.
+  A run with neither (an Ingero import) is decomposed over its host API timings (source =
+  'host_api'); they carry no layer, so by='layer_type' groups them by operation instead.
   GPU annotations (kind 'gpu_annotation') are ranges over kernels and are not counted again.
 - Groups: by='layer_type' -> layer_type (NULL shown as 'unattributed', i.e. attribution has not
   run or found nothing), in `vocab.ORDER`; by='layer' -> (layer_index, layer_type), by layer index
@@ -29,6 +33,22 @@ from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
 
 GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset")
+# What a decomposition measures -> the events predicate (our constants, never user input).
+MEASURES: dict[str, str] = {
+    "kernels": "source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')",
+    "layers": "source = 'layer' AND kind = 'layer'",
+    "host_api": "source = 'host_api'",
+}
+
+
+def measure_of(con, run_id: int) -> str:
+    """'kernels' when the run has GPU events, else 'layers' (capture's layer timings), else 'host_api'."""
+    for measure in ("kernels", "layers", "host_api"):
+        n = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE run_id = ? AND {MEASURES[measure]} LIMIT 1)",
+                        [run_id]).fetchall()[0][0]
+        if n:
+            return measure
+    return "kernels"
 UNATTRIBUTED = "unattributed"
 NO_MODULE = "(no module)"
 ALL = "all"
@@ -89,8 +109,12 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     chosen = sorted(windows) if rank is None else [rank]
     wall_ns = sum(windows[r][1] - windows[r][0] for r in chosen)
 
+    measure = measure_of(con, run_id)
+    by_operation = measure == "host_api" and by == "layer_type"
+    if by_operation:
+        by = "kernel"
     key_cols, key_sql, null_labels = _KEYS[by]
-    raw = _aggregate(con, run_id, rank, key_sql)
+    raw = _aggregate(con, run_id, rank, key_sql, MEASURES[measure])
     all_raw = next(r for r in raw if r[0] == 1)
     k = len(key_cols)
     groups = _order(by, [(0, *(lb if v is None else v for v, lb in zip(r[1:1 + k], null_labels)), *r[1 + k:])
@@ -107,6 +131,11 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     notes = []
     if all_raw[-4] == 0:
         notes.append("no GPU events (kernel, memcpy, memset) in this selection")
+    if measure == "layers":
+        notes.append("layers-mode capture: per-module device time per call (CUDA events), not kernels")
+    if measure == "host_api":
+        notes.append("host API timings (Ingero uprobes), not GPU kernels" +
+                     (": they carry no layer, grouped by operation" if by_operation else ""))
     if top is not None and n_groups > top:
         notes.append(f"showing the top {top} of {n_groups} groups by GPU time; 'all' covers every group")
     scope = f"rank {rank}" if rank is not None else (f"{len(chosen)} ranks pooled" if len(chosen) > 1 else
@@ -124,6 +153,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         "windows_ns": {str(r): list(windows[r]) for r in chosen},
         "groups": n_groups,
         "gpu_kinds": list(GPU_KINDS),
+        "measure": measure,
     }
     return Table(f"decompose_{by}", key_cols + STAT_COLUMNS, rows, meta)
 
@@ -143,7 +173,7 @@ def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
     return {r: (int(s), int(e)) for r, (s, e) in windows.items() if s is not None and e is not None}
 
 
-def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...]) -> list[tuple]:
+def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str) -> list[tuple]:
     """Rows (is_all, *keys, n, [p50, p90, p99, p999], max, sum) for every group and the total."""
     keys = ", ".join(key_sql)
     levels = ", ".join(repr(q) for q in LEVELS)
@@ -153,7 +183,7 @@ def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...]) -> 
                quantile_cont(duration_ns, [{levels}]) AS q, max(duration_ns) AS mx,
                coalesce(sum(duration_ns), 0)::BIGINT AS gpu
         FROM events
-        WHERE run_id = $run AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset') {rank_filter}
+        WHERE run_id = $run AND {predicate} {rank_filter}
         GROUP BY GROUPING SETS (({keys}), ())
     """
     params = {"run": run_id} if rank is None else {"run": run_id, "rank": rank}
