@@ -108,3 +108,16 @@ def test_step_stack_adds_up_to_step_gpu_time(scenario):
     for r in rep["step_stack"].to_records():
         total[(r["rank"], r["step"])] = total.get((r["rank"], r["step"]), 0) + r["gpu_ns"]
     assert total == {(r["rank"], r["step"]): r["gpu_ns"] for r in rep["steps"].to_records()}
+
+
+def test_report_json(scenario, capsys, tmp_path):
+    import json
+
+    path, rep = scenario
+    code, _, err = run_cli(["report", "--db", str(path), "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0 and "Wrote" in err
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert set(doc["tables"]) == set(rep.tables)
+    adv = doc["tables"]["advice"]
+    assert [r["rule"] for r in adv["rows"]] == rep["advice"].column("rule")
+    assert doc["tables"]["contrast"]["meta"]["tail_layer_type"] == "moe_comm"

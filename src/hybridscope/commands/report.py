@@ -13,18 +13,24 @@ HtmlOption = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")
 ]
 
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="Also write every table of the report as one JSON file.")
+]
 
-def report(db: DbOption, run: RunOption = None, html: HtmlOption = None) -> None:
+
+def report(db: DbOption, run: RunOption = None, html: HtmlOption = None, json: JsonOption = None) -> None:
     """Print the report of one run: what a dashboard shows beside the per-layer-type decomposition,
     the per-rank view, steps, experts, overlap and gaps, stream conflicts, and ranked advice with the
     numbers behind each recommendation. Definitions: docs/analyses.md; the report: docs/report.md.
     """
-    write_report(db, run, html=html)
+    write_report(db, run, html=html, json=json)
 
 
-def write_report(db: Path, run: int | None = None, *, html: Path | None = None, console=None):
+def write_report(db: Path, run: int | None = None, *, html: Path | None = None, json: Path | None = None,
+                 console=None):
     """Build the report of `run` (latest when None) in store `db`, print it on `console` (stdout by
-    default) and, when `html` is given, write the HTML file. Returns the `Report`. `demo` calls this.
+    default) and, when `html` / `json` are given, write those files. Returns the `Report`.
+    `hybridscope demo` calls this.
     """
     from rich.console import Console
 
@@ -33,8 +39,9 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
     from hybridscope.present import terminal
     from hybridscope.store import db as store
 
-    if html is not None and not Path(html).parent.is_dir():
-        raise BadInput(f"cannot write {html}: no directory {Path(html).parent}")
+    for target in (html, json):
+        if target is not None and not Path(target).parent.is_dir():
+            raise BadInput(f"cannot write {target}: no directory {Path(target).parent}")
     con = store.open_readonly(db)
     try:
         rep = build_report(con, store.resolve_run(con, run))
@@ -49,7 +56,21 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
 
         write_text(html, html_renderer.render(rep))
         wrote(html)
+    if json is not None:
+        write_text(json, report_json(rep))
+        wrote(json)
     return rep
+
+
+def report_json(rep) -> str:
+    """{"run_id", "run", "tables": {name: the table as `present.table.to_json` writes it}}."""
+    import orjson
+
+    from hybridscope.present.table import to_json
+
+    doc = {"run_id": rep.run_id, "run": rep.run,
+           "tables": {name: orjson.loads(to_json(t)) for name, t in rep.tables.items()}}
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 def write_text(path: Path, text: str) -> None:
