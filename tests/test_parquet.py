@@ -50,8 +50,10 @@ def test_ranks_verb_reads_db_and_parquet_alike(tmp_path, capsys):
     run = add_run(con, ranks=(0, 1))
     add_events(con, run, [900], rank=0, ts_ns=[100], name="ncclDevKernel_SendRecv", step=0)
     add_events(con, run, [600], rank=1, ts_ns=[400], name="ncclDevKernel_SendRecv", step=0)
-    parquet.export_run(con, run, tmp_path / "pq")
     con.close()
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--db", str(path), "--parquet", str(tmp_path / "pq")])
+    assert e.value.code == 0
     outputs = []
     for src in (["--db", str(path)], ["--parquet", str(tmp_path / "pq")]):
         with pytest.raises(SystemExit) as e:
@@ -62,4 +64,14 @@ def test_ranks_verb_reads_db_and_parquet_alike(tmp_path, capsys):
     assert outputs[0].splitlines()[1].startswith("0,1,900,300,")
     with pytest.raises(SystemExit) as e:
         main(["ranks", "--db", str(path), "--parquet", str(tmp_path / "pq")])
+    assert e.value.code == 2
+
+
+def test_export_needs_a_target(tmp_path):
+    from hybridscope.cli import main
+
+    path = tmp_path / "s.duckdb"
+    new_store(path).close()
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--db", str(path)])
     assert e.value.code == 2
