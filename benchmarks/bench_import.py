@@ -61,7 +61,7 @@ def measure(mode: str, path: Path, *, mem_cap: int, timeout: int) -> dict:
             resource.setrlimit(resource.RLIMIT_AS, (mem_cap, mem_cap))
 
         try:
-            p = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), work], capture_output=True,
+            p = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), work], capture_output=True, check=False,
                                text=True, timeout=timeout, preexec_fn=cap if mode == "hta" else None)
         except subprocess.TimeoutExpired:
             return {"error": f"over {timeout} s"}

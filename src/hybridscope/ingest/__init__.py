@@ -16,6 +16,7 @@ SQLite one by the table names it must have (SQLITE_FORMATS, checked in order).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import sqlite3
 import zlib
@@ -45,6 +46,7 @@ SQLITE_FORMATS: list[tuple[str, frozenset[str]]] = [
 GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SNIFF_BYTES = 4096
+IMPORT_MEMORY_LIMIT = "512MB"  # DuckDB's share of an import's memory: keeps peak RSS < 1 GiB
 
 
 def detect(path: str | Path) -> str:
@@ -113,37 +115,52 @@ def iter_import(
     After a rank's rows are in, attribution runs in the same transaction. An importer that raises
     RetryFile gets one more go at the file in a fresh transaction with `ctx.careful` set.
     """
+    ctx = ImportContext(rules_path=Path(rules_path) if rules_path else None, rank=rank, label=label,
+                        progress=progress)
+    with _memory_capped(con):
+        for path in paths:
+            yield _import_one(con, Path(path), ctx)
+
+
+@contextlib.contextmanager
+def _memory_capped(con: duckdb.DuckDBPyConnection):
+    """Run with DuckDB's memory limit at IMPORT_MEMORY_LIMIT, restored after: a large import then
+    spills its uncommitted rows to disk instead of growing the process."""
+    (old,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
+    con.execute(f"SET memory_limit = '{IMPORT_MEMORY_LIMIT}'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{old}'")
+
+
+def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) -> ImportResult:
     from importlib import import_module
 
     from hybridscope.attribute import attribute_run
     from hybridscope.store.db import transaction
 
-    ctx = ImportContext(rules_path=Path(rules_path) if rules_path else None, rank=rank, label=label,
-                        progress=progress)
-    for p in paths:
-        path = Path(p)
-        fmt = detect(path)
-        importer = import_module(FORMATS[fmt])
-        digest = file_sha256(path)
-        ctx.careful = False
-        while True:
-            try:
-                with transaction(con):
-                    dup = find_duplicate(con, digest)
-                    if dup is not None:
-                        result = ImportResult(str(path), fmt, dup[0], dup[1], 0, duplicate_of=dup)
-                    else:
-                        ctx.pending = None
-                        result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
-                        attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path)
-            except RetryFile as e:
-                if ctx.careful:
-                    raise BadInput(f"{path}: {e}") from None
-                ctx.careful = True
-                continue
-            break
+    fmt = detect(path)
+    importer = import_module(FORMATS[fmt])
+    digest = file_sha256(path)
+    ctx.careful = False
+    while True:
+        try:
+            with transaction(con):
+                dup = find_duplicate(con, digest)
+                if dup is not None:
+                    result = ImportResult(str(path), fmt, dup[0], dup[1], 0, duplicate_of=dup)
+                else:
+                    ctx.pending = None
+                    result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
+                    attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path)
+        except RetryFile as e:
+            if ctx.careful:
+                raise BadInput(f"{path}: {e}") from None
+            ctx.careful = True
+            continue
         ctx.committed()
-        yield result
+        return result
 
 
 def import_files(con_or_path, paths: Iterable[str | Path], **options) -> list[ImportResult]:

@@ -106,7 +106,7 @@ SELECT *,
     END AS skip
 FROM (SELECT ph, cat, name, pid, tid, ts AS ts_txt, dur AS dur_txt, args
       FROM read_json(?, format = 'array', records = true, columns = {_read_columns()},
-                     maximum_object_size = 268435456))
+                     maximum_object_size = 33554432))
 """
 
 
