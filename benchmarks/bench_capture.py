@@ -10,10 +10,11 @@ Workloads:
       layers of its pattern, 8 requests of 512 prompt tokens and 32 new tokens, continuous
       batching, no CUDA graphs (module hooks do not run inside a graph replay).
 Variants, interleaved within each repetition so clocks and thermals hit all alike:
-  untraced; hybridscope layers; hybridscope kernels; hybridscope kernels 1 step in 8;
-  torch.profiler CUDA only; torch.profiler CPU + CUDA.
+  untraced; hybridscope layers; the same without its CUDA events (hooks, scopes, routing only);
+  hybridscope kernels; hybridscope kernels 1 step in 16; torch.profiler CUDA only; torch.profiler
+  CPU + CUDA. The order rotates from one repetition to the next; gc.collect() before each.
 Per variant: in-run time (the workload call, synchronized, capture armed around it), overhead =
-in-run / untraced in-run of the same repetition - 1 (median over repetitions), and the stop time
+median in-run / median untraced in-run - 1 (per-repetition ratios kept too), and the stop time
 (hybridscope: disarm + readback + conversion + DuckDB write + attribution; torch.profiler: its
 __exit__) apart. Also: Kineto results -> columns directly vs export_chrome_trace + import.
 Warm-up runs of every variant come first and are not counted (first CUPTI init, allocator).
@@ -22,6 +23,7 @@ Warm-up runs of every variant come first and are not counted (first CUPTI init, 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -121,11 +123,43 @@ def _torch_profiler(cpu: bool):
     return variant
 
 
+class _NoTimer:
+    """Stands in for the CUDA-event timer: what the hooks, scopes and routing cost without it."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def room(self):
+        return True
+
+    def mark(self, inst, is_start):
+        pass
+
+    def step_boundary(self):
+        pass
+
+    def resolve(self, parents, final, faults=None):
+        from hybridscope.capture.layers import Resolved
+
+        return Resolved()
+
+
+def _hooks_only(model, run, db):
+    from hybridscope.capture import arm
+
+    saved, arm.CudaTimer = arm.CudaTimer, _NoTimer
+    try:
+        return _hybridscope("layers")(model, run, db)
+    finally:
+        arm.CudaTimer = saved
+
+
 VARIANTS = {
     "untraced": variant_untraced,
     "layers": _hybridscope("layers"),
+    "hooks_scopes_routing_only": _hooks_only,
     "kernels": _hybridscope("kernels"),
-    "kernels_1_in_8": _hybridscope("kernels", sample_every=8, sample_steps=1),
+    "kernels_1_in_16": _hybridscope("kernels", sample_every=16, sample_steps=1),
     "torch_profiler_cuda": _torch_profiler(cpu=False),
     "torch_profiler_cpu_cuda": _torch_profiler(cpu=True),
 }
@@ -136,19 +170,23 @@ def measure(name, model, workload, reps, db, deadline) -> dict:
     for v in VARIANTS.values():  # warm-up, not counted
         v(model, run, db)
     table = {k: [] for k in VARIANTS}
+    names = list(VARIANTS)
     for rep in range(reps):
         if time.monotonic() > deadline and rep > 0:
             break
-        for k, v in VARIANTS.items():
-            table[k].append(v(model, run, db))
+        for k in names[rep % len(names):] + names[:rep % len(names)]:  # rotate: no variant always first
+            gc.collect()
+            table[k].append(VARIANTS[k](model, run, db))
     base = [r[0] for r in table["untraced"]]
     out = {"workload": name, "tokens": tokens, "reps": len(base), "variants": {}}
     for k, results in table.items():
         in_run = [r[0] for r in results]
+        # throughput ratio of medians (robust to one slow repetition) and per-repetition ratios
         over = [100.0 * (t / b - 1.0) for t, b in zip(in_run, base)]
         out["variants"][k] = {
             "in_run_s": statistics.median(in_run), "tokens_per_s": tokens / statistics.median(in_run),
-            "overhead_pct": statistics.median(over), "overhead_pct_all": over,
+            "overhead_pct": 100.0 * (statistics.median(in_run) / statistics.median(base) - 1.0),
+            "overhead_pct_all": over, "in_run_all": in_run,
             "stop_s": statistics.median(r[1] for r in results), "info": results[-1][2]}
     out["layers_vs_kernels"] = per_layer_agreement(db)
     return out
@@ -160,8 +198,10 @@ def per_layer_agreement(db) -> dict:
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        runs = dict(con.execute("SELECT notes->>'$.ranks.\"0\".mode', max(run_id) FROM runs "
-                                "WHERE notes->>'$.ranks.\"0\".window' IS NULL GROUP BY 1").fetchall())
+        runs = {"layers": con.execute("SELECT max(run_id) FROM events WHERE source = 'layer'").fetchall()[0][0],
+                "kernels": con.execute(
+                    "SELECT max(run_id) FROM runs WHERE notes->>'$.ranks.\"0\".mode' = 'kernels' "
+                    "AND notes->>'$.ranks.\"0\".window' IS NULL").fetchall()[0][0]}
         q = ("SELECT layer_index, sum(duration_ns) FROM events WHERE run_id = ? AND layer_index IS NOT NULL "
              "AND ((source = 'layer') OR (source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset'))) GROUP BY 1")
         lay = dict(con.execute(q, [runs["layers"]]).fetchall())
@@ -172,6 +212,32 @@ def per_layer_agreement(db) -> dict:
     finally:
         con.close()
     return {"ratio": {int(i): lay[i] / ker[i] for i in sorted(lay) if ker.get(i)}, "scoped_share": scoped}
+
+
+def micro() -> dict:
+    """Host cost of the hot-path pieces, in microseconds per call."""
+    lin = torch.nn.Linear(8, 8).cuda()
+    x = torch.zeros(1, 8, device="cuda")
+
+    def per_call(fn, n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        return 1e6 * (time.perf_counter() - t0) / n
+
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(20000)]
+    for ev in events:
+        ev.record()
+    it = iter(events)
+    out = {"event_record_reused_us": per_call(lambda: next(it).record(), 20000),
+           "event_create_and_record_us": per_call(lambda: torch.cuda.Event(enable_timing=True).record(), 5000),
+           "module_call_us": per_call(lambda: lin(x), 20000)}
+    lin.register_forward_pre_hook(lambda m, a: None)
+    lin.register_forward_hook(lambda m, a, o: None)
+    out["module_call_with_2_noop_hooks_us"] = per_call(lambda: lin(x), 20000)
+    return out
 
 
 def conversion_paths(prof, tmp: Path) -> dict:
@@ -200,7 +266,9 @@ def main() -> None:
     ap.add_argument("--skip-engine", action="store_true")
     args = ap.parse_args()
     deadline = time.monotonic() + args.budget_s
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "workloads": []}
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "workloads": [],
+               "micro": micro()}
+    print("micro:", results["micro"], flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = build_hf()

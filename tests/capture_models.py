@@ -38,15 +38,17 @@ def reference_tokens(n_requests: int = 3, prompt: int = 6, new_tokens: int = 3) 
     return run_engine(engine_tiny(), n_requests, prompt, new_tokens)
 
 
-def hf_nemotron_h(pattern: str = HF_PATTERN, hidden: int = 64, experts: int = 4, dtype=torch.float32):
+def hf_nemotron_h(pattern: str = HF_PATTERN, hidden: int = 64, experts: int = 4, dtype=torch.float32,
+                  **overrides):
     """A random-init NemotronH (transformers), scaled down from shared/traces/make_hf_models.py."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.NemotronHConfig(
-        vocab_size=256, hidden_size=hidden, hybrid_override_pattern=pattern, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=hidden // 4, mamba_num_heads=4, mamba_head_dim=hidden // 4,
-        ssm_state_size=16, n_groups=1, chunk_size=16, n_routed_experts=experts, num_experts_per_tok=2,
-        moe_intermediate_size=32, moe_shared_expert_intermediate_size=32, n_group=1, topk_group=1,
-        intermediate_size=64, max_position_embeddings=512)
+    kw = {
+        "vocab_size": 256, "hidden_size": hidden, "hybrid_override_pattern": pattern, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": hidden // 4, "mamba_num_heads": 4, "mamba_head_dim": hidden // 4,
+        "ssm_state_size": 16, "n_groups": 1, "chunk_size": 16, "n_routed_experts": experts, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 32, "n_group": 1, "topk_group": 1,
+        "intermediate_size": 64, "max_position_embeddings": 4096}
+    cfg = transformers.NemotronHConfig(**{**kw, **overrides})
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype).eval()
 

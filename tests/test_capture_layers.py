@@ -202,7 +202,7 @@ def test_cuda_timer_reads_back_lazily_chains_anchors_and_recycles_events():
 
     fake = SimpleNamespace(cuda=_FakeCuda)
     _FakeCuda.now = _FakeCuda.done = 0
-    timer = CudaTimer(capacity=8, torch=fake)
+    timer = CudaTimer(capacity=8, torch=fake, pool=[])
     parent = np.array([-1, 0, -1, 2, -1, 4])
     marks = []  # (device ns, instance, is start): per step an outer instance holding an inner one
     for step in range(3):

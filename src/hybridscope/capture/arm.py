@@ -16,6 +16,7 @@ from hybridscope.capture.routing import Routing
 from hybridscope.capture.sampler import Sampler
 
 CUDA_EVENT_POOL = 1 << 18  # events in flight at most: 2 per module call not yet read back
+PREWARM_STEPS = 16
 
 
 def arm(cap, model, in_forward: bool = False) -> Armed:
@@ -34,8 +35,10 @@ class Armed:
         self.cuda = self.device is not None and self.device.type == "cuda"
         timer = None
         if cap.mode == "layers":
-            timer = (CudaTimer(min(2 * cap.max_events, CUDA_EVENT_POOL), torch) if self.cuda
-                     else CpuTimer(2 * cap.max_events))
+            capacity = min(2 * cap.max_events, CUDA_EVENT_POOL)
+            # events for PREWARM_STEPS steps are created now, not in the run (then reused)
+            timer = (CudaTimer(capacity, torch, prewarm=min(capacity // 2, 2 * len(self.specs) * PREWARM_STEPS))
+                     if self.cuda else CpuTimer(2 * cap.max_events))
         self.timer = timer
         self.routing = Routing(cap.max_events)
         self.recorder = Recorder(self.specs, capacity=cap.max_events, timer=timer, routing=self.routing)

@@ -103,13 +103,26 @@ class CpuTimer:
         return out
 
 
-class CudaTimer:
-    """Marks from CUDA events on the current stream, read back lazily (see module docstring)."""
+# Timing events outlive a capture: creating a CUDA event costs far more than recording one, so
+# events are created at arm time (`prewarm`) and kept for the next capture of the process.
+SHARED_POOL: list = []
+POOL_KEEP = 1 << 16
 
-    def __init__(self, capacity: int, torch):
+
+class CudaTimer:
+    """Marks from CUDA events on the current stream, read back lazily (see module docstring).
+
+    `pool`: where free events wait (default: the process-wide SHARED_POOL); `prewarm`: events
+    to have ready before the first mark (created and recorded once now, outside the run)."""
+
+    def __init__(self, capacity: int, torch, pool: list | None = None, prewarm: int = 0):
         self.torch = torch
         self.capacity = capacity
-        self.pool: list = []          # recycled events
+        self.pool: list = SHARED_POOL if pool is None else pool  # free events
+        for _ in range(max(0, min(prewarm, POOL_KEEP) - len(self.pool))):
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()  # the CUDA event itself is created on first record
+            self.pool.append(ev)
         self.n_live = 0               # events handed out and not yet recycled
         self.current: list = []       # marks of the running step: (event, inst, is_start)
         self.pending: deque = deque()  # finished steps waiting for their events
@@ -143,12 +156,22 @@ class CudaTimer:
         if final:
             self.step_boundary()
             self.torch.cuda.synchronize()
-        elif self.n_live < self.capacity // 2:
+            out = self._resolve_all(parents, faults)
+            if self.anchor is not self.ref:
+                self.pool.append(self.anchor)
+                self.anchor = self.ref
+            del self.pool[POOL_KEEP:]
             return out
+        if self.n_live < self.capacity // 2:
+            return out
+        return self._resolve_all(parents, faults, only_done=True)
+
+    def _resolve_all(self, parents, faults, only_done: bool = False) -> Resolved:
+        out = Resolved()
         parent = parents()
         while self.pending:
             marks = self.pending[0]
-            if not final and not marks[-1][0].query():
+            if only_done and not marks[-1][0].query():
                 break
             self.pending.popleft()
             try:
