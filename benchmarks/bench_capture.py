@@ -234,6 +234,8 @@ def micro() -> dict:
     out = {"event_record_reused_us": per_call(lambda: next(it).record(), 20000),
            "event_create_and_record_us": per_call(lambda: torch.cuda.Event(enable_timing=True).record(), 5000),
            "module_call_us": per_call(lambda: lin(x), 20000)}
+    firsts, pairs = events[0], iter(events[1:])
+    out["event_elapsed_time_us"] = per_call(lambda: firsts.elapsed_time(next(pairs)), 10000)
     lin.register_forward_pre_hook(lambda m, a: None)
     lin.register_forward_hook(lambda m, a, o: None)
     out["module_call_with_2_noop_hooks_us"] = per_call(lambda: lin(x), 20000)

@@ -8,7 +8,9 @@ no device timeline to read: CPU ops run synchronously inside the call).
 Marks are kept per step, in hook order, which is stream order for modules on one stream. They are
 read back lazily: CUDA events are only resolved once the step's last event has completed
 (`event.query()`, never a synchronize), and only when the pool of pending events grows past half
-its capacity or at flush, so the hot path never waits for the GPU and pays for no readback.
+its capacity, or when free events run low, or at flush: the hot path never waits for the GPU.
+Events are created ahead (at arm time) and recycled, since creating one costs far more than
+recording or reading it (numbers in docs/benchmarks.md).
 
 Times are *exclusive*: between two consecutive marks the device was working for the innermost
 instance open at that point, so an instance's row gets the time between its marks minus that of
@@ -126,6 +128,7 @@ class CudaTimer:
         self.n_live = 0               # events handed out and not yet recycled
         self.current: list = []       # marks of the running step: (event, inst, is_start)
         self.pending: deque = deque()  # finished steps waiting for their events
+        self.step_marks = 0            # most marks seen in one step
         self.drops = 0
         torch.cuda.synchronize()
         self.ref = torch.cuda.Event(enable_timing=True)
@@ -144,14 +147,16 @@ class CudaTimer:
 
     def step_boundary(self) -> None:
         if self.current:
+            self.step_marks = max(self.step_marks, len(self.current))
             self.pending.append(self.current)
             self.current = []
 
     def resolve(self, parents, final: bool, faults=None) -> Resolved:
         """Resolve pending steps whose events completed; at `final`, synchronize and take all.
 
-        Not final: does nothing while under half the capacity is in use, so most steps pay
-        nothing here."""
+        Not final: only when free events run low (fewer than two steps' worth) or half the
+        capacity is in flight; reading back costs less than creating events, and a step whose
+        events have not completed yet is left for later (never waited for)."""
         out = Resolved()
         if final:
             self.step_boundary()
@@ -162,7 +167,7 @@ class CudaTimer:
                 self.anchor = self.ref
             del self.pool[POOL_KEEP:]
             return out
-        if self.n_live < self.capacity // 2:
+        if self.n_live < self.capacity // 2 and len(self.pool) >= 2 * self.step_marks:
             return out
         return self._resolve_all(parents, faults, only_done=True)
 
