@@ -33,6 +33,7 @@ import orjson
 from hybridscope.errors import BadInput
 
 CHUNK_BYTES = 16 << 20
+FIRST_SLICE_BYTES = 2 << 20  # slices grow from this to CHUNK_BYTES
 MAX_OUTSIDE_BYTES = 256 << 20  # header or trailer larger than this is not a trace we read
 _ARRAY_START = re.compile(rb'"traceEvents"\s*:\s*\[')
 QUOTE, BACKSLASH, COLON, SPACE = 34, 92, 58, 32
@@ -81,10 +82,9 @@ class EventSlices:
             self.on_progress(self._raw.tell())
         return data
 
-    def _fill(self, f, buf: bytearray, size: int) -> tuple[bytearray, int, bool]:
-        """Read up to one chunk into `buf` after `size` bytes (decompressing straight into it);
+    def _fill(self, f, buf: bytearray, size: int, want: int) -> tuple[bytearray, int, bool]:
+        """Read up to `want` bytes into `buf` after `size` bytes (decompressing straight into it);
         return the buffer (grown if needed), the new size and whether the input is exhausted."""
-        want = self.chunk_bytes
         if size + want + _PAD > len(buf):
             buf.extend(bytes(size + want + _PAD - len(buf)))
         got = 0
@@ -120,10 +120,12 @@ class EventSlices:
         buf[:size] = rest
         del rest
         eof = False
+        target = min(self.chunk_bytes, FIRST_SLICE_BYTES)  # a small first slice starts the parser early
         while True:
-            while size < self.chunk_bytes and not eof:
-                buf, size, eof = self._fill(f, buf, size)
-            cut = -1 if (self.careful or eof or pattern is None) else buf.rfind(pattern, 0, size)
+            while size < target and not eof:
+                buf, size, eof = self._fill(f, buf, size, target - size)
+            target = min(2 * target, self.chunk_bytes)
+            cut = -1 if (self.careful or pattern is None) else buf.rfind(pattern, 0, size)
             if cut >= 0:
                 end = cut + len(pattern) // 2  # just past the event's closing brace
                 nxt, closed = end + 1, False  # past the comma
@@ -141,18 +143,18 @@ class EventSlices:
             buf[: size - nxt] = buf[nxt:size]  # the rest moves to the front; the buffer keeps its size
             size -= nxt
             if end <= 0 and not eof:  # not one whole event yet: read more before scanning again
-                buf, size, eof = self._fill(f, buf, size)
+                buf, size, eof = self._fill(f, buf, size, self.chunk_bytes)
 
     def _header(self, f) -> tuple[bytes, bytes]:
         buf = b""
         while True:
-            m = _ARRAY_START.search(buf, max(0, len(buf) - self.chunk_bytes - 32))
+            m = _ARRAY_START.search(buf, max(0, len(buf) - FIRST_SLICE_BYTES - 32))
             if m:
                 head = buf[:m.start()]
                 if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
                     raise BadInput(f"{self.path}: not a JSON object at the top")
                 return head, buf[m.end():]
-            data = self._read(f, self.chunk_bytes)
+            data = self._read(f, FIRST_SLICE_BYTES // 2)
             if not data or len(buf) > MAX_OUTSIDE_BYTES:
                 raise BadInput(f"{self.path}: no traceEvents array (not a Kineto/Chrome trace?)")
             buf += data
