@@ -83,6 +83,25 @@ def _bucket(n: int, buckets: tuple[int, ...]) -> int:
     return next(b for b in buckets if b >= n)
 
 
+def _expert_parallel(model: HybridModel) -> tuple[bool, object]:
+    """(whether some MoE dispatches across ranks, its process group; None = the default group)."""
+    groups = [
+        m.dispatcher.group
+        for m in model.modules()
+        if getattr(m, "dispatcher", None) and m.dispatcher.needs_host_sync
+    ]
+    return bool(groups), (groups[0] if groups else None)
+
+
+def _apply_compile(model: HybridModel, mode: bool | str | None) -> None:
+    if mode not in (False, None, True, "ops", "decode"):
+        raise ValueError(f"compile must be False, 'ops' or 'decode', got {mode!r}")
+    if mode in (True, "ops"):
+        model.ops.compile()  # element-wise stretches fused, everything else eager
+    elif mode == "decode":
+        model.compile_decode()  # whole block sublayers compiled for the dense decode path
+
+
 class Engine:
     """Serve requests on one model with static caches. ``clock``/``sleep`` are injectable (tests)."""
 
@@ -102,13 +121,8 @@ class Engine:
     ):
         self.model, cfg = model, model.cfg
         self.device = model.embed.weight.device
-        ep_groups = [
-            m.dispatcher.group
-            for m in model.modules()
-            if getattr(m, "dispatcher", None) and m.dispatcher.needs_host_sync
-        ]
-        self.ep = ep = bool(ep_groups)
-        self.ep_group = ep_groups[0] if ep else None  # None is also torch.distributed's default group
+        self.ep, self.ep_group = _expert_parallel(model)
+        ep = self.ep
         # under EP a rank with nothing to do still joins every step's all-to-alls: it runs a one-token
         # forward in a scratch slot past the request slots
         max_batch = max_batch or cfg.max_batch
@@ -119,12 +133,7 @@ class Engine:
         if cuda_graphs and (self.device.type != "cuda" or ep):
             raise ValueError("cuda_graphs needs a CUDA model without expert parallelism")
         self.cuda_graphs = cuda_graphs
-        if compile not in (False, None, True, "ops", "decode"):
-            raise ValueError(f"compile must be False, 'ops' or 'decode', got {compile!r}")
-        if compile in (True, "ops"):
-            model.ops.compile()  # element-wise stretches fused, everything else eager
-        elif compile == "decode":
-            model.compile_decode()  # whole block sublayers compiled for the dense decode path
+        _apply_compile(model, compile)
         log.info(
             "engine: %s on %s, cuda_graphs=%s, slots=%d", cfg.name, self.device, cuda_graphs, self.max_batch
         )
@@ -144,9 +153,7 @@ class Engine:
         self.finished: list[Request] = []
         self.steps: list[StepRecord] = []
         self._peers_busy = False
-        self.logits_hook: Callable[[list[Request], torch.Tensor, bool], None] | None = (
-            None  # (reqs, logits, dense)
-        )
+        self.logits_hook: Callable[[list[Request], torch.Tensor, bool], None] | None = None
 
     # ---- queue -------------------------------------------------------------------------------
     def submit(self, requests: list[Request]) -> None:
