@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HYBRIDSCOPE_SHARED", ROOT.parent / "shared"))
-TRACES = SHARED / "traces"
-EXTERNAL = TRACES / "external"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from paths import TRACES
 
 
 def _has_cuda() -> bool:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES
+from paths import FIXTURES
 
 from hybridscope.cli import main
 from hybridscope.store import db
@@ -25,7 +25,7 @@ def _import(path, files):
 
 @pytest.fixture(scope="module")
 def ep_store(tmp_path_factory, request):
-    from conftest import TRACES
+    from paths import TRACES
 
     files = [TRACES / f"ep2_bal_rank{r}.pt.trace.json.gz" for r in (0, 1)]
     if not all(f.exists() for f in files):

@@ -9,7 +9,7 @@ import sqlite3
 
 import duckdb
 import pytest
-from conftest import EXTERNAL
+from paths import EXTERNAL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

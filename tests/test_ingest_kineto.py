@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import EXTERNAL, TRACES
+from paths import EXTERNAL, TRACES
 
 from hybridscope.cli import main
 from hybridscope.errors import BadInput

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from conftest import EXTERNAL
+from paths import EXTERNAL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ingest_kineto import TABLES

@@ -15,7 +15,7 @@ from hybridscope.store import db
 
 @pytest.fixture(scope="module")
 def ep2(tmp_path_factory):
-    from conftest import TRACES
+    from paths import TRACES
 
     paths = [TRACES / f"ep2_bal_rank{r}.pt.trace.json.gz" for r in (0, 1)]
     if not all(p.exists() for p in paths):
