@@ -70,3 +70,25 @@ def test_topk_ids_finds_the_integer_tensor():
     assert topk_ids({"weights": torch.zeros(1), "ids": ids}) is ids
     assert topk_ids(torch.zeros(2, dtype=torch.bool)) is None
     assert topk_ids(torch.zeros(2)) is None
+
+
+def test_counts_survive_full_blocks_and_mixed_widths():
+    from hybridscope.capture.hooks import Spec
+    from hybridscope.capture.routing import Routing
+
+    r = Routing(capacity=100, batch=2)
+    wide = Spec(0, "layers.0.router", "Router", "router", "moe_router", 0, None, n_experts=4)
+    narrow = Spec(1, "layers.1.router", "Router", "router", "moe_router", 1, None, n_experts=2)
+    for step in range(5):  # 5 rows in blocks of 2 for one width, interleaved with another width
+        r.add(step, wide, torch.tensor([[step % 4, 3]]))
+        r.add(step, narrow, torch.tensor([[1, 1, 0]], dtype=torch.int32))
+    cols = r.columns(rank=0)
+    got = {}
+    for s, layer, e, t in zip(cols["step"], cols["layer_index"], cols["expert"], cols["tokens"]):
+        got.setdefault((int(s), int(layer)), []).append((int(e), int(t)))
+    for step in range(5):
+        expected = [0, 0, 0, 1]
+        expected[step % 4] += 1
+        assert sorted(got[(step, 0)]) == list(enumerate(expected))
+        assert sorted(got[(step, 1)]) == [(0, 1), (1, 2)]
+    assert r.out_of_range == 0 and r.n_rows == 10

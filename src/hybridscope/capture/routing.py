@@ -2,11 +2,12 @@
 
 The router's post hook hands its output here. The expert ids are the first integer tensor in
 it (HF routers return `(logits, weights, ids)`, the project's engine returns ids among its
-outputs). Counting happens on the ids' device with `scatter_add_` into `n_experts + 1` bins --
-never `torch.bincount`, whose CUDA version reads the maximum back to the host (a sync) -- and the
-last bin collects ids outside [0, n_experts) so that a wrong expert count cannot trip a device
-assert inside the user's model. Counts stay on the device; they are stacked and copied back in
-batches (non-blocking, into pinned memory, read once their copy event has completed), and at flush.
+outputs). Counting happens on the ids' device with `scatter_add_` into `n_experts + 2` bins --
+never `torch.bincount`, whose CUDA version reads the maximum back to the host (a sync) -- the
+first and last bins collecting ids outside [0, n_experts), so that a wrong expert count cannot trip
+a device assert inside the user's model. Counts stay on the device and are copied back a block of
+rows at a time (non-blocking, into pinned memory, read once their copy event has completed), and
+at flush.
 """
 
 from __future__ import annotations
@@ -36,17 +37,23 @@ def topk_ids(output):
 
 
 class Routing:
-    """Bounded store of per-(step, layer) expert counts; see the module docstring."""
+    """Bounded store of per-(step, layer) expert counts; see the module docstring.
 
-    def __init__(self, capacity: int, batch: int = 4096):
+    Counts go into rows of preallocated device blocks (one block per (device, width), `batch`
+    rows, zeroed once), so a router call costs three small kernels: clamp, shift, scatter-add.
+    Row layout for n experts: [ids < 0, expert 0, ..., expert n-1, ids >= n]. A full block is
+    copied back whole."""
+
+    def __init__(self, capacity: int, batch: int = 1024):
         import torch
 
         self.torch = torch
         self.capacity = capacity
         self.batch = batch
-        self.live: list[tuple[int, int, object]] = []   # (step, layer, counts on device)
+        self.blocks: dict[tuple, tuple[object, list]] = {}  # (device, width) -> (rows, keys)
+        self.ones: dict[tuple, object] = {}                 # (device, numel) -> ones
         self.copies: list[tuple[list, object, object]] = []  # (keys, host tensor, event or None)
-        self.done: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (step, layer, counts)
+        self.done: list[tuple[np.ndarray, ...]] = []         # (step, layer, expert, tokens)
         self.n_rows = 0
         self.drops = 0
         self.out_of_range = 0
@@ -62,35 +69,46 @@ class Routing:
         ids = topk_ids(output)
         if ids is None:
             raise ValueError(f"router {spec.path} returned no integer tensor of expert ids")
-        torch = self.torch
-        flat = ids.reshape(-1).long()
-        n = spec.n_experts
-        flat = torch.where((flat >= 0) & (flat < n), flat, torch.full_like(flat, n))
-        counts = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat))
-        self.live.append((step, -1 if spec.layer_index is None else spec.layer_index, counts))
+        torch, n = self.torch, spec.n_experts
+        flat = ids.reshape(-1)
+        bins = torch.clamp(flat, -1, n).add_(1)  # never an index outside the row
+        if bins.dtype != torch.int64:
+            bins = bins.long()
+        row = self._row(flat.device, n + 2, (step, -1 if spec.layer_index is None else spec.layer_index))
+        row.scatter_add_(0, bins, self._ones(flat.device, bins.numel()))
         self.n_rows += 1
 
+    def _row(self, device, width: int, key: tuple[int, int]):
+        block = self.blocks.get((device, width))
+        if block is None or len(block[1]) == self.batch:
+            if block is not None:
+                self._copy(*block)
+            block = (self.torch.zeros(self.batch, width, dtype=self.torch.int64, device=device), [])
+            self.blocks[(device, width)] = block
+        rows, keys = block
+        keys.append(key)
+        return rows[len(keys) - 1]
+
+    def _ones(self, device, numel: int):
+        ones = self.ones.get((device, numel))
+        if ones is None:
+            ones = self.ones[(device, numel)] = self.torch.ones(numel, dtype=self.torch.int64, device=device)
+        return ones
+
     def step_boundary(self) -> None:
-        """Start a copy back of a full batch; collect copies that have landed. Never waits."""
-        if len(self.live) >= self.batch:
-            self._copy(self.live)
-            self.live = []
+        """Collect copies that have landed. Never waits."""
         self._collect(final=False)
 
-    def _copy(self, items) -> None:
+    def _copy(self, rows, keys) -> None:
         torch = self.torch
-        # counts of different routers may differ in length: pad to the widest
-        width = max(c.numel() for _, _, c in items)
-        stacked = torch.stack([torch.nn.functional.pad(c, (0, width - c.numel()), value=-1) for _, _, c in items])
-        keys = [(s, layer, c.numel()) for s, layer, c in items]
-        if stacked.is_cuda:
-            host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-            host.copy_(stacked, non_blocking=True)
+        used = rows[: len(keys)]
+        if used.is_cuda:
+            host = torch.empty(used.shape, dtype=used.dtype, pin_memory=True)
+            host.copy_(used, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
         else:
-            host, event = stacked, None
+            host, event = used, None
         self.copies.append((keys, host, event))
 
     def _collect(self, final: bool) -> None:
@@ -102,18 +120,20 @@ class Routing:
             if event is not None:
                 event.synchronize()
             arr = host.numpy()
-            for row, (step, layer, width) in enumerate(keys):
-                counts = arr[row, :width]
-                self.out_of_range += int(counts[-1])
-                experts = np.arange(width - 1)
-                self.done.append((np.full(width - 1, step), np.full(width - 1, layer), experts, counts[:-1]))
+            n = arr.shape[1] - 2
+            self.out_of_range += int(arr[:, 0].sum() + arr[:, -1].sum())
+            step, layer = (np.asarray(c, np.int64) for c in zip(*keys))
+            k = len(keys)
+            self.done.append((np.repeat(step, n), np.repeat(layer, n), np.tile(np.arange(n), k),
+                              arr[:, 1:-1].reshape(-1)))
         self.copies = keep
 
     def columns(self, rank: int) -> dict[str, np.ndarray]:
         """All counts as `routing` columns (step, layer_index, expert, tokens); waits for copies."""
-        if self.live:
-            self._copy(self.live)
-            self.live = []
+        for rows, keys in self.blocks.values():
+            if keys:
+                self._copy(rows, keys)
+        self.blocks = {}
         self._collect(final=True)
         if not self.done:
             return {}

@@ -72,7 +72,7 @@ class Summary:
 
 def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layers", label: str | None = None,
             steps: int | None = None, duration: float | None = None, sample_every: int | None = None,
-            sample_steps: int = 1, sampler_interval: float = 0.1, max_events: int = 1_000_000,
+            sample_steps: int = 1, sampler_interval: float = 0.5, max_events: int = 1_000_000,
             quiet: bool = False) -> Capture:
     """A capture session (a context manager). `model` may be given later with `cap.attach(model)`.
 
