@@ -17,6 +17,7 @@ from hybridscope.errors import HybridscopeError
 
 # Verb modules, in the order `--help` lists them. Each exposes `register(app)`.
 VERBS: tuple[str, ...] = (
+    "demo",
     "import_",
     "runs",
     "decompose",

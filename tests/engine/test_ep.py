@@ -38,8 +38,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         res = {
             "single": single,
             "ep": sharded,
-            "send": moe.last_send_counts,
-            "recv": moe.last_recv_counts,
+            "send": moe.dispatcher.last_send_counts,
+            "recv": moe.dispatcher.last_recv_counts,
             "load": moe.router.load.clone(),
             "n_local": moe.experts.up.shape[0],
         }

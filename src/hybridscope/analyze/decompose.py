@@ -132,7 +132,8 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     if all_raw[-4] == 0:
         notes.append("no GPU events (kernel, memcpy, memset) in this selection")
     if measure == "layers":
-        notes.append("layers-mode capture: per-module device time per call (CUDA events), not kernels")
+        notes.append("layers-mode capture: per-module time per call (CUDA events on a GPU, the host clock "
+                     "on CPU), not kernels")
     if measure == "host_api":
         notes.append("host API timings (Ingero uprobes), not GPU kernels" +
                      (": they carry no layer, grouped by operation" if by_operation else ""))

@@ -28,6 +28,8 @@ def merge(
 
     if align not in ("auto", "always", "never"):
         raise UsageError(f"--align must be auto, always or never, not {align!r}")
+    if len(stores) < 2:
+        raise UsageError("merge takes two or more per-rank stores")
     sources = [m.inspect(p) for p in stores]
     con = store.open_store(db)
     try:

@@ -156,9 +156,7 @@ class MoE(nn.Module):
         self.register_buffer("capacity_factors", torch.zeros(cfg.n_experts, device=fk.get("device")))
         self.register_buffer("dropped", torch.zeros((), dtype=torch.long, device=fk.get("device")))
         self.set_capacity(cfg.capacity_factor, cfg.capacity_overrides)
-        self.dispatcher = LocalDispatcher()
-        self.last_send_counts: list[int] = []  # rows sent to each rank by the last call (EP)
-        self.last_recv_counts: list[int] = []  # rows received from each rank by the last call (EP)
+        self.dispatcher = LocalDispatcher()  # ep.apply_ep installs the all-to-all one
 
     def set_capacity(self, factor: float | None, overrides: dict[int, float] | None = None) -> None:
         """Capacity of expert e = ceil(f_e * T * k / E) rows per call, f_e = overrides.get(e, factor);

@@ -42,9 +42,11 @@ def inspect(path: Path, run: int | None = None) -> Source:
 
 
 def merge(con, sources: list[Source], *, label: str | None = None) -> int:
-    """Copy every source's run into one new run of `con`'s store; returns the new run id."""
-    if len(sources) < 2:
-        raise BadInput("merge needs at least two per-rank stores")
+    """Copy every source's run into one new run of `con`'s store; returns the new run id.
+
+    One source copies that run alone (how the demo moves a one-rank run into its store)."""
+    if not sources:
+        raise BadInput("merge needs at least one per-rank store")
     ranks = [s.rank for s in sources]
     if len(set(ranks)) != len(ranks):
         raise BadInput(f"the stores hold overlapping ranks {sorted(ranks)}: one store per rank")

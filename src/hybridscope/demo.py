@@ -1,0 +1,186 @@
+"""`hybridscope demo`: the main job on the embedded default.
+
+Runs the project's reference engine (the `tiny` preset on CPU; `nemotron3-nano-mini` on a GPU) as a
+small expert-parallel deployment — two ranks over gloo on CPU, or NCCL when two GPUs are there —
+serving requests that arrive over time (continuous batching) with routing skewed toward a few
+experts, captures every rank (`layers` mode: module hooks and CUDA events, cheap enough to leave
+on), merges the ranks into one run, records the requests' TTFT/ITL beside it, and hands the store
+to the report. With one GPU the engine runs in one process (no MoE communication to show).
+
+Orchestration only: the workload is `hybridscope.engine`, the measurement `hybridscope.capture`,
+the numbers `hybridscope.analyze`; this module wires them the way a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hybridscope.errors import EnvironmentProblem, UsageError
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    preset: str            # engine preset
+    device: str            # 'cpu' or 'cuda'
+    world: int             # ranks (expert parallel when > 1)
+    requests: int          # per rank
+    prompt_len: int
+    gen_len: int
+    rate: float            # arrivals per second per rank (Poisson); 0 = all at once
+    skew: float            # routing skew toward `skew_experts`, in logit-std units
+    skew_experts: tuple[int, ...]
+    mode: str              # capture mode
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)  # EngineConfig fields over the preset's
+
+
+def default_options(*, device: str | None = None, ranks: int | None = None, requests: int | None = None,
+                    skew: float = 2.0, mode: str = "layers", seed: int = 0) -> DemoOptions:
+    """CPU: tiny preset, 2 gloo ranks. GPU: nemotron3-nano-mini, 2 NCCL ranks when 2 GPUs, else 1."""
+    try:
+        import torch
+    except ImportError:
+        raise EnvironmentProblem("the demo runs the engine, which needs torch: "
+                                 "pip install torch==2.13.0 && pip install -e '.[engine]'") from None
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = device or ("cuda" if gpus else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, not {device!r}")
+    if device == "cuda" and not gpus:
+        raise EnvironmentProblem("--device cuda asked, but torch sees no CUDA GPU")
+    world = ranks if ranks is not None else (2 if device == "cpu" or gpus >= 2 else 1)
+    if world < 1 or (device == "cuda" and world > gpus):
+        raise UsageError(f"--ranks {world} does not fit this machine ({gpus} GPU(s) on {device})")
+    if device == "cpu":
+        return DemoOptions("tiny", "cpu", world, requests or 12, 24, 12, 400.0, skew, (0, 1), mode, seed)
+    return DemoOptions("nemotron3-nano-mini", "cuda", world, requests or 32, 256, 32, 200.0, skew, (0, 1), mode, seed)
+
+
+def run_demo(out_dir: Path, opts: DemoOptions) -> tuple[Path, int]:
+    """Run the demo workload; return (store path, run id) of the merged run in `out_dir`/run.duckdb."""
+    from hybridscope.store import db as store
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db = out_dir / "run.duckdb"
+    work = Path(tempfile.mkdtemp(prefix="hybridscope-demo-"))
+    try:
+        if opts.world == 1:
+            _rank_main(0, 1, 0, str(work), asdict(opts))
+        else:
+            import torch.multiprocessing as mp
+
+            try:
+                mp.start_processes(_rank_main, args=(opts.world, _free_port(), str(work), asdict(opts)),
+                                   nprocs=opts.world, join=True, start_method="spawn")
+            except mp.ProcessException as e:  # the rank printed its own traceback above
+                raise EnvironmentProblem(f"a demo rank failed: {e}") from None
+        parts = sorted(work.glob("demo*.duckdb"))  # capture names a torchrun rank's store demo.rank{R}.duckdb
+        if len(parts) != opts.world:
+            raise EnvironmentProblem(f"the demo's ranks wrote {len(parts)} of {opts.world} stores: {[p.name for p in parts]}")
+        from hybridscope.store import merge
+
+        con = store.open_store(db)  # may hold earlier demo runs: this one is added beside them
+        try:
+            run_id = merge.merge(con, [merge.inspect(p) for p in parts],
+                                 label=f"demo {opts.preset} x{opts.world} skew {opts.skew:g}")
+        finally:
+            con.close()
+        return db, run_id
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
+    """One rank: build the engine, serve the requests under capture, write the requests table."""
+    import torch
+
+    from hybridscope.capture.session import capture
+    from hybridscope.engine.config import EngineConfig
+    from hybridscope.engine.model import build_model
+    from hybridscope.engine.scheduler import Engine
+
+    torch.set_num_threads(1)  # two ranks on two cores: one thread each
+    if world > 1:
+        import torch.distributed as dist
+
+        from hybridscope.engine.ep import apply_ep
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(port)
+        if o["device"] == "cuda":
+            torch.cuda.set_device(rank)
+        dist.init_process_group("nccl" if o["device"] == "cuda" else "gloo", rank=rank, world_size=world)
+    device = f"cuda:{rank}" if o["device"] == "cuda" else "cpu"
+    cfg = EngineConfig.from_preset(o["preset"], seed=o["seed"], skew=o["skew"], skew_experts=tuple(o["skew_experts"]),
+                                   **o["overrides"])
+    model = build_model(cfg, device=device)
+    if world > 1:
+        apply_ep(model)
+    # Warm up first, as a server does before taking traffic: the first calls pay one-time costs
+    # (allocations, kernel compilation) that are no part of the steady-state tail.
+    warm = _requests({**o, "requests": 2, "rate": 0.0}, rank + 10_000, cfg.vocab_size)
+    Engine(model, cuda_graphs=False, seed=o["seed"]).run(warm)
+    engine = Engine(model, cuda_graphs=False, seed=o["seed"] + rank)  # hooks do not fire inside graph replays
+    requests = _requests(o, rank, cfg.vocab_size)
+    db = Path(work) / "demo.duckdb"
+    with capture(db=db, model=model, mode=o["mode"], label=f"demo rank {rank}", quiet=True) as cap:
+        done = engine.run(requests)
+    summary = cap.summary
+    if rank == 0 and summary is not None and summary.run_id is not None:
+        _write_requests(Path(summary.db), summary.run_id, engine.t0, done)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _requests(o: dict, rank: int, vocab: int):
+    """Poisson arrivals, prompts and lengths varying around the options, seeded per rank."""
+    import numpy as np
+
+    from hybridscope.engine.scheduler import Request
+
+    rng = np.random.default_rng(o["seed"] * 1000 + rank)
+    gaps = rng.exponential(1.0 / o["rate"], o["requests"]) if o["rate"] > 0 else np.zeros(o["requests"])
+    arrivals = np.cumsum(gaps) - gaps[0]
+    out = []
+    for i, t in enumerate(arrivals):
+        plen = int(rng.integers(o["prompt_len"] // 2, o["prompt_len"] + 1))
+        glen = int(rng.integers(max(1, o["gen_len"] // 2), o["gen_len"] + 1))
+        out.append(Request(rid=i, prompt=rng.integers(1, vocab, plen).tolist(), max_new_tokens=glen,
+                           arrival=float(t)))
+    return out
+
+
+def _write_requests(db: Path, run_id: int, t0: float, done) -> None:
+    """The requests' serving times on the capture's clock (perf_counter ns), as a server logs them."""
+    from hybridscope.store import db as store
+
+    def ns(t: float) -> int:
+        return round((t0 + t) * 1e9)
+
+    con = store.open_store(db)
+    try:
+        with store.transaction(con):
+            store.insert_columns(con, "requests", {
+                "run_id": [run_id] * len(done),
+                "request_id": [r.rid for r in done],
+                "arrival_ns": [ns(r.arrival) for r in done],
+                "first_token_ns": [ns(r.token_times[0]) if r.token_times else None for r in done],
+                "finish_ns": [ns(r.token_times[-1]) if r.token_times else None for r in done],
+                "prompt_tokens": [len(r.prompt) for r in done],
+                "output_tokens": [len(r.tokens) for r in done],
+            })
+    finally:
+        con.close()
