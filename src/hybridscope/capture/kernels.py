@@ -26,7 +26,8 @@ import warnings
 
 import numpy as np
 
-from hybridscope.ingest.kineto import SYNC_NAME
+# host calls that block on the device, spelled as the Kineto importer spells them (kind 'sync')
+SYNC_NAME = r"(?i)^(cuda|hip|cu)[A-Za-z]*Synchronize$"
 
 # Kineto activity type -> (events.source, events.kind)
 ACTIVITY_KINDS: dict[str, tuple[str, str]] = {
