@@ -76,7 +76,7 @@ class KernelBackend:
         with warnings.catch_warnings():  # "clears events at the end of each cycle": _keep holds them
             warnings.simplefilter("ignore", UserWarning)
             self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
-        self.prof.start()
+            self.prof.start()
         if self.cuda and sched is None:
             # a runtime call at a known host time: `columns` checks the launch clock against it
             t0 = time.time_ns()
