@@ -46,7 +46,7 @@ SQLITE_FORMATS: list[tuple[str, frozenset[str]]] = [
 GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SNIFF_BYTES = 4096
-IMPORT_MEMORY_LIMIT = "512MB"  # DuckDB's share of an import's memory: keeps peak RSS < 1 GiB
+IMPORT_MEMORY_LIMIT = "256MB"  # DuckDB's share of an import's memory: keeps peak RSS < 1 GiB
 
 
 def detect(path: str | Path) -> str:
