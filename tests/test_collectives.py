@@ -90,3 +90,19 @@ def test_cpu_run_uses_gloo_annotations(tmp_path):
                ts_ns=[900], step=0)
     t = col.rank_waits(con, run)
     assert t.record(rank=0)["wait_ns"] == 800 and t.record(rank=1)["straggler_n"] == 1
+
+
+def test_traffic_payload_only_leaves_out_split_size_exchanges(tmp_path):
+    con = new_store(tmp_path / "p.duckdb")
+    run = add_run(con, ranks=(0,))
+    counts = orjson.dumps({"In split size": "[]", "In msg nelems": 2, "Group size": 2, "dtype": "Long",
+                           "Process Group Ranks": "[0, 1]"}).decode()
+    rows = orjson.dumps({"In split size": "[1, 3]", "In msg nelems": 4 * 16, "Group size": 2, "dtype": "Float",
+                         "Process Group Ranks": "[0, 1]"}).decode()
+    add_events(con, run, [10], name=NCCL, args=counts)
+    add_events(con, run, [10], name=NCCL, args=rows)
+    everything = {(r["src_rank"], r["dst_rank"]): r["rows"] for r in col.traffic(con, run).to_records()}
+    payload = {(r["src_rank"], r["dst_rank"]): (r["rows"], r["bytes"])
+               for r in col.traffic(con, run, payload_only=True).to_records()}
+    assert everything == {(0, 0): 2, (0, 1): 4}
+    assert payload == {(0, 0): (1, 64), (0, 1): (3, 192)}

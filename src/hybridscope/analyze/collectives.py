@@ -169,8 +169,11 @@ TRAFFIC_COLUMNS = (
 )
 
 
-def traffic(con, run_id: int) -> Table:
-    """Rank x rank bytes of the run's all-to-alls, from their split sizes (module doc)."""
+def traffic(con, run_id: int, *, payload_only: bool = False) -> Table:
+    """Rank x rank bytes of the run's all-to-alls, from their split sizes (module doc).
+
+    `payload_only` leaves out integer-typed collectives: the split-size exchanges that precede
+    an all-to-all-v carry counts, not tokens."""
     rows = con.execute(f"""
         SELECT rank, json_extract_string(args, '$."In split size"'), json_extract(args, '$."In msg nelems"'),
                json_extract(args, '$."Group size"'), lower(json_extract_string(args, '$.dtype')),
@@ -190,6 +193,8 @@ def traffic(con, run_id: int) -> Table:
         else:
             row_elems = nelems // max(1, sum(sizes))
         elem = DTYPE_BYTES.get((dtype or "").replace("c10::", ""), 0)
+        if payload_only and dtype and dtype.replace("c10::", "") in _INT_TYPES:
+            continue
         for peer, n in zip(peers, sizes):
             cell = acc.setdefault((int(rank), peer), [0, 0, 0])
             cell[0] += n
@@ -199,6 +204,10 @@ def traffic(con, run_id: int) -> Table:
     notes = [] if out else ["no collective with split sizes (Kineto record_param_comms args) in this run"]
     return Table("traffic", TRAFFIC_COLUMNS, out, {"title": f"run {run_id} · all-to-all traffic", "notes": notes,
                                                    "run_id": run_id})
+
+
+_INT_TYPES = frozenset({"long", "long int", "int64", "int", "int32", "int16", "short", "char", "int8", "byte",
+                        "uint8", "bool"})
 
 
 def _int_list(text: str | None) -> list[int]:
