@@ -190,7 +190,7 @@ DIFF_COLUMNS = (
     Column("p99_ci_hi_pct", "pct", "confidence interval of Δp99, high end", "Δp99 CI high"),
     Column("share_a_pct", "pct", "share of run A's GPU time", "share A"),
     Column("share_b_pct", "pct", "share of run B's GPU time", "share B"),
-    Column("share_change_pp", "float", "share B - share A, percentage points", "Δshare pp"),
+    Column("share_change_pp", "pct", "share B - share A, in percentage points", "Δshare (pp)"),
     Column("significant", "str", "which changes are significant (CI excludes 0): p50, p99"),
 )
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, FormatOption, check_format, err, print_table
+from hybridscope.commands._common import DbOption, FormatOption, check_format, print_table
 
 
 def diff(
@@ -33,9 +33,7 @@ def diff(
         con.close()
     table = diff_table(a, b, meta={"title": f"run {a_id} → run {b_id} · by {by.replace('_', ' ')}",
                                    "run_a": a_id, "run_b": b_id})
-    print_table(table, fmt)
-    if fmt == "table":
-        err.print(f"[bold]{table.meta['verdict']}[/bold]")
+    print_table(table, fmt)  # the verdict is the table's last note
 
 
 def register(app: typer.Typer) -> None:
