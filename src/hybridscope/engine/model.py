@@ -111,8 +111,8 @@ def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tenso
 
 
 class Attention(nn.Module):
-    """GQA over a slot-based KV cache [slots, Hkv, L, D]: SDPA per prefill sequence, one batched
-    grouped-query SDPA for decode (queries of a KV head folded into the query-length axis)."""
+    """GQA over a slot-based KV cache [slots, Hkv, L, D]: SDPA per prefill sequence; decode appends the
+    new K/V and attends in one ``kernels.attn_decode`` call (split-KV Triton kernels on CUDA)."""
 
     def __init__(self, cfg: EngineConfig, layer_idx: int, ops: Ops, **fk):
         super().__init__()
@@ -132,25 +132,13 @@ class Attention(nn.Module):
             )
         kc, vc = lc.k, lc.v  # [slots, Hkv, L, D]
         if batch.decode:
-            rows = torch.arange(T, device=x.device)
-            kc[rows, :, batch.positions] = k
-            vc[rows, :, batch.positions] = v
-            o = self._decode(q, kc[:T], vc[:T], batch.positions, batch.kv_len)
+            # append K/V at each row's position and attend (split-KV kernel on CUDA)
+            o = kernels.attn_decode(q, k, v, kc, vc, batch.positions, batch.kv_len)
         else:
             kc[batch.token_slot, :, batch.positions] = k
             vc[batch.token_slot, :, batch.positions] = v
             o = self._packed(q, kc, vc, batch)
         return self.wo(o.reshape(T, self.hq * self.hd))
-
-    def _decode(self, q, kc, vc, positions, kv_len: int) -> torch.Tensor:
-        """q [B, Hq, D]; kc/vc [B, Hkv, L, D]; each row attends to its cache up to its position."""
-        B = q.shape[0]
-        qg = q.view(B, self.hkv, self.hq // self.hkv, self.hd)  # [B, Hkv, G, D]
-        mask = torch.arange(kv_len, device=q.device) <= positions[:, None]  # [B, kv_len]
-        o = F.scaled_dot_product_attention(
-            qg, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask[:, None, None]
-        )
-        return o.reshape(B, self.hq, self.hd)
 
     def _packed(self, q, kc, vc, batch: Batch) -> torch.Tensor:
         o = torch.empty_like(q)
@@ -277,7 +265,9 @@ class HybridBlock(nn.Module):
         h = self.norm(x)
         if self.char in _MIXERS:
             return self.ops.add(x, self.mixer(h, batch, lc))
-        return self.ops.add(x, self.moe(h) if self.char == "E" else self.mlp(h))
+        if self.char == "E":
+            return self.moe(h, residual=x)
+        return self.ops.add(x, self.mlp(h))
 
 
 class HybridModel(nn.Module):

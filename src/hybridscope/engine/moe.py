@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from . import kernels
 from . import ops as _ops
 from .config import EngineConfig
 from .ops import Ops
@@ -85,13 +86,14 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = F.linear(x, self.weight)  # [T, E]
-        logits = self.ops.skew_logits(logits, self.skew_bias) if self.skewed else logits.float()
+        if self.skewed:
+            logits = self.ops.skew_logits(logits, self.skew_bias)
         if self.penalty is not None:
-            logits = self.penalty(logits, self.load)
-        weights, ids, load = self.ops.select_experts(
-            logits, self.correction_bias, self.kind, self.top_k, self.norm_topk, self.scale
+            logits = self.penalty(logits.float(), self.load)
+        # one kernel on CUDA: fp32 logits, top-k, weights, and this call's load written in place
+        weights, ids, _, logits = kernels.moe_route(
+            logits, self.correction_bias, self.kind, self.top_k, self.norm_topk, self.scale, load=self.load
         )
-        self.load.copy_(load)
         return Routing(weights, ids, logits)
 
 
@@ -168,10 +170,25 @@ class MoE(nn.Module):
         self.capacity_factors.copy_(f)
         self.drops = factor is not None or bool(overrides)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]  # x [T, d]
+    def gemv_path(self, T: int) -> bool:
+        """Whether T tokens take the decode path: grouped GEMVs over the selected experts only (fewer
+        (token, expert) rows than experts, no capacity dropping, experts local)."""
+        return T * self.top_k <= self.n_experts and not self.drops and type(self.dispatcher) is LocalDispatcher
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, d] (normalized) -> MoE(x) [T, d], plus ``residual`` [T, d] when given (the decode
+        path adds it inside its last kernel)."""
+        T = x.shape[0]
         with record_function("moe.router"):
             r = self.router(x)
+        if self.gemv_path(T):
+            with record_function("moe.experts"):  # routed experts and the shared one, two kernels on CUDA
+                sh = self.shared
+                return kernels.moe_experts_gemv(
+                    x, r.ids, r.weights, self.experts.up, self.experts.down, self.experts.activation,
+                    sh.up.weight if sh is not None else None, sh.down.weight if sh is not None else None,
+                    residual,
+                )
         with record_function("moe.dispatch"):
             order, kept, keep, dropped = self.ops.plan_rows(
                 r.ids, self.router.load, self.capacity_factors, self.drops
@@ -186,7 +203,7 @@ class MoE(nn.Module):
             out = self.ops.combine_rows(y, order, r.weights, keep, T, self.top_k).to(x.dtype)
         if self.shared is not None:
             out = self.ops.add(out, self.shared(x))
-        return out
+        return out if residual is None else self.ops.add(residual, out)
 
 
 @torch.no_grad()

@@ -38,23 +38,6 @@ def skew_logits(logits: torch.Tensor, skew_bias: torch.Tensor) -> torch.Tensor:
     return logits + skew_bias * logits.std(dim=-1, keepdim=True)
 
 
-def select_experts(logits, correction_bias, kind: str, k: int, norm_topk: bool, scale: float):
-    """Top-k routing of fp32 logits [T, E] -> (weights [T, k] fp32, ids [T, k] int64, load [E] fp32)."""
-    if kind == "sigmoid":
-        scores = torch.sigmoid(logits)
-        ids = torch.topk(scores + correction_bias, k, dim=-1).indices
-        weights = scores.gather(-1, ids)
-    else:
-        weights, ids = torch.topk(logits.softmax(dim=-1), k, dim=-1)
-    if norm_topk:
-        weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
-    flat = ids.reshape(-1)
-    load = torch.zeros(logits.shape[-1], device=logits.device).scatter_add_(
-        0, flat, torch.ones_like(flat).float()
-    )
-    return weights * scale, ids, load
-
-
 def plan_rows(ids: torch.Tensor, load: torch.Tensor, capacity_factors: torch.Tensor, drops: bool):
     """Sort the T*k (token, choice) rows by expert (stable: earlier tokens first) and apply capacity.
 
@@ -104,7 +87,6 @@ NAMES = (
     "add",
     "act",
     "skew_logits",
-    "select_experts",
     "plan_rows",
     "combine_rows",
     "mamba_dt",
