@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU machine's whole check, in one call (../shared/device/README.md):
+#   every `gpu`-marked test, then the expert-parallel balanced-vs-skewed run (benchmarks/ep_skew.py)
+#   on as many GPUs as the machine has (2 or more), then the demo on the GPU.
+# Carry .whl (the wheels the machine lacks); results land under $OUT.
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+date -u | tee -a "$OUT/device.txt"
+gpus=$(nvidia-smi -L | wc -l)
+
+timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tail -40 | tee "$OUT/gpu-tests.log"
+if [ "$gpus" -ge 2 ]; then
+  timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 2>&1 \
+    | grep -v "^USDT\|profiler_st" | tail -30 | tee "$OUT/ep_skew.log"
+  rm -f "$OUT/ep/ep.duckdb.wal"
+fi
+timeout "${DEMO_S:-120}" python3 -m hybridscope demo --device cuda --out "$OUT/demo" 2>&1 | tail -60 > "$OUT/demo.log"
+ls -la "$OUT" "$OUT"/* | head -40
