@@ -1,10 +1,10 @@
 """Kineto slices -> event columns, in a worker thread with its own in-memory DuckDB.
 
 Contract: `parsed_ahead(slices, folder)` yields one `ParsedSlice` per slice of `EventSlices`, in
-order: the `events` columns (numpy arrays, NULLs masked; all but run_id/rank) of the complete
-events of known categories, what was skipped (counts by reason) and thread/process names. The
-work (writing the slice to a file, DuckDB's JSON reader, the mapping SQL below) runs in a thread
-that stays up to two slices ahead of the caller, who inserts into the store meanwhile.
+order: a Parquet file of the `events` columns (all but run_id/rank) of the complete events of
+known categories, what was skipped (counts by reason) and thread/process names. Two threads work
+ahead of the caller, who inserts into the store meanwhile: one reads, decompresses, cuts and
+writes slices to files; one parses them (DuckDB's JSON reader, the mapping SQL below).
 
 Why a separate in-memory DuckDB: the staging table is replaced for every slice; in the store's
 import transaction each replaced version would be kept until COMMIT (so a 5M-event trace ran out
@@ -146,11 +146,59 @@ class SliceRejected(Exception):
 
 
 def parsed_ahead(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator[ParsedSlice]:
-    """Yield each slice parsed (see the module docstring); exceptions of the worker re-raised here."""
-    q: queue.Queue = queue.Queue(maxsize=2)
+    """Yield each slice parsed (see the module docstring). Two threads work ahead of the caller:
+    one reads, decompresses and writes slices to files, one parses them; their exceptions are
+    re-raised here."""
+    return _ahead(_parse_files(_ahead(_write_files(slices, folder)), folder))
+
+
+def _write_files(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator[Path]:
+    for i, data in enumerate(slices):
+        path = folder / f"slice{i}.json"
+        with open(path, "wb") as f:  # a slice is the inside of the array
+            f.write(b"[")
+            f.write(data)
+            f.write(b"]")
+        yield path
+
+
+def _parse_files(paths: Iterable[Path], folder: Path) -> Iterator[ParsedSlice]:
+    mem = duckdb.connect(config={"memory_limit": PARSER_MEMORY_LIMIT})
+    try:
+        base = 0
+        for i, path in enumerate(paths):
+            try:
+                parsed, n = _parse(mem, path, folder / f"events{i}.parquet", base)
+            except duckdb.Error as e:
+                raise SliceRejected(_first_line(e)) from None
+            finally:
+                path.unlink(missing_ok=True)
+            base += n
+            yield parsed
+    finally:
+        mem.close()
+
+
+def _ahead(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate `items` in a worker thread that stays up to `depth` items ahead of the caller."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    worker = threading.Thread(target=_work, args=(slices, folder, q, stop), name="hybridscope-kineto",
-                              daemon=True)
+
+    def work() -> None:
+        try:
+            for item in items:
+                q.put(item)
+                if stop.is_set():
+                    return
+            q.put(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            q.put(e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own clean-up (its files, its worker) runs in this thread
+
+    worker = threading.Thread(target=work, name="hybridscope-kineto", daemon=True)
     worker.start()
     try:
         while (item := q.get()) is not None:
@@ -165,31 +213,6 @@ def parsed_ahead(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator
             except queue.Empty:
                 pass
         worker.join()
-
-
-def _work(slices, folder: Path, q: queue.Queue, stop: threading.Event) -> None:
-    try:
-        mem = duckdb.connect(config={"memory_limit": PARSER_MEMORY_LIMIT})
-        base = 0
-        for i, data in enumerate(slices):
-            if stop.is_set():
-                return
-            path = folder / f"slice{i}.json"
-            with open(path, "wb") as f:  # a slice is the inside of the array
-                f.write(b"[")
-                f.write(data)
-                f.write(b"]")
-            try:
-                parsed, n = _parse(mem, path, folder / f"events{i}.parquet", base)
-            except duckdb.Error as e:
-                raise SliceRejected(_first_line(e)) from None
-            finally:
-                path.unlink(missing_ok=True)
-            base += n
-            q.put(parsed)
-        q.put(None)
-    except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-        q.put(e)
 
 
 def _parse(mem: duckdb.DuckDBPyConnection, path: Path, events: Path, base: int) -> tuple[ParsedSlice, int]:
