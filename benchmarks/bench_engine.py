@@ -9,6 +9,9 @@
     bytes of active weights + recurrent states + KV read per step / measured device copy bandwidth;
 (c) memory against context length: static caches for 8 requests, allocated bytes measured with
     torch.cuda.memory_allocated, split into KV cache and SSM (+conv) state.
+(d) ``--moe-sweep``: the decode MoE kernels (``moe_experts_gemv``) per launch configuration, batch 1,
+    rotating over every MoE layer's weights so nothing is served from L2, against the grouped-GEMM path.
+``--quick`` runs (b) and the batch-1/8 engine decode of (a) only (eager ops, then compiled decode).
 Each section is timed and guarded: one failing section is recorded and the others still run.
 Writes engine_bench.json and engine_bench.md (tables) under --out.
 """
@@ -145,7 +148,7 @@ def kernel_breakdown(graph, replays: int = 3) -> dict:
         by_name.setdefault(e.name, []).append(
             e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time
         )
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
     return {
         "kernels_per_step": len(evs) / replays,
         "kernel_time_per_step_s": sum(sum(v) for v in by_name.values()) / replays / 1e6,
@@ -256,6 +259,70 @@ def section(results: dict, name: str, fn, deadline: float):
     print(f"[{name}] {time.monotonic() - t:.1f}s: {json.dumps(results[name], default=str)[:600]}", flush=True)
 
 
+def _graph_time(fn, iters: int = 10) -> float:
+    """Seconds per replay of ``fn`` captured in a CUDA graph (after an eager warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+MOE_CONFIGS = [(8, 256, 4), (16, 256, 4), (16, 512, 4), (32, 256, 4), (32, 128, 4), (8, 512, 2), (16, 512, 8)]
+
+
+def moe_sweep(model) -> dict:
+    """Batch-1 MoE (routed top-k + shared expert + residual) per call: the grouped GEMVs under each
+    launch configuration of ``moe_gemv_triton.CONFIG`` (up, then down at the best up), and the
+    grouped-GEMM path; one call per MoE layer per replay so the weights come from HBM."""
+    from hybridscope.engine.kernels import moe_gemv_triton as mt
+
+    moes = [b.moe for b in model.layers if b.char == "E"]
+    x = torch.randn(1, model.cfg.d_model, device="cuda", dtype=model.cfg.torch_dtype)
+    ex = moes[0].experts
+    per_expert = (ex.up[0].numel() + ex.down[0].numel()) * ex.up.element_size()
+    nbytes = model.cfg.top_k * per_expert + sum(p.numel() * p.element_size() for p in moes[0].shared.parameters())
+
+    def run_all():
+        for m in moes:
+            m(x, residual=x)
+
+    out: dict = {"bytes_per_call": nbytes, "calls": len(moes)}
+
+    def timed(label: str) -> float:
+        t = _graph_time(run_all) / len(moes)
+        out[label] = {"us": round(t * 1e6, 2), "GBs": round(nbytes / t / 1e9)}
+        return t
+
+    saved = dict(mt.CONFIG)
+    for part in ("up", "down"):
+        best = None
+        for c in MOE_CONFIGS:
+            mt.CONFIG[part] = c
+            t = timed(f"{part}={c}")
+            best = (t, c) if best is None or t < best[0] else best
+        mt.CONFIG[part] = best[1]
+    out["best"] = dict(mt.CONFIG)
+    mt.CONFIG.update(saved)
+    for m in moes:
+        m.gemv_path = lambda T: False
+    try:
+        timed("grouped_mm path")
+    finally:
+        for m in moes:
+            del m.gemv_path
+    return out
+
+
 def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None:
     """Eager-op sections first (b, a, c), then the compiled-decode variants; the model is freed on return."""
     model = build_model(cfg, "cuda")
@@ -266,6 +333,9 @@ def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None
         return {**decode_step(model, ctx, compile_mode=mode), **decode_bytes(model, ctx)}
 
     section(res, "roofline_b1_ctx512", lambda: roofline(PROMPT), deadline)
+    if args.quick:
+        quick_sections(res, model, roofline, args, deadline)
+        return
     for b in (1, 8):
         section(
             res, f"engine_decode_b{b}", lambda b=b: engine_decode_rate(model, b, args.n1, args.n2), deadline
@@ -289,6 +359,21 @@ def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None
         )
 
 
+def quick_sections(res: dict, model, roofline, args, deadline: float) -> None:
+    """(b) at both contexts, the MoE sweep, batch-1/8 engine decode; then the same compiled."""
+    section(res, "roofline_b1_ctx4032", lambda: roofline(4032), deadline)
+    if args.moe_sweep:
+        section(res, "moe_sweep", lambda: moe_sweep(model), deadline)
+    for b in (1, 8):
+        section(
+            res, f"engine_decode_b{b}", lambda b=b: engine_decode_rate(model, b, args.n1, args.n2), deadline
+        )
+    section(res, "roofline_b1_ctx512_compiled", lambda: roofline(PROMPT, "decode"), deadline)
+    section(
+        res, "engine_decode_b1_compiled", lambda: engine_decode_rate(model, 1, args.n1, args.n2, "decode"), deadline
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_out")
@@ -297,6 +382,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=360)
     ap.add_argument("--n1", type=int, default=8)
     ap.add_argument("--n2", type=int, default=40)
+    ap.add_argument("--quick", action="store_true", help="(b) and batch-1/8 decode only (see the docstring)")
+    ap.add_argument("--moe-sweep", action="store_true", help="time the decode MoE kernels per launch config")
     args = ap.parse_args()
     deadline = time.monotonic() + args.budget_s
     out = Path(args.out)
