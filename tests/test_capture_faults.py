@@ -47,7 +47,7 @@ def test_a_raising_hook_leaves_output_identical_and_is_reported(target, place, r
 def test_a_place_that_keeps_failing_is_switched_off(tmp_path, monkeypatch):
     monkeypatch.setattr(hooks.Recorder, "pre", _boom)
     model = ToyModel(torch.tensor([[0, 1]]), num_experts=2)
-    with hybridscope.capture(db=tmp_path / "g.duckdb", model=model, quiet=True) as cap:
+    with hybridscope.capture(db=tmp_path / "g.duckdb", model=model, sample_every=1, quiet=True) as cap:
         ys = [model(torch.ones(1, 2)) for _ in range(50)]  # 50 calls x 3 hooked modules > the limit
     assert all(torch.equal(y, torch.full((1, 2), 2.0)) for y in ys)
     assert cap.summary.faults["hook.pre"]["count"] == cap.faults.limit  # then no more tries

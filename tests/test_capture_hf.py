@@ -37,7 +37,7 @@ def test_hf_nemotron_h_on_cpu_rows_match_the_pattern(tmp_path):
     model = hf_nemotron_h()
     ids = torch.randint(10, 250, (2, 8), generator=torch.Generator().manual_seed(0))
     reference = _generate(model, ids, 3)
-    with hybridscope.capture(db=tmp_path / "hf.duckdb", model=model, quiet=True) as cap:
+    with hybridscope.capture(db=tmp_path / "hf.duckdb", model=model, sample_every=1, quiet=True) as cap:
         out = _generate(model, ids, 3)
     assert torch.equal(out, reference) and cap.summary.faults == {}
     con, run = latest_run(tmp_path / "hf.duckdb")
@@ -69,7 +69,7 @@ def gpu_runs(tmp_path_factory):
         torch.cuda.synchronize()
         summaries = {}
         for mode in ("layers", "kernels"):
-            with hybridscope.capture(db=db, model=model, mode=mode, label=mode) as cap:
+            with hybridscope.capture(db=db, model=model, mode=mode, label=mode, sample_every=1) as cap:
                 for _ in range(3):
                     model(ids)
             summaries[mode] = cap.summary
@@ -103,7 +103,7 @@ def _both_modes(db, model, call, n: int = 3) -> None:
         call()
         torch.cuda.synchronize()
         for mode in ("layers", "kernels"):
-            with hybridscope.capture(db=db, model=model, mode=mode, quiet=True):
+            with hybridscope.capture(db=db, model=model, mode=mode, sample_every=1, quiet=True):
                 for _ in range(n):
                     call()
 

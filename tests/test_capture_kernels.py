@@ -14,7 +14,7 @@ def kernel_run(tmp_path_factory):
     db = tmp_path_factory.mktemp("kern") / "run.duckdb"
     reference = reference_tokens()
     model = engine_tiny()
-    with hybridscope.capture(db=db, model=model, mode="kernels", quiet=True) as cap:
+    with hybridscope.capture(db=db, model=model, mode="kernels", sample_every=1, quiet=True) as cap:
         out = run_engine(model)
     return db, reference, out, cap.summary
 
@@ -56,8 +56,10 @@ def test_windowed_sampling_profiles_only_its_steps(tmp_path):
         for _ in range(5):
             model(torch.ones(1, 2))
     con, run = latest_run(tmp_path / "w.duckdb")
-    # schedule per 2 steps: 1 warm-up step (recorded, discarded), 1 profiled step -> steps 1 and 3
+    # the first step of every 2 is profiled (a warm-up step before each window but the first)
     steps = {s for (s,) in rows(con, "SELECT DISTINCT step FROM events WHERE run_id = ? AND source = 'cpu'", [run])}
-    assert steps == {1, 3}
+    assert steps == {0, 2, 4}
+    scoped = {s for (s,) in rows(con, "SELECT DISTINCT step FROM scopes WHERE run_id = ? AND kind != 'step'", [run])}
+    assert scoped == {0, 2, 4}  # module hooks only on the profiled steps
     assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(5,)]
     assert cap.summary.faults == {}

@@ -53,7 +53,7 @@ def engine_run(tmp_path_factory):
     db = tmp_path_factory.mktemp("cap") / "run.duckdb"
     reference = reference_tokens()
     model = engine_tiny()
-    with hybridscope.capture(db=db, model=model, mode="layers", quiet=True) as cap:
+    with hybridscope.capture(db=db, model=model, mode="layers", sample_every=1, quiet=True) as cap:
         out = run_engine(model)
     return db, reference, out, cap.summary
 
@@ -121,14 +121,15 @@ def test_scopes_built_by_attribution(engine_run):
                          AND (s.module_path <> e.module OR s.layer_index IS DISTINCT FROM e.layer_index)""", [run])
     assert bad == [(0,)]
     depth = rows(con, "SELECT max(depth) FROM scopes WHERE run_id = ? AND name LIKE 'Router:%'", [run])[0][0]
-    assert depth == 3  # step > block > moe > router
+    assert depth == 2  # step > block > router (the MoE module is its block's only child: not hooked)
 
 
 def test_explicit_steps_and_step_limit(tmp_path):
     model = engine_tiny()
     x = torch.arange(5)
     calls = []
-    with hybridscope.capture(db=tmp_path / "a.duckdb", model=model.layers[0], mode="layers", quiet=True) as cap:
+    with hybridscope.capture(db=tmp_path / "a.duckdb", model=model.layers[0], mode="layers", sample_every=1,
+                             quiet=True) as cap:
         from hybridscope.engine.model import Batch
 
         batch = Batch.packed([0], [0], [5], "cpu")
@@ -146,7 +147,7 @@ def test_explicit_steps_and_step_limit(tmp_path):
 
 def test_steps_limit_stops_capture_and_workload_goes_on(tmp_path):
     model = ToyModel(torch.tensor([[0, 1]]), num_experts=2)
-    with hybridscope.capture(db=tmp_path / "b.duckdb", model=model, steps=2, quiet=True) as cap:
+    with hybridscope.capture(db=tmp_path / "b.duckdb", model=model, steps=2, sample_every=1, quiet=True) as cap:
         ys = [model(torch.ones(1, 2)) for _ in range(5)]
         assert cap.summary is not None and cap.summary.steps == 2  # written at the limit, mid-run
     assert all(torch.equal(y, torch.full((1, 2), 2.0)) for y in ys)

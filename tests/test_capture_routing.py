@@ -13,7 +13,7 @@ from hybridscope.capture.routing import topk_ids
 def test_counts_equal_a_hand_computed_bincount(tmp_path):
     ids = torch.tensor([[0, 2], [2, 3], [2, 0]])  # expert 0: 2 tokens, 1: 0, 2: 3, 3: 1
     model = ToyModel(ids, num_experts=4)
-    with hybridscope.capture(db=tmp_path / "r.duckdb", model=model, quiet=True):
+    with hybridscope.capture(db=tmp_path / "r.duckdb", model=model, sample_every=1, quiet=True):
         for _ in range(3):
             model(torch.ones(3, 2))
     con, run = latest_run(tmp_path / "r.duckdb")
@@ -53,7 +53,7 @@ def test_engine_router_counts_match_its_outputs(tmp_path):
         if hasattr(block, "moe"):
             block.moe.router.register_forward_hook(record(i))
     model.register_forward_pre_hook(count_step)
-    with hybridscope.capture(db=tmp_path / "e.duckdb", model=model, quiet=True):
+    with hybridscope.capture(db=tmp_path / "e.duckdb", model=model, sample_every=1, quiet=True):
         run_engine(model)
     con, run = latest_run(tmp_path / "e.duckdb")
     got = {(s, layer): np.array(t) for s, layer, t in rows(

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from hybridscope.capture import writer
-from hybridscope.capture.hooks import Recorder, install, plan
+from hybridscope.capture.hooks import Hooks, Recorder, plan
 from hybridscope.capture.layers import CpuTimer, CudaTimer, Resolved
 from hybridscope.capture.routing import Routing
 from hybridscope.capture.sampler import Sampler
@@ -58,9 +58,10 @@ class Armed:
             self.kernels.start()
         self.sampler = Sampler(cap.sampler_interval, self.faults, devices=self._uuids())
         self.sampler.start()
-        self.handles = install(specs_modules, self.recorder, self.faults)
-        self.handles.append(model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
-        self.handles.append(model.register_forward_hook(self._root_post, always_call=True))
+        self.hooks = Hooks(specs_modules, self.recorder, self.faults)
+        self._toggle(0)  # step 0 is always sampled
+        self.handles = [model.register_forward_pre_hook(self._root_pre, with_kwargs=True),
+                        model.register_forward_hook(self._root_post, always_call=True)]
         self.model_class = type(model).__name__
         self.script = _script()  # now: `hybridscope trace` restores sys.argv before the run is written
 
@@ -90,11 +91,28 @@ class Armed:
             self.forward_seen = True
         self._boundary(time.perf_counter_ns(), closing=(phase, n_tokens, n_requests), following=(None,) * 3)
 
+    def sampled(self, step: int) -> bool:
+        """Steps recorded in full: the first k of every n (`cap.window` = (k, n)); step 0 always."""
+        k, n = self.cap.window
+        return step % n < k
+
+    def _toggle(self, step: int) -> None:
+        """Module hooks in place for a sampled step, none for the others (see capture.session)."""
+        with self.faults.guard("hooks.toggle"):
+            if self.sampled(step):
+                self.recorder.reset_stack()
+                self.hooks.install()
+            else:
+                self.hooks.remove()
+
     def _boundary(self, now: int, closing: tuple, following: tuple) -> None:
         rec = self.recorder
-        self.steps.append((rec.step, self.open_ts + rec.offset, now - self.open_ts, *closing))
+        self.steps.append((rec.step, self.open_ts + rec.offset, now - self.open_ts, *closing,
+                           self.hooks.installed))
         rec.step += 1
         self.open_ts, self.open_meta = now, following
+        if self.sampled(rec.step) != self.hooks.installed:
+            self._toggle(rec.step)
         if self.timer is not None:
             self.timer.step_boundary()
             with self.faults.guard("layers.resolve"):
@@ -115,9 +133,12 @@ class Armed:
     # -- the end -------------------------------------------------------------------------------
     def finish(self, summary) -> None:
         """Disarm, read everything back and write the run; fills `summary`."""
+        was_sampled = self.hooks.installed
         for h in self.handles:
             with self.faults.guard("disarm"):
                 h.remove()
+        with self.faults.guard("disarm"):
+            self.hooks.remove()
         if self.kernels is not None:
             with self.faults.guard("kernels.stop"):
                 self.kernels.stop()
@@ -126,7 +147,8 @@ class Armed:
         if self.open_ts is not None and self.forward_seen and (
                 not self.explicit or (rec.inst_step and rec.inst_step[-1] == rec.step)):
             end = self.last_end if not self.explicit else time.perf_counter_ns()
-            self.steps.append((rec.step, self.open_ts + rec.offset, max(0, end - self.open_ts), *self.open_meta))
+            self.steps.append((rec.step, self.open_ts + rec.offset, max(0, end - self.open_ts), *self.open_meta,
+                               was_sampled))
         if self.timer is not None:
             with self.faults.guard("layers.resolve"):
                 self._take(self.timer.resolve(rec.parents, final=True, faults=self.faults))
@@ -186,7 +208,8 @@ class Armed:
             "drops": {"scopes": rec.drops, "routing": self.routing.drops, "samples": self.sampler.drops,
                       "kernel_windows": self.kernels.dropped_windows if self.kernels else 0},
             "faults": self.faults.as_dict(), "hook_mismatches": rec.mismatches,
-            "sampler": self.sampler.note or None, "window": list(self.cap.window) if self.cap.window else None,
+            "sampler": self.sampler.note or None, "window": list(self.cap.window),
+            "sampling": self._sampling_note(),
         }
         if self.kernels is not None:
             notes["kernel_clock_offset_ns"] = self.kernels.clock_offset_ns
@@ -200,6 +223,13 @@ class Armed:
         if not self.specs:
             notes["routing"] = "no hybrid layers recognized in this model: only steps were recorded"
         return notes
+
+    def _sampling_note(self) -> dict:
+        k, n = self.cap.window
+        return {"sample_steps": k, "sample_every": n, "steps": len(self.steps),
+                "sampled_steps": sum(1 for s in self.steps if s[-1]), "hook_installs": self.hooks.installs,
+                "covers": ("layer times, scopes, routing counts" + (" and kernels" if self.kernels else "")
+                           + " come from sampled steps only (steps.sampled); step latency from every step")}
 
     def _uuids(self) -> dict | None:
         if not self.cuda:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from time import perf_counter_ns
 
 import numpy as np
 
@@ -68,8 +69,10 @@ def is_hybrid_model(model) -> bool:
     return any(s.role == "block" and s.layer_type is not None for s, _ in plan(model))
 
 
-def plan(model) -> list[tuple[Spec, object]]:
-    """(Spec, module) for every module to hook, in `named_modules` order (parents first)."""
+def plan(model, prune: bool = True) -> list[tuple[Spec, object]]:
+    """(Spec, module) for every module to hook, in `named_modules` order (parents first).
+
+    `prune`: leave out a strong module that is its block's only hooked direct child (`_redundant`)."""
     found, leaves = [], []
     for path, module in model.named_modules():
         if not path:
@@ -82,13 +85,30 @@ def plan(model) -> list[tuple[Spec, object]]:
             if info.role in LEAF_ROLES:
                 leaves.append(path + ".")
     by_path = {p: info for p, _, info in found}
+    types = [_resolve_type(path, info, by_path) for path, _, info in found]  # before pruning
+    pruned = _redundant(found) if prune else set()
     specs = []
-    for i, (path, module, info) in enumerate(found):
-        layer_type = _resolve_type(path, info, by_path)
+    for (path, module, info), layer_type in zip(found, types):
+        if path in pruned:
+            continue
         n_experts = _expert_count(module) if info.role == "router" else None
-        specs.append((Spec(i, path, type(module).__name__, info.role, layer_type, info.layer_index,
+        specs.append((Spec(len(specs), path, type(module).__name__, info.role, layer_type, info.layer_index,
                            info.family, n_experts), module))
     return specs
+
+
+def _redundant(found: list) -> set[str]:
+    """Paths of strong modules (mixer / attention / MoE) that are the only hooked child of their
+    block: the block's scope already carries their layer type, index and time (plus the norm and
+    residual around them), so hooking them too costs two hook calls per layer and adds no layer
+    type. A block with two strong children (a parallel hybrid) keeps both."""
+    children: dict[str, list] = {}
+    blocks = {p for p, _, info in found if info.role == "block"}
+    for path, _, info in found:
+        parent = next((b for b in blocks if path.startswith(b + ".")), None)
+        if parent is not None and "." not in path[len(parent) + 1:]:
+            children.setdefault(parent, []).append((path, info))
+    return {kids[0][0] for kids in children.values() if len(kids) == 1 and kids[0][1].role in STRONG_ROLES}
 
 
 def _strong_by_class(module) -> bool:
@@ -127,6 +147,8 @@ class Recorder:
     Per scope instance (one module call) it keeps: spec index, parent instance, step, host start
     and end (run clock, ns) and nesting depth. `timer` (layers mode) gets a start and an end mark;
     `routing` gets router outputs. Instances past `capacity` are dropped and counted.
+    Hot-path costs are kept to list appends of ints and one clock read per side: every
+    microsecond here is added to each module call of a launch-bound decode step.
     """
 
     def __init__(self, specs: list[Spec], *, capacity: int, timer=None, routing=None):
@@ -134,6 +156,7 @@ class Recorder:
         self.capacity = capacity
         self.timer = timer
         self.routing = routing
+        self.is_router = [s.role == "router" for s in specs]
         self.offset = time.time_ns() - time.perf_counter_ns()
         self.tid = threading.get_native_id()
         self.stack: list[tuple[int, int, int]] = []  # (instance or -1 when dropped, spec, t0)
@@ -144,36 +167,40 @@ class Recorder:
         self.step = 0
         self.drops = 0
         self.mismatches = 0
+        self.off = False  # set once a hook place failed too often (Faults.limit)
 
     def pre(self, i: int) -> None:
         n = len(self.inst_spec)
-        if n >= self.capacity or (self.timer is not None and not self.timer.room()):
+        stack = self.stack
+        timer = self.timer
+        if n >= self.capacity or (timer is not None and not timer.room()):
             self.drops += 1
-            self.stack.append((-1, i, 0))
+            stack.append((-1, i, 0))
             return
         self.inst_spec.append(i)
-        self.inst_parent.append(self.stack[-1][0] if self.stack else -1)
+        self.inst_parent.append(stack[-1][0] if stack else -1)
         self.inst_step.append(self.step)
-        self.stack.append((n, i, time.perf_counter_ns()))
-        if self.timer is not None:
-            self.timer.mark(n, True)  # last: the hook's own cost stays outside the interval
+        stack.append((n, i, perf_counter_ns()))
+        if timer is not None:
+            timer.mark(n, True)  # last: the hook's own cost stays outside the interval
 
     def post(self, i: int, output) -> None:
-        if not self.stack:
+        stack = self.stack
+        if not stack:
             return  # armed in the middle of this module's call: its start was never seen
-        inst, spec, t0 = self.stack.pop()
+        inst, spec, t0 = stack.pop()
         if spec != i:  # a call that raised past a hook-less frame; realign on this module
             self.mismatches += 1
-            while self.stack and spec != i:
-                inst, spec, t0 = self.stack.pop()
+            while stack and spec != i:
+                inst, spec, t0 = stack.pop()
             if spec != i:
                 return
         if inst < 0:
             return
         if self.timer is not None:
-            self.timer.mark(inst, False)
-        self.rows.append((inst, t0, time.perf_counter_ns(), len(self.stack)))
-        if self.routing is not None and self.specs[i].role == "router":
+            self.timer.mark(inst, False)  # first: the hook's own cost stays outside the interval
+        self.rows.append((inst, t0, perf_counter_ns(), len(stack)))
+        if self.routing is not None and self.is_router[i]:
             self.routing.add(self.step, self.specs[i], output)
 
     def reset_stack(self) -> None:
@@ -208,36 +235,64 @@ class Recorder:
         }
 
 
-def install(specs_modules, recorder: Recorder, faults) -> list:
-    """Register the pre/post hooks; return their handles. Each hook swallows its own failures."""
-    handles = []
-    for spec, module in specs_modules:
-        handles.append(module.register_forward_pre_hook(_pre_hook(recorder, spec.idx, faults)))
-        handles.append(module.register_forward_hook(_post_hook(recorder, spec.idx, faults), always_call=True))
-    return handles
+class Hooks:
+    """The module hooks of one capture, installed and removed as a set (`install` / `remove`).
+
+    Hook functions are built once; installing registers them again (a few microseconds per
+    module, paid at the boundary of a sampled step), removing drops them so that an unsampled
+    step runs with no module hook at all (torch's hook-free fast path)."""
+
+    def __init__(self, specs_modules, recorder: Recorder, faults):
+        self.fns = [(module, _pre_hook(recorder, spec.idx, faults), _post_hook(recorder, spec.idx, faults))
+                    for spec, module in specs_modules]
+        self.handles: list = []
+        self.installs = 0
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.handles)
+
+    def install(self) -> None:
+        if self.handles:
+            return
+        for module, pre, post in self.fns:
+            self.handles.append(module.register_forward_pre_hook(pre))
+            self.handles.append(module.register_forward_hook(post, always_call=True))
+        self.installs += 1
+
+    def remove(self) -> None:
+        handles, self.handles = self.handles, []
+        for h in handles:
+            h.remove()
 
 
 def _pre_hook(recorder: Recorder, i: int, faults):
+    pre = recorder.pre
+
     def hook(module, args):
-        if faults.disabled("hook.pre"):
+        if recorder.off:
             return
         try:
-            recorder.pre(i)
+            pre(i)
         except Exception as e:  # noqa: BLE001 - capture never takes the workload down
             faults.record("hook.pre", e)
+            recorder.off = faults.disabled("hook.pre")
         return
 
     return hook
 
 
 def _post_hook(recorder: Recorder, i: int, faults):
+    post = recorder.post
+
     def hook(module, args, output):
-        if faults.disabled("hook.post"):
+        if recorder.off:
             return
         try:
-            recorder.post(i, output)
+            post(i, output)
         except Exception as e:  # noqa: BLE001 - capture never takes the workload down
             faults.record("hook.post", e)
+            recorder.off = faults.disabled("hook.post")
         return  # never replaces the module's output
 
     return hook

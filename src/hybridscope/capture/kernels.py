@@ -7,8 +7,10 @@ their layer through the hooks' scopes: kernel -> correlation -> launch (host tim
 innermost scope, by `hybridscope.attribute` like any import. On CPU there is no device timeline:
 the profiler records CPU ops (source 'cpu', kind 'cpu_op'), attributed the same way.
 
-Windowed sampling `window=(k, n)`: k profiled steps out of every n (torch.profiler's schedule:
-n-k-1 steps off, 1 warm-up step, k recorded), so a long run pays for CUPTI only in its windows.
+Windowed sampling `window=(k, n)`: the first k steps of every n are profiled, the same steps
+that get module hooks (capture.session, Sampling); a torch.profiler schedule (`_schedule`) turns
+the profiler off outside them, with one warm-up step before each window, so a long run pays for
+CUPTI only in its windows. `n == 1`: one profiler session for the whole run.
 The results of each window are kept as the profiler's own result objects and converted at flush,
 so the run itself pays only for the profiler, not for the conversion. `max_windows` bounds them;
 windows past it are dropped and counted.
@@ -64,15 +66,12 @@ class KernelBackend:
         self.clock_offset_ns = 0
 
     def start(self) -> None:
-        from torch.profiler import ProfilerActivity, profile, schedule
+        from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CUDA] if self.cuda else [ProfilerActivity.CPU]
         sched = None
-        if self.window is not None:
-            k, n = self.window
-            if n > k:
-                warmup = 1 if n - k >= 1 else 0
-                sched = schedule(wait=n - k - warmup, warmup=warmup, active=k, repeat=0)
+        if self.window is not None and self.window[1] > self.window[0]:
+            sched = _schedule(*self.window)
         with warnings.catch_warnings():  # "clears events at the end of each cycle": _keep holds them
             warnings.simplefilter("ignore", UserWarning)
             self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
@@ -113,6 +112,20 @@ class KernelBackend:
         if self.clock_offset_ns:
             cols["ts_ns"] = cols["ts_ns"] + self.clock_offset_ns
         return cols
+
+
+def _schedule(k: int, n: int):
+    """torch.profiler schedule recording steps s with s % n < k (the capture's sampled steps):
+    a warm-up step just before each window, the window's last step saves (on_trace_ready)."""
+    from torch.profiler import ProfilerAction
+
+    def action(step: int) -> ProfilerAction:
+        pos = step % n
+        if pos < k:
+            return ProfilerAction.RECORD_AND_SAVE if pos == k - 1 else ProfilerAction.RECORD
+        return ProfilerAction.WARMUP if pos == n - 1 else ProfilerAction.NONE
+
+    return action
 
 
 def _concat(chunks):

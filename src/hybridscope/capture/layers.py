@@ -111,6 +111,33 @@ SHARED_POOL: list = []
 POOL_KEEP = 1 << 16
 
 
+def _fast_record(torch, probe):
+    """(record, current stream key, stream from key) bypassing `torch.cuda.Event.record()`.
+
+    `Event.record()` with no stream calls `torch.cuda.current_stream()`, which builds a Python
+    Stream object per call; that and the wrapper cost several microseconds a mark on an H100 host
+    (docs/benchmarks.md). Here the current stream is read as a tuple (a C call) and the Stream
+    object is rebuilt only when it changes, so marks still follow `torch.cuda.stream(...)`
+    switches. Returns None (the plain `record()` is used) when this torch lacks these entry
+    points or the probe record fails."""
+    try:
+        base = torch._C._CudaEventBase.record
+        current = torch._C._cuda_getCurrentStream
+        dev = torch.cuda.current_device()
+
+        def key():
+            return current(dev)
+
+        def stream(k):
+            return torch.cuda.Stream(stream_id=k[0], device_index=k[1], device_type=k[2])
+
+        if probe is not None:
+            base(probe, stream(key()))
+        return base, key, stream
+    except Exception:  # noqa: BLE001 - an internal API moved: fall back to the public one
+        return None
+
+
 class CudaTimer:
     """Marks from CUDA events on the current stream, read back lazily (see module docstring).
 
@@ -125,6 +152,9 @@ class CudaTimer:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()  # the CUDA event itself is created on first record
             self.pool.append(ev)
+        self._record = _fast_record(torch, self.pool[0] if self.pool else None)
+        self._stream_key = None       # (stream id, device, type) of the cached stream object
+        self._stream = None
         self.n_live = 0               # events handed out and not yet recycled
         self.current: list = []       # marks of the running step: (event, inst, is_start)
         self.pending: deque = deque()  # finished steps waiting for their events
@@ -140,9 +170,17 @@ class CudaTimer:
         return self.n_live + 2 <= self.capacity
 
     def mark(self, inst: int, is_start: bool) -> None:
-        ev = self.pool.pop() if self.pool else self.torch.cuda.Event(enable_timing=True)
+        pool = self.pool
+        ev = pool.pop() if pool else self.torch.cuda.Event(enable_timing=True)
         self.n_live += 1
-        ev.record()
+        rec = self._record
+        if rec is None:
+            ev.record()
+        else:  # the current stream, without building a Stream object per mark (see _fast_record)
+            key = rec[1]()
+            if key != self._stream_key:
+                self._stream_key, self._stream = key, rec[2](key)
+            rec[0](ev, self._stream)
         self.current.append((ev, inst, is_start))
 
     def step_boundary(self) -> None:

@@ -7,8 +7,15 @@
 
 Modes: 'layers' (light, meant to stay on: per-module device time from CUDA events, see
 capture.layers) and 'kernels' (deep: kernels through torch.profiler, attributed to the same
-scopes, see capture.kernels; `sample_every=n, sample_steps=k` profiles k steps of every n).
-Both record the module scopes, MoE routing counts, steps, and the dashboard's view (sampler).
+scopes, see capture.kernels). Both record the module scopes, MoE routing counts, steps, and the
+dashboard's view (sampler).
+
+Sampling (both modes): `sample_every=n, sample_steps=k` records the first k steps of every n in
+full (step 0 always): module hooks are installed at the boundary that starts a sampled step and
+removed at its end, so the other steps run with no module hook at all (and, in kernels mode,
+with the profiler off). Every step is still timed (the steps table, step_ms samples); layer
+times, scopes, routing counts and kernels come from sampled steps only (`steps.sampled`,
+`runs.notes...sampling`). Default 1 of 8 (DEFAULT_SAMPLING); `sample_every=1` records every step.
 
 Steps: `cap.step(n_tokens=, phase=, n_requests=)` ends the current step and starts the next
 (step 0 starts when capture is armed). Until the first `cap.step()`, each top-level call of the
@@ -35,6 +42,10 @@ from hybridscope.capture.faults import Faults
 from hybridscope.errors import UsageError
 
 MODES = ("layers", "kernels")
+# Sampling defaults per mode: (sample_steps k, sample_every n): the first k steps of every n are
+# recorded in full (module hooks in place), the others only timed as steps. Measured costs are in
+# docs/benchmarks.md (Capture); `sample_every=1` records every step.
+DEFAULT_SAMPLING = {"layers": (1, 8), "kernels": (1, 8)}
 
 
 @dataclass
@@ -72,7 +83,7 @@ class Summary:
 
 def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layers", label: str | None = None,
             steps: int | None = None, duration: float | None = None, sample_every: int | None = None,
-            sample_steps: int = 1, sampler_interval: float = 0.5, max_events: int = 1_000_000,
+            sample_steps: int | None = None, sampler_interval: float = 0.5, max_events: int = 1_000_000,
             quiet: bool = False) -> Capture:
     """A capture session (a context manager). `model` may be given later with `cap.attach(model)`.
 
@@ -84,11 +95,14 @@ def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layer
             raise UsageError(f"{name} must be a positive integer, not {value!r}")
     if duration is not None and not duration > 0:
         raise UsageError(f"duration must be a positive number of seconds, not {duration!r}")
-    if sample_every is not None and not 1 <= sample_steps <= sample_every:
-        raise UsageError(f"sample_steps must be between 1 and sample_every ({sample_every}), not {sample_steps}")
+    k, n = DEFAULT_SAMPLING[mode]
+    n = n if sample_every is None else sample_every
+    k = min(k, n) if sample_steps is None else sample_steps
+    if not isinstance(k, int) or not 1 <= k <= n:
+        raise UsageError(f"sample_steps must be between 1 and sample_every ({n}), not {k!r}")
     if not sampler_interval > 0:
         raise UsageError(f"sampler_interval must be positive, not {sampler_interval!r}")
-    window = (sample_steps, sample_every) if sample_every is not None else None
+    window = (k, n)
     return Capture(Path(db), mode=mode, label=label, steps=steps, duration=duration, window=window,
                    sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=model)
 

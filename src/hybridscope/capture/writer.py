@@ -63,14 +63,15 @@ def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, 
 
 def step_tables(steps: list[tuple], *, rank: int, pid: int, tid: int, first_id: int) -> tuple[dict, dict, dict]:
     """(steps rows, 'step#k' annotation events, step_ms / tokens_per_s samples) from closed steps
-    given as (step, ts_ns, duration_ns, phase, n_tokens, n_requests)."""
+    given as (step, ts_ns, duration_ns, phase, n_tokens, n_requests, sampled)."""
     if not steps:
         return {}, {}, {}
-    step, ts, dur, phase, n_tokens, n_requests = (list(c) for c in zip(*steps))
+    step, ts, dur, phase, n_tokens, n_requests, sampled = (list(c) for c in zip(*steps))
     n = len(step)
     ts_a, dur_a = np.asarray(ts, np.int64), np.asarray(dur, np.int64)
     rows = {"rank": np.full(n, rank, np.int32), "step": np.asarray(step, np.int32), "ts_ns": ts_a,
-            "duration_ns": dur_a, "phase": phase, "n_tokens": n_tokens, "n_requests": n_requests}
+            "duration_ns": dur_a, "phase": phase, "n_tokens": n_tokens, "n_requests": n_requests,
+            "sampled": np.asarray(sampled, bool)}
     ann = {"rank": np.full(n, rank, np.int32), "event_id": first_id + np.arange(n, dtype=np.int64),
            "source": ["annotation"] * n, "kind": ["user_annotation"] * n,
            "name": [f"step#{s}" for s in step], "pid": np.full(n, pid, np.int64),

@@ -109,8 +109,10 @@ CREATE TABLE IF NOT EXISTS steps (
     duration_ns   BIGINT NOT NULL,
     phase         VARCHAR,               -- 'prefill' | 'decode' | 'mixed'
     n_tokens      INTEGER,
-    n_requests    INTEGER
+    n_requests    INTEGER,
+    sampled       BOOLEAN                -- capture: layer times/scopes/routing recorded for this step; NULL: import
 );
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS sampled BOOLEAN;  -- stores created before the column
 
 -- MoE routing: tokens per expert, per MoE layer and step.
 CREATE TABLE IF NOT EXISTS routing (
