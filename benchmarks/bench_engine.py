@@ -277,13 +277,17 @@ def _graph_time(fn, iters: int = 10) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
-MOE_CONFIGS = [(8, 256, 4), (16, 256, 4), (16, 512, 4), (32, 256, 4), (32, 128, 4), (8, 512, 2), (16, 512, 8)]
+MOE_CONFIGS = {  # (rows per program, reduction chunk, warps)
+    "up": [(8, 256, 4), (8, 512, 4), (8, 1024, 8), (16, 512, 8), (16, 1024, 8), (4, 1024, 4), (32, 256, 8)],
+    "down": [(16, 512, 8), (16, 256, 4), (32, 512, 8), (8, 1024, 4), (16, 1024, 8), (32, 256, 4), (64, 128, 8)],
+}
 
 
 def moe_sweep(model) -> dict:
     """Batch-1 MoE (routed top-k + shared expert + residual) per call: the grouped GEMVs under each
     launch configuration of ``moe_gemv_triton.CONFIG`` (up, then down at the best up), and the
-    grouped-GEMM path; one call per MoE layer per replay so the weights come from HBM."""
+    grouped-GEMM path; one call per MoE layer per replay so the weights come from HBM. Leaves the
+    fastest configuration in ``CONFIG`` (the sections after it run with it)."""
     from hybridscope.engine.kernels import moe_gemv_triton as mt
 
     moes = [b.moe for b in model.layers if b.char == "E"]
@@ -303,16 +307,14 @@ def moe_sweep(model) -> dict:
         out[label] = {"us": round(t * 1e6, 2), "GBs": round(nbytes / t / 1e9)}
         return t
 
-    saved = dict(mt.CONFIG)
     for part in ("up", "down"):
         best = None
-        for c in MOE_CONFIGS:
+        for c in MOE_CONFIGS[part]:
             mt.CONFIG[part] = c
             t = timed(f"{part}={c}")
             best = (t, c) if best is None or t < best[0] else best
         mt.CONFIG[part] = best[1]
     out["best"] = dict(mt.CONFIG)
-    mt.CONFIG.update(saved)
     for m in moes:
         m.gemv_path = lambda T: False
     try:
@@ -332,6 +334,8 @@ def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None
     def roofline(ctx: int, mode=False) -> dict:
         return {**decode_step(model, ctx, compile_mode=mode), **decode_bytes(model, ctx)}
 
+    if args.moe_sweep:
+        section(res, "moe_sweep", lambda: moe_sweep(model), deadline)
     section(res, "roofline_b1_ctx512", lambda: roofline(PROMPT), deadline)
     if args.quick:
         quick_sections(res, model, roofline, args, deadline)
@@ -360,10 +364,8 @@ def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None
 
 
 def quick_sections(res: dict, model, roofline, args, deadline: float) -> None:
-    """(b) at both contexts, the MoE sweep, batch-1/8 engine decode; then the same compiled."""
+    """(b) at 4032 tokens, batch-1/8 engine decode; then batch 1 compiled."""
     section(res, "roofline_b1_ctx4032", lambda: roofline(4032), deadline)
-    if args.moe_sweep:
-        section(res, "moe_sweep", lambda: moe_sweep(model), deadline)
     for b in (1, 8):
         section(
             res, f"engine_decode_b{b}", lambda b=b: engine_decode_rate(model, b, args.n1, args.n2), deadline

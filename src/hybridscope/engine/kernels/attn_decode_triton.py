@@ -62,7 +62,8 @@ def attn_decode_splitkv_kernel(
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
-            s = tl.where(ml[None, :], s * scale, float("-inf"))
+            # the cast keeps the loop-carried state fp32 when a caller (Inductor) passes scale as fp64
+            s = tl.where(ml[None, :], (s * scale).to(tl.float32), float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m_i - m_new)

@@ -23,7 +23,7 @@ import triton.language as tl
 from .moe_gemv import check_gemv_args, check_route_args
 
 # block sizes: rows (hidden units / output features) per program, reduction chunk, warps
-CONFIG = {"up": (16, 256, 4), "down": (16, 256, 4)}
+CONFIG = {"up": (8, 256, 4), "down": (16, 512, 8)}
 
 
 @triton.jit
@@ -64,7 +64,7 @@ def moe_route_kernel(
     if NORM:
         wt = wt / tl.maximum(tl.sum(wt, 1), 1e-20)[:, None]
     mk = mr[:, None] & (kcols[None, :] < TOP_K)
-    tl.store(w_ptr + rows[:, None] * TOP_K + kcols[None, :], wt * scale, mask=mk)
+    tl.store(w_ptr + rows[:, None] * TOP_K + kcols[None, :], (wt * scale).to(tl.float32), mask=mk)
     tl.store(ids_ptr + rows[:, None] * TOP_K + kcols[None, :], it, mask=mk)
     if ATOMIC:
         tl.atomic_add(load_ptr + cols, cnt, mask=mc)
@@ -139,37 +139,49 @@ def moe_grouped_gemv_up_kernel(
 
 @triton.jit
 def moe_grouped_gemv_down_kernel(
-    h_ptr, ids_ptr, wts_ptr, wd_ptr, sd_ptr, res_ptr, out_ptr,
-    D, I, IS, stride_de, stride_dn, stride_sn, h_t, res_t, out_t,
+    h_ptr, ids_ptr, wd_ptr, sd_ptr, part_ptr,
+    D, I, IS, stride_de, stride_dn, stride_sn, h_t,
+    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    nb, j, t = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    if j < TOP_K:
+        e = tl.load(ids_ptr + t * TOP_K + j)
+        base = wd_ptr + e * stride_de
+        inner = I
+        srow = stride_dn
+        hoff = j * I
+    else:
+        base = sd_ptr
+        inner = IS
+        srow = stride_sn
+        hoff = TOP_K * I
+    n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    mn = n < D
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, inner, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        mk = kk < inner
+        hv = tl.load(h_ptr + t * h_t + hoff + kk, mask=mk, other=0.0).to(tl.float32)
+        w = tl.load(base + n[:, None].to(tl.int64) * srow + kk[None, :], mask=mn[:, None] & mk[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * hv[None, :], 1)
+    tl.store(part_ptr + (t * tl.num_programs(1) + j) * D + n, acc, mask=mn)
+
+
+@triton.jit
+def moe_grouped_gemv_combine_kernel(
+    part_ptr, wts_ptr, res_ptr, out_ptr, D, res_t, out_t,
     TOP_K: tl.constexpr, SLOTS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
     nb, t = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = n < D
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for j in range(SLOTS):
+    for j in tl.static_range(SLOTS):
+        p = tl.load(part_ptr + (t * SLOTS + j) * D + n, mask=mn, other=0.0)
         if j < TOP_K:
-            e = tl.load(ids_ptr + t * TOP_K + j)
-            base = wd_ptr + e * stride_de
-            inner = I
-            srow = stride_dn
-            g = tl.load(wts_ptr + t * TOP_K + j)
-            hoff = j * I
+            acc += tl.load(wts_ptr + t * TOP_K + j) * p
         else:
-            base = sd_ptr
-            inner = IS
-            srow = stride_sn
-            g = 1.0
-            hoff = TOP_K * I
-        part = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, inner, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            mk = kk < inner
-            hv = tl.load(h_ptr + t * h_t + hoff + kk, mask=mk, other=0.0).to(tl.float32)
-            w = tl.load(base + n[:, None].to(tl.int64) * srow + kk[None, :], mask=mn[:, None] & mk[None, :], other=0.0)
-            part += tl.sum(w.to(tl.float32) * hv[None, :], 1)
-        acc += g * part
+            acc += p
     if HAS_RES:
         acc += tl.load(res_ptr + t * res_t + n, mask=mn, other=0.0).to(tl.float32)
     tl.store(out_ptr + t * out_t + n, acc.to(out_ptr.dtype.element_ty), mask=mn)
@@ -197,10 +209,16 @@ def moe_experts_gemv_triton(x, ids, weights, w_up, w_down, activation, shared_up
         TOP_K=k, SWIGLU=activation == "swiglu", BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
     )
     bn, bk, warps = CONFIG["down"]
+    slots = k + has_sh
+    part = torch.empty(T, slots, d, dtype=torch.float32, device=x.device)
+    moe_grouped_gemv_down_kernel[(triton.cdiv(d, bn), slots, T)](
+        h, ids, w_down, sd, part,
+        d, I, Is, w_down.stride(0), w_down.stride(1), sd.stride(0), h.stride(0),
+        TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+    )
     res = residual if residual is not None else y  # dummy, never read
-    moe_grouped_gemv_down_kernel[(triton.cdiv(d, bn), T)](
-        h, ids, weights, w_down, sd, res, y,
-        d, I, Is, w_down.stride(0), w_down.stride(1), sd.stride(0), h.stride(0), res.stride(0), y.stride(0),
-        TOP_K=k, SLOTS=k + has_sh, HAS_RES=residual is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+    moe_grouped_gemv_combine_kernel[(triton.cdiv(d, 1024), T)](
+        part, weights, res, y, d, res.stride(0), y.stride(0),
+        TOP_K=k, SLOTS=slots, HAS_RES=residual is not None, BLOCK_N=1024, num_warps=4,
     )
     return y
