@@ -217,10 +217,11 @@ def _ahead(items: Iterable, depth: int = 2) -> Iterator:
 
 def _parse(mem: duckdb.DuckDBPyConnection, path: Path, events: Path, base: int) -> tuple[ParsedSlice, int]:
     mem.execute(STAGE_SQL, [str(path)])
-    mem.execute("CREATE OR REPLACE TEMP TABLE _hs_events AS " + EVENTS_SQL, {"base": base})
     # Parquet, not Python objects, carries the rows to the store connection: rows handed over
-    # as numpy object arrays stayed in the store's memory until COMMIT
-    mem.execute(f"COPY _hs_events TO '{events}' (FORMAT parquet, COMPRESSION snappy)")
+    # as numpy object arrays stayed in the store's memory until COMMIT. (COPY takes no
+    # parameters: `base` is our own integer.)
+    mapped = EVENTS_SQL.replace("$base", str(int(base)))
+    mem.execute(f"COPY ({mapped}) TO '{events}' (FORMAT parquet, COMPRESSION snappy)")
     out = ParsedSlice(events)
     n = 0
     for reason, count in mem.execute("SELECT skip, count(*) FROM _hs_stage GROUP BY skip").fetchall():
