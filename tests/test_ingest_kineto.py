@@ -438,3 +438,10 @@ def test_cli_on_real_trace(db_path, capsys):
     assert cli("import", str(path), "--db", str(db_path), "--label", "ep2") == 0
     assert "run 1 rank 0: 12,822 events" in capsys.readouterr().out
     assert rows(db_path, "SELECT label, world_size FROM runs") == [("ep2", 2)]
+
+
+def test_bad_rules_file_fails_before_anything_is_read(tmp_path, db_path):
+    path = write_trace(tmp_path / "t.json", [kernel("1.000", "1.000", 1)])
+    with pytest.raises(BadInput, match="rules"):
+        run_import(db_path, path, rules_path=tmp_path / "missing.toml")
+    assert counts(db_path).get("events", 0) == 0

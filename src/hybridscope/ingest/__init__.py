@@ -117,6 +117,10 @@ def iter_import(
     """
     ctx = ImportContext(rules_path=Path(rules_path) if rules_path else None, rank=rank, label=label,
                         progress=progress)
+    if ctx.rules_path is not None:  # a bad rules file fails before any file is read
+        from hybridscope.attribute.rules import load_rules
+
+        load_rules(ctx.rules_path)
     with _memory_capped(con):
         for path in paths:
             yield _import_one(con, Path(path), ctx)
