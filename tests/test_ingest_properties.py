@@ -10,9 +10,9 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from paths import EXTERNAL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paths import EXTERNAL
 from test_ingest_kineto import TABLES
 
 from hybridscope.errors import BadInput
