@@ -1,6 +1,6 @@
-"""Capture overhead on a GPU: throughput traced / untraced, side by side in one process.
+"""Capture overhead on a GPU: throughput traced / untraced, paired and interleaved in one process.
 
-    python benchmarks/bench_capture.py --out bench_capture.json [--reps 3] [--budget-s 330]
+    python benchmarks/bench_capture.py --out bench_capture.json [--rounds 8] [--budget-s 200]
 
 Workloads:
   (a) HF transformers NemotronH, random init, the Nemotron-3-Nano-like layout of
@@ -9,20 +9,25 @@ Workloads:
   (b) the project's engine (`hybridscope.engine`), preset nemotron3-nano-mini with the first 13
       layers of its pattern, 8 requests of 512 prompt tokens and 32 new tokens, continuous
       batching, no CUDA graphs (module hooks do not run inside a graph replay).
-Variants, interleaved within each repetition so clocks and thermals hit all alike:
-  untraced; hybridscope layers; the same without its CUDA events (hooks, scopes, routing only);
-  hybridscope kernels; hybridscope kernels 1 step in 16; torch.profiler CUDA only; torch.profiler
-  CPU + CUDA. The order rotates from one repetition to the next; gc.collect() before each.
-Per variant: in-run time (the workload call, synchronized, capture armed around it), overhead =
-median in-run / median untraced in-run - 1 (per-repetition ratios kept too), and the stop time
-(hybridscope: disarm + readback + conversion + DuckDB write + attribution; torch.profiler: its
-__exit__) apart. Also: Kineto results -> columns directly vs export_chrome_trace + import.
-Warm-up runs of every variant come first and are not counted (first CUPTI init, allocator).
+Variants: hybridscope layers (default sampling, 1 step in 8) and every step; hybridscope kernels
+(default windows, 8 steps in 64) and every step; torch.profiler CUDA only (and CPU + CUDA with
+--with-cpu-profiler).
+Design (noise: identical untraced runs of these launch-bound workloads vary by 10-30 %):
+  - every variant runs once first, uncounted (CUPTI init, allocator, first launches);
+  - each round runs U V1 U V2 ... Vn U (untraced between every two traced runs, variant order
+    rotated each round), gc.collect() and torch.cuda.synchronize() before every clock read;
+  - a traced run's paired overhead = its time / mean(the untraced runs just before and after) - 1,
+    which cancels drift slower than two runs; reported as median, quartiles, min/max and a
+    bootstrap 90 % interval of the median over rounds;
+  - in-run time (the workload call, capture armed around it) and stop time (hybridscope: disarm,
+    readback, conversion, DuckDB write, attribution; torch.profiler: its __exit__) apart.
+Also: host micro costs of the hot path, and Kineto results -> columns vs export + import.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -94,7 +99,8 @@ def variant_untraced(model, run, db):
 
 def _hybridscope(mode, **kw):
     def variant(model, run, db):
-        cap = hybridscope.capture(db=db, model=model, mode=mode, quiet=True, **kw)
+        label = mode + ("_every_step" if kw.get("sample_every") == 1 else "")
+        cap = hybridscope.capture(db=db, model=model, mode=mode, quiet=True, label=label, **kw)
         cap.__enter__()
         in_run = _timed(run)
         t0 = time.perf_counter()
@@ -123,73 +129,76 @@ def _torch_profiler(cpu: bool):
     return variant
 
 
-class _NoTimer:
-    """Stands in for the CUDA-event timer: what the hooks, scopes and routing cost without it."""
-
-    def __init__(self, *a, **k):
-        pass
-
-    def room(self):
-        return True
-
-    def mark(self, inst, is_start):
-        pass
-
-    def step_boundary(self):
-        pass
-
-    def resolve(self, parents, final, faults=None):
-        from hybridscope.capture.layers import Resolved
-
-        return Resolved()
-
-
-def _hooks_only(model, run, db):
-    from hybridscope.capture import arm
-
-    saved, arm.CudaTimer = arm.CudaTimer, _NoTimer
-    try:
-        return _hybridscope("layers")(model, run, db)
-    finally:
-        arm.CudaTimer = saved
-
-
 VARIANTS = {
-    "untraced": variant_untraced,
     "layers": _hybridscope("layers"),
-    "hooks_scopes_routing_only": _hooks_only,
+    "layers_every_step": _hybridscope("layers", sample_every=1),
     "kernels": _hybridscope("kernels"),
-    "kernels_1_in_16": _hybridscope("kernels", sample_every=16, sample_steps=1),
+    "kernels_every_step": _hybridscope("kernels", sample_every=1),
     "torch_profiler_cuda": _torch_profiler(cpu=False),
-    "torch_profiler_cpu_cuda": _torch_profiler(cpu=True),
 }
 
 
-def measure(name, model, workload, reps, db, deadline) -> dict:
+def measure(name, model, workload, rounds, db, deadline) -> dict:
+    """Paired, interleaved rounds (module docstring); stops adding rounds past `deadline`."""
     run, tokens = workload
+    variant_untraced(model, run, db)
     for v in VARIANTS.values():  # warm-up, not counted
         v(model, run, db)
-    table = {k: [] for k in VARIANTS}
     names = list(VARIANTS)
-    for rep in range(reps):
-        if time.monotonic() > deadline and rep > 0:
+    untraced: list[float] = []
+    table: dict[str, list] = {k: [] for k in names}
+    for rnd in range(rounds):
+        if time.monotonic() > deadline and rnd >= 2:
             break
-        for k in names[rep % len(names):] + names[:rep % len(names)]:  # rotate: no variant always first
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        gc.collect()
+        before = variant_untraced(model, run, db)[0]
+        untraced.append(before)
+        for k in order:
             gc.collect()
-            table[k].append(VARIANTS[k](model, run, db))
-    base = [r[0] for r in table["untraced"]]
-    out = {"workload": name, "tokens": tokens, "reps": len(base), "variants": {}}
+            res = VARIANTS[k](model, run, db)
+            gc.collect()
+            after = variant_untraced(model, run, db)[0]
+            untraced.append(after)
+            table[k].append((*res, 0.5 * (before + after)))
+            before = after
+    out = {"workload": name, "tokens": tokens, "rounds": len(table[names[0]]),
+           "untraced": {"in_run_s": statistics.median(untraced), "tokens_per_s": tokens / statistics.median(untraced),
+                        "spread_pct": _spread(untraced), "n": len(untraced), "all": untraced},
+           "variants": {}}
     for k, results in table.items():
         in_run = [r[0] for r in results]
-        # throughput ratio of medians (robust to one slow repetition) and per-repetition ratios
-        over = [100.0 * (t / b - 1.0) for t, b in zip(in_run, base)]
+        paired = [100.0 * (r[0] / r[3] - 1.0) for r in results]
         out["variants"][k] = {
             "in_run_s": statistics.median(in_run), "tokens_per_s": tokens / statistics.median(in_run),
-            "overhead_pct": 100.0 * (statistics.median(in_run) / statistics.median(base) - 1.0),
-            "overhead_pct_all": over, "in_run_all": in_run,
+            "overhead_pct": statistics.median(paired), "overhead_q": _quartiles(paired),
+            "overhead_minmax": [min(paired), max(paired)], "overhead_ci90": _bootstrap_ci(paired),
+            "overhead_pct_all": paired, "in_run_all": in_run,
             "stop_s": statistics.median(r[1] for r in results), "info": results[-1][2]}
-    out["layers_vs_kernels"] = per_layer_agreement(db)
+    with contextlib.suppress(Exception):  # a diagnostic: never lose the timings over it
+        out["layers_vs_kernels"] = per_layer_agreement(db)
     return out
+
+
+def _quartiles(xs: list[float]) -> list[float]:
+    import numpy as np
+
+    return [float(v) for v in np.percentile(xs, [25, 75])]
+
+
+def _spread(xs: list[float]) -> float:
+    """(max - min) / median of identical runs, percent."""
+    return 100.0 * (max(xs) - min(xs)) / statistics.median(xs)
+
+
+def _bootstrap_ci(xs: list[float], n: int = 2000) -> list[float]:
+    """90 % bootstrap interval of the median of `xs` (resampled rounds)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = np.asarray(xs)
+    meds = np.median(a[rng.integers(0, len(a), (n, len(a)))], axis=1)
+    return [float(v) for v in np.percentile(meds, [5, 95])]
 
 
 def per_layer_agreement(db) -> dict:
@@ -198,10 +207,8 @@ def per_layer_agreement(db) -> dict:
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        runs = {"layers": con.execute("SELECT max(run_id) FROM events WHERE source = 'layer'").fetchall()[0][0],
-                "kernels": con.execute(
-                    "SELECT max(run_id) FROM runs WHERE notes->>'$.ranks.\"0\".mode' = 'kernels' "
-                    "AND notes->>'$.ranks.\"0\".window' IS NULL").fetchall()[0][0]}
+        runs = {m: con.execute("SELECT max(run_id) FROM runs WHERE label = ?", [f"{m}_every_step"]).fetchall()[0][0]
+                for m in ("layers", "kernels")}
         q = ("SELECT layer_index, sum(duration_ns) FROM events WHERE run_id = ? AND layer_index IS NOT NULL "
              "AND ((source = 'layer') OR (source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset'))) GROUP BY 1")
         lay = dict(con.execute(q, [runs["layers"]]).fetchall())
@@ -236,9 +243,50 @@ def micro() -> dict:
            "module_call_us": per_call(lambda: lin(x), 20000)}
     firsts, pairs = events[0], iter(events[1:])
     out["event_elapsed_time_us"] = per_call(lambda: firsts.elapsed_time(next(pairs)), 10000)
+    from hybridscope.capture.layers import CudaTimer
+
+    timer = CudaTimer(1 << 16, torch, pool=list(events[:15000]))
+    if timer._record is not None:
+        out["capture_mark_us"] = per_call(lambda: timer.mark(0, True), 15000)  # pool pop + fast record
+    plain = iter(events[15000:])
+    out["event_record_current_stream_us"] = per_call(lambda: next(plain).record(torch.cuda.current_stream()), 4000)
     lin.register_forward_pre_hook(lambda m, a: None)
     lin.register_forward_hook(lambda m, a, o: None)
     out["module_call_with_2_noop_hooks_us"] = per_call(lambda: lin(x), 20000)
+    out.update(_hook_costs())
+    return out
+
+
+def _hook_costs() -> dict:
+    """The capture's own hooks on one Linear (Recorder without timer), and installing / removing
+    every module hook of the engine preset used below (what a sampled step's boundaries cost)."""
+    from hybridscope.capture.faults import Faults
+    from hybridscope.capture.hooks import Hooks, Recorder, Spec, plan
+
+    lin = torch.nn.Linear(8, 8).cuda()
+    x = torch.zeros(1, 8, device="cuda")
+    spec = Spec(0, "lin", "Linear", "mlp", "mlp", 0, None)
+    rec = Recorder([spec], capacity=1 << 20)
+    hooks = Hooks([(spec, lin)], rec, Faults())
+    hooks.install()
+    n = 20000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        lin(x)
+    torch.cuda.synchronize()
+    out = {"module_call_with_capture_hooks_no_timer_us": 1e6 * (time.perf_counter() - t0) / n}
+    hooks.remove()
+    model = build_engine()
+    specs = plan(model)
+    many = Hooks(specs, Recorder([s for s, _ in specs], capacity=16), Faults())
+    t0 = time.perf_counter()
+    for _ in range(50):
+        many.install()
+        many.remove()
+    out["install_and_remove_all_hooks_us"] = 1e6 * (time.perf_counter() - t0) / 50
+    out["hooked_modules_engine"] = len(specs)
+    del model
+    torch.cuda.empty_cache()
     return out
 
 
@@ -263,41 +311,53 @@ def conversion_paths(prof, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--budget-s", type=float, default=330.0, help="stop adding repetitions after this")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--budget-s", type=float, default=200.0, help="stop adding rounds after this")
+    ap.add_argument("--hf-share", type=float, default=0.55, help="share of the budget for workload (a)")
+    ap.add_argument("--skip-micro", action="store_true")
+    ap.add_argument("--with-cpu-profiler", action="store_true", help="add torch.profiler CPU + CUDA")
     ap.add_argument("--skip-engine", action="store_true")
     args = ap.parse_args()
-    deadline = time.monotonic() + args.budget_s
+    if args.with_cpu_profiler:
+        VARIANTS["torch_profiler_cpu_cuda"] = _torch_profiler(cpu=True)
+    start = time.monotonic()
+    deadline = start + args.budget_s
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "workloads": [],
-               "micro": micro()}
+               "micro": {} if args.skip_micro else micro()}
     print("micro:", results["micro"], flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = build_hf()
-        results["workloads"].append(measure("hf_nemotron_h generate bs8 p512 n32", model,
-                                            hf_workload(model), args.reps, tmp / "hf.duckdb", deadline))
+        results["workloads"].append(measure("hf_nemotron_h generate bs8 p512 n32", model, hf_workload(model),
+                                            args.rounds, tmp / "hf.duckdb", start + args.hf_share * args.budget_s))
         results["conversion"] = conversion_paths(VARIANTS["torch_profiler_cuda"].last, tmp)
         args.out.write_text(json.dumps(results, indent=1))  # kept if the engine part runs out of time
         report(results)
         del model
         torch.cuda.empty_cache()
-        if not args.skip_engine and time.monotonic() < deadline - 60:
+        if not args.skip_engine and time.monotonic() < deadline - 20:
             model = build_engine()
             results["workloads"].append(measure("engine nemotron3-nano-mini[:13] 8 req p512 n32", model,
-                                                engine_workload(model), args.reps, tmp / "engine.duckdb",
-                                                deadline + 60))
+                                                engine_workload(model), args.rounds, tmp / "engine.duckdb",
+                                                deadline))
     args.out.write_text(json.dumps(results, indent=1))
     report(results)
 
 
 def report(results: dict) -> None:
     for w in results["workloads"]:
-        print(f"\n{w['workload']} ({w['reps']} reps)")
+        u = w["untraced"]
+        print(f"\n{w['workload']} ({w['rounds']} rounds); untraced median {u['in_run_s']:.3f} s over {u['n']} runs, "
+              f"spread {u['spread_pct']:.0f} %")
         for k, v in w["variants"].items():
-            print(f"  {k:26s} in-run {v['in_run_s']:7.3f} s  {v['tokens_per_s']:8.1f} tok/s  "
-                  f"overhead {v['overhead_pct']:+6.1f}%  stop {v['stop_s']:6.2f} s")
-        print("  layers/kernels per layer:", {i: round(r, 2) for i, r in w["layers_vs_kernels"]["ratio"].items()},
-              "scoped share", w["layers_vs_kernels"]["scoped_share"])
+            q, ci = v["overhead_q"], v["overhead_ci90"]
+            print(f"  {k:24s} in-run {v['in_run_s']:7.3f} s  {v['tokens_per_s']:7.1f} tok/s  paired overhead "
+                  f"median {v['overhead_pct']:+6.1f}%  IQR [{q[0]:+.1f}, {q[1]:+.1f}]  CI90 [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+                  f"  stop {v['stop_s']:5.2f} s")
+        if "layers_vs_kernels" in w:
+            lk = w["layers_vs_kernels"]
+            print("  layers/kernels per layer:", {i: round(r, 2) for i, r in lk["ratio"].items()},
+                  "scoped share", lk["scoped_share"])
     print("conversion:", results.get("conversion"))
 
 

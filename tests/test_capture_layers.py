@@ -228,3 +228,51 @@ def test_cuda_timer_reads_back_lazily_chains_anchors_and_recycles_events():
     excl = np.concatenate(got.excl_ns + rest.excl_ns)
     assert ts.tolist() == [1_000_000, 1_000_100, 2_000_000, 2_000_100, 3_000_000, 3_000_100]
     assert excl.tolist() == [700, 300] * 3
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def test_sampled_steps_only_get_hooks_scopes_and_routing(tmp_path):
+    model = ToyModel(torch.tensor([[0, 1]]), num_experts=2)
+    installed = []
+    with hybridscope.capture(db=tmp_path / "s.duckdb", model=model, sample_every=3, quiet=True) as cap:
+        for _ in range(7):
+            model(torch.ones(1, 2))
+            installed.append(bool(model.layers[0]._forward_pre_hooks))  # step just run: hooks still there
+    assert installed == [i % 3 == 0 for i in range(7)]
+    con, run = latest_run(tmp_path / "s.duckdb")
+    assert rows(con, "SELECT step, sampled FROM steps WHERE run_id = ? ORDER BY step", [run]) == [
+        (i, i % 3 == 0) for i in range(7)]
+    for sql in ("SELECT DISTINCT step FROM events WHERE run_id = ? AND source = 'layer' ORDER BY 1",
+                "SELECT DISTINCT step FROM routing WHERE run_id = ? ORDER BY 1",
+                "SELECT DISTINCT step FROM scopes WHERE run_id = ? AND kind <> 'step' ORDER BY 1"):
+        assert rows(con, sql, [run]) == [(0,), (3,), (6,)], sql
+    note = json.loads(rows(con, "SELECT notes->'$.ranks.\"0\".sampling' FROM runs WHERE run_id = ?", [run])[0][0])
+    assert note["sample_every"] == 3 and note["sample_steps"] == 1
+    assert note["steps"] == 7 and note["sampled_steps"] == 3 and note["hook_installs"] == 3
+    assert cap.summary.faults == {}
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_default_sampling_records_the_first_step_of_a_short_run(tmp_path):
+    model = engine_tiny()
+    with hybridscope.capture(db=tmp_path / "d.duckdb", model=model, quiet=True):
+        run_engine(model)
+    con, run = latest_run(tmp_path / "d.duckdb")
+    assert rows(con, "SELECT count(*), count(*) FILTER (WHERE sampled) FROM steps WHERE run_id = ?", [run]) == [(3, 1)]
+    types = {t for (t,) in rows(con, "SELECT DISTINCT layer_type FROM events WHERE run_id = ? AND source = 'layer' "
+                                     "AND step = 0", [run])}
+    assert {"mamba", "attention", "moe_router", "moe_experts", "mlp"} <= types
+    assert rows(con, "SELECT count(*) FROM events WHERE run_id = ? AND source = 'layer' AND step > 0", [run]) == [(0,)]
+
+
+def test_plan_leaves_out_a_blocks_only_strong_child():
+    from hybridscope.capture.hooks import plan
+
+    model = engine_tiny()
+    pruned = {s.path for s, _ in plan(model)}
+    full = {s.path for s, _ in plan(model, prune=False)}
+    assert full - pruned == {"layers.0.mixer", "layers.1.moe", "layers.2.mixer", "layers.3.moe", "layers.4.mixer",
+                             "layers.6.mixer", "layers.7.moe"}
+    assert {"layers.4.mixer.attn", "layers.4.mixer.mamba", "layers.5.mlp"} <= pruned  # two strong halves stay
+    types = {s.path: s.layer_type for s, _ in plan(model)}
+    assert types["layers.0"] == "mamba" and types["layers.2"] == "attention" and types["layers.1"] == "moe_experts"

@@ -29,7 +29,9 @@ class Armed:
 
         self.cap, self.faults, self.torch = cap, cap.faults, torch
         self.rank, self.world_size = _rank()
-        specs_modules = plan(model)
+        # layers mode leaves out a block's only strong child (hooks.plan); kernels mode keeps it:
+        # attribution types a kernel by its innermost scope's name, and a block's name has no type
+        specs_modules = plan(model, prune=cap.mode == "layers")
         self.specs = [s for s, _ in specs_modules]
         self.device = _device_of(model)
         self.cuda = self.device is not None and self.device.type == "cuda"
