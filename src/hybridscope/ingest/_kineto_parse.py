@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-PARSER_MEMORY_LIMIT = "128MB"  # one slice's staging, well within the import's RSS budget
+PARSER_MEMORY_LIMIT = "256MB"  # one slice's staging (spills to the slice folder beyond it)
 
 
 # Kineto category (lower case) -> (events.source, events.kind). Older traces spell some
@@ -163,7 +163,7 @@ def _write_files(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator
 
 
 def _parse_files(paths: Iterable[Path], folder: Path) -> Iterator[ParsedSlice]:
-    mem = duckdb.connect(config={"memory_limit": PARSER_MEMORY_LIMIT})
+    mem = duckdb.connect(config={"memory_limit": PARSER_MEMORY_LIMIT, "temp_directory": str(folder)})
     try:
         base = 0
         for i, path in enumerate(paths):
