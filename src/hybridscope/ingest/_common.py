@@ -48,7 +48,8 @@ class RetryFile(Exception):
 class ImportContext:
     """Options of one `import_files` call, and the runs its earlier files opened.
 
-    `rank` forces the rank of every file (only sensible for one file); `label` names new runs.
+    `rank` forces the rank of every file (only sensible for one file); `label` names new runs;
+    `careful` is set by the driver when it retries a file after RetryFile.
     `jobs` maps a distributed-job key to (run_id, ranks already stored in this call), so that the
     files of one job (same world size, distinct ranks) become one run.
     """
