@@ -85,12 +85,21 @@ def engine_workload(model):
 
 
 # --------------------------------------------------------------------------------------- variants
+STARTS: list[float] = []  # host time of each top-level model call of the current run (step starts)
+LAST = {"after_first_step_s": float("nan")}
+
+
 def _timed(fn) -> float:
+    """The run's wall time (synchronized both ends); LAST['after_first_step_s']: from the start of
+    its second top-level model call to the end, i.e. without the prefill step and `generate`'s setup."""
+    STARTS.clear()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    t1 = time.perf_counter()
+    LAST["after_first_step_s"] = t1 - STARTS[1] if len(STARTS) > 1 else float("nan")
+    return t1 - t0
 
 
 def variant_untraced(model, run, db):
@@ -141,6 +150,8 @@ VARIANTS = {
 def measure(name, model, workload, rounds, db, deadline) -> dict:
     """Paired, interleaved rounds (module docstring); stops adding rounds past `deadline`."""
     run, tokens = workload
+    # the same step clock in every variant (one root pre-hook, like the capture's own)
+    clock = model.register_forward_pre_hook(lambda m, a: STARTS.append(time.perf_counter()))
     variant_untraced(model, run, db)
     for v in VARIANTS.values():  # warm-up, not counted
         v(model, run, db)
@@ -152,28 +163,36 @@ def measure(name, model, workload, rounds, db, deadline) -> dict:
             break
         order = names[rnd % len(names):] + names[:rnd % len(names)]
         gc.collect()
-        before = variant_untraced(model, run, db)[0]
+        before = (variant_untraced(model, run, db)[0], LAST["after_first_step_s"])
         untraced.append(before)
         for k in order:
             gc.collect()
             res = VARIANTS[k](model, run, db)
+            steady = LAST["after_first_step_s"]
             gc.collect()
-            after = variant_untraced(model, run, db)[0]
+            after = (variant_untraced(model, run, db)[0], LAST["after_first_step_s"])
             untraced.append(after)
-            table[k].append((*res, 0.5 * (before + after)))
+            table[k].append((*res, 0.5 * (before[0] + after[0]), steady, 0.5 * (before[1] + after[1])))
             before = after
+    clock.remove()
+    steady_u = [u[1] for u in untraced]
+    untraced = [u[0] for u in untraced]
     out = {"workload": name, "tokens": tokens, "rounds": len(table[names[0]]),
            "untraced": {"in_run_s": statistics.median(untraced), "tokens_per_s": tokens / statistics.median(untraced),
-                        "spread_pct": _spread(untraced), "n": len(untraced), "all": untraced},
+                        "spread_pct": _spread(untraced), "n": len(untraced), "all": untraced,
+                        "after_first_step_spread_pct": _spread(steady_u)},
            "variants": {}}
     for k, results in table.items():
         in_run = [r[0] for r in results]
         paired = [100.0 * (r[0] / r[3] - 1.0) for r in results]
+        steady = [100.0 * (r[4] / r[5] - 1.0) for r in results]
         out["variants"][k] = {
             "in_run_s": statistics.median(in_run), "tokens_per_s": tokens / statistics.median(in_run),
             "overhead_pct": statistics.median(paired), "overhead_q": _quartiles(paired),
             "overhead_minmax": [min(paired), max(paired)], "overhead_ci90": _bootstrap_ci(paired),
             "overhead_pct_all": paired, "in_run_all": in_run,
+            "after_first_step_overhead_pct": statistics.median(steady), "after_first_step_q": _quartiles(steady),
+            "after_first_step_ci90": _bootstrap_ci(steady), "after_first_step_all": steady,
             "stop_s": statistics.median(r[1] for r in results), "info": results[-1][2]}
     with contextlib.suppress(Exception):  # a diagnostic: never lose the timings over it
         out["layers_vs_kernels"] = per_layer_agreement(db)
@@ -354,6 +373,9 @@ def report(results: dict) -> None:
             print(f"  {k:24s} in-run {v['in_run_s']:7.3f} s  {v['tokens_per_s']:7.1f} tok/s  paired overhead "
                   f"median {v['overhead_pct']:+6.1f}%  IQR [{q[0]:+.1f}, {q[1]:+.1f}]  CI90 [{ci[0]:+.1f}, {ci[1]:+.1f}]"
                   f"  stop {v['stop_s']:5.2f} s")
+            q, ci = v["after_first_step_q"], v["after_first_step_ci90"]
+            print(f"  {'':24s} after the first step: median {v['after_first_step_overhead_pct']:+6.1f}%  "
+                  f"IQR [{q[0]:+.1f}, {q[1]:+.1f}]  CI90 [{ci[0]:+.1f}, {ci[1]:+.1f}]")
         if "layers_vs_kernels" in w:
             lk = w["layers_vs_kernels"]
             print("  layers/kernels per layer:", {i: round(r, 2) for i, r in lk["ratio"].items()},
