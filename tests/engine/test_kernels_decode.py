@@ -1,5 +1,5 @@
 """Decode kernels of the attention and MoE layers (``attn_decode``, ``moe_route``, ``moe_experts_gemv``)
-against float64 references; the Triton kernels on GPU (``gpu`` marker) and under Triton's CPU
+and the norms / Mamba2 step sizes (``rms_norm``, ``gated_rms_norm``, ``mamba_dt``) against float64; the Triton kernels on GPU (``gpu`` marker) and under Triton's CPU
 interpreter (a subprocess; fp32/fp16: the interpreter's bf16 dot is not faithful).
 
 Inputs are fresh random every run (seed from HYBRIDSCOPE_SEED if set; every message carries it).
@@ -90,6 +90,13 @@ def attn_f64(q, kc, vc, positions, kv_len):
     return o
 
 
+def rms_f64(x, z, w, groups, eps):
+    g = x.double() if z is None else x.double() * F.silu(z.double())
+    T, d = g.shape
+    g = g.view(T, groups, d // groups)
+    return (g / torch.sqrt((g * g).mean(-1, keepdim=True) + eps)).view(T, d) * w.double()
+
+
 # ---- input factories -----------------------------------------------------------------------------
 def gemv_inputs(T, d, k, E, I, Is, activation, dtype, device="cpu", residual=True):
     m = 2 if activation == "swiglu" else 1
@@ -133,7 +140,11 @@ ATTN_CASES = [  # (B, Hq, Hkv, D, L, kv_len, positions): ragged positions, G = 1
 # ---- checks shared by the CPU reference tests, the GPU tests and the interpreter run -----------------
 def check_route(backend, kind, norm, case, dtype, s, device="cpu"):
     T, E, k = case
-    logits, bias = torch.randn(T, E, device=device).to(dtype), torch.randn(E, device=device) * 0.1
+    # distinct logits in every row (a random permutation of a grid, jittered): ties would make the
+    # order among equal scores implementation-defined (the kernel gives the lower id)
+    grid = torch.argsort(torch.rand(T, E, device=device), dim=1).float() * (8.0 / E) - 4.0
+    logits = (grid + torch.rand(T, E, device=device) * (2.0 / E)).to(dtype)
+    bias = torch.randn(E, device=device) * 0.1
     load = torch.full((E,), -1.0, device=device)  # stale values must be overwritten
     w, ids, ld, lg = K.moe_route(logits, bias, kind, k, norm, 2.5, load=load, backend=backend)
     tw, tids, tload = route_f64(logits.cpu(), bias.cpu(), kind, k, norm, 2.5)
@@ -166,6 +177,31 @@ def check_attn(backend, case, dtype, s, device="cpu", bound=REL):
     assert err < bound[dtype], f"seed={s} {case} {dtype}: {err:.2e}"
 
 
+NORM_CASES = [(1, 2688, 1), (3, 200, 4), (5, 4096, 8), (2, 96, 3)]  # (T, d, groups)
+
+
+def check_norms(backend, case, dtype, s, device="cpu", bound=REL):
+    T, d, groups = case
+    zbuf = torch.randn(T, 2 * d, device=device).to(dtype)  # z a strided view, as in Mamba2's in_proj split
+    x, z, w = torch.randn(T, d, device=device).to(dtype), zbuf[:, d:], torch.randn(d, device=device).to(dtype)
+    out = K.gated_rms_norm(x, z, w, groups, 1e-5, backend=backend)
+    err = rel_err(out, rms_f64(x.cpu(), z.cpu(), w.cpu(), groups, 1e-5))
+    assert out.dtype == dtype and err < bound[dtype], f"seed={s} gated {case} {dtype}: {err:.2e}"
+    out = K.rms_norm(x, w, 1e-5, backend=backend)
+    err = rel_err(out, rms_f64(x.cpu(), None, w.cpu(), 1, 1e-5))
+    assert out.dtype == dtype and err < bound[dtype], f"seed={s} rms {case} {dtype}: {err:.2e}"
+
+
+def check_dt(backend, dtype, s, device="cpu"):
+    raw = torch.randn(7, 48, device=device).to(dtype) * 12  # beyond softplus's threshold 20 too
+    bias, a_log = torch.randn(48, device=device), torch.randn(48, device=device)
+    dt, A = K.mamba_dt(raw[:, 8:32], bias[:24], a_log[:24], backend=backend)  # strided rows
+    x = raw[:, 8:32].cpu().double() + bias[:24].cpu().double()
+    truth = torch.where(x > 20, x, torch.log1p(torch.exp(x)))
+    assert dt.dtype == A.dtype == torch.float32
+    assert rel_err(dt, truth) < 1e-6 and rel_err(A, -torch.exp(a_log[:24].cpu().double())) < 1e-6, f"seed={s}"
+
+
 # ---- CPU: the references -------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("norm", [True, False])
@@ -185,6 +221,17 @@ def test_experts_gemv_ref_matches_f64(case, activation, dtype, seed):
 @pytest.mark.parametrize("case", ATTN_CASES)
 def test_attn_decode_ref_matches_f64(case, dtype, seed):
     check_attn("torch", case, dtype, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", NORM_CASES)
+def test_norm_refs_match_f64(case, dtype, seed):
+    check_norms("torch", case, dtype, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba_dt_ref_matches_f64(dtype, seed):
+    check_dt("torch", dtype, seed)
 
 
 def test_attn_decode_steps_equal_causal_prefill(seed):
@@ -257,6 +304,9 @@ def _interpret_main() -> None:
                 check_gemv("triton", case, act, dtype, s)
         for case in ATTN_CASES[:3]:
             check_attn("triton", case, dtype, s)
+        for case in NORM_CASES:
+            check_norms("triton", case, dtype, s)
+        check_dt("triton", dtype, s)
 
 
 # ---- GPU -----------------------------------------------------------------------------------------
@@ -271,6 +321,9 @@ def test_triton_decode_kernels_match_f64(dtype, seed):
             check_gemv("triton", case, act, dtype, seed, "cuda")
     for case in ATTN_CASES:
         check_attn("triton", case, dtype, seed, "cuda")
+    for case in NORM_CASES:
+        check_norms("triton", case, dtype, seed, "cuda")
+    check_dt("triton", dtype, seed, "cuda")
 
 
 @gpu

@@ -4,6 +4,8 @@ kernels: in decode, where every op is a tiny launch, that is most of the step's 
 
 The choice is explicit and logged: ``HybridModel.ops.compile()`` (``Engine(compile=True)``); eager by
 default and always on CPU tests. Each function is its own reference: compiled and eager run the same code.
+The norms and Mamba2's dt are single kernels already (``kernels.rms_norm``, ``gated_rms_norm``,
+``mamba_dt``: Triton on CUDA, their references on CPU).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 log = logging.getLogger("hybridscope.engine")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    """x [T, d]: one kernel (``kernels.rms_norm``: Triton on CUDA, fp32 inside, one rounding)."""
+    return kernels.rms_norm(x, weight, eps)
 
 
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -71,15 +76,14 @@ def combine_rows(y, order, weights, keep, T: int, k: int) -> torch.Tensor:
 
 
 def mamba_dt(dt: torch.Tensor, dt_bias: torch.Tensor, A_log: torch.Tensor):
-    """Raw dt [T, H] -> (softplus(dt + dt_bias) fp32 [T, H], A = -exp(A_log) [H])."""
-    return F.softplus(dt.float() + dt_bias), -torch.exp(A_log)
+    """Raw dt [T, H] -> (softplus(dt + dt_bias) fp32 [T, H], A = -exp(A_log) [H]); one kernel on CUDA."""
+    return kernels.mamba_dt(dt, dt_bias, A_log)
 
 
 def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int, eps: float):
-    """Mamba2's output norm: RMSNorm over each of ``groups`` slices of y * silu(z), times weight."""
-    T = y.shape[0]
-    g = (y.reshape(T, -1) * F.silu(z)).view(T, groups, -1)
-    return F.rms_norm(g, (g.shape[-1],), eps=eps).view(T, -1) * weight
+    """Mamba2's output norm: RMSNorm over each of ``groups`` slices of y * silu(z), times weight;
+    one kernel on CUDA (``kernels.gated_rms_norm``)."""
+    return kernels.gated_rms_norm(y.reshape(y.shape[0], -1), z, weight, groups, eps)
 
 
 NAMES = (

@@ -14,13 +14,18 @@ Decode ops of the other layer types (same dispatch; see their modules):
     attn_decode(q, k_new, v_new, k_cache, v_cache, positions, kv_len) -> o [B, Hq, D]  GQA + KV append
     moe_route(logits, correction_bias, kind, top_k, norm_topk, scale, load=None)
         -> (weights [T, k], ids [T, k], load [E], logits fp32 [T, E])
-    moe_experts_gemv(x, ids, weights, w_up, w_down, activation, shared_up, shared_down) -> y [T, d]
+    moe_experts_gemv(x, ids, weights, w_up, w_down, activation, shared_up, shared_down, residual)
+        -> y [T, d]
+    rms_norm(x, weight, eps); gated_rms_norm(y, z, weight, groups, eps) -> [T, d]       norms
+    mamba_dt(dt_raw, dt_bias, A_log) -> (dt fp32 [T, H], A [H])                       Mamba2 step sizes
 """
 
 from ._backend import select_backend, triton_status
 from .attn_decode import attn_decode, attn_decode_ref
 from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+from .mamba_dt import mamba_dt, mamba_dt_ref
 from .moe_gemv import moe_experts_gemv, moe_experts_gemv_ref, moe_route, moe_route_ref
+from .rmsnorm import gated_rms_norm, gated_rms_norm_ref, rms_norm, rms_norm_ref
 from .ssd import ssd_chunk_scan, ssd_chunk_scan_ref
 from .ssm_update import ssm_state_update, ssm_state_update_ref
 
@@ -31,10 +36,16 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
+    "gated_rms_norm",
+    "gated_rms_norm_ref",
+    "mamba_dt",
+    "mamba_dt_ref",
     "moe_experts_gemv",
     "moe_experts_gemv_ref",
     "moe_route",
     "moe_route_ref",
+    "rms_norm",
+    "rms_norm_ref",
     "select_backend",
     "ssd_chunk_scan",
     "ssd_chunk_scan_ref",
