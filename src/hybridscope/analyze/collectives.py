@@ -4,6 +4,8 @@ Definitions (docs/analyses.md, "collectives"):
 - Collective events: the run's NCCL/RCCL kernels (source 'cuda', kind 'kernel', name starting
   with 'nccl' or 'rccl') when it has any; otherwise the host-side collective ranges of a CPU run
   (gloo's 'gloo:<op>' annotations, which span a collective from enqueue to completion).
+- Step: the collective event's own step, else the step scope (kind 'step') of its rank enclosing
+  its start (gloo's worker threads carry no step of their own).
 - Matching: the k-th collective of process group g on one rank is the k-th of g on every rank
   (collectives of a group are issued in the same order everywhere: NCCL/gloo require it).
   g is the event's 'Process Group Name' arg, '0' when absent.
@@ -46,9 +48,12 @@ def _matched_sql(pred: str) -> str:
     """Every collective event with its group, ordinal, arrival and wait (values bound by caller)."""
     return f"""
         WITH c AS (
-            SELECT rank, name, step, ts_ns AS start_ns, ts_ns + duration_ns AS end_ns, args,
-                   coalesce(json_extract_string(args, '$."Process Group Name"'), '0') AS pg
-            FROM events WHERE run_id = $run AND {pred}
+            SELECT e.rank, e.name, e.ts_ns AS start_ns, e.ts_ns + e.duration_ns AS end_ns, e.args,
+                   coalesce(e.step, (SELECT arg_max(s.step, s.ts_ns) FROM scopes s
+                                     WHERE s.run_id = $run AND s.rank = e.rank AND s.kind = 'step'
+                                       AND s.ts_ns <= e.ts_ns AND e.ts_ns < s.end_ns)) AS step,
+                   coalesce(json_extract_string(e.args, '$."Process Group Name"'), '0') AS pg
+            FROM (SELECT * FROM events WHERE run_id = $run AND {pred}) e
         ), n AS (
             SELECT *, row_number() OVER (PARTITION BY rank, pg ORDER BY start_ns) - 1 AS seq FROM c
         ), g AS (

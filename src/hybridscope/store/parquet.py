@@ -6,7 +6,7 @@ Layout (Hive partitioning, readable by DuckDB, Spark, Trino, Polars alike):
     DIR/runs/..., DIR/run_ranks/..., DIR/requests/...        (partitioned by run_id)
 
 `open_set(DIR)` returns an in-memory DuckDB connection whose views carry the store's table names
-over `read_parquet(DIR/<table>/**/*.parquet)`: every analysis runs on it unchanged, and DuckDB
+over `read_parquet(DIR/<table>/**/*.parquet)` (tables with no files exist, empty): every analysis runs on it unchanged, and DuckDB
 streams the files, so hundreds of ranks are aggregated without loading them into memory.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from hybridscope.errors import BadInput, NotFound
+from hybridscope.store.db import schema_sql
 
 RANK_TABLES = ("events", "scopes", "steps", "routing", "samples")
 RUN_TABLES = ("runs", "run_ranks", "requests")
@@ -58,11 +59,13 @@ def open_set(directory: Path) -> duckdb.DuckDBPyConnection:
     if not directory.is_dir():
         raise NotFound(f"no Parquet set at {directory}")
     con = duckdb.connect()
+    con.execute(schema_sql())  # every table exists, empty, until a folder of files replaces it
     found = []
     for table in TABLES:
         files = list((directory / table).glob("**/*.parquet"))
         if not files:
             continue
+        con.execute(f"DROP TABLE {table}")
         parts = "{'run_id': INTEGER, 'rank': INTEGER}" if table in RANK_TABLES else "{'run_id': INTEGER}"
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_quote(directory / table)}/**/*.parquet', "
                     f"hive_partitioning = true, hive_types = {parts}, union_by_name = true)")
