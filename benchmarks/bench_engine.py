@@ -363,9 +363,41 @@ def engine_sections(res: dict, cfg: EngineConfig, args, deadline: float) -> None
         )
 
 
+def _torch_norms(model):
+    """A/B switch: the model's norms and Mamba2 dt as the PyTorch op chains they replaced (returns an
+    undo function). Same math; the kernels' versions round once in fp32."""
+    import torch.nn.functional as F
+
+    def rms_norm(x, weight, eps):
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def mamba_dt(dt, dt_bias, A_log):
+        return F.softplus(dt.float() + dt_bias), -torch.exp(A_log)
+
+    def gated_rmsnorm(y, z, weight, groups, eps):
+        T = y.shape[0]
+        g = (y.reshape(T, -1) * F.silu(z)).view(T, groups, -1)
+        return F.rms_norm(g, (g.shape[-1],), eps=eps).view(T, -1) * weight
+
+    ops = model.ops
+    saved = {n: getattr(ops, n) for n in ("rms_norm", "mamba_dt", "gated_rmsnorm")}
+    ops.rms_norm, ops.mamba_dt, ops.gated_rmsnorm = rms_norm, mamba_dt, gated_rmsnorm
+    return lambda: [setattr(ops, n, f) for n, f in saved.items()]
+
+
 def quick_sections(res: dict, model, roofline, args, deadline: float) -> None:
-    """(b) at 4032 tokens, batch-1/8 engine decode; then batch 1 compiled."""
+    """(b) at 4032 tokens and with the PyTorch norm chains (A/B), batch-1/8 engine decode; then
+    batch 1 compiled."""
     section(res, "roofline_b1_ctx4032", lambda: roofline(4032), deadline)
+
+    def torch_norms():
+        undo = _torch_norms(model)
+        try:
+            return roofline(PROMPT)
+        finally:
+            undo()
+
+    section(res, "roofline_b1_ctx512_torch_norms", torch_norms, deadline)
     for b in (1, 8):
         section(
             res, f"engine_decode_b{b}", lambda b=b: engine_decode_rate(model, b, args.n1, args.n2), deadline
