@@ -106,3 +106,24 @@ def test_traffic_payload_only_leaves_out_split_size_exchanges(tmp_path):
                for r in col.traffic(con, run, payload_only=True).to_records()}
     assert everything == {(0, 0): 2, (0, 1): 4}
     assert payload == {(0, 0): (1, 64), (0, 1): (3, 192)}
+
+
+def test_rank_expert_load_and_imbalance_vs_wait(tmp_path):
+    import numpy as np
+    from factories import add_routing
+
+    con = new_store(tmp_path / "i.duckdb")
+    run = add_run(con, ranks=(0, 1))
+    # three steps, one collective each; rank 1 arrives late by 100, 400, 200 ns (rank 0 waits that)
+    for rank, starts in ((0, [1000, 2000, 3000]), (1, [1100, 2400, 3200])):
+        add_events(con, run, [4000 - s % 1000 - 2000 for s in starts], rank=rank, name=NCCL, ts_ns=starts,
+                   step=[0, 1, 2])
+    # pooled routing per step (one MoE layer, 2 experts): imbalance 1.25, 1.75, 1.5 (same order as waits)
+    add_routing(con, run, np.array([[[5, 3]], [[7, 1]], [[6, 2]]]), rank=0, layers=[1])
+    add_routing(con, run, np.array([[[5, 3]], [[7, 1]], [[6, 2]]]), rank=1, layers=[1])
+    load = col.rank_expert_load(con, run)
+    assert load.record(rank=0, expert=0)["tokens"] == 18
+    assert load.record(rank=0, expert=0)["share_pct"] == pytest.approx(100 * 18 / 24)
+    r = col.imbalance_vs_wait(con, run).to_records()[0]
+    assert r["n"] == 3 and r["spearman"] == pytest.approx(1.0)
+    assert r["pearson"] == pytest.approx(float(np.corrcoef([1.25, 1.75, 1.5], [100, 400, 200])[0, 1]))

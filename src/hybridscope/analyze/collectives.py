@@ -234,3 +234,46 @@ def clock_offsets(con, run_id: int) -> dict[int, tuple[int, float]]:
         off = int(np.median(d))
         result[int(rank)] = (off, float(np.median(np.abs(d - off))))
     return result
+
+
+LOAD_COLUMNS = (
+    Column("rank", "int", "the rank whose tokens were routed"),
+    Column("layer_index", "int", "MoE layer", "layer"),
+    Column("expert", "int", "expert"),
+    Column("tokens", "int", "tokens this rank routed to the expert over the run"),
+    Column("share_pct", "pct", "share of this rank's tokens in the layer", "share"),
+)
+
+
+def rank_expert_load(con, run_id: int) -> Table:
+    """Per rank, MoE layer and expert: the tokens behind each rank's traffic (routing table)."""
+    rows = con.execute("""
+        SELECT rank, layer_index, expert, sum(tokens)::BIGINT,
+               100.0 * sum(tokens) / nullif(sum(sum(tokens)) OVER (PARTITION BY rank, layer_index), 0)
+        FROM routing WHERE run_id = ? GROUP BY rank, layer_index, expert ORDER BY rank, layer_index, expert""",
+        [run_id]).fetchall()
+    notes = [] if rows else ["no routing recorded (capture records it; imports of Kineto traces do not)"]
+    return Table("rank_expert_load", LOAD_COLUMNS, [tuple(plain(v) for v in r) for r in rows],
+                 {"title": f"run {run_id} · tokens per expert behind each rank's traffic", "notes": notes,
+                  "run_id": run_id})
+
+
+def imbalance_vs_wait(con, run_id: int) -> Table:
+    """Per step routing imbalance (experts.imbalance, worst layer) against the step's summed
+    collective wait (stragglers): Pearson and Spearman over the steps that have both."""
+    from hybridscope.analyze.experts import imbalance, pearson, spearman
+
+    imb: dict[int, float] = {}
+    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id).rows:
+        if ratio is not None:
+            imb[step] = max(imb.get(step, 0.0), ratio)
+    waits = {r["step"]: r["wait_ns"] for r in stragglers(con, run_id).to_records()}
+    steps = sorted(set(imb) & set(waits))
+    xs = np.array([imb[s] for s in steps], dtype=np.float64)
+    ys = np.array([waits[s] for s in steps], dtype=np.float64)
+    rows = [("imbalance", "wait_ns", len(steps), pearson(xs, ys), spearman(xs, ys))] if steps else []
+    cols = (Column("x", "str"), Column("y", "str"), Column("n", "int", "steps with routing and collectives"),
+            Column("pearson", "float", "Pearson r"), Column("spearman", "float", "Spearman rho"))
+    notes = [] if rows else ["needs routing counts and matched collectives in the same steps"]
+    return Table("imbalance_vs_wait", cols, rows, {"title": f"run {run_id} · does imbalance make ranks wait?",
+                                                    "notes": notes, "run_id": run_id})

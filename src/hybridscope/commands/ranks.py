@@ -14,10 +14,11 @@ def ranks(
     db: Annotated[Path | None, typer.Option("--db", help="The hybridscope DuckDB file.", show_default=False)] = None,
     parquet: Annotated[Path | None, typer.Option("--parquet", help="A Parquet set (`hybridscope export --parquet`) instead of --db.")] = None,
     run: RunOption = None,
-    show: Annotated[str, typer.Option("--show", help="waits, stragglers, traffic, collectives or all.")] = "all",
+    show: Annotated[str, typer.Option("--show", help="waits, stragglers, traffic, load, imbalance, collectives or all.")] = "all",
     fmt: FormatOption = "table",
 ) -> None:
-    """Per rank: time in collectives and waiting for peers; per step: the straggler; rank x rank bytes.
+    """Per rank: time in collectives and waiting for peers; per step: the straggler; rank x rank bytes;
+    the tokens per expert behind each rank's traffic; whether routing imbalance tracks the waits.
 
     Definitions: docs/analyses.md, "collectives". With --parquet the same analyses run as SQL over
     the per-rank files, streamed, never loaded whole.
@@ -29,7 +30,7 @@ def ranks(
     from hybridscope.store import parquet as pq
 
     views = {"waits": col.rank_waits, "stragglers": col.stragglers, "traffic": col.traffic,
-             "collectives": col.collectives}
+             "load": col.rank_expert_load, "imbalance": col.imbalance_vs_wait, "collectives": col.collectives}
     chosen = list(views) if show == "all" else [show]
     if chosen == ["all"] or any(c not in views for c in chosen):
         raise UsageError(f"--show must be one of {', '.join(views)} or all, not {show!r}")
