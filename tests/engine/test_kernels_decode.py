@@ -193,13 +193,17 @@ def check_norms(backend, case, dtype, s, device="cpu", bound=REL):
 
 
 def check_dt(backend, dtype, s, device="cpu"):
-    raw = torch.randn(7, 48, device=device).to(dtype) * 12  # beyond softplus's threshold 20 too
-    bias, a_log = torch.randn(48, device=device), torch.randn(48, device=device)
+    """Elementwise relative error: Mamba2's dt lives at softplus^-1(1e-3..1e-1) ~ -7..-2, where a naive
+    log(1 + exp(x)) loses ~1e-4; rows 0-3 are that range, rows 4-6 wide (past the threshold 20 too)."""
+    raw = torch.cat([torch.rand(4, 48) * -8 - 2, torch.randn(3, 48) * 12]).to(device).to(dtype)
+    bias, a_log = torch.randn(48, device=device) * 0.1, torch.randn(48, device=device)
     dt, A = K.mamba_dt(raw[:, 8:32], bias[:24], a_log[:24], backend=backend)  # strided rows
     x = raw[:, 8:32].cpu().double() + bias[:24].cpu().double()
     truth = torch.where(x > 20, x, torch.log1p(torch.exp(x)))
     assert dt.dtype == A.dtype == torch.float32
-    assert rel_err(dt, truth) < 1e-6 and rel_err(A, -torch.exp(a_log[:24].cpu().double())) < 1e-6, f"seed={s}"
+    worst = ((dt.cpu().double() - truth).abs() / truth).max().item()
+    assert worst < 2e-6, f"seed={s} {dtype}: {worst:.2e}"
+    assert rel_err(A, -torch.exp(a_log[:24].cpu().double())) < 1e-6, f"seed={s}"
 
 
 # ---- CPU: the references -------------------------------------------------------------------------

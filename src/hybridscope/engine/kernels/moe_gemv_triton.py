@@ -117,18 +117,21 @@ def moe_grouped_gemv_up_kernel(
     if nb * BLOCK_N < rows:
         n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         mn = n < rows
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        # 2-D accumulators, reduced once after the loop (no cross-lane reduction per chunk)
+        acc2d = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        gate2d = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
             mk = kk < D
             xv = tl.load(x_ptr + t * x_t + kk, mask=mk, other=0.0).to(tl.float32)
             m2 = mn[:, None] & mk[None, :]
             w = tl.load(base + n[:, None].to(tl.int64) * srow + kk[None, :], mask=m2, other=0.0)
-            acc += tl.sum(w.to(tl.float32) * xv[None, :], 1)
+            acc2d += w.to(tl.float32) * xv[None, :]
             if SWIGLU:
                 w2 = tl.load(base + (n[:, None] + rows).to(tl.int64) * srow + kk[None, :], mask=m2, other=0.0)
-                acc2 += tl.sum(w2.to(tl.float32) * xv[None, :], 1)
+                gate2d += w2.to(tl.float32) * xv[None, :]
+        acc = tl.sum(acc2d, 1)
+        acc2 = tl.sum(gate2d, 1)
         if SWIGLU:
             h = acc * tl.sigmoid(acc) * acc2
         else:
@@ -157,14 +160,14 @@ def moe_grouped_gemv_down_kernel(
         hoff = TOP_K * I
     n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = n < D
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc2d = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, inner, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         mk = kk < inner
         hv = tl.load(h_ptr + t * h_t + hoff + kk, mask=mk, other=0.0).to(tl.float32)
         w = tl.load(base + n[:, None].to(tl.int64) * srow + kk[None, :], mask=mn[:, None] & mk[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * hv[None, :], 1)
-    tl.store(part_ptr + (t * tl.num_programs(1) + j) * D + n, acc, mask=mn)
+        acc2d += w.to(tl.float32) * hv[None, :]
+    tl.store(part_ptr + (t * tl.num_programs(1) + j) * D + n, tl.sum(acc2d, 1), mask=mn)
 
 
 @triton.jit
