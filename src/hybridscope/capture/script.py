@@ -21,7 +21,7 @@ from hybridscope.capture.session import Summary, capture
 
 def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, duration: float | None,
                steps: int | None, model: str | None, label: str | None, sample_every: int | None,
-               sample_steps: int) -> tuple[int, Summary]:
+               sample_steps: int | None) -> tuple[int, Summary]:
     """Run `target` (a script path or a module name) with capture armed; (exit code, summary)."""
     cap = capture(db=db, mode=mode, label=label, steps=steps, duration=duration,
                   sample_every=sample_every, sample_steps=sample_steps)

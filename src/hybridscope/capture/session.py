@@ -15,9 +15,10 @@ full (step 0 always): module hooks are installed at the boundary that starts a s
 removed at its end, so the other steps run with no module hook at all (and, in kernels mode,
 with the profiler off). Every step is still timed (the steps table, step_ms samples); layer
 times, scopes, routing counts and kernels come from sampled steps only (`steps.sampled`,
-`runs.notes...sampling`). Defaults (DEFAULT_SAMPLING): layers 1 of 8; kernels 8 of 64, since each
-profiler window costs a start/stop (CUPTI on/off, a synchronize, the window's processing) worth
-about 17 profiled decode steps on an H100. `sample_every=1` records every step.
+`runs.notes...sampling`). Defaults (DEFAULT_SAMPLING): layers 1 of 8; kernels 2 of 64, since the
+end of each profiler window is processed in the run (Kineto builds the window's results on the
+model's thread: about one step time per profiled step on an H100, docs/benchmarks.md).
+`sample_every=1` records every step (kernels: one profiler session, processed at stop).
 
 Steps: `cap.step(n_tokens=, phase=, n_requests=)` ends the current step and starts the next
 (step 0 starts when capture is armed). Until the first `cap.step()`, each top-level call of the
@@ -47,7 +48,7 @@ MODES = ("layers", "kernels")
 # Sampling defaults per mode: (sample_steps k, sample_every n): the first k steps of every n are
 # recorded in full (module hooks in place), the others only timed as steps. Measured costs are in
 # docs/benchmarks.md (Capture); `sample_every=1` records every step.
-DEFAULT_SAMPLING = {"layers": (1, 8), "kernels": (8, 64)}
+DEFAULT_SAMPLING = {"layers": (1, 8), "kernels": (2, 64)}
 
 
 @dataclass

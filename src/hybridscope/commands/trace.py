@@ -62,8 +62,11 @@ def trace(
         "Default: the first hybrid model the script runs.")] = None,
     label: Annotated[str | None, typer.Option("--label", help="Name of the run (default: the model class).")] = None,
     sample_every: Annotated[int | None, typer.Option(
-        "--sample-every", help="kernels mode: profile --sample-steps steps out of every N.")] = None,
-    sample_steps: Annotated[int, typer.Option("--sample-steps", help="Steps profiled per window.")] = 1,
+        "--sample-every", help="Record the first --sample-steps steps of every N in full (hooks, layer "
+        "times, routing; kernels mode: the profiler), the others only timed. Default: layers 8, kernels 64; "
+        "1 records every step.")] = None,
+    sample_steps: Annotated[int | None, typer.Option(
+        "--sample-steps", help="Steps recorded per N. Default: layers 1, kernels 2.")] = None,
 ) -> int:
     """Run a Python script with capture armed; the run lands in --db like an import.
 
