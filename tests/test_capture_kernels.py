@@ -63,3 +63,21 @@ def test_windowed_sampling_profiles_only_its_steps(tmp_path):
     assert scoped == {0, 2, 4}  # module hooks only on the profiled steps
     assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(5,)]
     assert cap.summary.faults == {}
+
+
+def test_profiler_schedule_follows_the_sampled_steps():
+    from torch.profiler import ProfilerAction as A
+
+    from hybridscope.capture.kernels import _schedule
+
+    got = [_schedule(2, 5)(s) for s in range(11)]
+    assert got == [A.RECORD, A.RECORD_AND_SAVE, A.NONE, A.NONE, A.WARMUP,
+                   A.RECORD, A.RECORD_AND_SAVE, A.NONE, A.NONE, A.WARMUP, A.RECORD]
+    assert [_schedule(1, 2)(s) for s in range(4)] == [A.RECORD_AND_SAVE, A.WARMUP, A.RECORD_AND_SAVE, A.WARMUP]
+
+
+def test_default_sampling_per_mode(tmp_path):
+    assert hybridscope.capture(db=tmp_path / "a.duckdb").window == (1, 8)
+    assert hybridscope.capture(db=tmp_path / "a.duckdb", mode="kernels").window == (2, 64)
+    assert hybridscope.capture(db=tmp_path / "a.duckdb", mode="kernels", sample_every=1).window == (1, 1)
+    assert hybridscope.capture(db=tmp_path / "a.duckdb", sample_every=4, sample_steps=3).window == (3, 4)
