@@ -22,8 +22,9 @@ import triton.language as tl
 
 from .moe_gemv import check_gemv_args, check_route_args
 
-# block sizes: rows (hidden units / output features) per program, reduction chunk, warps
-CONFIG = {"up": (8, 256, 4), "down": (16, 512, 8)}
+# block sizes: rows (hidden units / output features) per program, reduction chunk, warps. The fastest of
+# benchmarks/bench_engine.py --moe-sweep on an H100 (nemotron3-nano-mini, batch 1; docs/benchmarks.md)
+CONFIG = {"up": (16, 1024, 8), "down": (8, 1024, 4)}
 
 
 @triton.jit
