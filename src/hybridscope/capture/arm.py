@@ -168,6 +168,7 @@ class Armed:
         for k, v in counts.items():
             setattr(summary, k, v)
         summary.drops = notes["drops"]
+        summary.sampled_steps, summary.window = notes["sampling"]["sampled_steps"], tuple(self.cap.window)
         summary.notes += [n for n in (notes.get("sampler"), notes.get("routing")) if n]
 
     def _tables(self) -> tuple[dict, dict]:

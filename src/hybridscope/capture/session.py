@@ -63,6 +63,8 @@ class Summary:
     kernel_events: int = 0
     scopes: int = 0
     steps: int = 0
+    sampled_steps: int = 0
+    window: tuple | None = None  # (k, n): the first k steps of every n recorded in full
     routing_rows: int = 0
     samples: int = 0
     drops: dict = field(default_factory=dict)
@@ -72,8 +74,10 @@ class Summary:
 
     def lines(self) -> list[str]:
         where = f"run {self.run_id} in {self.db}" if self.run_id is not None else "nothing written"
+        k, n = self.window or (1, 1)
+        sampled = f" ({self.sampled_steps} recorded in full: {k} of every {n})" if n > 1 else ""
         out = [f"hybridscope capture ({self.mode}): {where}",
-               (f"  {self.steps} steps, {self.events} events ({self.layer_events} layer, "
+               (f"  {self.steps} steps{sampled}, {self.events} events ({self.layer_events} layer, "
                 f"{self.kernel_events} kernel/op), {self.scopes} scopes, {self.routing_rows} routing rows, "
                 f"{self.samples} samples; flush {self.flush_s:.2f} s")]
         drops = {k: v for k, v in self.drops.items() if v}
