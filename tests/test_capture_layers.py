@@ -249,6 +249,7 @@ def test_sampled_steps_only_get_hooks_scopes_and_routing(tmp_path):
     note = json.loads(rows(con, "SELECT notes->'$.ranks.\"0\".sampling' FROM runs WHERE run_id = ?", [run])[0][0])
     assert note["sample_every"] == 3 and note["sample_steps"] == 1
     assert note["steps"] == 7 and note["sampled_steps"] == 3 and note["hook_installs"] == 3
+    assert cap.summary.lines()[1].startswith("  7 steps (3 recorded in full: 1 of every 3), ")
     assert cap.summary.faults == {}
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
