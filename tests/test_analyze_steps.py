@@ -108,3 +108,21 @@ def test_layers_mode_capture_stacks_layer_timings(tmp_path):
     assert t.record(step=1)["top_layer_type"] == "moe_comm"
     stack = {(r["step"], r["layer_type"]): r["gpu_ns"] for r in steps.step_stack(con, run).to_records()}
     assert stack == {(0, "mamba"): 300, (0, "moe_comm"): 200, (1, "moe_comm"): 900}
+
+
+def test_unsampled_capture_steps_have_a_latency_but_no_breakdown(tmp_path):
+    """Capture samples k steps of every n: the others are timed but carry no layer timings, so
+    they count for latency and never as steps that spent no time in any layer."""
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con, source="capture")
+    add_steps(con, run, [1_000, 9_000, 2_000], phase=["decode"] * 3, sampled=[True, False, True])
+    add_events(con, run, [600, 1_500], ts_ns=[0, 10_000], source="layer", kind="layer",
+               layer_type=["mamba", "moe_comm"], step=[0, 2])
+    ph = steps.phases(con, run).record(phase="decode")
+    assert ph["n_steps"] == 3 and ph["max_ns"] == 9_000  # the unsampled step's latency counts
+    assert ph["gpu_mean_ns"] == (600 + 1_500) / 2  # its missing breakdown does not
+    slow = steps.slow_steps(con, run)
+    assert slow.meta["n_steps"] == 2 and slow.meta["slow_steps"] == [[0, 2]]
+    assert slow.meta["dominant"] == "moe_comm"
+    bins = steps.step_stack_bins(con, run)
+    assert bins.meta["n_steps"] == 2

@@ -122,7 +122,9 @@ class _TestCapture:
 
 @pytest.fixture
 def hybridscope_capture(tmp_path):
-    """`with hybridscope_capture(model, mode='layers', **capture_options) as cap: ...`; then `cap.result`."""
+    """`with hybridscope_capture(model, mode='layers', **capture_options) as cap: ...`; then `cap.result`.
+
+    Unlike a long-running capture, every step is recorded (sample_every=1) unless the test says otherwise."""
     counter = {"n": 0}
 
     @contextlib.contextmanager
@@ -132,6 +134,7 @@ def hybridscope_capture(tmp_path):
         counter["n"] += 1
         db = options.pop("db", tmp_path / f"hybridscope-{counter['n']}.duckdb")
         options.setdefault("quiet", True)
+        options.setdefault("sample_every", 1)  # a test asserts on every step, not a sample of them
         with capture(db=db, model=model, **options) as cap:
             handle = _TestCapture(cap)
             yield handle

@@ -66,7 +66,7 @@ def step_stack_bins(con, run_id: int, *, max_bars: int = 300) -> Table:
     """The step stack of the first rank for plotting: steps in time order, consecutive steps
     averaged in at most `max_bars` equal-count bins (bin k holds steps [k*n/B, (k+1)*n/B)); with
     fewer steps than `max_bars` each bin is one step. Per (bin, layer type) the mean GPU time."""
-    windows = timeline.step_windows(con, run_id)
+    windows = [w for w in timeline.step_windows(con, run_id) if w["sampled"]]
     cols = (Column("bin", "int"), Column("first_step", "int", "", "from"), Column("last_step", "int", "", "to"),
             Column("layer_type", "str", "", "layer type"),
             Column("gpu_ns", "ns", "mean GPU time per step of the bin", "GPU time"))
@@ -92,14 +92,16 @@ def step_stack_bins(con, run_id: int, *, max_bars: int = 300) -> Table:
 
 def phases(con, run_id: int) -> Table:
     """Per phase: steps, latency p50/p99/max, mean GPU time per step."""
-    by_phase: dict[str, list[tuple[int, int]]] = {}
-    for w in timeline.step_windows(con, run_id):
-        by_phase.setdefault(w["phase"] or "unknown", []).append((w["end_ns"] - w["ts_ns"], w["gpu_ns"]))
+    by_phase: dict[str, list[tuple[int, int | None]]] = {}
+    for w in timeline.step_windows(con, run_id):  # every step has a latency; only sampled ones a GPU time
+        by_phase.setdefault(w["phase"] or "unknown", []).append(
+            (w["end_ns"] - w["ts_ns"], w["gpu_ns"] if w["sampled"] else None))
     rows = []
     for phase in sorted(by_phase, key=_phase_order):
         lat = [x for x, _ in by_phase[phase]]
+        gpu = [g for _, g in by_phase[phase] if g is not None]
         rows.append((phase, len(lat), pct(lat, 50), pct(lat, 99), max(lat),
-                     float(np.mean([g for _, g in by_phase[phase]]))))
+                     float(np.mean(gpu)) if gpu else None))
     cols = (Column("phase", "str"), Column("n_steps", "int", "", "steps"),
             Column("p50_ns", "ns", "step latency p50", "p50"), Column("p99_ns", "ns", "step latency p99", "p99"),
             Column("max_ns", "ns", "slowest step", "max"),
@@ -108,8 +110,9 @@ def phases(con, run_id: int) -> Table:
 
 
 def slow_steps(con, run_id: int, *, quantile: float = 0.99) -> Table:
-    """Which layer type dominates (and which grew in) the slowest steps (module doc)."""
-    windows = timeline.step_windows(con, run_id)
+    """Which layer type dominates (and which grew in) the slowest steps (module doc). Only steps
+    with a breakdown count (a capture's sampled steps)."""
+    windows = [w for w in timeline.step_windows(con, run_id) if w["sampled"]]
     cols = (Column("layer_type", "str", "", "layer type"),
             Column("slow_mean_ns", "ns", "mean time per slow step", "slow steps"),
             Column("typical_mean_ns", "ns", "mean time per other step", "other steps"),

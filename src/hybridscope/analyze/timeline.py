@@ -70,12 +70,13 @@ _STEP_SCOPES = r"""
     ),
     derived AS (
         SELECT rank, step, min(ts_ns) AS ts_ns, max(end_ns) AS end_ns, any_value(phase) AS phase,
-               NULL::INTEGER AS n_tokens, NULL::INTEGER AS n_requests
+               NULL::INTEGER AS n_tokens, NULL::INTEGER AS n_requests, true AS sampled
         FROM named WHERE family = (SELECT min(family) FROM named) AND step IS NOT NULL
         GROUP BY rank, step
     ),
     recorded AS (
-        SELECT rank, step, ts_ns, ts_ns + duration_ns AS end_ns, phase, n_tokens, n_requests
+        SELECT rank, step, ts_ns, ts_ns + duration_ns AS end_ns, phase, n_tokens, n_requests,
+               coalesce(sampled, true) AS sampled
         FROM steps WHERE run_id = $run
     ),
     windows AS (
@@ -131,7 +132,8 @@ def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarra
 def step_windows(con, run_id: int) -> list[dict]:
     """One dict per (rank, step): rank, step, ts_ns, end_ns, phase, n_tokens, n_requests, recorded,
     gpu_ns (sum of the step's kernel durations; of its layer timings in a layers-mode capture,
-    see step_sums) and n_kernels. Derived steps are extended to
+    see step_sums), n_kernels and sampled (False for a capture's step recorded without its layers
+    or kernels: capture samples k steps of every n; such a step has a latency but no breakdown). Derived steps are extended to
     their last kernel's end (module doc); recorded steps keep their recorded duration.
     """
     sql = f"""
@@ -141,12 +143,12 @@ def step_windows(con, run_id: int) -> list[dict]:
         SELECT w.rank, w.step, w.ts_ns,
                CASE WHEN w.recorded THEN w.end_ns ELSE greatest(w.end_ns, coalesce(a.k_end, w.end_ns)) END,
                w.phase, w.n_tokens, w.n_requests, w.recorded,
-               coalesce(a.gpu_ns, 0), coalesce(a.n_kernels, 0)
+               coalesce(a.gpu_ns, 0), coalesce(a.n_kernels, 0), w.sampled
         FROM windows w LEFT JOIN agg a ON w.rank = a.rank AND w.step = a.step
         ORDER BY w.rank, w.step
     """
     keys = ("rank", "step", "ts_ns", "end_ns", "phase", "n_tokens", "n_requests", "recorded", "gpu_ns",
-            "n_kernels")
+            "n_kernels", "sampled")
     out = [dict(zip(keys, r)) for r in con.execute(sql, {"run": run_id}).fetchall()]
     if out and not any(w["n_kernels"] for w in out):  # layers-mode capture: GPU time from layer timings
         gpu: dict[tuple[int, int], int] = {}
