@@ -13,7 +13,13 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 date -u | tee -a "$OUT/device.txt"
 gpus=$(nvidia-smi -L | wc -l)
 
-timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tail -40 | tee "$OUT/gpu-tests.log"
+# the prefill-under-CUDA-graph test runs in its own process: an illegal access there (seen once)
+# would poison the CUDA context of every later test
+GRAPH_TEST=tests/engine/test_kernels.py::test_prefill_kernels_capture_in_cuda_graph
+timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --deselect "$GRAPH_TEST" 2>&1 \
+  | tail -40 | tee "$OUT/gpu-tests.log"
+CUDA_LAUNCH_BLOCKING=1 timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" "$GRAPH_TEST" 2>&1 \
+  | tail -25 | tee -a "$OUT/gpu-tests.log"
 if [ "$gpus" -ge 2 ]; then
   timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 2>&1 \
     | grep -v "^USDT\|profiler_st" | tail -30 | tee "$OUT/ep_skew.log"
