@@ -64,7 +64,7 @@ def rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     engine = Engine(model, cuda_graphs=False, seed=o["seed"] + rank)
     requests = demo._requests(o, rank, cfg.vocab_size)
     with capture(db=Path(work) / "ep.duckdb", model=model, mode="kernels", label=f"skew {o['skew']:g}",
-                 quiet=True) as cap:
+                 sample_every=1, quiet=True) as cap:  # every step: the run is short, the waits are the point
         counting["on"] = True
         done = engine.run(requests)
         counting["on"] = False

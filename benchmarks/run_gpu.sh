@@ -21,9 +21,9 @@ timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -o add
 CUDA_LAUNCH_BLOCKING=1 timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" "$GRAPH_TEST" 2>&1 \
   | tail -25 | tee -a "$OUT/gpu-tests.log"
 if [ "$gpus" -ge 2 ]; then
-  timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 2>&1 \
+  timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 --requests 16 2>&1 \
     | grep -v "^USDT\|profiler_st" | tail -30 | tee "$OUT/ep_skew.log"
   rm -f "$OUT/ep/ep.duckdb.wal"
 fi
-timeout "${DEMO_S:-120}" python3 -m hybridscope demo --device cuda --out "$OUT/demo" 2>&1 | tail -60 > "$OUT/demo.log"
+timeout "${DEMO_S:-100}" python3 -m hybridscope demo --device cuda --requests 16 --out "$OUT/demo" 2>&1 | tail -60 > "$OUT/demo.log"
 ls -la "$OUT" "$OUT"/* | head -40

@@ -134,7 +134,8 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     engine = Engine(model, cuda_graphs=False, seed=o["seed"] + rank)  # hooks do not fire inside graph replays
     requests = _requests(o, rank, cfg.vocab_size)
     db = Path(work) / "demo.duckdb"
-    with capture(db=db, model=model, mode=o["mode"], label=f"demo rank {rank}", quiet=True) as cap:
+    # every step: the demo is short and shows the distribution (capture's default samples 1 step in 8)
+    with capture(db=db, model=model, mode=o["mode"], label=f"demo rank {rank}", sample_every=1, quiet=True) as cap:
         done = engine.run(requests)
     summary = cap.summary
     if rank == 0 and summary is not None and summary.run_id is not None:
