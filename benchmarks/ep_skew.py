@@ -160,13 +160,16 @@ def main(argv=None) -> int:
     results["options"] = {**asdict(base), "skew": a.skew}
     (a.out / "ep_skew.json").write_text(json.dumps(results, indent=2, default=str))
     for name, r in results.items():
-        if isinstance(r, dict) and "moe_comm" in r and r["moe_comm"]:
-            m = r["moe_comm"]
+        if not isinstance(r, dict) or "traffic_rows" not in r:
+            continue
+        m = r["moe_comm"]
+        if m:
             print(f"{name}: moe_comm p50 {m['p50_ns'] / 1e3:.1f} us, p99 {m['p99_ns'] / 1e3:.1f} us, "
                   f"tail {m['tail_ratio']:.1f}x, {m['gpu_pct']:.1f}% GPU; step wait share (median) "
                   f"{r['step_wait_share_pct_median']}; stragglers {r['stragglers']}; "
                   f"throughput {r['throughput']} {r['throughput_unit']}")
-            print(f"  traffic rows {r['traffic_rows']}  engine sent {r['engine_sent_rows']}")
+        print(f"  {name}: traffic rows {r['traffic_rows']}  engine sent {r['engine_sent_rows']}  "
+              f"match: {r['traffic_rows'] == r['engine_sent_rows']}")
     print(verdict)
     return 0
 

@@ -127,3 +127,18 @@ def test_rank_expert_load_and_imbalance_vs_wait(tmp_path):
     r = col.imbalance_vs_wait(con, run).to_records()[0]
     assert r["n"] == 3 and r["spearman"] == pytest.approx(1.0)
     assert r["pearson"] == pytest.approx(float(np.corrcoef([1.25, 1.75, 1.5], [100, 400, 200])[0, 1]))
+
+
+def test_traffic_from_routing_when_no_split_sizes(tmp_path):
+    import numpy as np
+    from factories import add_routing
+
+    con = new_store(tmp_path / "r.duckdb")
+    run = add_run(con, ranks=(0, 1))
+    # 4 experts on 2 ranks: experts 0-1 on rank 0, 2-3 on rank 1; two steps of one MoE layer
+    add_routing(con, run, np.array([[[3, 1, 0, 2]], [[1, 1, 1, 1]]]), rank=0, layers=[5])
+    add_routing(con, run, np.array([[[0, 0, 4, 4]], [[2, 0, 0, 2]]]), rank=1, layers=[5])
+    t = col.traffic(con, run)
+    assert t.meta["source"] == "routing"
+    cells = {(r["src_rank"], r["dst_rank"]): (r["rows"], r["bytes"], r["collectives"]) for r in t.to_records()}
+    assert cells == {(0, 0): (6, None, 2), (0, 1): (4, None, 2), (1, 0): (2, None, 2), (1, 1): (10, None, 2)}

@@ -16,7 +16,9 @@ Definitions (docs/analyses.md, "collectives"):
   lateness); wait share of a step = sum of every rank's wait / (ranks x step time), step time
   being the mean over ranks of the step's span (its 'step' scope, else its events' span).
 - Traffic: from each collective's split sizes ('In split size' rows to each peer, empty = equal
-  split), row size = 'In msg nelems' / total rows, element size from 'dtype'.
+  split), row size = 'In msg nelems' / total rows, element size from 'dtype'. A run without split
+  sizes (a capture) takes it from its routing counts: the rows each rank routed to the experts
+  another rank owns, experts in contiguous blocks of E / world ranks (rows, no bytes).
 - Clock alignment across hosts: ranks leave a collective within microseconds of each other, so
   offset(rank) = median over matched collectives of (end(rank0) - end(rank)); the residual skew is
   the median absolute deviation of that difference after the offset. Ranks of one host share a
@@ -206,9 +208,37 @@ def traffic(con, run_id: int, *, payload_only: bool = False) -> Table:
             cell[1] += n * row_elems * elem
             cell[2] += 1
     out = [(s, d, r, b, c) for (s, d), (r, b, c) in sorted(acc.items())]
-    notes = [] if out else ["no collective with split sizes (Kineto record_param_comms args) in this run"]
+    source = "split sizes"
+    if not out:
+        out, source = _traffic_from_routing(con, run_id), "routing"
+    notes = []
+    if source == "routing" and out:
+        notes.append("from the routing counts: experts owned in contiguous blocks of E / world ranks "
+                     "(the engine's and Megatron's layout); rows only, no bytes")
+    elif not out:
+        notes.append("no collective with split sizes (Kineto record_param_comms args) and no routing counts")
     return Table("traffic", TRAFFIC_COLUMNS, out, {"title": f"run {run_id} · all-to-all traffic", "notes": notes,
-                                                   "run_id": run_id})
+                                                   "run_id": run_id, "source": source})
+
+
+def _traffic_from_routing(con, run_id: int) -> list[tuple]:
+    """(src, dst, rows, None, MoE calls) per rank pair: the (token, expert) rows each rank routed to
+    the experts another rank owns. Expert e of a layer with E experts lives on rank e // (E / world)."""
+    world = con.execute("SELECT world_size FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    world = int(world[0][0] or 1) if world else 1
+    if world < 2:
+        return []
+    rows = con.execute("""
+        WITH ne AS (SELECT layer_index, max(expert) + 1 AS n FROM routing WHERE run_id = $run GROUP BY layer_index)
+        SELECT r.rank, r.expert // (ne.n // $world) AS dst, sum(r.tokens)::BIGINT,
+               count(DISTINCT (r.step, r.layer_index))
+        FROM routing r JOIN ne USING (layer_index)
+        WHERE r.run_id = $run AND ne.n % $world = 0
+        GROUP BY ALL ORDER BY ALL""", {"run": run_id, "world": world}).fetchall()
+    return [(int(s), int(d), int(n), None, int(c)) for s, d, n, c in rows]
+
+
+
 
 
 _INT_TYPES = frozenset({"long", "long int", "int64", "int", "int32", "int16", "short", "char", "int8", "byte",
