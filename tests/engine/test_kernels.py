@@ -20,24 +20,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_numerics import REL, fresh_seed, rel_err
 
 from hybridscope.engine import kernels as K
 from hybridscope.engine.kernels import naive
 
-REL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 REL_TRITON = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
 @pytest.fixture
 def seed():
-    s = int(os.environ.get("HYBRIDSCOPE_SEED", random.randrange(2**31)))
-    torch.manual_seed(s)
-    return s
-
-
-def rel_err(out: torch.Tensor, truth: torch.Tensor) -> float:
-    truth = truth.detach().cpu().double()
-    return ((out.detach().cpu().double() - truth).norm() / truth.norm().clamp_min(1e-30)).item()
+    return fresh_seed()
 
 
 def cu_of(lens, device="cpu") -> torch.Tensor:

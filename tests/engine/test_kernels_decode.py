@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_numerics import REL, fresh_seed, rel_err
 
 from hybridscope.engine import kernels as K
 from hybridscope.engine.config import EngineConfig
 from hybridscope.engine.model import build_model
 from hybridscope.engine.moe import moe_ref
 
-REL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 gpu = pytest.mark.gpu
 
 
 @pytest.fixture
 def seed():
-    s = int(os.environ.get("HYBRIDSCOPE_SEED", random.randrange(2**31)))
-    torch.manual_seed(s)
-    return s
-
-
-def rel_err(out: torch.Tensor, truth: torch.Tensor) -> float:
-    truth = truth.detach().cpu().double()
-    return ((out.detach().cpu().double() - truth).norm() / truth.norm().clamp_min(1e-30)).item()
+    return fresh_seed()
 
 
 # ---- float64 truths ------------------------------------------------------------------------------

@@ -1,0 +1,24 @@
+"""What every kernel test compares with: relative-norm error against a float64 truth, the bound per
+dtype, and fresh random seeds (replay one with HYBRIDSCOPE_SEED)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+# relative-norm error bounds of a kernel's output against the float64 recurrence / reference
+REL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def fresh_seed() -> int:
+    """A new seed each run (or HYBRIDSCOPE_SEED), applied to torch; tests print it on failure."""
+    s = int(os.environ.get("HYBRIDSCOPE_SEED", random.randrange(2**31)))
+    torch.manual_seed(s)
+    return s
+
+
+def rel_err(out: torch.Tensor, truth: torch.Tensor) -> float:
+    truth = truth.detach().cpu().double()
+    return ((out.detach().cpu().double() - truth).norm() / truth.norm().clamp_min(1e-30)).item()
