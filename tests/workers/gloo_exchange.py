@@ -42,7 +42,7 @@ def main(db: str, steps: int) -> None:
     model = ToyMoEModel(dist.get_rank())
     x = torch.ones(8, 4)
     model(x)  # one exchange before capture: both ranks are up, so the first captured step is steady
-    with hybridscope.capture(db=db, model=model, mode="kernels", quiet=True):
+    with hybridscope.capture(db=db, model=model, mode="kernels", sample_every=1, quiet=True):
         for _ in range(steps):
             model(x)
     dist.destroy_process_group()
