@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 DbOption = Annotated[Path, typer.Option("--db", help="The hybridscope DuckDB file.", show_default=False)]
 RunOption = Annotated[
-    Optional[int], typer.Option("--run", help="Run id (see `hybridscope runs`); default: the latest run.")
+    int | None, typer.Option("--run", help="Run id (see `hybridscope runs`); default: the latest run.")
 ]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")]
 

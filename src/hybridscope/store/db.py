@@ -8,9 +8,9 @@ use `open_readonly()`, which cannot write.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import duckdb
 import numpy as np
