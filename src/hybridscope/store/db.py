@@ -105,7 +105,7 @@ def resolve_run(con: duckdb.DuckDBPyConnection, run: int | None) -> int:
             raise NotFound("the database holds no runs yet: import a trace or capture a run first")
         return row[0]
     if _one(con, "SELECT 1 FROM runs WHERE run_id = ?", [run]) is None:
-        raise NotFound(f"no run {run} in this database (see `hybridscope query --db FILE 'FROM runs'`)")
+        raise NotFound(f"no run {run} in this database (see `hybridscope runs --db FILE`)")
     return run
 
 
