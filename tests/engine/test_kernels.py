@@ -317,9 +317,6 @@ def test_decode_kernels_replay_under_cuda_graph(seed):
 
 
 @gpu
-@pytest.mark.xfail(strict=True, reason="known bug (H200, 2026-11-22): an illegal memory access in the "
-                   "prefill scan/conv launch for ragged lengths [1, 7, 64, 130] under this test, even with "
-                   "CUDA_LAUNCH_BLOCKING=1; the engine captures only decode in CUDA graphs")
 def test_prefill_kernels_capture_in_cuda_graph(seed):
     """The prefill launchers never sync with the host (the chunk table is built inside the kernels),
     so a ragged prefill captures into a CUDA graph, and its replay equals eager execution."""

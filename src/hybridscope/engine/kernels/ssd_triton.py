@@ -198,7 +198,10 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, D=None, *, cu_seqlens, initial_states=
         states, dacs, cu, init if init is not None else final, prev, final, H, S, P * N, NC,
         CS=CS, HAS_INIT=init is not None, BLOCK=block, BLOCK_S=BS, num_warps=4)
     y = torch.empty_like(x)
-    bm = min(CS, cfg["scan_block_m"])
+    # BLOCK_M 64 with a narrow state (BLOCK_N 32) made Triton 3.6's epilogue read shared memory out of
+    # bounds (compute-sanitizer on an H100, H=8 P=16 N=32 bf16, 2026-11-22): 32 rows there; the
+    # engine's N=128 keeps 64 (clean under the sanitizer, 13% faster)
+    bm = min(CS, cfg["scan_block_m"] if bn >= 64 else 32)
     ssd_chunk_scan_kernel[((CS // bm) * triton.cdiv(P, bp), H, NC)](
         x, dt, B, C, D if D is not None else A, dacs, meta, prev, y, P, N, NC, H // G,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
