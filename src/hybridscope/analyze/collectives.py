@@ -14,7 +14,7 @@ Definitions (docs/analyses.md, "collectives"):
   arrived last. A rank's wait is time its GPU (or thread) sat in the collective for a peer.
 - Step straggler: the rank that arrived last most often in that step (ties: the largest total
   lateness); wait share of a step = sum of every rank's wait / (ranks x step time), step time
-  being the mean over ranks of the step's span (its 'step' scope, else its events' span).
+  being the mean over ranks of the step's window (analyze/timeline.py step_windows).
 - Traffic: from each collective's split sizes ('In split size' rows to each peer, empty = equal
   split), row size = 'In msg nelems' / total rows, element size from 'dtype'. A run without split
   sizes (a capture) takes it from its routing counts: the rows each rank routed to the experts
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hybridscope.analyze import timeline
 from hybridscope.analyze.table import Column, Table, plain
 
 _GPU = "source = 'cuda' AND kind = 'kernel' AND (name LIKE 'nccl%' OR name LIKE 'rccl%')"
@@ -142,29 +143,21 @@ def stragglers(con, run_id: int) -> Table:
         ),
         pick AS (SELECT step, arg_max(rank, (last_n, lateness)) AS straggler, max(last_n) AS last_n FROM per_rank GROUP BY step),
         totals AS (SELECT step, count(DISTINCT (pg, seq)) AS n, sum(wait_ns) AS wait, count(DISTINCT rank) AS ranks
-                   FROM m WHERE step IS NOT NULL GROUP BY step),
-        spans AS (SELECT step, avg(span) AS step_ns FROM ({_step_spans_sql(con, run_id)}) GROUP BY step)
-        SELECT t.step, p.straggler, p.last_n, t.n, t.wait, s.step_ns, t.ranks
-        FROM totals t JOIN pick p USING (step) LEFT JOIN spans s USING (step) ORDER BY t.step""",
+                   FROM m WHERE step IS NOT NULL GROUP BY step)
+        SELECT t.step, p.straggler, p.last_n, t.n, t.wait, t.ranks
+        FROM totals t JOIN pick p USING (step) ORDER BY t.step""",
         {"run": run_id}).fetchall()
+    spans: dict[int, list[int]] = {}  # the report's own step windows: one definition of a step
+    for w in timeline.step_windows(con, run_id):
+        spans.setdefault(w["step"], []).append(w["end_ns"] - w["ts_ns"])
     out = []
-    for step, strag, last_n, n, wait, step_ns, ranks in rows:
+    for step, strag, last_n, n, wait, ranks in rows:
+        step_ns = float(np.mean(spans[step])) if step in spans else None
         share = 100.0 * wait / (ranks * step_ns) if step_ns else None
         out.append((int(step), int(strag), int(last_n), int(n), int(wait), plain(step_ns), share))
     notes = [] if out else ["no collective carries a step: attribute step scopes first (record_function 'step#i')"]
     return Table("stragglers", STEP_COLUMNS, out, {"title": f"run {run_id} · stragglers per step",
                                                     "notes": notes, "run_id": run_id})
-
-
-def _step_spans_sql(con, run_id: int) -> str:
-    """(rank, step, span) from step scopes when the run has them, else from its events' extent."""
-    has_scopes = con.execute("SELECT count(*) FROM scopes WHERE run_id = ? AND kind = 'step' AND step IS NOT NULL",
-                             [run_id]).fetchall()[0][0]
-    if has_scopes:
-        return ("SELECT rank, step, max(end_ns) - min(ts_ns) AS span FROM scopes "
-                "WHERE run_id = $run AND kind = 'step' AND step IS NOT NULL GROUP BY rank, step")
-    return ("SELECT rank, step, max(ts_ns + duration_ns) - min(ts_ns) AS span FROM events "
-            "WHERE run_id = $run AND step IS NOT NULL GROUP BY rank, step")
 
 
 TRAFFIC_COLUMNS = (
@@ -291,12 +284,9 @@ def rank_expert_load(con, run_id: int) -> Table:
 def imbalance_vs_wait(con, run_id: int) -> Table:
     """Per step routing imbalance (experts.imbalance, worst layer) against the step's summed
     collective wait (stragglers): Pearson and Spearman over the steps that have both."""
-    from hybridscope.analyze.experts import imbalance, pearson, spearman
+    from hybridscope.analyze.experts import pearson, spearman, step_imbalance
 
-    imb: dict[int, float] = {}
-    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id).rows:
-        if ratio is not None:
-            imb[step] = max(imb.get(step, 0.0), ratio)
+    imb = step_imbalance(con, run_id)
     waits = {r["step"]: r["wait_ns"] for r in stragglers(con, run_id).to_records()}
     steps = sorted(set(imb) & set(waits))
     xs = np.array([imb[s] for s in steps], dtype=np.float64)

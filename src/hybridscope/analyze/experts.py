@@ -76,12 +76,18 @@ def expert_load(con, run_id: int) -> Table:
                  {"title": "Tokens per expert", "run_id": run_id})
 
 
-def expert_steps(con, run_id: int) -> Table:
-    """Per step with routing: imbalance (max over layers), moe_comm time and latency (max over ranks)."""
+def step_imbalance(con, run_id: int) -> dict[int, float]:
+    """{step: imbalance of its worst MoE layer} over the steps with routing (module doc)."""
     imb: dict[int, float] = {}
     for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id).rows:
         if ratio is not None:
             imb[step] = max(imb.get(step, 0.0), ratio)
+    return imb
+
+
+def expert_steps(con, run_id: int) -> Table:
+    """Per step with routing: imbalance (max over layers), moe_comm time and latency (max over ranks)."""
+    imb = step_imbalance(con, run_id)
     comm: dict[int, int] = {}
     for rank, step, lt, ns in timeline.step_sums(con, run_id):
         if lt == "moe_comm":

@@ -128,6 +128,12 @@ def insert_columns(
         con.unregister("_hs_insert")
 
 
+def sql_path(path: str | Path) -> str:
+    """A path as the body of a SQL string literal, for the statements that cannot bind it as a
+    parameter (ATTACH, COPY ... TO, read_parquet globs): single quotes doubled."""
+    return str(path).replace("'", "''")
+
+
 def _one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence | None = None) -> tuple | None:
     """The first row of a query, or None; the result is fully consumed (DuckDB 2 requires it)."""
     rows = con.execute(sql, params or []).fetchall()

@@ -58,7 +58,7 @@ def merge(con, sources: list[Source], *, label: str | None = None) -> int:
     attached = []
     try:
         for alias, s in zip(aliases, ordered):  # ATTACH/DETACH cannot run inside the transaction
-            con.execute(f"ATTACH '{_quote(s.path)}' AS {alias} (READ_ONLY)")
+            con.execute(f"ATTACH '{db.sql_path(s.path)}' AS {alias} (READ_ONLY)")
             attached.append(alias)
         with db.transaction(con):
             run_id = db.next_run_id(con)
@@ -102,6 +102,3 @@ def _refresh_window(con, run_id: int) -> None:
                    FROM (SELECT min(t_start_ns) AS s, max(t_end_ns) AS e FROM run_ranks WHERE run_id = $run) w
                    WHERE run_id = $run""", {"run": run_id})
 
-
-def _quote(path: Path) -> str:
-    return str(path).replace("'", "''")

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from hybridscope.errors import BadInput, NotFound
-from hybridscope.store.db import schema_sql
+from hybridscope.store.db import schema_sql, sql_path
 
 RANK_TABLES = ("events", "scopes", "steps", "routing", "samples")
 RUN_TABLES = ("runs", "run_ranks", "requests")
@@ -39,7 +39,7 @@ def export_run(con, run_id: int, out_dir: Path) -> list[Path]:
         parts = "run_id, rank" if table in RANK_TABLES else "run_id"
         _clear_run(target, run_id)
         target.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY (SELECT * FROM {table} WHERE run_id = {int(run_id)}) TO '{_quote(target)}' "
+        con.execute(f"COPY (SELECT * FROM {table} WHERE run_id = {int(run_id)}) TO '{sql_path(target)}' "
                     f"(FORMAT parquet, PARTITION_BY ({parts}), OVERWRITE_OR_IGNORE true)")
         written.append(target)
     return written
@@ -67,7 +67,7 @@ def open_set(directory: Path) -> duckdb.DuckDBPyConnection:
             continue
         con.execute(f"DROP TABLE {table}")
         parts = "{'run_id': INTEGER, 'rank': INTEGER}" if table in RANK_TABLES else "{'run_id': INTEGER}"
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_quote(directory / table)}/**/*.parquet', "
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{sql_path(directory / table)}/**/*.parquet', "
                     f"hive_partitioning = true, hive_types = {parts}, union_by_name = true)")
         found.append(table)
     if "events" not in found or "runs" not in found:
@@ -75,6 +75,3 @@ def open_set(directory: Path) -> duckdb.DuckDBPyConnection:
         raise BadInput(f"{directory} holds no hybridscope Parquet set (no events/ or runs/ folder)")
     return con
 
-
-def _quote(path: Path) -> str:
-    return str(path).replace("'", "''")
