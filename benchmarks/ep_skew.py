@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -29,27 +28,13 @@ from hybridscope import demo
 
 
 def rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
-    import torch
     import torch.distributed as dist
 
     from hybridscope.capture.session import capture
-    from hybridscope.engine.config import EngineConfig
-    from hybridscope.engine.ep import AllToAllDispatch, apply_ep
-    from hybridscope.engine.model import build_model
+    from hybridscope.engine.ep import AllToAllDispatch
     from hybridscope.engine.scheduler import Engine
 
-    torch.set_num_threads(1)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    cuda = o["device"] == "cuda"
-    if cuda:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    cfg = EngineConfig.from_preset(o["preset"], seed=o["seed"], skew=o["skew"], skew_experts=tuple(o["skew_experts"]),
-                                   **o["overrides"])
-    model = build_model(cfg, device=f"cuda:{rank}" if cuda else "cpu")
-    apply_ep(model)
-    Engine(model, cuda_graphs=False).run(demo._requests({**o, "requests": 2, "rate": 0.0}, rank + 10_000, cfg.vocab_size))
+    model, cfg = demo.prepare_rank(rank, world, port, o)
     sent = [0] * world  # rows this rank's engine sent to each peer, summed over layers and steps
     counting = {"on": False}
 
@@ -62,14 +47,14 @@ def rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
         if isinstance(m, AllToAllDispatch):
             m.register_forward_hook(count)
     engine = Engine(model, cuda_graphs=False, seed=o["seed"] + rank)
-    requests = demo._requests(o, rank, cfg.vocab_size)
+    requests = demo.requests_for(o, rank, cfg.vocab_size)
     with capture(db=Path(work) / "ep.duckdb", model=model, mode="kernels", label=f"skew {o['skew']:g}",
                  sample_every=1, quiet=True) as cap:  # every step: the run is short, the waits are the point
         counting["on"] = True
         done = engine.run(requests)
         counting["on"] = False
     if rank == 0:
-        demo._write_requests(Path(cap.summary.db), cap.summary.run_id, engine.t0, done)
+        demo.write_requests(Path(cap.summary.db), cap.summary.run_id, engine.t0, done)
     (Path(work) / f"sent.rank{rank}.json").write_text(json.dumps(sent))
     dist.destroy_process_group()
 
@@ -83,7 +68,7 @@ def run_one(opts: demo.DemoOptions, db: Path) -> tuple[int, dict]:
 
     work = Path(tempfile.mkdtemp(prefix="ep-skew-"))
     try:
-        mp.start_processes(rank_main, args=(opts.world, demo._free_port(), str(work), asdict(opts)),
+        mp.start_processes(rank_main, args=(opts.world, demo.free_port(), str(work), asdict(opts)),
                            nprocs=opts.world, join=True, start_method="spawn")
         con = store.open_store(db)
         try:

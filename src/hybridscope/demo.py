@@ -75,7 +75,7 @@ def run_demo(out_dir: Path, opts: DemoOptions) -> tuple[Path, int]:
             import torch.multiprocessing as mp
 
             try:
-                mp.start_processes(_rank_main, args=(opts.world, _free_port(), str(work), asdict(opts)),
+                mp.start_processes(_rank_main, args=(opts.world, free_port(), str(work), asdict(opts)),
                                    nprocs=opts.world, join=True, start_method="spawn")
             except mp.ProcessException as e:  # the rank printed its own traceback above
                 raise EnvironmentProblem(f"a demo rank failed: {e}") from None
@@ -95,17 +95,19 @@ def run_demo(out_dir: Path, opts: DemoOptions) -> tuple[Path, int]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
-    """One rank: build the engine, serve the requests under capture, write the requests table."""
+def prepare_rank(rank: int, world: int, port: int, o: dict):
+    """One rank's model, ready to serve: process group joined (world > 1), engine built from the
+    options with skew, experts sharded, and warmed up as a server does before taking traffic (the
+    first calls pay one-time costs, allocations and kernel compilation, that are no part of the
+    steady-state tail). Returns (model, config)."""
     import torch
 
-    from hybridscope.capture.session import capture
     from hybridscope.engine.config import EngineConfig
     from hybridscope.engine.model import build_model
     from hybridscope.engine.scheduler import Engine
@@ -114,39 +116,45 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     if world > 1:
         import torch.distributed as dist
 
-        from hybridscope.engine.ep import apply_ep
-
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ["MASTER_PORT"] = str(port)
         if o["device"] == "cuda":
             torch.cuda.set_device(rank)
         dist.init_process_group("nccl" if o["device"] == "cuda" else "gloo", rank=rank, world_size=world)
-    device = f"cuda:{rank}" if o["device"] == "cuda" else "cpu"
     cfg = EngineConfig.from_preset(o["preset"], seed=o["seed"], skew=o["skew"], skew_experts=tuple(o["skew_experts"]),
                                    **o["overrides"])
-    model = build_model(cfg, device=device)
+    model = build_model(cfg, device=f"cuda:{rank}" if o["device"] == "cuda" else "cpu")
     if world > 1:
+        from hybridscope.engine.ep import apply_ep
+
         apply_ep(model)
-    # Warm up first, as a server does before taking traffic: the first calls pay one-time costs
-    # (allocations, kernel compilation) that are no part of the steady-state tail.
-    warm = _requests({**o, "requests": 2, "rate": 0.0}, rank + 10_000, cfg.vocab_size)
+    warm = requests_for({**o, "requests": 2, "rate": 0.0}, rank + 10_000, cfg.vocab_size)
     Engine(model, cuda_graphs=False, seed=o["seed"]).run(warm)
+    return model, cfg
+
+
+def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
+    """One rank: serve the requests under capture, write the requests table."""
+    from hybridscope.capture.session import capture
+    from hybridscope.engine.scheduler import Engine
+
+    model, cfg = prepare_rank(rank, world, port, o)
     engine = Engine(model, cuda_graphs=False, seed=o["seed"] + rank)  # hooks do not fire inside graph replays
-    requests = _requests(o, rank, cfg.vocab_size)
+    requests = requests_for(o, rank, cfg.vocab_size)
     db = Path(work) / "demo.duckdb"
     # every step: the demo is short and shows the distribution (capture's default samples 1 step in 8)
     with capture(db=db, model=model, mode=o["mode"], label=f"demo rank {rank}", sample_every=1, quiet=True) as cap:
         done = engine.run(requests)
     summary = cap.summary
     if rank == 0 and summary is not None and summary.run_id is not None:
-        _write_requests(Path(summary.db), summary.run_id, engine.t0, done)
+        write_requests(Path(summary.db), summary.run_id, engine.t0, done)
     if world > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()
 
 
-def _requests(o: dict, rank: int, vocab: int):
+def requests_for(o: dict, rank: int, vocab: int):
     """Poisson arrivals, prompts and lengths varying around the options, seeded per rank."""
     import numpy as np
 
@@ -164,7 +172,7 @@ def _requests(o: dict, rank: int, vocab: int):
     return out
 
 
-def _write_requests(db: Path, run_id: int, t0: float, done) -> None:
+def write_requests(db: Path, run_id: int, t0: float, done) -> None:
     """The requests' serving times on the capture's clock (perf_counter ns), as a server logs them."""
     from hybridscope.store import db as store
 
