@@ -38,6 +38,19 @@ def reference_tokens(n_requests: int = 3, prompt: int = 6, new_tokens: int = 3) 
     return run_engine(engine_tiny(), n_requests, prompt, new_tokens)
 
 
+def captured_engine_run(tmp_path_factory, mode: str):
+    """The tiny engine served under capture (every step) beside an uncaptured reference run:
+    (db, reference tokens, captured tokens, capture summary)."""
+    import hybridscope
+
+    db = tmp_path_factory.mktemp(mode) / "run.duckdb"
+    reference = reference_tokens()
+    model = engine_tiny()
+    with hybridscope.capture(db=db, model=model, mode=mode, sample_every=1, quiet=True) as cap:
+        out = run_engine(model)
+    return db, reference, out, cap.summary
+
+
 def hf_nemotron_h(pattern: str = HF_PATTERN, hidden: int = 64, experts: int = 4, dtype=torch.float32,
                   **overrides):
     """A random-init NemotronH (transformers), scaled down from shared/traces/make_hf_models.py."""

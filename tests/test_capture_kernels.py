@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from capture_models import ToyModel, engine_tiny, latest_run, reference_tokens, rows, run_engine
+from capture_models import (
+    ToyModel,
+    captured_engine_run,
+    latest_run,
+    rows,
+)
 
 import hybridscope
 
 
 @pytest.fixture(scope="module")
 def kernel_run(tmp_path_factory):
-    db = tmp_path_factory.mktemp("kern") / "run.duckdb"
-    reference = reference_tokens()
-    model = engine_tiny()
-    with hybridscope.capture(db=db, model=model, mode="kernels", sample_every=1, quiet=True) as cap:
-        out = run_engine(model)
-    return db, reference, out, cap.summary
+    return captured_engine_run(tmp_path_factory, "kernels")
 
 
 def test_kernel_mode_output_identical_and_ops_recorded(kernel_run):

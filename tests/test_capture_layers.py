@@ -10,9 +10,9 @@ import torch
 from capture_models import (
     ENGINE_PATTERN,
     ToyModel,
+    captured_engine_run,
     engine_tiny,
     latest_run,
-    reference_tokens,
     rows,
     run_engine,
 )
@@ -50,12 +50,7 @@ def test_exclusive_times_drops_unclosed_instances():
 
 @pytest.fixture(scope="module")
 def engine_run(tmp_path_factory):
-    db = tmp_path_factory.mktemp("cap") / "run.duckdb"
-    reference = reference_tokens()
-    model = engine_tiny()
-    with hybridscope.capture(db=db, model=model, mode="layers", sample_every=1, quiet=True) as cap:
-        out = run_engine(model)
-    return db, reference, out, cap.summary
+    return captured_engine_run(tmp_path_factory, "layers")
 
 
 def test_layers_mode_leaves_output_identical_and_reports(engine_run):

@@ -154,9 +154,11 @@ def _pct(new: float, base: float) -> float | None:
     return 100.0 * (new / base - 1) if base else None
 
 
+_TYPE_RANK = {t: i for i, t in enumerate(ORDER)}
+
+
 def _group_order(g: str) -> tuple:
-    rank = {t: i for i, t in enumerate(ORDER)}
-    return (rank.get(g, len(ORDER)), g)
+    return (_TYPE_RANK.get(g, len(ORDER)), g)
 
 
 def check_table(base: Samples, new: Samples, *, limits: dict[str, float], meta: dict,
