@@ -120,15 +120,7 @@ def decode_step(
     for _ in range(4):  # prefill, then decode steps (captures the graph)
         eng.step()
     graph = eng.graphs[max(eng.graphs)][0]
-    for _ in range(5):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    out = {"step_s": start.elapsed_time(end) / 1e3 / iters}
+    out = {"step_s": _replay_time(graph, iters, warmup=5)}
     if kernels:
         out.update(kernel_breakdown(graph))
     return out
@@ -266,7 +258,12 @@ def _graph_time(fn, iters: int = 10) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    for _ in range(3):
+    return _replay_time(graph, iters, warmup=3)
+
+
+def _replay_time(graph, iters: int, warmup: int) -> float:
+    """Seconds per replay of a captured CUDA graph, by CUDA events around `iters` replays."""
+    for _ in range(warmup):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
