@@ -37,6 +37,7 @@ class DemoOptions:
     mode: str              # capture mode
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # EngineConfig fields over the preset's
+    jitter: bool = True    # lengths drawn from [half, full] of prompt_len / gen_len; False: exactly those
 
 
 def default_options(*, device: str | None = None, ranks: int | None = None, requests: int | None = None,
@@ -155,7 +156,8 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
 
 
 def requests_for(o: dict, rank: int, vocab: int):
-    """Poisson arrivals, prompts and lengths varying around the options, seeded per rank."""
+    """Poisson arrivals (all at t=0 when rate is 0), prompt and generation lengths between half and all
+    of the options' (exactly theirs without jitter), seeded per rank."""
     import numpy as np
 
     from hybridscope.engine.scheduler import Request
@@ -165,8 +167,10 @@ def requests_for(o: dict, rank: int, vocab: int):
     arrivals = np.cumsum(gaps) - gaps[0]
     out = []
     for i, t in enumerate(arrivals):
-        plen = int(rng.integers(o["prompt_len"] // 2, o["prompt_len"] + 1))
-        glen = int(rng.integers(max(1, o["gen_len"] // 2), o["gen_len"] + 1))
+        plen, glen = o["prompt_len"], o["gen_len"]
+        if o["jitter"]:
+            plen = int(rng.integers(plen // 2, plen + 1))
+            glen = int(rng.integers(max(1, glen // 2), glen + 1))
         out.append(Request(rid=i, prompt=rng.integers(1, vocab, plen).tolist(), max_new_tokens=glen,
                            arrival=float(t)))
     return out
