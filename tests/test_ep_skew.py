@@ -1,0 +1,72 @@
+"""benchmarks/ep_skew.py without spawning ranks: the scenarios' wiring, the prefill scenario's steps on
+the engine (one process), the wait-causer rule, and the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict
+
+import pytest
+from paths import ROOT
+
+spec = importlib.util.spec_from_file_location("ep_skew", ROOT / "benchmarks" / "ep_skew.py")
+ep_skew = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ep_skew)
+
+
+@pytest.fixture(scope="module")
+def cpu_base():
+    from hybridscope import demo
+
+    return demo.default_options(device="cpu", ranks=2, skew=0.0, mode="kernels")
+
+
+def test_decode_scenario_is_the_demo_workload(cpu_base):
+    o = ep_skew.scenario_options("decode", cpu_base, None)
+    assert {k: o[k] for k in asdict(cpu_base)} == asdict(cpu_base)
+    assert o["step_tokens"] == 4096 and o["warm_requests"] == 2
+    assert ep_skew.scenario_options("decode", cpu_base, 5)["requests"] == 5
+
+
+def test_prefill_scenario_fills_every_step_with_the_same_prompts(cpu_base):
+    from hybridscope import demo
+    from hybridscope.engine.config import EngineConfig
+    from hybridscope.engine.model import build_model
+    from hybridscope.engine.scheduler import Engine
+
+    o = ep_skew.scenario_options("prefill", cpu_base, 16)
+    prompt, step_tokens, _, overrides = ep_skew.PREFILL["cpu"]
+    assert (o["prompt_len"], o["gen_len"], o["rate"], o["jitter"]) == (prompt, 1, 0.0, False)
+    assert o["skew_experts"] == ep_skew.PREFILL_HOT and o["overrides"] == overrides
+    assert o["warm_requests"] * prompt == o["step_tokens"] == step_tokens
+    cfg = EngineConfig.from_preset(o["preset"], **o["overrides"])
+    reqs = demo.requests_for(o, 1, cfg.vocab_size)
+    assert {(len(r.prompt), r.max_new_tokens, r.arrival) for r in reqs} == {(prompt, 1, 0.0)}
+    engine = Engine(build_model(cfg), cuda_graphs=False, max_prefill_tokens=o["step_tokens"])
+    engine.run(reqs)
+    # 16 prompts, 512 tokens a step: two full prefill steps, no decode
+    assert [(s.kind, s.prefill_tokens, s.decode_tokens) for s in engine.steps] == [("prefill", step_tokens, 0)] * 2
+    # a routed row through a widened tiny expert: up [512, 64] and down [64, 512], 2 FLOPs a MAC
+    assert ep_skew.flop_per_row(o) == 2 * 64 * (512 + 512)
+
+
+def _call(seq, rank, wait_ns, last, step=1):
+    return {"pg": "0", "seq": seq, "rank": rank, "step": step, "wait_ns": wait_ns, "straggler": "yes" if last else ""}
+
+
+def test_wait_causer_is_the_rank_its_peers_waited_for_longest():
+    # per MoE layer: rank 1 a microsecond late at split exchange and dispatch, rank 0 10 ms late at combine
+    calls = []
+    for layer in range(3):
+        s = 3 * layer
+        calls += [_call(s, 0, 1_000, False), _call(s, 1, 0, True),
+                  _call(s + 1, 0, 1_000, False), _call(s + 1, 1, 0, True),
+                  _call(s + 2, 0, 0, True), _call(s + 2, 1, 10_000_000, False)]
+    calls += [_call(9, 0, 0, False, step=2), _call(9, 1, 0, True, step=2)]
+    assert ep_skew._wait_causers(calls) == {1: 0, 2: 1}
+
+
+def test_unknown_scenario_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        ep_skew.main(["--out", str(tmp_path), "--scenario", "decode,train"])
+    assert e.value.code == 2
