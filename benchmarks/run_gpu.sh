@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU machine's whole check, in one call (../shared/device/README.md):
-#   every `gpu`-marked test, then the expert-parallel balanced-vs-skewed run (benchmarks/ep_skew.py)
-#   on as many GPUs as the machine has (2 or more), then the demo on the GPU.
+#   every `gpu`-marked test, then the expert-parallel balanced-vs-skewed runs (benchmarks/ep_skew.py:
+#   the compute-bound prefill scenario first, then the demo's decode workload) on as many GPUs as the
+#   machine has (2 or more), then the demo on the GPU.
 # Carry .whl (the wheels the machine lacks); results land under $OUT.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -21,8 +22,10 @@ timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -o add
 CUDA_LAUNCH_BLOCKING=1 timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" "$GRAPH_TEST" 2>&1 \
   | tail -25 | tee -a "$OUT/gpu-tests.log"
 if [ "$gpus" -ge 2 ]; then
-  timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 --requests 16 2>&1 \
-    | grep -v "^USDT\|profiler_st" | tail -30 | tee "$OUT/ep_skew.log"
+  # ep.duckdb (4 runs, every kernel) may exceed the 16 MiB a file from $OUT may have (the 2-run one
+  # did not come back): the results are in ep/ep_skew.json (written after each scenario) and the log
+  timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 \
+    --scenario prefill,decode --requests 16 2>&1 | grep -v "^USDT\|profiler_st" | tail -60 | tee "$OUT/ep_skew.log"
   rm -f "$OUT/ep/ep.duckdb.wal"
 fi
 timeout "${DEMO_S:-100}" python3 -m hybridscope demo --device cuda --requests 16 --out "$OUT/demo" 2>&1 | tail -60 > "$OUT/demo.log"
