@@ -10,9 +10,11 @@ Workloads:
       layers of its pattern, 8 requests of 512 prompt tokens and 32 new tokens, continuous
       batching, no CUDA graphs (module hooks do not run inside a graph replay).
 Variants: hybridscope layers (default sampling, 1 step in 8) and every step; hybridscope kernels
-(default windows, 2 steps in 64) and every step; torch.profiler CUDA only (and CPU + CUDA with
---with-cpu-profiler).
+(default windows, 2 steps in 64, CUDA collection toggled), windows of 1 step in 8, the default
+windows with the profiler restarted per window ('schedule', the strategy before toggling), and
+every step; torch.profiler CUDA only (and CPU + CUDA with --with-cpu-profiler).
 Design (noise: identical untraced runs of these launch-bound workloads vary by 10-30 %):
+  - the process is pinned to --cores cores (default 2: fewer thread migrations);
   - every variant runs once first, uncounted (CUPTI init, allocator, first launches);
   - each round runs U V1 U V2 ... Vn U (untraced between every two traced runs, variant order
     rotated each round), gc.collect() and torch.cuda.synchronize() before every clock read;
@@ -30,6 +32,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -106,14 +109,19 @@ def variant_untraced(model, run, db):
     return _timed(run), 0.0, {}
 
 
-def _hybridscope(mode, **kw):
+def _hybridscope(mode, strategy="auto", **kw):
+    """A hybridscope capture variant; `strategy`: kernels mode's window strategy (capture.kernels)."""
+    from hybridscope.capture import kernels
+
     def variant(model, run, db):
         label = mode + ("_every_step" if kw.get("sample_every") == 1 else "")
+        kernels.WINDOW_STRATEGY = strategy
         cap = hybridscope.capture(db=db, model=model, mode=mode, quiet=True, label=label, **kw)
         cap.__enter__()
         in_run = _timed(run)
         t0 = time.perf_counter()
         cap.__exit__(None, None, None)
+        kernels.WINDOW_STRATEGY = "auto"
         s = cap.summary
         return in_run, time.perf_counter() - t0, {"events": s.events, "kernel_events": s.kernel_events,
                                                    "layer_events": s.layer_events, "faults": s.faults,
@@ -141,7 +149,9 @@ def _torch_profiler(cpu: bool):
 VARIANTS = {
     "layers": _hybridscope("layers"),
     "layers_every_step": _hybridscope("layers", sample_every=1),
-    "kernels": _hybridscope("kernels"),
+    "kernels": _hybridscope("kernels"),  # default windows (2 steps of 64), collection toggled
+    "kernels_1_in_8": _hybridscope("kernels", sample_every=8, sample_steps=1),
+    "kernels_schedule": _hybridscope("kernels", strategy="schedule"),  # the same windows, profiler restarted
     "kernels_every_step": _hybridscope("kernels", sample_every=1),
     "torch_profiler_cuda": _torch_profiler(cpu=False),
 }
@@ -337,7 +347,12 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="comma-separated subset of the variants (more rounds each)")
     ap.add_argument("--with-cpu-profiler", action="store_true", help="add torch.profiler CPU + CUDA")
     ap.add_argument("--skip-engine", action="store_true")
+    ap.add_argument("--cores", type=int, default=2,
+                    help="pin the process to this many cores (fewer migrations, steadier launch-bound runs); 0: no pinning")
     args = ap.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.cores and len(cores) > args.cores:
+        os.sched_setaffinity(0, cores[-args.cores:])
     if args.with_cpu_profiler:
         VARIANTS["torch_profiler_cpu_cuda"] = _torch_profiler(cpu=True)
     if args.variants:
@@ -347,6 +362,7 @@ def main() -> None:
     start = time.monotonic()
     deadline = start + args.budget_s
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "workloads": [],
+               "cores": sorted(os.sched_getaffinity(0)), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "micro": {} if args.skip_micro else micro()}
     print("micro:", results["micro"], flush=True)
     with tempfile.TemporaryDirectory() as d:

@@ -169,3 +169,31 @@ def test_gpu_engine_layers_mode(tmp_path):
     excl = np.array([r[0] for r in rows(con, "SELECT duration_ns FROM events WHERE run_id = ? AND source = 'layer'",
                                           [run])])
     assert (excl >= 0).all()
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_windows_keep_every_window(tmp_path):
+    """Windows on CUDA ('toggle': one profiler session, collection switched per window): every
+    sampled step keeps its kernels, the others have none, and nothing recorded after the last step
+    (stop switches collection on again: the Kineto work-around in capture.kernels) is kept."""
+    from hybridscope.capture import kernels
+
+    assert kernels._strategy(True, torch) == "toggle"
+    model = hf_nemotron_h("MEM*E", hidden=256, experts=4).cuda()
+    ids = torch.randint(10, 250, (2, 64), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        model(ids)
+        with hybridscope.capture(db=tmp_path / "w.duckdb", model=model, mode="kernels", sample_every=3,
+                                 sample_steps=1, quiet=True) as cap:
+            for _ in range(8):  # steps 0..7: 0, 3, 6 sampled, the last (7) not
+                model(ids)
+    assert cap.summary.faults == {}
+    con, run = latest_run(tmp_path / "w.duckdb")
+    per_step = dict(rows(con, "SELECT step, count(*) FROM events WHERE run_id = ? AND source = 'cuda' "
+                              "AND kind = 'kernel' GROUP BY 1", [run]))
+    assert set(per_step) == {0, 3, 6}, per_step
+    # the same forward, the same kernels (step 0 may hold a couple of one-time launches)
+    assert max(per_step.values()) - min(per_step.values()) <= 0.02 * max(per_step.values()), per_step
+    late = rows(con, "SELECT count(*) FROM events WHERE run_id = ? AND ts_ns >= (SELECT max(ts_ns + duration_ns) "
+                     "FROM steps WHERE run_id = ?)", [run, run])
+    assert late == [(0,)]

@@ -49,19 +49,29 @@ def test_ops_are_attributed_to_the_scopes_around_them(kernel_run):
     assert steps == {0, 1, 2}
 
 
-def test_windowed_sampling_profiles_only_its_steps(tmp_path):
+@pytest.mark.parametrize("strategy", ["schedule", "toggle"])
+def test_windowed_sampling_profiles_only_its_steps(tmp_path, monkeypatch, strategy):
+    from hybridscope.capture import kernels
+
+    monkeypatch.setattr(kernels, "WINDOW_STRATEGY", strategy)  # 'auto' is 'toggle' on CUDA only
     model = ToyModel(torch.tensor([[0, 1]]), num_experts=2)
     with hybridscope.capture(db=tmp_path / "w.duckdb", model=model, mode="kernels", sample_every=2,
                              sample_steps=1, quiet=True) as cap:
-        for _ in range(5):
+        for _ in range(6):
             model(torch.ones(1, 2))
     con, run = latest_run(tmp_path / "w.duckdb")
-    # the first step of every 2 is profiled (a warm-up step before each window but the first)
-    steps = {s for (s,) in rows(con, "SELECT DISTINCT step FROM events WHERE run_id = ? AND source = 'cpu'", [run])}
+    # the first step of every 2 is profiled
+    steps = {s for (s,) in rows(con, "SELECT DISTINCT step FROM events WHERE run_id = ? AND source = 'cpu' "
+                                     "AND step IS NOT NULL", [run])}
     assert steps == {0, 2, 4}
+    # the last step (5) is not sampled: 'toggle' switches collection on again at stop, and cuts
+    # off what it records from then on
+    late = rows(con, "SELECT count(*) FROM events WHERE run_id = ? AND ts_ns >= (SELECT max(ts_ns + duration_ns) "
+                     "FROM steps WHERE run_id = ?)", [run, run])
+    assert late == [(0,)]
     scoped = {s for (s,) in rows(con, "SELECT DISTINCT step FROM scopes WHERE run_id = ? AND kind != 'step'", [run])}
     assert scoped == {0, 2, 4}  # module hooks only on the profiled steps
-    assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(5,)]
+    assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(6,)]
     assert cap.summary.faults == {}
 
 

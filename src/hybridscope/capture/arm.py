@@ -123,7 +123,7 @@ class Armed:
             self.routing.step_boundary()
         if self.kernels is not None:
             with self.faults.guard("kernels.step"):
-                self.kernels.step()
+                self.kernels.step(rec.step)
         if self.cap.limit_reached(len(self.steps)):
             self.open_ts = None  # the step just begun is not recorded: its hooks go now
             self.cap.stop()

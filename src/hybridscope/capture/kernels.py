@@ -8,12 +8,20 @@ innermost scope, by `hybridscope.attribute` like any import. On CPU there is no 
 the profiler records CPU ops (source 'cpu', kind 'cpu_op'), attributed the same way.
 
 Windowed sampling `window=(k, n)`: the first k steps of every n are profiled, the same steps
-that get module hooks (capture.session, Sampling); a torch.profiler schedule (`_schedule`) turns
-the profiler off outside them, with one warm-up step before each window, so a long run pays for
-CUPTI only in its windows. `n == 1`: one profiler session for the whole run.
-The results of each window are kept as the profiler's own result objects and converted at flush,
-so the run itself pays only for the profiler, not for the conversion. `max_windows` bounds them;
-windows past it are dropped and counted.
+that get module hooks (capture.session, Sampling). Two ways to cut the windows out of a run
+(`WINDOW_STRATEGY`):
+  - 'toggle' (the default on CUDA): one profiler session for the whole run; CUDA collection is
+    switched on for the windows only (`toggle_collection_dynamic`). Switching off drains the device
+    and flushes CUPTI's buffers (about 4-6 ms on an H100), switching on is 0.4 ms; every window is
+    processed once, at stop, off the run. Kineto before pytorch/kineto#1362 (torch 2.11) returns the
+    buffers flushed at a toggle-off only when a buffer is still open at stop, so `stop` switches
+    collection back on and runs one tiny op first; events from that moment on are cut off.
+  - 'schedule' (CPU, and torch builds without toggling): a torch.profiler schedule (`_schedule`)
+    stops the profiler after each window and starts it again one warm-up step before the next; the
+    end of each window is processed on the model's thread (about one step time per profiled step
+    on an H100, docs/benchmarks.md), kept as the profiler's result objects, converted at flush.
+`n == 1`: one profiler session for the whole run. `max_windows` bounds the windows; windows past
+it are not recorded and are counted.
 
 Conversion reads `_KinetoEvent` accessors into columns (`_convert`); benchmarks/bench_capture.py
 compares it with exporting a Chrome trace and importing it.
@@ -21,8 +29,10 @@ compares it with exporting a Chrome trace and importing it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import time
 import warnings
 
@@ -47,51 +57,83 @@ ACTIVITY_KINDS: dict[str, tuple[str, str]] = {
 DEVICE_SIDE = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation", "cuda_sync"})
 SKIP = frozenset({"overhead", "ac2g", "flow", "cpu_instant_event", "collective_comm"})
 
+# how windows are cut out of a run (module docstring): 'auto' = 'toggle' on CUDA where torch can
+# toggle collection, else 'schedule'
+WINDOW_STRATEGY = "auto"
+
 
 class KernelBackend:
-    """Owns one torch.profiler session; `step()` at each step boundary, `stop()` at the end."""
+    """Owns one torch.profiler session; `step(s)` at the boundary that starts step s, `stop()` at the end."""
 
     def __init__(self, *, cuda: bool, window: tuple[int, int] | None, max_windows: int, faults):
         import torch
 
         self.torch = torch
         self.cuda = cuda
-        self.window = window
+        self.window = window if window is not None and window[1] > window[0] else None
         self.max_windows = max_windows
         self.faults = faults
+        self.strategy = _strategy(cuda, torch) if self.window is not None else "session"
         self.results: list = []
         self.dropped_windows = 0
+        self.windows = 0
+        self.collecting = False
+        self.cut_ns: int | None = None  # toggle: events from here on are the stop's own
         self.prof = None
+        self.acts: list = []
         self.marker: tuple[int, int] | None = None
         self.clock_offset_ns = 0
 
     def start(self) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        acts = [ProfilerActivity.CUDA] if self.cuda else [ProfilerActivity.CPU]
-        sched = None
-        if self.window is not None and self.window[1] > self.window[0]:
-            sched = _schedule(*self.window)
+        self.acts = [ProfilerActivity.CUDA] if self.cuda else [ProfilerActivity.CPU]
+        sched = _schedule(*self.window) if self.strategy == "schedule" else None
         with warnings.catch_warnings():  # "clears events at the end of each cycle": _keep holds them
             warnings.simplefilter("ignore", UserWarning)
-            self.prof = profile(activities=acts, schedule=sched, on_trace_ready=self._keep)
+            self.prof = profile(activities=self.acts, schedule=sched, on_trace_ready=self._keep)
             self.prof.start()
+        self.collecting, self.windows = True, 1  # step 0 is always sampled
         if self.cuda and sched is None:
             # a runtime call at a known host time: `columns` checks the launch clock against it
             t0 = time.time_ns()
             self.torch.cuda.synchronize()
             self.marker = (t0, time.time_ns())
 
-    def step(self) -> None:
-        if self.prof is not None and self.window is not None:
-            with warnings.catch_warnings():  # the same warning at each new cycle
-                warnings.simplefilter("ignore", UserWarning)
-                self.prof.step()
+    def step(self, step: int) -> None:
+        if self.prof is None or self.window is None:
+            return
+        if self.strategy == "toggle":
+            k, n = self.window
+            want = step % n < k
+            if want and not self.collecting and self.windows >= self.max_windows:
+                self.dropped_windows += step % n == 0
+            elif want != self.collecting:
+                self._collect(want)
+                self.windows += want
+            return
+        with warnings.catch_warnings():  # the same warning at each new cycle
+            warnings.simplefilter("ignore", UserWarning)
+            self.prof.step()
+
+    def _collect(self, on: bool) -> None:
+        with _quiet_stderr():  # torch logs a warning line at every toggle, whatever the activities
+            self.prof.toggle_collection_dynamic(on, self.acts)
+        self.collecting = on
 
     def stop(self) -> None:
         """Stop the profiler; torch.profiler hands a window still recording to `_keep`."""
         if self.prof is None:
             return
+        if self.strategy == "toggle" and not self.collecting:
+            # keep a buffer open at stop so that Kineto returns the windows flushed before
+            # (module docstring); what runs from now on is cut off in `columns`
+            self.cut_ns = time.time_ns()
+            self._collect(True)
+            x = self.torch.zeros(1, device="cuda" if self.cuda else "cpu")
+            x += 1
+            if self.cuda:
+                self.torch.cuda.synchronize()
         prof, self.prof = self.prof, None
         prof.stop()
 
@@ -111,7 +153,36 @@ class KernelBackend:
         self.clock_offset_ns = _marker_offset(cols, self.marker)
         if self.clock_offset_ns:
             cols["ts_ns"] = cols["ts_ns"] + self.clock_offset_ns
+        if self.cut_ns is not None:
+            keep = np.flatnonzero(cols["ts_ns"] < self.cut_ns)
+            cols = {k: v[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep] for k, v in cols.items()}
         return cols
+
+
+def _strategy(cuda: bool, torch) -> str:
+    """The window strategy for this session (WINDOW_STRATEGY; module docstring)."""
+    if WINDOW_STRATEGY != "auto":
+        return WINDOW_STRATEGY
+    toggles = hasattr(torch.profiler.profile, "toggle_collection_dynamic")
+    return "toggle" if cuda and toggles else "schedule"
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the block (C++ log lines); Python's stderr flushed first."""
+    try:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _schedule(k: int, n: int):
