@@ -159,25 +159,6 @@ def _quantiles(ns: list[int]) -> dict | None:
     return {"n": len(ns), "p50_ns": p50, "p99_ns": p99, "tail_ratio": p99 / p50 if p50 else None}
 
 
-def _wait_causers(calls: list[dict]) -> dict[int, int]:
-    """Per step, the rank whose late arrivals its peers spent the most time waiting for: each
-    collective's summed wait is charged to the rank that arrived last. (`stragglers` names the rank
-    that arrived last most often: a rank late by milliseconds at one collective of three per MoE
-    layer can lose that count to a peer late by microseconds at the other two.)"""
-    waited: dict[tuple, int] = {}
-    last: dict[tuple, tuple[int, int]] = {}
-    for c in calls:
-        key = (c["pg"], c["seq"])
-        waited[key] = waited.get(key, 0) + c["wait_ns"]
-        if c["straggler"] == "yes":
-            last[key] = (c["step"], c["rank"])
-    charged: dict[int, dict[int, int]] = {}
-    for key, (step, rank) in last.items():
-        charged.setdefault(step, {}).setdefault(rank, 0)
-        charged[step][rank] += waited[key]
-    return {step: max(by, key=by.get) for step, by in charged.items()}
-
-
 def summarize(con, run_id: int, info: dict, row_flop: int) -> dict:
     """One run's numbers (module doc); `info` holds each rank's engine counts and serving window."""
     from hybridscope.analyze import collectives as col
@@ -213,16 +194,13 @@ def summarize(con, run_id: int, info: dict, row_flop: int) -> dict:
                        "wait_ms": wait / 1e6, "step_ms": step_ns[r] / 1e6,
                        "wait_share_pct": 100.0 * wait / step_ns[r] if step_ns[r] else None,
                        "straggler_steps": sum(s["straggler"] == r for s in steps),
+                       "caused_wait_ms": sum(s["caused_ns"] for s in steps if s["straggler"] == r) / 1e6,
                        "last_arrivals": sum(c["straggler"] == "yes" for c in calls if c["rank"] == r)}
-    causer = _wait_causers(calls)
-    for r in ranks:
-        per_rank[r]["wait_causer_steps"] = sum(c == r for c in causer.values())
     shares = [s["wait_share_pct"] for s in steps if s["wait_share_pct"] is not None]
     thr, unit = throughput(con, run_id)
     window = max(i["end_s"] for i in info.values()) - min(i["start_s"] for i in info.values())
     return {"run_id": run_id, "moe_comm": comm, "per_rank": per_rank,
             "step_straggler": [s["straggler"] for s in steps],
-            "step_wait_causer": [causer.get(s["step"]) for s in steps],
             "step_wait_share_pct": shares, "step_wait_share_pct_median": float(np.median(shares)) if shares else None,
             "traffic_rows": traffic, "engine_sent_rows": sent, "traffic_matches_dispatch": traffic == sent,
             "throughput": thr, "throughput_unit": unit,
@@ -274,7 +252,7 @@ def render(name: str, res: dict) -> str:
         ("moe_experts GPU ms per rank", lambda r: ranks(r, "experts_gpu_ms", ",.1f")),
         ("wait share of step time per rank %", lambda r: ranks(r, "wait_share_pct", ".1f")),
         ("steps as straggler per rank", lambda r: ranks(r, "straggler_steps", "d")),
-        ("steps as wait causer per rank", lambda r: ranks(r, "wait_causer_steps", "d")),
+        ("wait caused as straggler, ms per rank", lambda r: ranks(r, "caused_wait_ms", ",.1f")),
         ("step wait share, median %", lambda r: format(r["step_wait_share_pct_median"] or 0.0, ".1f")),
         ("tokens/s, all ranks", lambda r: format(r["tokens_per_s_all_ranks"] or 0.0, ".0f")),
         ("traffic == engine dispatch", lambda r: "yes" if r["traffic_matches_dispatch"] else "NO"),
@@ -283,8 +261,7 @@ def render(name: str, res: dict) -> str:
     out = [head, " " * width + "".join(f"{k:>24}" for k in runs)]
     out += [f"{label:<{width}}" + "".join(f"{fn(r):>24}" for r in runs.values()) for label, fn in lines]
     for k, r in runs.items():
-        out.append(f"{k}, steps 1..: straggler {''.join(map(str, r['step_straggler']))}, "
-                   f"wait causer {''.join('-' if c is None else str(c) for c in r['step_wait_causer'])}")
+        out.append(f"{k}, steps 1..: straggler {''.join(map(str, r['step_straggler']))}")
     out.append(f"diff balanced -> skewed: {res['diff']}")
     return "\n".join(out)
 

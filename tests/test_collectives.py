@@ -55,11 +55,26 @@ def test_stragglers_per_step(two_rank):
     con, run = two_rank
     t = col.stragglers(con, run)
     s0, s1 = t.record(step=0), t.record(step=1)
-    assert s0["straggler"] == 1 and s0["last_n"] == 2 and s0["wait_ns"] == 600
-    # step 1: each rank last once; rank 0's lateness 100 > rank 1's 50
-    assert s1["straggler"] == 0 and s1["wait_ns"] == 150
+    assert s0["straggler"] == 1 and s0["last_n"] == 2 and s0["wait_ns"] == 600 and s0["caused_ns"] == 600
+    # step 1: each rank last once; rank 1 waited 100 for rank 0, rank 0 waited 50 for rank 1
+    assert s1["straggler"] == 0 and s1["caused_ns"] == 100 and s1["last_n"] == 1 and s1["wait_ns"] == 150
     assert s0["step_ns"] == 20_000
     assert s0["wait_share_pct"] == pytest.approx(100 * 600 / (2 * 20_000))
+
+
+def test_straggler_is_who_was_waited_for_longest_not_last_most_often(tmp_path):
+    """Per MoE layer, three collectives: rank 1 arrives 1 us late at the split exchange and the
+    dispatch, rank 0 10 us late at the combine. Rank 1 arrives last more often; its peer waited
+    2 us for it, but 10 us for rank 0."""
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con, ranks=(0, 1))
+    starts = {0: [0, 10_000, 30_000], 1: [1_000, 11_000, 20_000]}
+    for rank, ss in starts.items():
+        add_events(con, run, [40_000 - s for s in ss], rank=rank, name=NCCL, ts_ns=ss, step=[0, 0, 0],
+                   layer_type="moe_comm")
+        add_scopes(con, run, [(0, 50_000)], rank=rank, kind="step", name="step", step=[0])
+    s0 = col.stragglers(con, run).record(step=0)
+    assert (s0["straggler"], s0["caused_ns"], s0["last_n"], s0["wait_ns"]) == (0, 10_000, 1, 12_000)
 
 
 def test_traffic_matrix_from_split_sizes(two_rank):

@@ -1,5 +1,5 @@
 """benchmarks/ep_skew.py without spawning ranks: the scenarios' wiring, the prefill scenario's steps on
-the engine (one process), the wait-causer rule, and the command line."""
+the engine (one process), and the command line."""
 
 from __future__ import annotations
 
@@ -48,22 +48,6 @@ def test_prefill_scenario_fills_every_step_with_the_same_prompts(cpu_base):
     assert [(s.kind, s.prefill_tokens, s.decode_tokens) for s in engine.steps] == [("prefill", step_tokens, 0)] * 2
     # a routed row through a widened tiny expert: up [512, 64] and down [64, 512], 2 FLOPs a MAC
     assert ep_skew.flop_per_row(o) == 2 * 64 * (512 + 512)
-
-
-def _call(seq, rank, wait_ns, last, step=1):
-    return {"pg": "0", "seq": seq, "rank": rank, "step": step, "wait_ns": wait_ns, "straggler": "yes" if last else ""}
-
-
-def test_wait_causer_is_the_rank_its_peers_waited_for_longest():
-    # per MoE layer: rank 1 a microsecond late at split exchange and dispatch, rank 0 10 ms late at combine
-    calls = []
-    for layer in range(3):
-        s = 3 * layer
-        calls += [_call(s, 0, 1_000, False), _call(s, 1, 0, True),
-                  _call(s + 1, 0, 1_000, False), _call(s + 1, 1, 0, True),
-                  _call(s + 2, 0, 0, True), _call(s + 2, 1, 10_000_000, False)]
-    calls += [_call(9, 0, 0, False, step=2), _call(9, 1, 0, True, step=2)]
-    assert ep_skew._wait_causers(calls) == {1: 0, 2: 1}
 
 
 def test_unknown_scenario_is_a_usage_error(tmp_path):

@@ -121,7 +121,9 @@ def rank_waits(con, run_id: int) -> Table:
 
 STEP_COLUMNS = (
     Column("step", "int", "step"),
-    Column("straggler", "int", "rank that arrived last most often in the step"),
+    Column("straggler", "int", "rank whose late arrivals its peers waited for longest in the step"),
+    Column("caused_ns", "ns", "wait of the peers in the collectives where the straggler arrived last",
+           "wait it caused"),
     Column("last_n", "int", "collectives where it arrived last", "times last"),
     Column("collectives", "int", "collectives in the step"),
     Column("wait_ns", "ns", "sum of every rank's wait in the step", "total wait"),
@@ -131,30 +133,41 @@ STEP_COLUMNS = (
 
 
 def stragglers(con, run_id: int) -> Table:
-    """Per step: who was the straggler, and what share of the step its peers spent waiting."""
+    """Per step: who was the straggler, and what share of the step its peers spent waiting.
+
+    The straggler is charged with every collective where it arrived last: the wait of all ranks
+    in it. A rank milliseconds late at one collective outweighs a peer microseconds late at three
+    (counting arrivals alone would name the peer)."""
     pred = _predicate(con, run_id)
     rows = con.execute(f"""
         WITH m AS ({_matched_sql(pred)}),
-        per_rank AS (
-            SELECT step, rank, count(*) FILTER (WHERE is_straggler) AS last_n,
-                   sum(last_arrival_gap) AS lateness
-            FROM (SELECT *, start_ns - min(start_ns) OVER (PARTITION BY pg, seq) AS last_arrival_gap FROM m)
-            WHERE step IS NOT NULL GROUP BY step, rank
+        coll AS (
+            SELECT step, pg, seq, sum(wait_ns) AS wait, arg_max(rank, start_ns) AS last_rank
+            FROM m WHERE step IS NOT NULL GROUP BY step, pg, seq
         ),
-        pick AS (SELECT step, arg_max(rank, (last_n, lateness)) AS straggler, max(last_n) AS last_n FROM per_rank GROUP BY step),
+        per_rank AS (
+            SELECT r.step, r.rank, count(c.seq) AS last_n, coalesce(sum(c.wait), 0) AS caused
+            FROM (SELECT DISTINCT step, rank FROM m WHERE step IS NOT NULL) r
+            LEFT JOIN coll c ON c.step = r.step AND c.last_rank = r.rank
+            GROUP BY r.step, r.rank
+        ),
+        pick AS (SELECT step, arg_max(rank, (caused, last_n, rank)) AS straggler,
+                        arg_max(caused, (caused, last_n, rank)) AS caused,
+                        arg_max(last_n, (caused, last_n, rank)) AS last_n
+                 FROM per_rank GROUP BY step),
         totals AS (SELECT step, count(DISTINCT (pg, seq)) AS n, sum(wait_ns) AS wait, count(DISTINCT rank) AS ranks
                    FROM m WHERE step IS NOT NULL GROUP BY step)
-        SELECT t.step, p.straggler, p.last_n, t.n, t.wait, t.ranks
+        SELECT t.step, p.straggler, p.caused, p.last_n, t.n, t.wait, t.ranks
         FROM totals t JOIN pick p USING (step) ORDER BY t.step""",
         {"run": run_id}).fetchall()
     spans: dict[int, list[int]] = {}  # the report's own step windows: one definition of a step
     for w in timeline.step_windows(con, run_id):
         spans.setdefault(w["step"], []).append(w["end_ns"] - w["ts_ns"])
     out = []
-    for step, strag, last_n, n, wait, ranks in rows:
+    for step, strag, caused, last_n, n, wait, ranks in rows:
         step_ns = float(np.mean(spans[step])) if step in spans else None
         share = 100.0 * wait / (ranks * step_ns) if step_ns else None
-        out.append((int(step), int(strag), int(last_n), int(n), int(wait), plain(step_ns), share))
+        out.append((int(step), int(strag), int(caused), int(last_n), int(n), int(wait), plain(step_ns), share))
     notes = [] if out else ["no collective carries a step: attribute step scopes first (record_function 'step#i')"]
     return Table("stragglers", STEP_COLUMNS, out, {"title": f"run {run_id} · stragglers per step",
                                                     "notes": notes, "run_id": run_id})
