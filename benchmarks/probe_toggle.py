@@ -1,5 +1,15 @@
-"""Probe (GPU): does torch.profiler's toggle_collection_dynamic keep every window's kernels, and what
-does each toggle cost on the host? Prints per-step kernel counts and toggle times."""
+"""Probes behind capture.kernels' window strategy (docs/benchmarks.md, Capture).
+
+    python benchmarks/probe_toggle.py none|plain|reopen     (GPU)
+    python benchmarks/probe_toggle.py gil                    (CPU is enough)
+
+GPU: 12 steps of 600 small kernels under one torch.profiler session (CUDA activities). `none`: no
+toggling; `plain`: collection switched off at steps 2, 6, 10 and on at 4, 8
+(`toggle_collection_dynamic`); `reopen`: the same, then switched on again with a few ops before
+stop (the work-around for Kineto dropping buffers flushed at a switch-off). Prints kernels kept per
+step, the host time of each toggle, and stop time.
+`gil`: does `_disable_profiler` (the end of a torch.profiler window) let another thread run?
+Prints the share of its duration in which the main thread made progress."""
 import json
 import sys
 import time
@@ -11,6 +21,39 @@ from torch.profiler import ProfilerActivity, profile
 
 from hybridscope.capture.kernels import _guess_activity
 
+
+def gil_probe() -> None:
+    import threading
+
+    import numpy as np
+
+    res = {}
+
+    def driver():
+        p = profile(activities=[ProfilerActivity.CPU])
+        p.start()
+        y = torch.randn(64, 64)
+        for _ in range(30000):
+            y = y + 1
+        t0 = time.perf_counter()
+        torch.autograd._disable_profiler()
+        res["window"] = (t0, time.perf_counter())
+
+    stamps = []
+    th = threading.Thread(target=driver)
+    th.start()
+    while th.is_alive():
+        stamps.append(time.perf_counter())
+    s = np.array(stamps)
+    a, b = res["window"]
+    gaps = np.diff(s[(s >= a) & (s <= b)])
+    tick = float(np.median(np.diff(s)))
+    print(json.dumps({"disable_profiler_s": b - a, "main_thread_progress_share": float((gaps < 1e-4).sum() * tick / (b - a))}))
+
+
+if "gil" in sys.argv:
+    gil_probe()
+    sys.exit(0)
 x = torch.randn(256, 256, device="cuda")
 
 

@@ -13,11 +13,11 @@ dashboard's view (sampler).
 Sampling (both modes): `sample_every=n, sample_steps=k` records the first k steps of every n in
 full (step 0 always): module hooks are installed at the boundary that starts a sampled step and
 removed at its end, so the other steps run with no module hook at all (and, in kernels mode,
-with the profiler off). Every step is still timed (the steps table, step_ms samples); layer
+with CUDA collection off). Every step is still timed (the steps table, step_ms samples); layer
 times, scopes, routing counts and kernels come from sampled steps only (`steps.sampled`,
-`runs.notes...sampling`). Defaults (DEFAULT_SAMPLING): layers 1 of 8; kernels 2 of 64, since the
-end of each profiler window is processed in the run (Kineto builds the window's results on the
-model's thread: about one step time per profiled step on an H100, docs/benchmarks.md).
+`runs.notes...sampling`). Defaults (DEFAULT_SAMPLING): layers 1 of 8; kernels 2 of 64 (each window
+costs its steps' CUPTI overhead and a 4-6 ms drain at its end, capture.kernels; measured in-run
+costs in docs/benchmarks.md).
 `sample_every=1` records every step (kernels: one profiler session, processed at stop).
 
 Steps: `cap.step(n_tokens=, phase=, n_requests=)` ends the current step and starts the next
