@@ -12,8 +12,8 @@ Definitions (docs/analyses.md, "collectives"):
 - Arrival = start of the rank's collective; the last arrival ends everyone's wait.
   wait(rank) = last arrival - arrival(rank), >= 0. The straggler of a collective is the rank that
   arrived last. A rank's wait is time its GPU (or thread) sat in the collective for a peer.
-- Step straggler: the rank that arrived last most often in that step (ties: the largest total
-  lateness); wait share of a step = sum of every rank's wait / (ranks x step time), step time
+- Step straggler: the rank its peers waited for longest in that step (each collective's summed
+  wait charged to the rank that arrived last; ties: the most last arrivals); wait share of a step = sum of every rank's wait / (ranks x step time), step time
   being the mean over ranks of the step's window (analyze/timeline.py step_windows).
 - Traffic: from each collective's split sizes ('In split size' rows to each peer, empty = equal
   split), row size = 'In msg nelems' / total rows, element size from 'dtype'. A run without split
