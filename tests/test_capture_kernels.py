@@ -91,3 +91,22 @@ def test_default_sampling_per_mode(tmp_path):
     assert hybridscope.capture(db=tmp_path / "a.duckdb", mode="kernels").window == (2, 64)
     assert hybridscope.capture(db=tmp_path / "a.duckdb", mode="kernels", sample_every=1).window == (1, 1)
     assert hybridscope.capture(db=tmp_path / "a.duckdb", sample_every=4, sample_steps=3).window == (3, 4)
+
+
+def test_toggled_windows_stop_at_max_windows_and_count_the_rest(monkeypatch):
+    from hybridscope.capture import kernels
+
+    monkeypatch.setattr(kernels, "WINDOW_STRATEGY", "toggle")
+    calls = []
+
+    class Profiler:  # stands in for torch.profiler.profile after start()
+        def toggle_collection_dynamic(self, on, activities):
+            calls.append(on)
+
+    backend = kernels.KernelBackend(cuda=False, window=(1, 2), max_windows=2, faults=None)
+    assert backend.strategy == "toggle"
+    backend.prof, backend.collecting, backend.windows = Profiler(), True, 1  # as start() leaves it
+    for step in range(1, 8):  # windows start at steps 0, 2, 4, 6; only two are allowed
+        backend.step(step)
+    assert calls == [False, True, False]
+    assert (backend.windows, backend.dropped_windows, backend.collecting) == (2, 2, False)
