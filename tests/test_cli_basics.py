@@ -97,3 +97,14 @@ def test_console_script_end_to_end(db_path):
                          check=False, capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+
+
+def test_wrote_line_keeps_a_long_path_whole_and_verbatim(capsys, monkeypatch):
+    """Not a terminal (a CI log): the console is 80 columns wide; the path must stay one line,
+    brackets included (no rich markup)."""
+    from hybridscope.commands import _common
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    path = "/tmp/" + "a-long-directory-name/" * 6 + "run[1].duckdb"
+    _common.wrote(path)
+    assert capsys.readouterr().err == f"Wrote {path}\n"

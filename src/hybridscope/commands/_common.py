@@ -19,12 +19,14 @@ FORMATS = ("table", "json", "csv")
 # Tables and progress go to stdout (tables are the product) or stderr (progress, notes), so that
 # `--format csv > file` stays clean.
 out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+# notes are not cut at the console width: in a log (no terminal: 80 columns) a long path would be
+# broken across lines
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def wrote(path: Path | str) -> None:
-    """Every verb that writes a file ends with this line."""
-    err.print(f"Wrote {path}")
+    """Every verb that writes a file ends with this line (the path verbatim: no markup)."""
+    err.print(f"Wrote {path}", markup=False)
 
 
 def check_format(fmt: str) -> str:
