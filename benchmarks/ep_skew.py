@@ -258,8 +258,10 @@ def render(name: str, res: dict) -> str:
         ("traffic == engine dispatch", lambda r: "yes" if r["traffic_matches_dispatch"] else "NO"),
     ]
     width = max(len(k) for k, _ in lines) + 2
-    out = [head, " " * width + "".join(f"{k:>24}" for k in runs)]
-    out += [f"{label:<{width}}" + "".join(f"{fn(r):>24}" for r in runs.values()) for label, fn in lines]
+    cells = [[fn(r) for r in runs.values()] for _, fn in lines]
+    col = max(24, *(len(c) + 2 for row in cells for c in row))  # 4 and 8 ranks widen the per-rank cells
+    out = [head, " " * width + "".join(f"{k:>{col}}" for k in runs)]
+    out += [f"{label:<{width}}" + "".join(f"{c:>{col}}" for c in row) for (label, _), row in zip(lines, cells, strict=True)]
     for k, r in runs.items():
         out.append(f"{k}, steps 1..: straggler {''.join(map(str, r['step_straggler']))}")
     out.append(f"diff balanced -> skewed: {res['diff']}")
