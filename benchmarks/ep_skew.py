@@ -17,7 +17,7 @@ by --skew (logit-std units, Router.set_skew) toward hot experts that all live on
   (the engine's max_prefill_tokens, GPU: 4096 = its default): every step prefills the same number
   of prompts on every rank, so only the routing differs between ranks. Thousands of rows per expert
   and step: the expert GEMMs are compute bound. Hot experts 0-3 (top-6 of 32 on the GPU preset:
-  ~81% of the rows go to rank 0, ~4x its peer's); no capacity factor, so nothing is dropped and the
+  79% of the rows went to rank 0 on 2x H200, 3.8x its peer's); no capacity factor, so nothing is dropped and the
   skewed rank computes every row routed to it. On CPU (preset tiny) the experts are widened
   (d_expert 512) so that their GEMMs weigh in the step as they do on the GPU.
 
