@@ -141,20 +141,14 @@ def stragglers(con, run_id: int) -> Table:
     pred = _predicate(con, run_id)
     rows = con.execute(f"""
         WITH m AS ({_matched_sql(pred)}),
-        coll AS (
-            SELECT step, pg, seq, sum(wait_ns) AS wait, arg_max(rank, start_ns) AS last_rank
-            FROM m WHERE step IS NOT NULL GROUP BY step, pg, seq
-        ),
         per_rank AS (
-            SELECT r.step, r.rank, count(c.seq) AS last_n, coalesce(sum(c.wait), 0) AS caused
-            FROM (SELECT DISTINCT step, rank FROM m WHERE step IS NOT NULL) r
-            LEFT JOIN coll c ON c.step = r.step AND c.last_rank = r.rank
-            GROUP BY r.step, r.rank
+            SELECT step, rank, count(*) FILTER (WHERE is_straggler) AS last_n,
+                   coalesce(sum(coll_wait) FILTER (WHERE is_straggler), 0) AS caused
+            FROM (SELECT *, sum(wait_ns) OVER (PARTITION BY pg, seq) AS coll_wait FROM m)
+            WHERE step IS NOT NULL GROUP BY step, rank
         ),
-        pick AS (SELECT step, arg_max(rank, (caused, last_n, rank)) AS straggler,
-                        arg_max(caused, (caused, last_n, rank)) AS caused,
-                        arg_max(last_n, (caused, last_n, rank)) AS last_n
-                 FROM per_rank GROUP BY step),
+        pick AS (SELECT step, rank AS straggler, caused, last_n FROM per_rank
+                 QUALIFY row_number() OVER (PARTITION BY step ORDER BY caused DESC, last_n DESC, rank DESC) = 1),
         totals AS (SELECT step, count(DISTINCT (pg, seq)) AS n, sum(wait_ns) AS wait, count(DISTINCT rank) AS ranks
                    FROM m WHERE step IS NOT NULL GROUP BY step)
         SELECT t.step, p.straggler, p.caused, p.last_n, t.n, t.wait, t.ranks
