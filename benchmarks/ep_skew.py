@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from hybridscope import demo
+from hybridscope.analyze.stats import quantile_cont
 
 SCENARIOS = ("decode", "prefill")
 # prefill geometry per device: (prompt tokens, prompt tokens per step, requests per rank, EngineConfig overrides)
@@ -155,7 +156,8 @@ def flop_per_row(o: dict) -> int:
 def _quantiles(ns: list[int]) -> dict | None:
     if not ns:
         return None
-    p50, p99 = (float(np.percentile(ns, q)) for q in (50, 99))
+    x = np.sort(np.asarray(ns, dtype=np.float64))
+    p50, p99 = (quantile_cont(x, q) for q in (0.5, 0.99))  # decompose's definition (DuckDB quantile_cont)
     return {"n": len(ns), "p50_ns": p50, "p99_ns": p99, "tail_ratio": p99 / p50 if p50 else None}
 
 
