@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 
 import torch
 
@@ -22,3 +24,12 @@ def fresh_seed() -> int:
 def rel_err(out: torch.Tensor, truth: torch.Tensor) -> float:
     truth = truth.detach().cpu().double()
     return ((out.detach().cpu().double() - truth).norm() / truth.norm().clamp_min(1e-30)).item()
+
+
+def run_under_triton_interpreter(test_file: str, seed: int) -> None:
+    """Run `test_file`'s ``__main__`` (its kernel checks) in a subprocess with TRITON_INTERPRET=1,
+    which must be set before the kernels are defined; asserts it passed, with its output."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "HYBRIDSCOPE_SEED": str(seed)}
+    proc = subprocess.run([sys.executable, test_file], check=False, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"seed={seed}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

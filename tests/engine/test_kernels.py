@@ -14,13 +14,11 @@ import importlib.util
 import logging
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_numerics import REL, fresh_seed, rel_err
+from kernel_numerics import REL, fresh_seed, rel_err, run_under_triton_interpreter
 
 from hybridscope.engine import kernels as K
 from hybridscope.engine.kernels import naive
@@ -340,10 +338,7 @@ def test_triton_kernels_under_cpu_interpreter(seed):
     """Dev check of the kernels' logic without a GPU: Triton's CPU interpreter (TRITON_INTERPRET=1,
     set in a subprocess because it must precede the kernels' definition); 20-60 s. fp32 and fp16 only:
     the interpreter's bf16 dot is not faithful."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "HYBRIDSCOPE_SEED": str(seed)}
-    proc = subprocess.run([sys.executable, __file__], check=False, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"seed={seed}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    run_under_triton_interpreter(__file__, seed)
 
 
 def _interpret_main() -> None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_numerics import REL, fresh_seed, rel_err
+from kernel_numerics import REL, fresh_seed, rel_err, run_under_triton_interpreter
 
 from hybridscope.engine import kernels as K
 from hybridscope.engine.config import EngineConfig
@@ -284,10 +282,7 @@ def test_backend_choice_is_logged():
 def test_triton_kernels_under_cpu_interpreter(seed):
     """The kernels' logic without a GPU: TRITON_INTERPRET=1 must precede their definition, hence the
     subprocess (this file's ``__main__``); ~10 s."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "HYBRIDSCOPE_SEED": str(seed)}
-    proc = subprocess.run([sys.executable, __file__], check=False, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"seed={seed}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    run_under_triton_interpreter(__file__, seed)
 
 
 def _interpret_main() -> None:
