@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hybridscope.analyze import advice as adv
-from hybridscope.analyze.table import Column, Table
+from hybridscope.table import Column, Table
 
 
 def tab(name, **cols):

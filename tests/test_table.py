@@ -8,8 +8,9 @@ import io
 import orjson
 import pytest
 
-from hybridscope.analyze.table import Column, Table
-from hybridscope.present.table import format_float, format_ns, format_value, render, to_csv, to_json, to_text
+from hybridscope.present.table import render, to_csv, to_json, to_text
+from hybridscope.table import Column, Table
+from hybridscope.units import format_float, format_ns, format_value
 
 COLUMNS = (Column("layer_type"), Column("n", "int"), Column("p99_ns", "ns", "99th percentile", "p99"),
            Column("tail_ratio", "ratio", label="p99/p50"), Column("gpu_pct", "pct", label="% GPU"),

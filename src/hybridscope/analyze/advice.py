@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hybridscope.analyze.table import Column, Table
-from hybridscope.present.table import format_ns
+from hybridscope.table import Column, Table
+from hybridscope.units import format_ns
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import timeline
-from hybridscope.analyze.table import Column, Table, plain
+from hybridscope.table import Column, Table, plain
 
 _GPU = "source = 'cuda' AND kind = 'kernel' AND (name LIKE 'nccl%' OR name LIKE 'rccl%')"
 _CPU = "source = 'annotation' AND name LIKE 'gloo:%'"

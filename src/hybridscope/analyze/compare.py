@@ -24,10 +24,10 @@ import numpy as np
 
 from hybridscope.analyze.decompose import MEASURES, measure_of, rank_windows
 from hybridscope.analyze.stats import quantile_cont, ratio_ci
-from hybridscope.analyze.table import Column, Table
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import BadInput, UsageError
 from hybridscope.store.baselines import Samples
+from hybridscope.table import Column, Table
 
 BOOTSTRAP = 2000
 STATS = {"p50": 0.5, "p99": 0.99}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import intervals, timeline
-from hybridscope.analyze.table import Column, Table
+from hybridscope.table import Column, Table
 
 CONFLICT_COLUMNS = (
     Column("rank", "int"), Column("device", "int"),

@@ -20,8 +20,8 @@ column is `short_kernel_name(name)`; the full names, in row order, are `meta['na
 
 from __future__ import annotations
 
-from hybridscope.analyze.table import Column, Table, plain
 from hybridscope.errors import NotFound, UsageError
+from hybridscope.table import Column, Table, plain
 
 METHODS = ("scope", "graph", "name", "none", "unattributed")
 

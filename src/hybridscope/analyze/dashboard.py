@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import intervals, timeline
-from hybridscope.analyze.table import Column, Table
+from hybridscope.table import Column, Table
 
 DASHBOARD_COLUMNS = (
     Column("metric", "str", "what the dashboard shows"),

@@ -1,6 +1,6 @@
 """The per-layer-type decomposition: where GPU time goes, and how long its tail is, per group.
 
-`decompose(con, run_id, by=..., rank=...)` returns a `Table` (analyze/table.py) with, first, an
+`decompose(con, run_id, by=..., rank=...)` returns a `Table` (table.py) with, first, an
 `all` row (the aggregate a dashboard would show) and then one row per group. Definitions (also in
 docs/analyses.md, with a worked example):
 
@@ -28,9 +28,9 @@ docs/analyses.md, with a worked example):
 
 from __future__ import annotations
 
-from hybridscope.analyze.table import Column, Table, plain
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
+from hybridscope.table import Column, Table, plain
 
 GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset")
 # What a decomposition measures -> the events predicate (our constants, never user input).

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import timeline
-from hybridscope.analyze.table import Column, Table, plain
+from hybridscope.table import Column, Table, plain
 
 _ROUTED = """
     r AS (SELECT step, layer_index, expert, sum(tokens) AS tokens FROM routing WHERE run_id = $run

@@ -24,7 +24,7 @@ import numpy as np
 
 from hybridscope.analyze import intervals, timeline
 from hybridscope.analyze.dashboard import pct
-from hybridscope.analyze.table import Column, Table
+from hybridscope.table import Column, Table
 
 
 def overlap(con, run_id: int) -> Table:

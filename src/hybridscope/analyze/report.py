@@ -13,7 +13,7 @@ import numpy as np
 
 from hybridscope.analyze import advice as advice_mod
 from hybridscope.analyze import conflicts, dashboard, experts, overlap, steps, timeline
-from hybridscope.analyze.table import Column, Table, plain
+from hybridscope.table import Column, Table, plain
 
 # Levels of the latency CDF: every percent, then finer in the tail where the story is.
 CDF_LEVELS: tuple[float, ...] = tuple(np.round(np.r_[np.arange(0, 100) / 100, 0.991 + np.arange(9) / 1000,

@@ -20,8 +20,8 @@ import numpy as np
 
 from hybridscope.analyze import timeline
 from hybridscope.analyze.dashboard import pct
-from hybridscope.analyze.table import Column, Table
 from hybridscope.attribute.vocab import ORDER
+from hybridscope.table import Column, Table
 
 STEP_COLUMNS = (
     Column("rank", "int"),

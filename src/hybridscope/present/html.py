@@ -12,11 +12,11 @@ from __future__ import annotations
 from html import escape
 
 from hybridscope.analyze.report import Report
-from hybridscope.analyze.table import Table
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.present import svg
-from hybridscope.present.table import format_ns, format_value
 from hybridscope.present.terminal import contrast_lines
+from hybridscope.table import Table
+from hybridscope.units import format_ns, format_value
 
 COLOURS = {
     "mamba": "#1f77b4", "attention": "#2ca02c", "moe_router": "#bcbd22", "moe_experts": "#ff7f0e",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from hybridscope.analyze.table import Table
+from hybridscope.table import Table
 
 
 def to_junit(table: Table, *, suite: str = "hybridscope.check") -> str:

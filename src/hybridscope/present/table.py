@@ -1,4 +1,4 @@
-"""Render any `hybridscope.analyze.table.Table` as a terminal table, JSON or CSV.
+"""Render any `hybridscope.table.Table` as a terminal table, JSON or CSV.
 
 Pure functions: a Table in, a str (or a rich renderable) out; nothing here computes a statistic.
 Column order is the Table's; row order is the Table's.
@@ -23,10 +23,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from hybridscope.analyze.table import Table
+from hybridscope.table import Table
+from hybridscope.units import format_value
 
 NUMERIC_KINDS = ("int", "float", "ns", "pct", "ratio")
-MISSING = "-"
 
 
 def render(table: Table, fmt: str, *, width: int | None = None) -> str:
@@ -70,67 +70,6 @@ def to_text(table: Table, *, width: int | None = None) -> str:
                       highlight=False, emoji=False, markup=False)
     console.print(to_rich(table))
     return buf.getvalue()
-
-
-def format_value(value: Any, kind: str) -> str:
-    """One cell as a person reads it (see the module doc for each kind)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    if kind == "ns":
-        return format_ns(value)
-    if kind == "pct":
-        return f"{value:.2f}%" if abs(value) < 1 else f"{value:.1f}%"
-    if kind == "ratio":
-        return _sig3(value) + "×"
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if kind in ("int", "float") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format_float(float(value))
-    return str(value)
-
-
-_NS_UNITS = ((1e9, "s"), (1e6, "ms"), (1e3, "µs"))
-
-
-def format_ns(ns: float) -> str:
-    """Nanoseconds scaled to the largest unit that keeps the number >= 1: '850 ns', '12.3 µs'."""
-    magnitude = abs(ns)
-    for scale, unit in _NS_UNITS:
-        if magnitude >= scale:
-            return f"{_sig3(ns / scale)} {unit}"
-    if float(ns).is_integer():
-        return f"{int(ns)} ns"
-    return f"{_sig3(ns)} ns"
-
-
-def _sig3(x: float) -> str:
-    """Three significant digits without an exponent: 1.23, 12.3, 123, 1,234 (larger: integer)."""
-    a = abs(x)
-    if a == 0:
-        return "0"
-    if a >= 100:
-        return f"{x:,.0f}"
-    if a >= 10:
-        return f"{x:.1f}"
-    if a >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3g}"
-
-
-def format_float(x: float) -> str:
-    """Up to six significant digits, thousands separators, no exponent between 1e-4 and 1e15."""
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    a = abs(x)
-    if a == 0:
-        return "0"
-    if a >= 1e15 or a < 1e-4:
-        return f"{x:.4g}"
-    decimals = max(0, 5 - math.floor(math.log10(a)))
-    text = f"{x:,.{decimals}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text
 
 
 # -- JSON and CSV --------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from hybridscope.analyze.report import Report
-from hybridscope.analyze.table import Table
-from hybridscope.present.table import format_ns, format_value, to_rich
+from hybridscope.present.table import to_rich
+from hybridscope.table import Table
+from hybridscope.units import format_ns, format_value
 
 
 def contrast_lines(contrast: Table) -> tuple[list[str], list[str]]:

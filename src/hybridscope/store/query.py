@@ -13,7 +13,7 @@ read-only, then locked down before any user SQL runs:
 On top of that, `check_sql` lets through exactly one statement of type SELECT (which covers
 WITH, FROM-first, VALUES, DESCRIBE, SHOW and SUMMARIZE) or EXPLAIN [ANALYZE] of one; everything
 else (INSERT, CREATE, ATTACH, COPY, INSTALL/LOAD, SET, PRAGMA, CALL, EXPORT, ...) is refused
-with one line saying why. `run_query` returns an `analyze.table.Table`.
+with one line saying why. `run_query` returns an `hybridscope.table.Table`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from hybridscope.analyze.table import Column, Table, plain
 from hybridscope.errors import BadInput
 from hybridscope.store import db
+from hybridscope.table import Column, Table, plain
 
 LOCKDOWN: tuple[tuple[str, object], ...] = (
     ("enable_external_access", False),
