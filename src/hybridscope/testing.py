@@ -65,14 +65,13 @@ class Decomposition:
 
     def save_baseline(self, db: str | Path, name: str, *, force: bool = True) -> None:
         """Keep this run's distributions as baseline `name` in the store `db` (created if needed)."""
-        from hybridscope.analyze.compare import GROUPINGS, run_samples
+        from hybridscope.analyze.compare import baseline_of
         from hybridscope.store import baselines
         from hybridscope.store import db as store
 
         src = store.open_readonly(self.db)
         try:
-            per = {by: run_samples(src, self.run_id, by=by) for by in GROUPINGS}
-            label = src.execute("SELECT label FROM runs WHERE run_id = ?", [self.run_id]).fetchall()[0][0]
+            per, label = baseline_of(src, self.run_id)
         finally:
             src.close()
         con = store.open_store(db)
@@ -84,14 +83,13 @@ class Decomposition:
     def check(self, baseline_db: str | Path, name: str, *, max_p99_regression: str = "10%",
               max_p50_regression: str = "5%"):
         """Assert no layer type regressed against baseline `name`; returns the check Table."""
-        from hybridscope.analyze.compare import check_table, run_samples
-        from hybridscope.commands.check import _fraction
+        from hybridscope.analyze.compare import check_run, margin
         from hybridscope.present.table import to_text
         from hybridscope.store import baselines
         from hybridscope.store import db as store
 
-        limits = {"p50": _fraction(max_p50_regression, "max_p50_regression"),
-                  "p99": _fraction(max_p99_regression, "max_p99_regression")}
+        limits = {"p50": margin(max_p50_regression, "max_p50_regression"),
+                  "p99": margin(max_p99_regression, "max_p99_regression")}
         bcon = store.open_readonly(baseline_db)
         try:
             base = baselines.load(bcon, name)
@@ -99,10 +97,10 @@ class Decomposition:
             bcon.close()
         con = store.open_readonly(self.db)
         try:
-            new = run_samples(con, self.run_id)
+            table = check_run(con, self.run_id, base, limits=limits,
+                              meta={"title": f"capture vs baseline {name!r}"})
         finally:
             con.close()
-        table = check_table(base, new, limits=limits, meta={"title": f"capture vs baseline {name!r}"})
         if table.meta["regressed"]:
             raise AssertionError(f"{table.meta['regressed']} regression(s) against baseline {name!r}:\n"
                                  + to_text(table, width=160))

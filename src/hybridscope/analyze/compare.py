@@ -177,6 +177,33 @@ def require_samples(s: Samples, what: str) -> Samples:
     return s
 
 
+def margin(text: str, flag: str) -> float:
+    """An allowed regression as a fraction: '10%' or '0.1' -> 0.1; UsageError naming `flag` otherwise."""
+    raw = text.strip().rstrip("%")
+    try:
+        value = float(raw) / (100.0 if text.strip().endswith("%") else 1.0)
+    except ValueError:
+        raise UsageError(f"{flag} takes a percentage like 10% or a fraction like 0.1, not {text!r}") from None
+    if not 0 <= value < 10:
+        raise UsageError(f"{flag} must be between 0% and 1000%, not {text!r}")
+    return value
+
+
+def baseline_of(con, run_id: int, *, rank: int | None = None) -> tuple[dict[str, Samples], str | None]:
+    """What a baseline keeps of run `run_id`: its samples in every grouping, and the run's label
+    (for `store.baselines.save`, which may write them to another store)."""
+    per = {by: run_samples(con, run_id, by=by, rank=rank) for by in GROUPINGS}
+    rows = con.execute("SELECT label FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    return per, (rows[0][0] if rows else None)
+
+
+def check_run(con, run_id: int, base: Samples, *, limits: dict[str, float], meta: dict,
+              by: str = "layer_type", rank: int | None = None) -> Table:
+    """The `check` table of run `run_id` against the baseline samples `base` (`baselines.load`)."""
+    new = require_samples(run_samples(con, run_id, by=by, rank=rank), f"run {run_id}")
+    return check_table(base, new, limits=limits, meta=meta)
+
+
 
 DIFF_COLUMNS = (
     Column("group", "str", "layer type / layer / kernel"),

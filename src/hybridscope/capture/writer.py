@@ -120,7 +120,7 @@ def write_run(db: Path, meta: RunMeta, tables: dict[str, dict], notes: dict, fau
 
 def _write(db: Path, meta: RunMeta, tables: dict[str, dict], notes: dict) -> int:
     from hybridscope.attribute import attribute_run
-    from hybridscope.ingest._common import finish_rank, insert_run, insert_run_rank
+    from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank
 
     con = open_store(db)
     try:

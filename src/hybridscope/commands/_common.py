@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +24,26 @@ out = Console(highlight=False, soft_wrap=False)
 # notes are not cut at the console width: in a log (no terminal: 80 columns) a long path would be
 # broken across lines
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(label: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+    """The CLI's progress reporter for imports (`ingest._common.Progress`): a transient bar on
+    stderr for one file, `unit` 'bytes' or 'rows'; yields advance(done)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    with Progress(TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(f"importing {label}", total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def wrote(path: Path | str) -> None:

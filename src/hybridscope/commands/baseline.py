@@ -21,15 +21,15 @@ def save(
     force: Annotated[bool, typer.Option("--force", help="Replace a baseline of the same name.")] = False,
 ) -> None:
     """Keep run RUN's durations per layer type, per layer and per kernel as baseline NAME."""
-    from hybridscope.analyze.compare import GROUPINGS, run_samples
+    from hybridscope.analyze.compare import baseline_of
     from hybridscope.store import baselines
     from hybridscope.store import db as store
 
     con = store.open_store(db, create=False)
     try:
         run_id = store.resolve_run(con, run)
-        per = {by: run_samples(con, run_id, by=by, rank=rank) for by in GROUPINGS}
-        info = baselines.save(con, name, run_id, per, rank=rank, force=force)
+        per, label = baseline_of(con, run_id, rank=rank)
+        info = baselines.save(con, name, run_id, per, rank=rank, force=force, label=label)
     finally:
         con.close()
     err.print(f"Saved baseline {info['name']!r} from run {info['run_id']}: "

@@ -10,19 +10,6 @@ import typer
 from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, print_table, wrote
 
 
-def _fraction(text: str, flag: str) -> float:
-    from hybridscope.errors import UsageError
-
-    raw = text.strip().rstrip("%")
-    try:
-        value = float(raw) / (100.0 if text.strip().endswith("%") else 1.0)
-    except ValueError:
-        raise UsageError(f"{flag} takes a percentage like 10% or a fraction like 0.1, not {text!r}") from None
-    if not 0 <= value < 10:
-        raise UsageError(f"{flag} must be between 0% and 1000%, not {text!r}")
-    return value
-
-
 def check(
     db: DbOption,
     baseline: Annotated[str, typer.Option("--baseline", help="Baseline name (see `baseline list`).")],
@@ -42,13 +29,13 @@ def check(
     exit 3: regression found.
     """
     check_format(fmt)
-    limits = {"p50": _fraction(max_p50, "--max-p50-regression"), "p99": _fraction(max_p99, "--max-p99-regression")}
-    from hybridscope.analyze.compare import check_table, require_samples, run_samples
+    from hybridscope.analyze.compare import check_run, margin
     from hybridscope.errors import RegressionFound
     from hybridscope.present.junit import to_junit
     from hybridscope.store import baselines
     from hybridscope.store import db as store
 
+    limits = {"p50": margin(max_p50, "--max-p50-regression"), "p99": margin(max_p99, "--max-p99-regression")}
     bcon = store.open_readonly(baseline_db or db)
     try:
         base = baselines.load(bcon, baseline, by=by)
@@ -57,12 +44,11 @@ def check(
     con = store.open_readonly(db)
     try:
         run_id = store.resolve_run(con, run)
-        new = require_samples(run_samples(con, run_id, by=by, rank=rank), f"run {run_id}")
+        table = check_run(con, run_id, base, limits=limits, by=by, rank=rank, meta={
+            "title": f"run {run_id} vs baseline {baseline!r} · by {by.replace('_', ' ')}", "run_id": run_id,
+            "baseline": baseline})
     finally:
         con.close()
-    table = check_table(base, new, limits=limits, meta={
-        "title": f"run {run_id} vs baseline {baseline!r} · by {by.replace('_', ' ')}", "run_id": run_id,
-        "baseline": baseline})
     print_table(table, fmt)
     if junit is not None:
         junit.write_text(to_junit(table))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, err, out, wrote
+from hybridscope.commands._common import DbOption, err, out, progress_bar, wrote
 
 TracesArgument = Annotated[list[Path], typer.Argument(
     help="Trace files: Kineto JSON (plain or .gz), nsys SQLite exports, Ingero databases. "
@@ -36,7 +36,7 @@ def import_(traces: TracesArgument, db: DbOption, rules: RulesOption = None, ran
     con = open_store(db)
     try:
         for r in iter_import(con, traces, rules_path=rules, rank=rank, label=label,
-                             progress=not no_progress):
+                             progress=None if no_progress else progress_bar):
             out.print(_summary(r), soft_wrap=True)
             if r.skipped:
                 most = sorted(r.skipped.items(), key=lambda kv: (-kv[1], kv[0]))

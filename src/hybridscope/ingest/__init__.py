@@ -26,9 +26,10 @@ from pathlib import Path
 import duckdb
 
 from hybridscope.errors import BadInput, NotFound
-from hybridscope.ingest._common import ImportContext, ImportResult, RetryFile, file_sha256, find_duplicate
+from hybridscope.ingest._common import ImportContext, ImportResult, Progress, RetryFile, file_sha256
+from hybridscope.store.runs import find_duplicate
 
-__all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "detect", "import_files", "iter_import"]
+__all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "Progress", "detect", "import_files", "iter_import"]
 
 # format name -> module (under hybridscope.ingest) exposing import_file()
 FORMATS: dict[str, str] = {
@@ -105,7 +106,7 @@ def iter_import(
     rules_path: str | Path | None = None,
     rank: int | None = None,
     label: str | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> Iterator[ImportResult]:
     """Import each file in its own transaction, yielding its result as soon as it is committed.
 
@@ -113,10 +114,11 @@ def iter_import(
     nothing. A bad file raises BadInput naming it; its transaction is rolled back, files before it
     stay imported. Files of one distributed job (same world size, distinct ranks) become one run.
     After a rank's rows are in, attribution runs in the same transaction. An importer that raises
-    RetryFile gets one more go at the file in a fresh transaction with `ctx.careful` set.
+    RetryFile gets one more go at the file in a fresh transaction with `ctx.careful` set. `progress`
+    is the caller's reporter (`ingest._common.Progress`); None (or False) reports nothing.
     """
     ctx = ImportContext(rules_path=Path(rules_path) if rules_path else None, rank=rank, label=label,
-                        progress=progress)
+                        progress=progress or None)
     if ctx.rules_path is not None:  # a bad rules file fails before any file is read
         from hybridscope.attribute.rules import load_rules
 

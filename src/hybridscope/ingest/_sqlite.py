@@ -186,8 +186,16 @@ class EventWriter:
                            "nothing was imported") from None
 
     @contextlib.contextmanager
-    def progress(self, enabled: bool, total: int, label: str) -> Iterator[None]:
-        with _progress(enabled and total >= PROGRESS_MIN_ROWS, total, label) as advance:
+    def progress(self, ctx, total: int, label: str) -> Iterator[None]:
+        """Report the rows written to the import's reporter (`ImportContext.reporting`)."""
+        with ctx.reporting(label, total, "rows", worth_it=total >= PROGRESS_MIN_ROWS) as report:
+            done = 0
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                report(done)
+
             self.advance = advance
             try:
                 yield
@@ -212,18 +220,3 @@ def lookup_table(con, keys: np.ndarray, view: str = "_hs_lookup", **values: np.n
         yield
     finally:
         con.unregister(view)
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator:
-    """A transient rich progress bar on stderr yielding advance(n); a no-op when disabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"importing {label}", total=total)
-        yield lambda n: bar.advance(task, n)

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import ImportContext, ImportResult, finish_rank, insert_run, insert_run_rank
+from hybridscope.ingest._common import ImportContext, ImportResult
 from hybridscope.ingest._sqlite import EventWriter, SqliteFile, lookup_table, nn
+from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank
 
 FORMAT = "ingero"
 REQUIRED = {"events": ("timestamp", "duration", "pid", "tid", "source", "op"),
@@ -54,7 +55,7 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
         rows = sq.count("events")
         base = sq.query_rows("SELECT min(timestamp) FROM events")[0][0] or 0
         out = EventWriter(con, run_id, rank, path)
-        with out.progress(ctx.progress, rows, path.name):
+        with out.progress(ctx, rows, path.name):
             _write_events(sq, out, base)
         n_samples = _samples(con, sq, run_id, rank, base)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=meta["host"],

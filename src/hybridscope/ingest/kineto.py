@@ -19,25 +19,18 @@ Contract (see ingest/__init__.py for the transaction around it):
 from __future__ import annotations
 
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import duckdb
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import (
-    ImportContext,
-    ImportResult,
-    RetryFile,
-    finish_rank,
-    insert_run,
-    insert_run_rank,
-    to_json,
-)
+from hybridscope.ingest._common import ImportContext, ImportResult, RetryFile
 from hybridscope.ingest._jsonchunks import EventSlices
 from hybridscope.ingest._kineto_parse import SliceRejected, parsed_ahead
+from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank, to_json
 
 SOURCE = "kineto"
+PROGRESS_MIN_BYTES = 8 << 20  # below this an import is too quick for a bar to help
 
 
 def import_file(con: duckdb.DuckDBPyConnection, path: Path, *, content_hash: str,
@@ -59,7 +52,7 @@ def _load_events(con, path: Path, ctx: ImportContext):
     writes distributedInfo); `_write_rank` moves them if the keys after it say otherwise.
     """
     size = path.stat().st_size
-    with _progress(path, size, ctx.progress and size >= (8 << 20)) as advance:
+    with ctx.reporting(path.name, size, "bytes", worth_it=size >= PROGRESS_MIN_BYTES) as advance:
         slices = EventSlices(path, careful=ctx.careful, on_progress=advance)
         skipped: dict[str, int] = {}
         threads: dict[str, str] = {}
@@ -164,22 +157,3 @@ def _label(path: Path) -> str:
     for suffix in (".gz", ".json", ".pt.trace"):
         name = name.removesuffix(suffix)
     return name
-
-
-def _progress(path: Path, total: int, enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from hybridscope.commands._common import err
-
-    @contextmanager
-    def bar():
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TimeRemainingColumn(), console=err, transient=True) as progress:
-            task = progress.add_task(f"importing {path.name}", total=total)
-            yield lambda done: progress.update(task, completed=done)
-
-    return bar()

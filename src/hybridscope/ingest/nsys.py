@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import ImportContext, ImportResult, finish_rank, insert_run, insert_run_rank
+from hybridscope.ingest._common import ImportContext, ImportResult
 from hybridscope.ingest._sqlite import EventWriter, SqliteFile, lookup_table, nn
+from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank
 
 FORMAT = "nsys"
 KERNEL = "CUPTI_ACTIVITY_KIND_KERNEL"
@@ -114,7 +115,7 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
             insert_run(con, run_id, source=FORMAT, label=ctx.label or path.stem, host=rep.host, rank=rank,
                        world_size=1, device_name=rep.device_name, versions=rep.versions, distributed_info=None)
         out = EventWriter(con, run_id, rank, path)
-        with out.progress(ctx.progress, rep.total_rows(), path.name):
+        with out.progress(ctx, rep.total_rows(), path.name):
             write_events(rep, out)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=rep.host,
                         device_name=rep.device_name, versions=rep.versions, distributed_info=None,
