@@ -52,7 +52,11 @@ class EngineConfig:
     norm_topk: bool = True
     routed_scale: float = 1.0
     capacity_factor: float | None = None  # None: no dropping
-    capacity_overrides: dict[int, float] = field(default_factory=dict)  # expert -> its own factor
+    # expert -> its own factor in every MoE layer, or (layer, expert) -> its factor in that layer alone
+    capacity_overrides: dict[int | tuple[int, int], float] = field(default_factory=dict)
+    # Engine fixes (docs/engine.md, "Fixes"), all off by default:
+    route_imbalance_cap: float | None = None  # cap each MoE call's max/mean tokens per expert (second choice)
+    a2a_separate_streams: bool = False  # EP: each all-to-all of a layer, and of consecutive layers, its own communicator
     skew: float = 0.0  # bias on skew_experts' logits, in logit std units (Router.set_skew)
     skew_experts: tuple[int, ...] = (0,)
     # runtime
@@ -78,8 +82,17 @@ class EngineConfig:
             (not 1 <= self.top_k <= self.n_experts, f"top_k={self.top_k} outside 1..n_experts"),
             (any(not 0 <= e < self.n_experts for e in self.skew_experts), "skew_experts out of range"),
             (
-                any(not 0 <= e < self.n_experts for e in self.capacity_overrides),
+                any(not 0 <= _override_expert(k) < self.n_experts for k in self.capacity_overrides),
                 "capacity override expert out of range",
+            ),
+            (
+                any(isinstance(k, tuple) and not 0 <= k[0] < len(self.pattern) for k in self.capacity_overrides),
+                "capacity override layer out of range",
+            ),
+            (any(not f > 0 for f in self.capacity_overrides.values()), "capacity factors must be > 0"),
+            (
+                self.route_imbalance_cap is not None and not self.route_imbalance_cap >= 1.0,
+                f"route_imbalance_cap={self.route_imbalance_cap} must be >= 1 (max/mean tokens per expert)",
             ),
             (self.rope and self.head_dim % 2, "rope needs an even head_dim"),
         ]
@@ -99,6 +112,13 @@ class EngineConfig:
     def conv_dim(self) -> int:
         return self.d_inner + 2 * self.n_groups * self.ssm_state
 
+    def capacity_for_layer(self, layer: int) -> dict[int, float]:
+        """Expert -> capacity factor override in MoE layer ``layer``: the per-layer keys win over the
+        all-layer ones."""
+        out = {k: f for k, f in self.capacity_overrides.items() if isinstance(k, int)}
+        out.update({k[1]: f for k, f in self.capacity_overrides.items() if isinstance(k, tuple) and k[0] == layer})
+        return out
+
     def layer_kinds(self) -> list[str]:
         return [LAYER_CHARS[c] for c in self.pattern]
 
@@ -114,6 +134,45 @@ class EngineConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(name=name, **{**PRESETS[name], **overrides})
+
+
+def _override_expert(key) -> int:
+    return key[1] if isinstance(key, tuple) else key
+
+
+FIX_KNOBS = ("route_imbalance_cap", "a2a_separate_streams", "capacity_factor", "capacity_overrides")
+
+
+def load_fixes(path) -> dict:
+    """EngineConfig overrides from a fixes file (``hybridscope advise --emit fixes.toml``): the knobs of
+    its ``[engine]`` table; ``[engine.capacity_overrides]`` keys are ``"LAYER/EXPERT"`` (one layer) or
+    ``"EXPERT"`` (every layer). Raises ValueError (one line) on an unreadable file or an unknown knob."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"cannot read fixes file {path}: {e}") from None
+    engine = doc.get("engine", {})
+    unknown = sorted(set(engine) - set(FIX_KNOBS))
+    if unknown:
+        raise ValueError(f"fixes file {path}: unknown engine knobs {unknown}; known: {list(FIX_KNOBS)}")
+    out = dict(engine)
+    if "capacity_overrides" in out:
+        out["capacity_overrides"] = {_parse_override_key(k, path): float(v)
+                                     for k, v in out["capacity_overrides"].items()}
+    return out
+
+
+def _parse_override_key(key: str, path) -> int | tuple[int, int]:
+    parts = str(key).split("/")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"fixes file {path}: capacity override key {key!r} is not 'LAYER/EXPERT' or 'EXPERT'")
+    nums = tuple(int(p) for p in parts)
+    return nums if len(nums) == 2 else nums[0]
 
 
 # Nemotron 3 Nano 30B-A3B (config.json of nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16): 52 layers

@@ -76,11 +76,11 @@ class AllToAllDispatcher(nn.Module):
 
     needs_host_sync = True
 
-    def __init__(self, group, world: int, n_local: int):
+    def __init__(self, group, world: int, n_local: int, combine_group=None):
         super().__init__()
         self.group, self.world = group, world
         self.dispatch = AllToAllDispatch(group, world, n_local)
-        self.combine = AllToAllCombine(group)
+        self.combine = AllToAllCombine(group if combine_group is None else combine_group)
 
     @property
     def last_send_counts(self) -> list[int]:
@@ -94,17 +94,38 @@ class AllToAllDispatcher(nn.Module):
         raise RuntimeError("call .dispatch(...) and .combine(...), not the dispatcher itself")
 
 
-def apply_ep(model: HybridModel, group=None) -> HybridModel:
+def apply_ep(model: HybridModel, group=None, separate_streams: bool | None = None) -> HybridModel:
     """Shard every MoE's experts over the ranks of ``group`` (default: the world) and install the
-    all-to-all dispatcher. The model must be identical on all ranks (same config and seed)."""
+    all-to-all dispatcher. The model must be identical on all ranks (same config and seed).
+
+    ``separate_streams`` (default ``model.cfg.a2a_separate_streams``): the fix for all-to-alls queued
+    behind each other. Every collective of one communicator runs on that communicator's stream (one
+    NCCL stream per process group and device), so with one group the dispatch and combine of a layer,
+    and the all-to-alls of consecutive MoE layers, all queue on one stream. With the fix, four
+    communicators over the same ranks: dispatch and combine of even-numbered MoE layers, dispatch and
+    combine of odd-numbered ones; no two all-to-alls that can be in flight together share one."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+    if separate_streams is None:
+        separate_streams = bool(getattr(getattr(model, "cfg", None), "a2a_separate_streams", False))
+    groups = comm_groups(group, separate_streams)
+    for i, moe in enumerate(m for m in model.modules() if isinstance(m, MoE)):
         if moe.n_experts % world:
             raise ValueError(f"n_experts={moe.n_experts} does not split over {world} ranks")
         n_local = moe.n_experts // world
         moe.experts.shard(rank * n_local, n_local)
-        moe.dispatcher = AllToAllDispatcher(group, world, n_local)
+        dispatch_group, combine_group = groups[i % len(groups)]
+        moe.dispatcher = AllToAllDispatcher(dispatch_group, world, n_local, combine_group=combine_group)
     return model
+
+
+def comm_groups(group, separate: bool) -> list[tuple]:
+    """[(dispatch group, combine group)] to cycle over consecutive MoE layers: the one group twice, or
+    four communicators over ``group``'s ranks (created collectively: every rank calls this alike)."""
+    if not separate:
+        return [(group, group)]
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    made = [dist.new_group(ranks) for _ in range(4)]
+    return [(made[0], made[1]), (made[2], made[3])]
 
 
 def init_from_env(device: str = "cpu") -> tuple[int, int]:

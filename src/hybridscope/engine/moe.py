@@ -11,6 +11,7 @@ dispatcher is expert-parallel, which needs the split sizes on the host.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -71,7 +72,12 @@ class Router(nn.Module):
         self.register_buffer("correction_bias", torch.zeros(E, device=dev))
         self.register_buffer("skew_bias", torch.zeros(E, device=dev))
         self.register_buffer("load", torch.zeros(E, device=dev))
+        # rows (token, choice) moved to a second choice by the imbalance cap, and rows routed, since
+        # build (in place, so CUDA-graph replays count too): their ratio is the re-routed share
+        self.register_buffer("rerouted_rows", torch.zeros((), dtype=torch.long, device=dev))
+        self.register_buffer("routed_rows", torch.zeros((), dtype=torch.long, device=dev))
         self.penalty: RoutingPenalty | None = None
+        self.imbalance_cap: float | None = cfg.route_imbalance_cap
         self.set_skew(cfg.skew, cfg.skew_experts)
 
     def set_skew(self, skew: float, experts) -> None:
@@ -94,7 +100,74 @@ class Router(nn.Module):
         weights, ids, _, logits = kernels.moe_route(
             logits, self.correction_bias, self.kind, self.top_k, self.norm_topk, self.scale, load=self.load
         )
+        self.routed_rows.add_(ids.numel())
+        if self.imbalance_cap is not None:
+            weights, ids = self.cap_imbalance(logits, ids)
         return Routing(weights, ids, logits)
+
+    def cap_imbalance(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The routing fix for unbalanced batches: no expert takes more than ``cap_rows`` of this call's
+        T*k rows (max/mean tokens per expert <= ``imbalance_cap``); rows past an expert's cap (later
+        tokens first) go to their token's best expert that still has room (second choice). Weights
+        are recomputed for the final choice the way the router computes them; ``load`` and the
+        re-routed counters are updated in place."""
+        sel, score = route_scores(logits, self.correction_bias, self.kind)
+        new_ids, moved = cap_choices(sel, ids, cap_rows(ids.numel(), logits.shape[1], self.imbalance_cap))
+        weights = score.gather(1, new_ids)
+        if self.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+        flat = new_ids.reshape(-1)
+        self.load.copy_(torch.zeros_like(self.load).scatter_add_(0, flat, torch.ones_like(flat, dtype=self.load.dtype)))
+        self.rerouted_rows.add_(moved)
+        return weights * self.scale, new_ids
+
+
+def route_scores(logits: torch.Tensor, correction_bias: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selection scores, weight scores) [T, E] fp32 as ``kernels.moe_route`` ranks and weights experts."""
+    logits = logits.float()
+    if kind == "sigmoid":
+        score = torch.sigmoid(logits)
+        return score + correction_bias.float(), score
+    score = logits.softmax(dim=-1)
+    return score, score
+
+
+def cap_rows(n_rows: int, n_experts: int, cap: float) -> int:
+    """Most rows one expert may take: floor(cap * mean), never below the even share ceil(mean)."""
+    mean = n_rows / n_experts
+    return max(math.ceil(mean), math.floor(cap * mean + 1e-9))
+
+
+def cap_choices(sel: torch.Tensor, ids: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """sel [T, E] selection scores, ids [T, k] top-k choices -> (ids [T, k] with no expert above ``cap``
+    rows, rows moved [] int64).
+
+    Greedy, later tokens first: while an expert holds more than ``cap`` rows, its rows of the latest
+    tokens that can move (whose token has an expert with room that it does not hold) go to that
+    token's best such expert; one row per token per round. CUDA runs a fixed number of rounds (no
+    host sync: graph-capturable), the CPU stops when nothing can move. A greedy, not a matching: at
+    an exact fit (cap * E == T * k) a row can be left over its cap when every expert with room is
+    already held by each token on the full expert; with any slack above that this does not occur in
+    practice (tests/engine/test_fixes.py checks caps from 1.0 to 2.0)."""
+    T, k = ids.shape
+    E = sel.shape[1]
+    out = ids.clone()
+    for _ in range(2 * (E + k)):
+        taken = torch.zeros(T, E, dtype=torch.bool, device=ids.device).scatter_(1, out, True)
+        onehot = F.one_hot(out.reshape(-1), E)  # [T*k, E], rows in token order
+        counts = onehot.sum(0)
+        excess = (counts - cap).clamp_(min=0)  # [E]
+        free = (counts < cap)[None, :] & ~taken  # [T, E]: room, and never chosen by this token
+        cand = (excess[out] > 0) & free.any(1, keepdim=True)  # [T, k]
+        cand &= cand.cumsum(1) == 1  # one row per token
+        if not ids.is_cuda and not bool(cand.any()):
+            break
+        oh = onehot * cand.reshape(-1, 1)
+        from_end = (oh.flip(0).cumsum(0).flip(0) * oh).sum(1).view(T, k)  # 1 = the latest candidate row
+        move = cand & (from_end <= excess[out])
+        best = sel.masked_fill(~free, float("-inf")).argmax(1)  # [T]
+        out = torch.where(move, best[:, None], out)
+    return out, (out != ids).sum()
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -157,7 +230,7 @@ class MoE(nn.Module):
         )
         self.register_buffer("capacity_factors", torch.zeros(cfg.n_experts, device=fk.get("device")))
         self.register_buffer("dropped", torch.zeros((), dtype=torch.long, device=fk.get("device")))
-        self.set_capacity(cfg.capacity_factor, cfg.capacity_overrides)
+        self.set_capacity(cfg.capacity_factor, cfg.capacity_for_layer(layer_idx))
         self.dispatcher = LocalDispatcher()  # ep.apply_ep installs the all-to-all one
 
     def set_capacity(self, factor: float | None, overrides: dict[int, float] | None = None) -> None:
