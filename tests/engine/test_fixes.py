@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 
@@ -55,7 +56,7 @@ def test_cap_choices_second_choice_that_fills_moves_on_to_the_third():
                         [0.9, 0.8, 0.1],
                         [0.1, 0.9, 0.8]])
     ids = torch.tensor([[0], [0], [1]])
-    out, moved = cap_choices(sel, ids, cap=1)
+    out, _ = cap_choices(sel, ids, cap=1)
     counts = torch.bincount(out.flatten(), minlength=3)
     assert counts.max() == 1 and sorted(out.flatten().tolist()) == [0, 1, 2]
     assert out[0, 0] == 0  # the earliest token keeps its choice
@@ -158,10 +159,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for separate in (False, True):
             cfg = EngineConfig.from_preset("tiny", skew=1.0, skew_experts=(1,), a2a_separate_streams=separate)
             model = apply_ep(build_model(cfg))
-            order = []  # (layer, phase, group) in call order
+            order: list = []  # (module, group) in call order
+
+            def record(mod, args, output, name, order=order):
+                order.append((name, id(mod.group)))
+
             for name, m in model.named_modules():
                 if isinstance(m, (AllToAllDispatch, AllToAllCombine)):
-                    m.register_forward_hook(lambda mod, a, o, name=name: order.append((name, id(mod.group))))
+                    m.register_forward_hook(lambda mod, a, o, name=name: record(mod, a, o, name))
             out = model(ids.reshape(-1), Batch.packed([0, 1], [0, 0], [16, 16], "cpu"), model.new_cache())
             res[separate] = {"out": out, "order": order}
         torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
@@ -177,6 +182,6 @@ def test_separate_streams_no_two_consecutive_all_to_alls_share_a_communicator(tm
         assert len(one) == len(sep) == 2 * EngineConfig.from_preset("tiny").count("E")
         assert len({g for _, g in one}) == 1  # the default: every all-to-all on one communicator
         groups = [g for _, g in sep]
-        assert all(a != b for a, b in zip(groups, groups[1:]))  # never two in a row on one communicator
+        assert all(a != b for a, b in itertools.pairwise(groups))  # never two in a row on one communicator
         assert len(set(groups)) == 4
         torch.testing.assert_close(res[True]["out"], res[False]["out"], rtol=1e-5, atol=1e-6)

@@ -8,7 +8,8 @@ per MoE layer the (token, expert) rows travel to the rank owning the expert and 
 movement apart from the experts). Split sizes need one host sync per layer, so CUDA graphs are off
 under EP. After each call the dispatcher records its traffic: ``last_send_counts[r]`` rows sent to
 rank r, ``last_recv_counts[r]`` rows received from rank r (bytes = rows * d_model * element size),
-from which a rank x rank traffic matrix follows.
+from which a rank x rank traffic matrix follows. ``EngineConfig.a2a_separate_streams`` gives the
+all-to-alls that could queue behind each other communicators (so streams) of their own (``apply_ep``).
 
 Run under torchrun: ``torchrun --nproc-per-node 2 -m hybridscope.engine.bench --ep --preset tiny``.
 """

@@ -60,8 +60,9 @@ class Router(nn.Module):
     scores = sigmoid(logits), experts chosen on scores + correction_bias, weights = chosen scores.
     Either way optionally renormalized over k and scaled by ``routed_scale``.
 
-    Knobs: ``skew_bias`` [E] (see ``set_skew``) and ``penalty`` (a ``RoutingPenalty`` or None, applied
-    after the skew). ``load`` [E] holds tokens per expert of the latest call (in place, graph-safe)."""
+    Knobs: ``skew_bias`` [E] (see ``set_skew``), ``penalty`` (a ``RoutingPenalty`` or None, applied
+    after the skew), and ``imbalance_cap`` (``cfg.route_imbalance_cap``: see ``cap_imbalance``).
+    ``load`` [E] holds tokens per expert of the latest call (in place, graph-safe)."""
 
     def __init__(self, cfg: EngineConfig, ops: Ops, **fk):
         super().__init__()
