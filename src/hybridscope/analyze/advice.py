@@ -76,6 +76,7 @@ def routing_penalty(t: Table | None, *, jump: float, min_rho: float, min_group: 
     if len(pairs) < 2 * min_group:
         return None
     from hybridscope.analyze.experts import spearman
+    from hybridscope.analyze.stats import quantile
 
     x = np.array([p[0] for p in pairs], dtype=np.float64)
     y = np.array([p[1] for p in pairs], dtype=np.float64)
@@ -85,8 +86,7 @@ def routing_penalty(t: Table | None, *, jump: float, min_rho: float, min_group: 
         return None
     lo_x, hi_x = cut
     above, below = y[x >= hi_x], y[x <= lo_x]
-    p99_a, p99_b, p50_b = (float(np.percentile(above, 99)), float(np.percentile(below, 99)),
-                           float(np.percentile(below, 50)))
+    p99_a, p99_b, p50_b = quantile(above, 0.99), quantile(below, 0.99), quantile(below, 0.5)
     ratio = p99_a / p99_b if p99_b > 0 else math.inf
     if ratio < jump:
         return None

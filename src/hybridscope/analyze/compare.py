@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridscope.analyze.decompose import MEASURES, measure_of, rank_windows
+from hybridscope.analyze.decompose import MEASURES, measure_of
 from hybridscope.analyze.stats import quantile_cont, ratio_ci
+from hybridscope.analyze.timeline import rank_windows
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import BadInput, UsageError
 from hybridscope.store.baselines import Samples

@@ -21,11 +21,12 @@ column is `short_kernel_name(name)`; the full names, in row order, are `meta['na
 from __future__ import annotations
 
 from hybridscope.errors import NotFound, UsageError
+from hybridscope.store.db import GPU_EVENTS
 from hybridscope.table import Column, Table, plain
 
 METHODS = ("scope", "graph", "name", "none", "unattributed")
 
-_GPU = "source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')"
+_GPU = GPU_EVENTS
 
 COVERAGE_COLUMNS = (
     Column("method", "str", "how the layer type was decided: scope, graph, name, none, unattributed"),

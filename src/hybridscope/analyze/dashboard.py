@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import intervals, timeline
+from hybridscope.analyze.stats import quantile
 from hybridscope.table import Column, Table
 
 DASHBOARD_COLUMNS = (
@@ -30,12 +31,6 @@ DASHBOARD_COLUMNS = (
     Column("kind", "str", "how to read `value`: pct, ns or float"),
     Column("n", "int", "samples / kernels / steps / requests behind the value"),
 )
-
-
-def pct(values, q: float) -> float | None:
-    """Continuous percentile `q` (0-100) of `values`, None when empty."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(v, q)) if v.size else None
 
 
 def duty_cycle(con, run_id: int) -> Table:
@@ -74,8 +69,8 @@ def dashboard(con, run_id: int) -> Table:
     for s in steps:
         durations.setdefault(s["rank"], []).append(s["end_ns"] - s["ts_ns"])
     for rank, d in durations.items():
-        rows.append(("step_p50_ns", rank, None, pct(d, 50), "ns", len(d)))
-        rows.append(("step_p99_ns", rank, None, pct(d, 99), "ns", len(d)))
+        rows.append(("step_p50_ns", rank, None, quantile(d, 0.5), "ns", len(d)))
+        rows.append(("step_p99_ns", rank, None, quantile(d, 0.99), "ns", len(d)))
     rows += _throughput_rows(steps)
     rows += _request_rows(con, run_id)
     return Table("dashboard", DASHBOARD_COLUMNS, rows,
@@ -117,8 +112,8 @@ def _request_rows(con, run_id: int) -> list[tuple]:
     rows = []
     for name, values in (("ttft", ttft), ("itl", itl)):
         if values:
-            rows.append((f"{name}_p50_ns", None, None, pct(values, 50), "ns", len(values)))
-            rows.append((f"{name}_p99_ns", None, None, pct(values, 99), "ns", len(values)))
+            rows.append((f"{name}_p50_ns", None, None, quantile(values, 0.5), "ns", len(values)))
+            rows.append((f"{name}_p99_ns", None, None, quantile(values, 0.99), "ns", len(values)))
     return rows
 
 
@@ -136,8 +131,8 @@ def _headline(rows: list[tuple], step_durations: dict[int, list[int]]) -> dict:
         "nvml_util_pct": mean_of("nvml_util_pct"),
         "cpu_util_pct": mean_of("cpu_util_pct"),
         "duty_cycle_pct": mean_of("duty_cycle_pct"),
-        "step_p50_ns": pct(pooled, 50),
-        "step_p99_ns": pct(pooled, 99),
+        "step_p50_ns": quantile(pooled, 0.5),
+        "step_p99_ns": quantile(pooled, 0.99),
         "n_steps": len(pooled),
         "ttft_p50_ns": one("ttft_p50_ns"), "ttft_p99_ns": one("ttft_p99_ns"),
         "itl_p50_ns": one("itl_p50_ns"), "itl_p99_ns": one("itl_p99_ns"),

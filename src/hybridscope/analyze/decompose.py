@@ -4,7 +4,7 @@
 `all` row (the aggregate a dashboard would show) and then one row per group. Definitions (also in
 docs/analyses.md, with a worked example):
 
-- GPU events: `events` rows with source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset').
+- GPU events: `events` rows matching `store.db.GPU_EVENTS` (source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')).
   A run without any (a `layers`-mode capture) is decomposed over its per-layer timings instead
   (source = 'layer': each module's exclusive device time per call), and meta['measure'] says so.
   A run with neither (an Ingero import) is decomposed over its host API timings (source =
@@ -28,14 +28,15 @@ docs/analyses.md, with a worked example):
 
 from __future__ import annotations
 
+from hybridscope.analyze import timeline
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
+from hybridscope.store.db import GPU_EVENTS, GPU_KINDS
 from hybridscope.table import Column, Table, plain
 
-GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset")
 # What a decomposition measures -> the events predicate (our constants, never user input).
 MEASURES: dict[str, str] = {
-    "kernels": "source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')",
+    "kernels": GPU_EVENTS,
     "layers": "source = 'layer' AND kind = 'layer'",
     "host_api": "source = 'host_api'",
 }
@@ -102,7 +103,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         raise UsageError(f"--by must be one of {', '.join(BY)}, not {by!r}")
     if top is not None and top < 1:
         raise UsageError(f"--top must be at least 1, not {top}")
-    windows = rank_windows(con, run_id)
+    windows = timeline.rank_windows(con, run_id)
     if rank is not None and rank not in windows:
         known = ", ".join(str(r) for r in sorted(windows)) or "none"
         raise NotFound(f"run {run_id} has no rank {rank} (ranks: {known})")
@@ -157,21 +158,6 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         "measure": measure,
     }
     return Table(f"decompose_{by}", key_cols + STAT_COLUMNS, rows, meta)
-
-
-def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
-    """{rank: (t_start_ns, t_end_ns)} from run_ranks, completed from the events' span per rank."""
-    windows = {r: (s, e) for r, s, e in con.execute(
-        "SELECT rank, t_start_ns, t_end_ns FROM run_ranks WHERE run_id = ?", [run_id]).fetchall()}
-    if windows and all(s is not None and e is not None for s, e in windows.values()):
-        return {r: (int(s), int(e)) for r, (s, e) in windows.items()}
-    spans = con.execute(
-        "SELECT rank, min(ts_ns), max(ts_ns + duration_ns) FROM events WHERE run_id = ? GROUP BY rank",
-        [run_id]).fetchall()
-    for r, s, e in spans:
-        ws, we = windows.get(r, (None, None))
-        windows[r] = (ws if ws is not None else s, we if we is not None else e)
-    return {r: (int(s), int(e)) for r, (s, e) in windows.items() if s is not None and e is not None}
 
 
 def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str) -> list[tuple]:

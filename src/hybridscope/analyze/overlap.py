@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import intervals, timeline
-from hybridscope.analyze.dashboard import pct
+from hybridscope.analyze.stats import quantile
 from hybridscope.table import Column, Table
 
 
@@ -82,7 +82,7 @@ def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
         d = g["end"] - g["start"]
         lo, hi = windows[rank]
         dev = None if device < 0 else device
-        summary.append((rank, dev, int(d.size), int(d.sum()), pct(d, 50), pct(d, 90), pct(d, 99),
+        summary.append((rank, dev, int(d.size), int(d.sum()), quantile(d, 0.5), quantile(d, 0.9), quantile(d, 0.99),
                         int(d.max()) if d.size else None, 100.0 * d.sum() / (hi - lo) if hi > lo else None))
         everything.append((rank, dev, lo, g, d))
     return {"gap_summary": _summary_table(summary, run_id), "top_gaps": _top_table(k, everything, top, run_id),
@@ -130,7 +130,7 @@ def _sites_table(k, everything, run_id) -> Table:
     rows = []
     for (b, a), chunks in acc.items():
         d = np.concatenate(chunks)
-        rows.append((b, a, int(d.size), int(d.sum()), pct(d, 50), pct(d, 99)))
+        rows.append((b, a, int(d.size), int(d.sum()), quantile(d, 0.5), quantile(d, 0.99)))
     rows.sort(key=lambda r: -r[3])
     cols = (Column("before", "str", "layer type before the gap"), Column("after", "str", "layer type after"),
             Column("n_gaps", "int", "", "gaps"), Column("idle_ns", "ns", "", "idle"),

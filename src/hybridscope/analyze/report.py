@@ -13,6 +13,7 @@ import numpy as np
 
 from hybridscope.analyze import advice as advice_mod
 from hybridscope.analyze import conflicts, dashboard, experts, overlap, steps, timeline
+from hybridscope.store.db import GPU_EVENTS
 from hybridscope.table import Column, Table, plain
 
 # Levels of the latency CDF: every percent, then finer in the tail where the story is.
@@ -36,9 +37,9 @@ class Report:
 def latency_cdf(con, run_id: int) -> Table:
     """Per layer type, the continuous quantile of GPU kernel durations at each of CDF_LEVELS."""
     got = con.execute(
-        """
+        f"""
         SELECT coalesce(layer_type, 'unattributed') AS lt, count(*), quantile_cont(duration_ns, $levels)
-        FROM events WHERE run_id = $run AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')
+        FROM events WHERE run_id = $run AND {GPU_EVENTS}
         GROUP BY lt ORDER BY lt
         """,
         {"run": run_id, "levels": list(CDF_LEVELS)},

@@ -1,5 +1,9 @@
 """Quantiles and their bootstrap confidence intervals, exact and O(B) per quantile.
 
+The project's one quantile definition is the continuous quantile (linear interpolation between
+order statistics, numpy's default 'linear', docs/analyses.md): DuckDB's `quantile_cont` in SQL,
+`quantile_cont` / `quantile` here in Python. No analysis computes a percentile another way.
+
 The bootstrap resamples n values with replacement and takes the quantile of the resample. We
 never build the resamples: drawing n indices uniformly is drawing n uniforms U on [0, 1) and
 taking floor(U * n), and floor is monotone, so the k-th smallest index of a resample is
@@ -24,6 +28,12 @@ def quantile_cont(sorted_x: np.ndarray, q: float) -> float:
     lo = int(np.floor(h))
     hi = min(lo + 1, n - 1)
     return float(sorted_x[lo] + (h - lo) * (sorted_x[hi] - sorted_x[lo]))
+
+
+def quantile(values, q: float) -> float | None:
+    """`quantile_cont` of unsorted `values` at `q` (0..1); None when there are none."""
+    v = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    return quantile_cont(v, q) if v.size else None
 
 
 def bootstrap_quantile(sorted_x: np.ndarray, q: float, b: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,5 +78,5 @@ def ratio_ci(
     rn = bootstrap_quantile(new_sorted, q, b, rng)
     keep = rb > 0
     ratios = rn[keep] / rb[keep]
-    lo, hi = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
-    return new_q / base_q, float(lo), float(hi)
+    ratios.sort()
+    return new_q / base_q, quantile_cont(ratios, alpha / 2), quantile_cont(ratios, 1 - alpha / 2)

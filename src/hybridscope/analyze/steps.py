@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import timeline
-from hybridscope.analyze.dashboard import pct
+from hybridscope.analyze.stats import quantile, quantile_cont
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.table import Column, Table
 
@@ -100,7 +100,7 @@ def phases(con, run_id: int) -> Table:
     for phase in sorted(by_phase, key=_phase_order):
         lat = [x for x, _ in by_phase[phase]]
         gpu = [g for _, g in by_phase[phase] if g is not None]
-        rows.append((phase, len(lat), pct(lat, 50), pct(lat, 99), max(lat),
+        rows.append((phase, len(lat), quantile(lat, 0.5), quantile(lat, 0.99), max(lat),
                      float(np.mean(gpu)) if gpu else None))
     cols = (Column("phase", "str"), Column("n_steps", "int", "", "steps"),
             Column("p50_ns", "ns", "step latency p50", "p50"), Column("p99_ns", "ns", "step latency p99", "p99"),
@@ -123,7 +123,7 @@ def slow_steps(con, run_id: int, *, quantile: float = 0.99) -> Table:
     if not windows:
         return Table("slow_steps", cols, (), {**meta, "n_slow": 0, "notes": ["no steps in this run"]})
     lat = np.array([w["end_ns"] - w["ts_ns"] for w in windows], dtype=np.float64)
-    threshold = float(np.quantile(lat, quantile))
+    threshold = quantile_cont(np.sort(lat), quantile)
     slow = lat >= min(threshold, lat.max())
     keys = [(w["rank"], w["step"]) for w in windows]
     stack = _stack(con, run_id)

@@ -206,19 +206,21 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
 
 @_memo
 def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
-    """Each rank's wall-time window (start_ns, end_ns): `run_ranks` when it has one, else the span
-    of the rank's events."""
+    """Each rank's wall-time window (start_ns, end_ns), for every rank the run stored (`run_ranks`)
+    or has events of: the `run_ranks` window where it is known, else the span of the rank's
+    events. A rank with neither has no window and is left out."""
     rows = con.execute(
         """
         WITH ev AS (SELECT rank, min(ts_ns) AS lo, max(ts_ns + duration_ns) AS hi
-                    FROM events WHERE run_id = $run GROUP BY rank)
-        SELECT ev.rank, coalesce(rr.t_start_ns, ev.lo), coalesce(rr.t_end_ns, ev.hi)
-        FROM ev LEFT JOIN run_ranks rr ON rr.run_id = $run AND rr.rank = ev.rank
-        ORDER BY ev.rank
+                    FROM events WHERE run_id = $run GROUP BY rank),
+             rr AS (SELECT rank, t_start_ns, t_end_ns FROM run_ranks WHERE run_id = $run)
+        SELECT coalesce(rr.rank, ev.rank) AS r, coalesce(rr.t_start_ns, ev.lo), coalesce(rr.t_end_ns, ev.hi)
+        FROM rr FULL OUTER JOIN ev ON rr.rank = ev.rank
+        ORDER BY r
         """,
         {"run": run_id},
     ).fetchall()
-    return {int(r): (int(lo), int(hi)) for r, lo, hi in rows}
+    return {int(r): (int(lo), int(hi)) for r, lo, hi in rows if lo is not None and hi is not None}
 
 
 def groups(cols: dict[str, np.ndarray], *keys: str):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridscope.attribute.recognize import ModuleInfo, classify_annotation, classify_module
+from hybridscope.store.db import GPU_EVENTS
 
 __all__ = ["AttributionSummary", "ModuleInfo", "attribute_run", "classify_annotation", "classify_module"]
 
@@ -53,10 +54,9 @@ def attribute_run(con, run_id: int, *, rank: int | None = None,
     finally:
         _drop_temps(con)
     rows = con.execute(
-        """
+        f"""
         SELECT attr_method, count(*), coalesce(sum(duration_ns), 0)::BIGINT FROM events
-        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank)
-          AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')
+        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND {GPU_EVENTS}
         GROUP BY attr_method
         """,
         {"run": run_id, "rank": rank},

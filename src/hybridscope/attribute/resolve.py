@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import duckdb
 
 from hybridscope.attribute.rules import Rule, match_table
-from hybridscope.store.db import insert_columns
+from hybridscope.store.db import GPU_EVENTS, insert_columns
 
 
 def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules: Sequence[Rule]) -> None:
@@ -59,8 +59,7 @@ def _name_rules(con, rules: Sequence[Rule], params: dict) -> None:
 
 
 _STRONG = "('mamba', 'attention', 'moe_router', 'moe_experts', 'moe_comm')"
-_GPU = """run_id = $run AND ($rank IS NULL OR rank = $rank)
-          AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')"""
+_GPU = f"run_id = $run AND ($rank IS NULL OR rank = $rank) AND {GPU_EVENTS}"
 
 # One statement, so DuckDB pipelines it: GPU events, their launches (one per correlation: the
 # first), the innermost scope open at each launch (ASOF on the thread timeline), the decision.

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from hybridscope.attribute.vocab import LAYER_TYPES
 from hybridscope.errors import BadInput
+from hybridscope.store.db import GPU_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the GPU machine's older Pythons
     import tomli as tomllib
 
-_KINDS = ("kernel", "memcpy", "memset")
+_KINDS = GPU_KINDS
 _KEYS = {"pattern", "layer_type", "collective", "kinds", "note"}
 
 

@@ -19,6 +19,11 @@ from hybridscope.errors import BadInput, NotFound
 
 SCHEMA_VERSION = "1"
 
+# What the store calls a GPU event (docs/schema.md): the GPU timeline's kernels and memory
+# operations. One definition, used as an SQL predicate over `events` (our constant, never user input).
+GPU_KINDS: tuple[str, ...] = ("kernel", "memcpy", "memset")
+GPU_EVENTS = "source = 'cuda' AND kind IN (" + ", ".join(f"'{k}'" for k in GPU_KINDS) + ")"
+
 
 def schema_sql() -> str:
     return resources.files("hybridscope.store").joinpath("schema.sql").read_text()

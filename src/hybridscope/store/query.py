@@ -114,14 +114,14 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int | None 
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> Table:
     """The runs of a store: id, label, source, ranks, device, window, events, created."""
-    rows = con.execute("""
+    rows = con.execute(f"""
         SELECT r.run_id, r.label, r.source, coalesce(k.ranks, ''), r.world_size, r.device_name,
                r.t_end_ns - r.t_start_ns, coalesce(e.n, 0), coalesce(e.gpu, 0), CAST(r.created_at AS VARCHAR)
         FROM runs r
         LEFT JOIN (SELECT run_id, string_agg(CAST(rank AS VARCHAR), ',' ORDER BY rank) AS ranks
                    FROM run_ranks GROUP BY run_id) k USING (run_id)
         LEFT JOIN (SELECT run_id, count(*) AS n,
-                          count(*) FILTER (WHERE source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')) AS gpu
+                          count(*) FILTER (WHERE {db.GPU_EVENTS}) AS gpu
                    FROM events GROUP BY run_id) e USING (run_id)
         ORDER BY r.run_id
     """).fetchall()
