@@ -22,6 +22,7 @@ VERBS: tuple[str, ...] = (
     "runs",
     "decompose",
     "report",
+    "advise",
     "export",
     "attribution",
     "query",

@@ -13,6 +13,7 @@ the numbers `hybridscope.analyze`; this module wires them the way a user would.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -87,8 +88,12 @@ def run_demo(out_dir: Path, opts: DemoOptions) -> tuple[Path, int]:
 
         con = store.open_store(db)  # may hold earlier demo runs: this one is added beside them
         try:
+            from hybridscope.engine.config import FIX_KNOBS
+
+            fixes = " +fixes" if any(k in opts.overrides for k in FIX_KNOBS) else ""
             run_id = merge.merge(con, [merge.inspect(p) for p in parts],
-                                 label=f"demo {opts.preset} x{opts.world} skew {opts.skew:g}")
+                                 label=f"demo {opts.preset} x{opts.world} skew {opts.skew:g}{fixes}")
+            write_engine_notes(con, run_id, opts, sorted(work.glob("engine.rank*.json")))
         finally:
             con.close()
         return db, run_id
@@ -144,8 +149,10 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     requests = requests_for(o, rank, cfg.vocab_size)
     db = Path(work) / "demo.duckdb"
     # every step: the demo is short and shows the distribution (capture's default samples 1 step in 8)
+    reset_fix_counters(model)  # the warm-up routed too
     with capture(db=db, model=model, mode=o["mode"], label=f"demo rank {rank}", sample_every=1, quiet=True) as cap:
         done = engine.run(requests)
+    (Path(work) / f"engine.rank{rank}.json").write_text(json.dumps(fix_counters(model)))
     summary = cap.summary
     if rank == 0 and summary is not None and summary.run_id is not None:
         write_requests(Path(summary.db), summary.run_id, engine.t0, done)
@@ -197,3 +204,43 @@ def write_requests(db: Path, run_id: int, t0: float, done) -> None:
             })
     finally:
         con.close()
+
+
+def reset_fix_counters(model) -> None:
+    from hybridscope.engine.moe import MoE
+
+    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+        moe.router.rerouted_rows.zero_()
+        moe.router.routed_rows.zero_()
+
+
+def fix_counters(model) -> dict:
+    """What the engine's routing fix did on this rank: (token, expert) rows routed and re-routed to a
+    second choice, summed over MoE layers (the engine's own counters)."""
+    from hybridscope.engine.moe import MoE
+
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    return {"routed_rows": sum(int(m.router.routed_rows) for m in moes),
+            "rerouted_rows": sum(int(m.router.rerouted_rows) for m in moes)}
+
+
+def write_engine_notes(con, run_id: int, opts: DemoOptions, files: list[Path]) -> None:
+    """Record in the run's notes (notes.engine) the engine overrides the demo ran with (the fixes) and
+    the ranks' routing counters, so a report or an A/B can say what the fix changed."""
+    from hybridscope.store import db as store
+
+    counts = [json.loads(f.read_text()) for f in files]
+    routed = sum(c["routed_rows"] for c in counts)
+    rerouted = sum(c["rerouted_rows"] for c in counts)
+    engine = {"preset": opts.preset, "overrides": {k: _plain(v) for k, v in opts.overrides.items()},
+              "routed_rows": routed, "rerouted_rows": rerouted,
+              "rerouted_share": rerouted / routed if routed else None}
+    with store.transaction(con):
+        con.execute("UPDATE runs SET notes = json_merge_patch(coalesce(notes, '{}'), $patch) WHERE run_id = $run",
+                    {"patch": json.dumps({"engine": engine}), "run": run_id})
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {"/".join(map(str, k)) if isinstance(k, tuple) else str(k): _plain(x) for k, x in v.items()}
+    return list(v) if isinstance(v, tuple) else v

@@ -21,8 +21,9 @@ import sys
 
 import torch
 
-from .config import PRESETS, EngineConfig
+from .config import PRESETS, EngineConfig, load_fixes
 from .model import build_model
+from .moe import MoE
 from .scheduler import Engine, Request, summarize
 
 
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skew", type=float, default=0.0, help="routing skew in logit-std units (0 = none)")
     p.add_argument("--skew-experts", default="0", help="comma-separated expert ids that --skew favours")
     p.add_argument("--capacity-factor", type=float, default=None)
+    p.add_argument("--fixes", default=None,
+                   help="engine fixes to serve with: a TOML file from `hybridscope advise --emit` (docs/engine.md)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--no-graphs", action="store_true", help="eager decode on GPU (module hooks fire)")
     p.add_argument(
@@ -67,6 +70,8 @@ def make_requests(n: int, prompt_len: int, gen_len: int, rate: float, vocab: int
 
 def build_config(args: argparse.Namespace) -> EngineConfig:
     overrides = {"seed": args.seed, "skew": args.skew, "capacity_factor": args.capacity_factor}
+    if args.fixes:
+        overrides.update(load_fixes(args.fixes))  # a capacity_factor in the file wins over the flag's default
     overrides["skew_experts"] = tuple(int(e) for e in args.skew_experts.split(",") if e)
     if args.max_batch:
         overrides["max_batch"] = args.max_batch
@@ -106,7 +111,12 @@ def run(args: argparse.Namespace) -> dict:
         )
     eng.run(warm)
     eng.steps, eng.finished = [], []
+    routers = [m.router for m in model.modules() if isinstance(m, MoE)]
+    for r in routers:  # the warm-up routed too
+        r.rerouted_rows.zero_()
+        r.routed_rows.zero_()
     done = eng.run(reqs)
+    routed = sum(int(r.routed_rows) for r in routers)
     peak = max(eng.steps, key=lambda s: sum(s.cached_tokens))
     out = {
         "preset": cfg.name,
@@ -120,6 +130,8 @@ def run(args: argparse.Namespace) -> dict:
         "memory": eng.cache.memory_breakdown(peak.cached_tokens),
         "peak_live_requests": len(peak.cached_tokens),
         "peak_cached_tokens": sum(peak.cached_tokens),
+        "fixes": {k: getattr(cfg, k) for k in ("route_imbalance_cap", "a2a_separate_streams")},
+        "rerouted_share": sum(int(r.rerouted_rows) for r in routers) / routed if routed else None,
     }
     if eng.device.type == "cuda":
         out["memory"]["cuda_max_allocated"] = torch.cuda.max_memory_allocated(eng.device)
@@ -168,6 +180,9 @@ def render(res: dict) -> str:
         lines.append(
             f"              device peak allocated {_mib(m['cuda_max_allocated'])} (weights + caches + work)"
         )
+    if res["rerouted_share"] is not None and res["fixes"]["route_imbalance_cap"] is not None:
+        lines.append(f"  routing     imbalance cap {res['fixes']['route_imbalance_cap']:g}: "
+                     f"{100 * res['rerouted_share']:.2f}% of (token, expert) rows re-routed")
     if "last_step_rows_sent_per_layer" in res:
         lines.append(
             f"  EP traffic  rows sent to each rank, last step, first MoE layer: "
