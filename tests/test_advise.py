@@ -62,7 +62,7 @@ def test_emitted_file_is_what_the_engine_reads(tmp_path):
 
 def test_advise_cli_emits_the_scenarios_fixes(tmp_path, capsys):
     db = tmp_path / "run.duckdb"
-    con, run = report_scenario.build(db)
+    con, _ = report_scenario.build(db)
     con.close()
     out = tmp_path / "fixes.toml"
     assert _cli(["advise", "--db", str(db), "--emit", str(out), "--format", "json"]) == 0

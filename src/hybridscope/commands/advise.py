@@ -38,8 +38,8 @@ def advise(
     table = report["advice"]
     print_table(table, fmt)
     if emit is not None:
-        header = [f"hybridscope advise: engine fixes for run {run_id} ({report.run.get('label') or 'no label'}) "
-                  f"of {db}"]
+        label = report.run.get("label") or "no label"
+        header = [f"hybridscope advise: engine fixes for run {run_id} ({label}) of {db}"]
         emit.write_text(render_toml(fixes_from_advice(table), header))
         wrote(emit)
 
