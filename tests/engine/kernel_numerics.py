@@ -3,12 +3,19 @@ dtype, and fresh random seeds (replay one with HYBRIDSCOPE_SEED)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import subprocess
 import sys
 
+import pytest
 import torch
+
+# The CPU build of torch ships without triton: tests of the Triton kernels (or of code that imports
+# it while being traced) skip there, saying so.
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="needs triton, which the CPU build of torch does not ship")
 
 # relative-norm error bounds of a kernel's output against the float64 recurrence / reference
 REL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}

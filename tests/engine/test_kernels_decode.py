@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_numerics import REL, fresh_seed, rel_err, run_under_triton_interpreter
+from kernel_numerics import REL, fresh_seed, needs_triton, rel_err, run_under_triton_interpreter
 
 from hybridscope.engine import kernels as K
 from hybridscope.engine.config import EngineConfig
@@ -279,6 +279,7 @@ def test_backend_choice_is_logged():
 
 
 # ---- Triton under the CPU interpreter -------------------------------------------------------------
+@needs_triton
 def test_triton_kernels_under_cpu_interpreter(seed):
     """The kernels' logic without a GPU: TRITON_INTERPRET=1 must precede their definition, hence the
     subprocess (this file's ``__main__``); ~10 s."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_numerics import needs_triton
 
 from hybridscope.engine.config import PRESETS, EngineConfig
 from hybridscope.engine.model import Batch, HybridModel, build_model
@@ -105,6 +106,7 @@ def test_memory_breakdown_kv_grows_state_flat():
     assert small["kv_cache_allocated"] == 2 * 2 * 4 * 2 * 128 * 16 * 4
 
 
+@needs_triton
 def test_compiled_decode_traces_whole_blocks_and_matches_eager():
     """Dynamo traces every block kind without a graph break, one graph per kind (not per layer), and the
     traced decode equals eager (backend='eager': same graphs, no code generation on CPU)."""
