@@ -1,18 +1,23 @@
 """Everything the report shows, computed once: a `Report` of named Tables, handed to renderers.
 
-`build_report(con, run_id)` runs every analysis of the report on one run; the terminal and HTML
-renderers (present/terminal.py, present/html.py) only format these tables. `hybridscope report`
-and `hybridscope demo` both call it.
+The report is declared once, in `SECTIONS`: each `Section` names its HTML heading, the analyses
+that compute its tables, and how each renderer shows them (`View`s). `build_report(con, run_id)`
+runs every section's analyses on one run; the terminal and HTML renderers (present/terminal.py,
+present/html.py) iterate the same list and only format the tables. Adding an analysis to the report
+is: the analysis in its module, and its step and views in `SECTIONS`. `hybridscope report` and
+`hybridscope demo` both call `build_report`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hybridscope.analyze import advice as advice_mod
-from hybridscope.analyze import conflicts, dashboard, experts, overlap, steps, timeline
+from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, steps, timeline
+from hybridscope.analyze.decompose import decompose
 from hybridscope.store.db import GPU_EVENTS
 from hybridscope.table import Column, Table, plain
 
@@ -62,59 +67,149 @@ def run_info(con, run_id: int) -> dict:
     return info
 
 
-def build_report(con, run_id: int) -> Report:
+@dataclass
+class Context:
+    """What a section's analyses see: the store, the run, and the tables computed so far."""
+
+    con: object
+    run_id: int
+    run: dict
+    tables: dict[str, Table] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Table:
+        return self.tables[name]
+
+    @property
+    def multi_rank(self) -> bool:
+        return len(self.run["ranks"]) > 1
+
+    def add(self, got: Table | Iterable[Table] | None) -> None:
+        for table in (() if got is None else (got,) if isinstance(got, Table) else got):
+            self.tables[table.name] = table
+
+
+Step = Callable[[Context], "Table | Iterable[Table] | None"]
+
+
+@dataclass(frozen=True)
+class View:
+    """How a renderer shows one thing of a section.
+
+    kind 'table':    the table `name` (left out when absent or empty), cut to `max_rows` rows
+                     (None: the renderer's default; the terminal's is 12, HTML shows all)
+    kind 'sentence': one line about the table `name` (present/sentences.py)
+    kind 'panel':    a renderer's own block for `name`: 'contrast' (dashboard vs decomposition), 'advice'
+    kind 'chart':    an HTML figure drawn from the table `name` (present/html.py CHARTS)
+    """
+
+    kind: str
+    name: str
+    max_rows: int | None = None
+
+
+def table(name: str, max_rows: int | None = None) -> View:
+    return View("table", name, max_rows)
+
+
+def sentence(name: str) -> View:
+    return View("sentence", name)
+
+
+def panel(name: str) -> View:
+    return View("panel", name)
+
+
+def chart(name: str) -> View:
+    return View("chart", name)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: its HTML heading (None: none), the analyses that compute its tables
+    (each `step(ctx)` returns a Table, several, or None), and its views per renderer. In `html`, a
+    tuple of views is one row of figures or tables side by side."""
+
+    title: str | None
+    analyses: tuple[Step, ...]
+    terminal: tuple[View, ...] = ()
+    html: tuple[View | tuple[View, ...], ...] = ()
+
+
+def _multi_rank(ctx: Context):
+    """The per-rank view and the collectives, for runs with several ranks."""
+    if not ctx.multi_rank:
+        return None
+    return (per_rank(ctx.con, ctx.run_id, ctx.run["ranks"]), collectives.rank_waits(ctx.con, ctx.run_id),
+            collectives.stragglers(ctx.con, ctx.run_id), collectives.traffic(ctx.con, ctx.run_id))
+
+
+def _advice(ctx: Context) -> Table:
+    windows = ctx["decompose_layer_type"].meta.get("windows_ns") or {}
+    wall = max((hi - lo for lo, hi in windows.values()), default=None)  # the run's wall clock, not rank-time
+    return advice_mod.advice(ctx.tables, wall_ns=wall, n_ranks=max(len(windows), 1))
+
+
+# The report, in the order it is shown. Analyses run in this order too (a step may use the tables
+# of the steps before it); advice comes last, over everything.
+SECTIONS: tuple[Section, ...] = (
+    Section(None, (
+        lambda c: decompose(c.con, c.run_id, by="layer_type"),
+        lambda c: dashboard.dashboard(c.con, c.run_id),
+        lambda c: dashboard.contrast(c.con, c.run_id, dash=c["dashboard"], decomposition=c["decompose_layer_type"]),
+        lambda c: dashboard.duty_cycle(c.con, c.run_id),
+    ), terminal=(panel("contrast"),), html=(panel("contrast"),)),
+    Section("Decomposition", (_multi_rank,),
+            terminal=(table("decompose_layer_type"), table("per_rank"), table("rank_waits"), table("stragglers"),
+                      table("traffic")),
+            html=(table("decompose_layer_type"), table("per_rank", 12), table("rank_waits", 12),
+                  table("stragglers", 12), table("traffic", 12))),
+    Section("Latency per layer type and per layer", (
+        lambda c: decompose(c.con, c.run_id, by="layer"),
+        lambda c: decompose(c.con, c.run_id, by="module", top=24),
+        lambda c: latency_cdf(c.con, c.run_id),
+    ), html=((chart("latency_cdf"), chart("decompose_layer")),)),
+    Section("Steps", (
+        lambda c: steps.steps(c.con, c.run_id),
+        lambda c: steps.step_stack(c.con, c.run_id),
+        lambda c: steps.step_stack_bins(c.con, c.run_id),
+        lambda c: steps.phases(c.con, c.run_id),
+        lambda c: steps.slow_steps(c.con, c.run_id),
+    ), terminal=(table("phases"), table("slow_steps"), sentence("slow_steps")),
+       html=(chart("step_stack_bins"), (table("phases"), table("slow_steps")), sentence("slow_steps"))),
+    Section("Experts", (
+        lambda c: experts.expert_steps(c.con, c.run_id),
+        lambda c: experts.expert_correlation(c.con, c.run_id, c["expert_steps"]),
+        lambda c: experts.expert_load(c.con, c.run_id),
+    ), terminal=(table("expert_correlation"),),
+       html=((chart("expert_load"), chart("expert_steps")), table("expert_correlation"))),
+    Section("Overlap and gaps", (
+        lambda c: overlap.overlap(c.con, c.run_id),
+        lambda c: overlap.gaps(c.con, c.run_id).values(),
+        lambda c: overlap.launch_bound(c.con, c.run_id),
+    ), terminal=(table("overlap"), table("gap_summary"), table("gap_sites"), table("launch_bound")),
+       html=((chart("overlap"), chart("gap_histogram")), table("overlap"), table("gap_sites", 10),
+             table("top_gaps", 10), table("launch_bound"))),
+    Section("Stream conflicts", (
+        lambda c: conflicts.conflicts(c.con, c.run_id),
+        lambda c: conflicts.conflict_pairs(c["conflicts"]),
+    ), terminal=(table("conflict_pairs"), sentence("conflict_pairs")),
+       html=(sentence("conflict_pairs"), table("conflict_pairs", 12), table("conflicts", 12))),
+    Section("Advice", (_advice,), terminal=(panel("advice"),), html=(panel("advice"),)),
+)
+
+
+def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS) -> Report:
     """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run)."""
     with timeline.cached():  # the kernels, steps and windows are read once for all analyses
-        return _build(con, run_id)
-
-
-def _build(con, run_id: int) -> Report:
-    from hybridscope.analyze.decompose import decompose
-
-    info = run_info(con, run_id)
-    t: dict[str, Table] = {}
-
-    def put(table: Table) -> Table:
-        t[table.name] = table
-        return table
-
-    dec = put(decompose(con, run_id, by="layer_type"))
-    put(decompose(con, run_id, by="layer"))
-    put(decompose(con, run_id, by="module", top=24))
-    dash = put(dashboard.dashboard(con, run_id))
-    put(dashboard.contrast(con, run_id, dash=dash, decomposition=dec))
-    put(dashboard.duty_cycle(con, run_id))
-    if len(info["ranks"]) > 1:
-        from hybridscope.analyze import collectives
-
-        put(per_rank(con, run_id, info["ranks"]))
-        put(collectives.rank_waits(con, run_id))
-        put(collectives.stragglers(con, run_id))
-        put(collectives.traffic(con, run_id))
-    put(latency_cdf(con, run_id))
-    put(steps.steps(con, run_id))
-    put(steps.step_stack(con, run_id))
-    put(steps.step_stack_bins(con, run_id))
-    put(steps.phases(con, run_id))
-    put(steps.slow_steps(con, run_id))
-    es = put(experts.expert_steps(con, run_id))
-    put(experts.expert_correlation(con, run_id, es))
-    put(experts.expert_load(con, run_id))
-    put(overlap.overlap(con, run_id))
-    for table in overlap.gaps(con, run_id).values():
-        put(table)
-    put(overlap.launch_bound(con, run_id))
-    put(conflicts.conflict_pairs(put(conflicts.conflicts(con, run_id))))
-    windows = dec.meta.get("windows_ns") or {}
-    wall = max((hi - lo for lo, hi in windows.values()), default=None)  # the run's wall clock, not rank-time
-    put(advice_mod.advice(t, wall_ns=wall, n_ranks=max(len(windows), 1)))
-    return Report(run_id, info, t)
+        ctx = Context(con, run_id, run_info(con, run_id))
+        for section in sections:
+            for step in section.analyses:
+                ctx.add(step(ctx))
+        return Report(run_id, ctx.run, ctx.tables)
 
 
 def per_rank(con, run_id: int, ranks: list[int]) -> Table:
     """The per-layer-type decomposition of each rank, stacked: rank first, `all` row per rank."""
-    from hybridscope.analyze.decompose import decompose
-
     parts = [decompose(con, run_id, by="layer_type", rank=r) for r in ranks]
     cols = (Column("rank", "int"),) + parts[0].columns
     rows = [(r, *row) for r, p in zip(ranks, parts) for row in p.rows]
