@@ -194,6 +194,24 @@ def test_by_layer_module_and_kernel():
     assert "top 2 of 4" in kernel.meta["notes"][0]
 
 
+@pytest.mark.parametrize("by, key", [("layer_type", "layer_type"), ("layer", "layer_type"),
+                                     ("module", "module"), ("kernel", "kernel")])
+def test_top_keeps_the_groups_with_the_most_gpu_time_for_every_by(by, key):
+    """GPU time per type: mamba 3 µs, attention 40 µs, moe_experts 2 µs, moe_comm 25 µs. In vocabulary
+    (and layer) order mamba comes first, but --top 2 keeps attention and moe_comm, in that order."""
+    con = new_store(":memory:")
+    run = add_run(con)
+    for i, (layer_type, durations) in enumerate([("mamba", [1 * US, 2 * US]), ("attention", [40 * US]),
+                                                  ("moe_experts", [2 * US]), ("moe_comm", [5 * US, 20 * US])]):
+        add_events(con, run, durations, layer_type=layer_type, layer_index=i, module=f"m.{layer_type}",
+                   name=f"k_{layer_type}")
+    t = decompose(con, run, by=by, top=2)
+    names = {"layer_type": "{}", "layer": "{}", "module": "m.{}", "kernel": "k_{}"}[by]
+    assert t.column(key)[1:] == [names.format("attention"), names.format("moe_comm")]
+    assert t.record(**{key: "all"})["gpu_ns"] == 70 * US
+    assert "top 2 of 4" in t.meta["notes"][-1]
+
+
 def test_edge_cases_empty_zero_median_single_event():
     con = new_store(":memory:")
     run = add_run(con)

@@ -96,7 +96,8 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
               top: int | None = None) -> Table:
     """The decomposition of run `run_id` (which must exist), optionally for one rank.
 
-    `top` keeps the `top` largest groups by GPU time (the `all` row still covers everything).
+    `top` keeps the `top` groups with the most GPU time, for every `by`, listed in the `by`'s order
+    (the `all` row still covers everything).
     Raises UsageError for an unknown `by` or a bad `top`, NotFound for a rank the run lacks.
     """
     if by not in _KEYS:
@@ -122,7 +123,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
                          for r in raw if r[0] == 0])
     n_groups = len(groups)
     if top is not None:
-        groups = groups[:top]
+        groups = _largest(groups, top)
 
     total = all_raw[-1]
     all_keys = tuple(ALL if c.kind == "str" else None for c in key_cols)
@@ -187,6 +188,12 @@ def _order(by: str, groups: list[tuple]) -> list[tuple]:
         return sorted(groups, key=lambda g: (g[1] is None, g[1] if g[1] is not None else 0,
                                              type_rank.get(g[2], last), g[2]))
     return sorted(groups, key=lambda g: (-g[-1], g[1]))  # module, kernel: GPU time, largest first
+
+
+def _largest(groups: list[tuple], top: int) -> list[tuple]:
+    """The `top` groups with the most GPU time (ties: the earlier in order), kept in their order."""
+    chosen = sorted(range(len(groups)), key=lambda i: (-groups[i][-1], i))[:top]
+    return [groups[i] for i in sorted(chosen)]
 
 
 def _row(keys: tuple, raw: tuple, total: int, wall_ns: int) -> tuple:
