@@ -110,8 +110,8 @@ def variant_untraced(model, run, db):
 
 
 def _hybridscope(mode, strategy="auto", **kw):
-    """A hybridscope capture variant; `strategy`: kernels mode's window strategy (capture.kernels)."""
-    from hybridscope.capture import kernels
+    """A hybridscope capture variant; `strategy`: kernels mode's window strategy (live.kernels)."""
+    from hybridscope.live import kernels
 
     def variant(model, run, db):
         label = mode + ("_every_step" if kw.get("sample_every") == 1 else "")
@@ -272,7 +272,7 @@ def micro() -> dict:
            "module_call_us": per_call(lambda: lin(x), 20000)}
     firsts, pairs = events[0], iter(events[1:])
     out["event_elapsed_time_us"] = per_call(lambda: firsts.elapsed_time(next(pairs)), 10000)
-    from hybridscope.capture.layers import CudaTimer
+    from hybridscope.live.layers import CudaTimer
 
     timer = CudaTimer(1 << 16, torch, pool=list(events[:15000]))
     if timer._record is not None:
@@ -289,8 +289,8 @@ def micro() -> dict:
 def _hook_costs() -> dict:
     """The capture's own hooks on one Linear (Recorder without timer), and installing / removing
     every module hook of the engine preset used below (what a sampled step's boundaries cost)."""
-    from hybridscope.capture.faults import Faults
-    from hybridscope.capture.hooks import Hooks, Recorder, Spec, plan
+    from hybridscope.live.faults import Faults
+    from hybridscope.live.hooks import Hooks, Recorder, Spec, plan
 
     lin = torch.nn.Linear(8, 8).cuda()
     x = torch.zeros(1, 8, device="cuda")
@@ -321,8 +321,8 @@ def _hook_costs() -> dict:
 
 def conversion_paths(prof, tmp: Path) -> dict:
     """Kineto results -> events columns directly, vs Chrome-trace export + hybridscope import."""
-    from hybridscope.capture.kernels import _convert
     from hybridscope.ingest import import_files
+    from hybridscope.live.kernels import _convert
 
     t0 = time.perf_counter()
     cols = _convert(prof.profiler.kineto_results.events(), 0)

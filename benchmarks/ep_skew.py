@@ -98,8 +98,8 @@ def rank_main(rank: int, world: int, port: int, work: str, o: dict, skews: list[
 def _serve(model, cfg, rank: int, o: dict, out: Path, counting: dict) -> dict:
     """Warm up on the run's own shapes (the skew kernels, a full prefill step), then serve under capture
     into `out`; returns the engine's token count and serving window."""
-    from hybridscope.capture.session import capture
     from hybridscope.engine.scheduler import Engine
+    from hybridscope.live.session import capture
 
     warm = demo.requests_for({**o, "requests": o["warm_requests"], "rate": 0.0}, rank + 10_000, cfg.vocab_size)
     Engine(model, cuda_graphs=False, seed=o["seed"], max_prefill_tokens=o["step_tokens"]).run(warm)

@@ -1,4 +1,4 @@
-"""Probes behind capture.kernels' window strategy (docs/benchmarks.md, Capture).
+"""Probes behind live.kernels' window strategy (docs/benchmarks.md, Capture).
 
     python benchmarks/probe_toggle.py none|plain|reopen     (GPU)
     python benchmarks/probe_toggle.py gil                    (CPU is enough)
@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, "src")
 from torch.profiler import ProfilerActivity, profile
 
-from hybridscope.capture.kernels import _guess_activity
+from hybridscope.live.kernels import _guess_activity
 
 
 def gil_probe() -> None:

@@ -9,7 +9,7 @@ import torch
 from capture_models import ToyModel, engine_tiny, latest_run, reference_tokens, rows, run_engine
 
 import hybridscope
-from hybridscope.capture import hooks, layers, sampler
+from hybridscope.live import hooks, layers, sampler
 
 
 def _boom(*args, **kwargs):

@@ -175,8 +175,8 @@ def test_gpu_engine_layers_mode(tmp_path):
 def test_gpu_kernel_windows_keep_every_window(tmp_path):
     """Windows on CUDA ('toggle': one profiler session, collection switched per window): every
     sampled step keeps its kernels, the others have none, and nothing recorded after the last step
-    (stop switches collection on again: the Kineto work-around in capture.kernels) is kept."""
-    from hybridscope.capture import kernels
+    (stop switches collection on again: the Kineto work-around in live.kernels) is kept."""
+    from hybridscope.live import kernels
 
     assert kernels._strategy(True, torch) == "toggle"
     model = hf_nemotron_h("MEM*E", hidden=256, experts=4).cuda()

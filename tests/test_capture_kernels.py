@@ -51,7 +51,7 @@ def test_ops_are_attributed_to_the_scopes_around_them(kernel_run):
 
 @pytest.mark.parametrize("strategy", ["schedule", "toggle"])
 def test_windowed_sampling_profiles_only_its_steps(tmp_path, monkeypatch, strategy):
-    from hybridscope.capture import kernels
+    from hybridscope.live import kernels
 
     monkeypatch.setattr(kernels, "WINDOW_STRATEGY", strategy)  # 'auto' is 'toggle' on CUDA only
     model = ToyModel(torch.tensor([[0, 1]]), num_experts=2)
@@ -78,7 +78,7 @@ def test_windowed_sampling_profiles_only_its_steps(tmp_path, monkeypatch, strate
 def test_profiler_schedule_follows_the_sampled_steps():
     from torch.profiler import ProfilerAction as A
 
-    from hybridscope.capture.kernels import _schedule
+    from hybridscope.live.kernels import _schedule
 
     got = [_schedule(2, 5)(s) for s in range(11)]
     assert got == [A.RECORD, A.RECORD_AND_SAVE, A.NONE, A.NONE, A.WARMUP,
@@ -94,7 +94,7 @@ def test_default_sampling_per_mode(tmp_path):
 
 
 def test_toggled_windows_stop_at_max_windows_and_count_the_rest(monkeypatch):
-    from hybridscope.capture import kernels
+    from hybridscope.live import kernels
 
     monkeypatch.setattr(kernels, "WINDOW_STRATEGY", "toggle")
     calls = []

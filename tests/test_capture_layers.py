@@ -18,8 +18,8 @@ from capture_models import (
 )
 
 import hybridscope
-from hybridscope.capture.layers import exclusive_times
 from hybridscope.errors import UsageError
+from hybridscope.live.layers import exclusive_times
 
 TYPES_BY_CHAR = {"M": {"mamba"}, "E": {"moe_router", "moe_experts"}, "*": {"attention"},
                  "P": {"mamba", "attention"}, "-": {"mlp"}}
@@ -194,7 +194,7 @@ class _FakeCuda:
 def test_cuda_timer_reads_back_lazily_chains_anchors_and_recycles_events():
     from types import SimpleNamespace
 
-    from hybridscope.capture.layers import CudaTimer
+    from hybridscope.live.layers import CudaTimer
 
     fake = SimpleNamespace(cuda=_FakeCuda)
     _FakeCuda.now = _FakeCuda.done = 0
@@ -262,7 +262,7 @@ def test_default_sampling_records_the_first_step_of_a_short_run(tmp_path):
 
 
 def test_plan_leaves_out_a_blocks_only_strong_child():
-    from hybridscope.capture.hooks import plan
+    from hybridscope.live.hooks import plan
 
     model = engine_tiny()
     pruned = {s.path for s, _ in plan(model)}

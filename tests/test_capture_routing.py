@@ -7,7 +7,7 @@ import torch
 from capture_models import ToyModel, engine_tiny, latest_run, rows, run_engine
 
 import hybridscope
-from hybridscope.capture.routing import topk_ids
+from hybridscope.live.routing import topk_ids
 
 
 def test_counts_equal_a_hand_computed_bincount(tmp_path):
@@ -73,8 +73,8 @@ def test_topk_ids_finds_the_integer_tensor():
 
 
 def test_counts_survive_full_blocks_and_mixed_widths():
-    from hybridscope.capture.hooks import Spec
-    from hybridscope.capture.routing import Routing
+    from hybridscope.live.hooks import Spec
+    from hybridscope.live.routing import Routing
 
     r = Routing(capacity=100, batch=2)
     wide = Spec(0, "layers.0.router", "Router", "router", "moe_router", 0, None, n_experts=4)

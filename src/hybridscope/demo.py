@@ -141,8 +141,8 @@ def prepare_rank(rank: int, world: int, port: int, o: dict):
 
 def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     """One rank: serve the requests under capture, write the requests table."""
-    from hybridscope.capture.session import capture
     from hybridscope.engine.scheduler import Engine
+    from hybridscope.live.session import capture
 
     model, cfg = prepare_rank(rank, world, port, o)
     engine = Engine(model, cuda_graphs=False, seed=o["seed"] + rank)  # hooks do not fire inside graph replays

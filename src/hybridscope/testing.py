@@ -127,7 +127,7 @@ def hybridscope_capture(tmp_path):
 
     @contextlib.contextmanager
     def run(model, **options):
-        from hybridscope.capture.session import capture
+        from hybridscope.live.session import capture
 
         counter["n"] += 1
         db = options.pop("db", tmp_path / f"hybridscope-{counter['n']}.duckdb")

@@ -27,10 +27,10 @@ def demo(
     skewed routing), capture every rank, print the decomposition beside what a dashboard shows, and
     write run.duckdb and report.html. On a 2-core CPU it takes well under a minute.
     """
-    from hybridscope.capture.session import MODES
     from hybridscope.commands.report import write_report
     from hybridscope.demo import default_options, run_demo
     from hybridscope.errors import UsageError
+    from hybridscope.live.session import MODES
 
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")

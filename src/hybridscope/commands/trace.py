@@ -72,8 +72,8 @@ def trace(
 
     Example: hybridscope trace --steps 64 --db run.duckdb -- python serve.py --batch 8
     """
-    from hybridscope.capture.script import run_traced
     from hybridscope.errors import UsageError
+    from hybridscope.live.script import run_traced
 
     if duration is not None and steps is not None:
         raise UsageError("give --duration or --steps, not both")

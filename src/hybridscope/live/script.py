@@ -15,8 +15,8 @@ import runpy
 import sys
 import traceback
 
-from hybridscope.capture.find import Finder
-from hybridscope.capture.session import Summary, capture
+from hybridscope.live.find import Finder
+from hybridscope.live.session import Summary, capture
 
 
 def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, duration: float | None,

@@ -8,7 +8,7 @@ innermost scope, by `hybridscope.attribute` like any import. On CPU there is no 
 the profiler records CPU ops (source 'cpu', kind 'cpu_op'), attributed the same way.
 
 Windowed sampling `window=(k, n)`: the first k steps of every n are profiled, the same steps
-that get module hooks (capture.session, Sampling). Two ways to cut the windows out of a run
+that get module hooks (live.session, Sampling). Two ways to cut the windows out of a run
 (`WINDOW_STRATEGY`):
   - 'toggle' (the default on CUDA): one profiler session for the whole run; CUDA collection is
     switched on for the windows only (`toggle_collection_dynamic`). Switching off drains the device

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from hybridscope.capture.hooks import is_hybrid_model
+from hybridscope.live.hooks import is_hybrid_model
 
 
 class Finder:

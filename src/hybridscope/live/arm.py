@@ -1,5 +1,5 @@
 """An armed capture: the hooks, timer, routing, kernel backend and sampler of one model, its steps,
-and `finish()`, which turns them into one run in the store (see capture.session for the contract).
+and `finish()`, which turns them into one run in the store (see live.session for the contract).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from hybridscope.capture import writer
-from hybridscope.capture.hooks import Hooks, Recorder, plan
-from hybridscope.capture.layers import CpuTimer, CudaTimer, Resolved
-from hybridscope.capture.routing import Routing
-from hybridscope.capture.sampler import Sampler
+from hybridscope.live import writer
+from hybridscope.live.hooks import Hooks, Recorder, plan
+from hybridscope.live.layers import CpuTimer, CudaTimer, Resolved
+from hybridscope.live.routing import Routing
+from hybridscope.live.sampler import Sampler
 
 CUDA_EVENT_POOL = 1 << 18  # events in flight at most: 2 per module call not yet read back
 PREWARM_STEPS = 16
@@ -54,7 +54,7 @@ class Armed:
         self.last_end = self.open_ts
         self.kernels = None
         if cap.mode == "kernels":
-            from hybridscope.capture.kernels import KernelBackend
+            from hybridscope.live.kernels import KernelBackend
 
             self.kernels = KernelBackend(cuda=self.cuda, window=cap.window, max_windows=4096, faults=self.faults)
             self.kernels.start()
@@ -99,7 +99,7 @@ class Armed:
         return step % n < k
 
     def _toggle(self, step: int) -> None:
-        """Module hooks in place for a sampled step, none for the others (see capture.session)."""
+        """Module hooks in place for a sampled step, none for the others (see live.session)."""
         with self.faults.guard("hooks.toggle"):
             if self.sampled(step):
                 self.recorder.reset_stack()
@@ -189,7 +189,7 @@ class Armed:
         if kern:
             import numpy as np
 
-            from hybridscope.capture.kernels import align_threads
+            from hybridscope.live.kernels import align_threads
 
             kern["event_id"] = first + np.arange(len(kern["name"]), dtype=np.int64)
             self.tid_remapped = align_threads(kern, rec.tid)

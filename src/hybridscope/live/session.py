@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridscope.capture.faults import Faults
 from hybridscope.errors import UsageError
+from hybridscope.live.faults import Faults
 
 MODES = ("layers", "kernels")
 # Sampling defaults per mode: (sample_steps k, sample_every n): the first k steps of every n are
@@ -143,7 +143,7 @@ class Capture:
     def attach(self, model, in_forward: bool = False) -> None:
         """Arm capture on `model` (an nn.Module). UsageError when it is not one. `in_forward`: the
         model's first call is already running (found by `hybridscope trace`): it is step 0."""
-        from hybridscope.capture import arm
+        from hybridscope.live import arm
 
         if not hasattr(model, "named_modules") or not hasattr(model, "register_forward_pre_hook"):
             raise UsageError(f"capture needs a torch.nn.Module, not {type(model).__name__}")
