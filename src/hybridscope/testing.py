@@ -101,8 +101,9 @@ class Decomposition:
                               meta={"title": f"capture vs baseline {name!r}"})
         finally:
             con.close()
-        if table.meta["regressed"]:
-            raise AssertionError(f"{table.meta['regressed']} regression(s) against baseline {name!r}:\n"
+        if table.meta["failed"]:
+            raise AssertionError(f"{table.meta['regressed']} regression(s), {len(table.meta['missing'])} missing "
+                                 f"group(s) against baseline {name!r}:\n"
                                  + to_text(table, width=160))
         return table
 

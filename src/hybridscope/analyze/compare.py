@@ -3,17 +3,23 @@
 Definitions (docs/analyses.md, "compare"):
 - Samples: the durations of a run's GPU events (decompose's GPU events; for a `layers`-mode
   capture with no kernel events, its per-layer timings), grouped by layer type, by
-  (layer index, layer type) as `L<index>:<type>`, or by kernel name.
-- A baseline (store/baselines.py) keeps, per group, up to 200k durations plus n and total time,
-  so that the distribution itself, not only its summary, is tested against.
-- The test: per group and statistic (p50, p99), the ratio new/base of the continuous quantile,
-  with a bootstrap percentile confidence interval (stats.py: exact order-statistic bootstrap,
-  B = 2000 replicates per side). The interval's level is 1 - alpha / m, Bonferroni-corrected over
-  the m (group, statistic) pairs tested, alpha = 0.01 by default. A pair REGRESSED when the point
-  ratio exceeds 1 + threshold AND the interval lies wholly above 1: slower by more than the
-  allowed margin, and not by chance. IMPROVED symmetrically (ratio < 1 - threshold, interval
-  below 1). Why not a rank test: p99 regressions are what users guard, and a rank test on all
-  samples is dominated by the bulk; a bootstrap of the quantile tests the tail itself.
+  (layer index, layer type) as `L<index>:<type>`, or by kernel name; the run's warm-up left out
+  (analyze/warmup.py), each sample tagged with its step.
+- A baseline (store/baselines.py) pools one or more runs and keeps, per group, up to 200k
+  durations with their step and run, plus n and total time, so that the distribution itself, not
+  only its summary, is tested against.
+- Like with like (analyze/likeness.py): runs of different measures, devices or models are refused.
+- The test, per group and statistic (p50, p99): the exceedance count, how many of the run's
+  samples lie above the baseline's quantile, against its distribution if nothing changed
+  (beta-binomial: binomial with p = 1 - q, widened by the baseline quantile's uncertainty;
+  stats.exceedance_test), one-sided, at level alpha / m (Bonferroni over the m pairs tested,
+  alpha = 0.01). For p50 this is a median test. REGRESSED when the count is significantly high,
+  the quantile ratio new/base exceeds 1 + limit, and, for a baseline of several runs, the run's
+  quantile lies above the run-to-run prediction bound (stats.noise_bound). IMPROVED symmetrically.
+  Beside it the effect size, the quantile ratio, with a bootstrap interval that resamples whole
+  steps (calls of one step are not independent). Why counts: p99 regressions are what users
+  guard; a count above the baseline's p99 is not moved by one 40 ms warm-up call in the baseline,
+  which dominates every bootstrap resample of the p99 itself.
 - Throughput: tokens per second of the window when the steps table has token counts, else
   steps per second, else none.
 """
@@ -22,15 +28,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.decompose import MEASURES, measure_of
-from hybridscope.analyze.stats import quantile_cont, ratio_ci
+from hybridscope.analyze.likeness import identity, require_like
+from hybridscope.analyze.stats import exceedance_test, noise_bound, quantile_cont, ratio_ci_blocks
 from hybridscope.analyze.timeline import rank_windows
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import BadInput, UsageError
+from hybridscope.store import baselines
 from hybridscope.store.baselines import Samples
 from hybridscope.table import Column, Table
 
-BOOTSTRAP = 2000
+BOOTSTRAP = 1000
 STATS = {"p50": 0.5, "p99": 0.99}
 GROUPINGS = ("layer_type", "layer", "kernel")
 
@@ -41,25 +50,34 @@ _GROUP_SQL = {  # our constants, never user input
 }
 
 
-def run_samples(con, run_id: int, *, by: str = "layer_type", rank: int | None = None) -> Samples:
-    """The samples of a run, grouped `by` (see the module doc)."""
+def run_samples(con, run_id: int, *, by: str = "layer_type", rank: int | None = None,
+                warmup: int | None = None) -> Samples:
+    """The samples of a run, grouped `by` (see the module doc), its warm-up left out
+    (analyze/warmup.py: warmup None = the rule, N = the first N steps, 0 = keep everything)."""
     if by not in _GROUP_SQL:
         raise UsageError(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
-    predicate = MEASURES[measure_of(con, run_id)]
-    params: dict = {"run": run_id}
+    measure = measure_of(con, run_id)
+    predicate = MEASURES[measure]
+    wu = warmup_mod.detect(con, run_id, warmup=warmup)
+    params: dict = {"run": run_id, **wu.params()}
     rank_sql = ""
     if rank is not None:
         rank_sql, params["rank"] = "AND rank = $rank", rank
     rows = con.execute(
-        f"""SELECT {_GROUP_SQL[by]} AS g, list(duration_ns ORDER BY duration_ns) AS d
-            FROM events WHERE run_id = $run AND {predicate} {rank_sql}
+        f"""WITH {warmup_mod.events_cte(predicate)}
+            SELECT {_GROUP_SQL[by]} AS g, list(duration_ns ORDER BY duration_ns, cluster) AS d,
+                   list(cluster ORDER BY duration_ns, cluster) AS c
+            FROM ev WHERE NOT warm {rank_sql}
             GROUP BY g""",
         params,
     ).fetchall()
-    groups = {g: np.asarray(d, dtype=np.int64) for g, d in rows}
+    groups = {g: np.asarray(d, dtype=np.int64) for g, d, _ in rows}
+    clusters = {g: np.asarray(c, dtype=np.int64) for g, _, c in rows}
     thr, unit = throughput(con, run_id, rank=rank)
+    info = {"run_ids": [run_id], "measure": measure, **identity(con, run_id),
+            "warmup": [{"run_id": run_id, **warmup_mod.left_out(con, run_id, predicate, wu, rank=rank)}]}
     return Samples(groups, {g: int(d.sum()) for g, d in groups.items()},
-                   {g: len(d) for g, d in groups.items()}, thr, unit)
+                   {g: len(d) for g, d in groups.items()}, thr, unit, clusters, {}, 1, info)
 
 
 def throughput(con, run_id: int, *, rank: int | None = None) -> tuple[float | None, str | None]:
@@ -92,12 +110,17 @@ CHECK_COLUMNS = (
     Column("n_new", "int", "samples of the run checked"),
     Column("base_ns", "ns", "baseline quantile", "baseline"),
     Column("new_ns", "ns", "run's quantile", "run"),
-    Column("change_pct", "pct", "100 * (new / base - 1)", "change"),
-    Column("ci_lo_pct", "pct", "confidence interval of the change, low end", "CI low"),
-    Column("ci_hi_pct", "pct", "confidence interval of the change, high end", "CI high"),
+    Column("change_pct", "pct", "100 * (new / base - 1): the effect size", "change"),
+    Column("ci_lo_pct", "pct", "interval of the change, low end (whole steps resampled)", "CI low"),
+    Column("ci_hi_pct", "pct", "interval of the change, high end", "CI high"),
+    Column("above", "int", "run's samples above the baseline's quantile", "above"),
+    Column("expected", "float", "count expected above it if nothing changed", "expected"),
+    Column("p_value", "float", "P(a count this far from expected | no change), the side tested", "p"),
+    Column("noise_pct", "pct", "largest change the baseline's runs reach by chance (none: one run)", "noise"),
     Column("limit_pct", "pct", "allowed regression", "limit"),
     Column("status", "str", "ok | regressed | improved | new | missing | too few"),
 )
+FAILING = ("regressed", "missing")
 
 
 def compare_samples(
@@ -111,7 +134,12 @@ def compare_samples(
 ) -> list[tuple]:
     """Rows of CHECK_COLUMNS for every group of either side and every statistic in `limits`.
 
-    `limits` maps 'p50'/'p99' to the allowed relative regression (0.10 = 10 %).
+    `limits` maps 'p50'/'p99' to the allowed relative regression (0.10 = 10 %). The decision per
+    (group, statistic), at level alpha / m (Bonferroni over the m pairs tested): REGRESSED when the
+    exceedance count is significantly high AND the run's quantile exceeds the baseline's by more
+    than the limit AND (multi-run baseline) lies above the run-to-run noise bound; IMPROVED
+    symmetrically. The interval of the change (whole steps resampled, level 1 - alpha) is shown
+    beside it, not tested (docs/analyses.md, "compare").
     """
     unknown = set(limits) - set(STATS)
     if unknown:
@@ -122,33 +150,50 @@ def compare_samples(
     rng = np.random.default_rng(seed)
     rows = []
     for g in names:
-        b, n = base.groups.get(g), new.groups.get(g)
         for stat, limit in limits.items():
-            rows.append(_compare_one(g, stat, b, n, limit, level, rng, min_n))
+            rows.append(_compare_one(base, new, g, stat, limit, level, alpha, rng, min_n))
     return rows
 
 
-def _compare_one(g, stat, b, n, limit, level, rng, min_n) -> tuple:
+def _compare_one(base: Samples, new: Samples, g, stat, limit, level, alpha, rng, min_n) -> tuple:
     q = STATS[stat]
     lim = 100.0 * limit
+    b, n = base.groups.get(g), new.groups.get(g)
     if b is None or n is None:
         present = n if b is None else b
         val = quantile_cont(present, q) if len(present) else None
         status = "new" if b is None else "missing"
         return (g, stat, 0 if b is None else len(b), 0 if n is None else len(n),
-                None if b is None else val, None if n is None else val, None, None, None, lim, status)
+                None if b is None else val, None if n is None else val, None, None, None,
+                None, None, None, None, lim, status)
     base_q, new_q = quantile_cont(b, q), quantile_cont(n, q)
     if min(len(b), len(n)) < min_n:
-        return (g, stat, len(b), len(n), base_q, new_q, _pct(new_q, base_q), None, None, lim, "too few")
-    point, lo, hi = ratio_ci(b, n, q, alpha=level, b=BOOTSTRAP, rng=rng)
-    if np.isnan(point):
-        return (g, stat, len(b), len(n), base_q, new_q, None, None, None, lim, "ok")
-    status = "ok"
-    if point > 1 + limit and lo > 1:
-        status = "regressed"
-    elif point < 1 - limit and hi < 1:
-        status = "improved"
-    return (g, stat, len(b), len(n), base_q, new_q, 100 * (point - 1), 100 * (lo - 1), 100 * (hi - 1), lim, status)
+        return (g, stat, len(b), len(n), base_q, new_q, _pct(new_q, base_q), None, None,
+                None, None, None, None, lim, "too few")
+    ex = exceedance_test(b, n, q)
+    hi_bound, lo_bound = _noise_bounds(base, g, q, alpha, min_n)
+    noise = _pct(hi_bound, base_q) if hi_bound is not None else None
+    point, lo, hi = ratio_ci_blocks(b, base.cluster(g), n, new.cluster(g), q, alpha=alpha, b=BOOTSTRAP, rng=rng)
+    status, p = "ok", min(ex["p_high"], ex["p_low"])
+    if ex["p_high"] < level and new_q > base_q * (1 + limit) and (hi_bound is None or new_q > hi_bound):
+        status, p = "regressed", ex["p_high"]
+    elif ex["p_low"] < level and new_q < base_q * (1 - limit) and (lo_bound is None or new_q < lo_bound):
+        status, p = "improved", ex["p_low"]
+    ci = (None, None) if np.isnan(point) else (100 * (lo - 1), 100 * (hi - 1))
+    return (g, stat, len(b), len(n), base_q, new_q, _pct(new_q, base_q), *ci,
+            ex["k"], ex["expected"], p, noise, lim, status)
+
+
+def _noise_bounds(base: Samples, g: str, q: float, alpha: float, min_n: int) -> tuple[float | None, float | None]:
+    """(upper, lower) run-to-run bounds of group g's q-quantile from the baseline's runs
+    (stats.noise_bound; the lower one mirrors it); (None, None) with one run."""
+    if base.n_runs < 2:
+        return None, None
+    x, part = base.groups[g], base.part(g)
+    per_run = [quantile_cont(x[part == j], q) for j in range(base.n_runs) if (part == j).sum() >= min_n]
+    hi = noise_bound(per_run, alpha)
+    lo = noise_bound([1.0 / v for v in per_run if v > 0], alpha) if hi is not None else None
+    return hi, (1.0 / lo if lo else None)
 
 
 def _pct(new: float, base: float) -> float | None:
@@ -163,13 +208,31 @@ def _group_order(g: str) -> tuple:
 
 
 def check_table(base: Samples, new: Samples, *, limits: dict[str, float], meta: dict,
-                alpha: float = 0.01, seed: int = 0) -> Table:
-    """The `check` result: one row per (group, statistic); meta['regressed'] counts failures."""
+                alpha: float = 0.01, seed: int = 0, allow_missing: bool = False,
+                notes: list[str] | None = None) -> Table:
+    """The `check` result: one row per (group, statistic). meta['regressed'] counts regressions,
+    meta['missing'] groups of the baseline absent from the run, meta['failed'] what fails the check
+    (regressions, and missing groups unless `allow_missing`)."""
     rows = compare_samples(base, new, limits=limits, alpha=alpha, seed=seed)
     regressed = sum(1 for r in rows if r[-1] == "regressed")
-    notes = [f"{regressed} regression(s) beyond the allowed margin" if regressed else "no regression"]
-    return Table("check", CHECK_COLUMNS, rows, {**meta, "regressed": regressed, "notes": notes,
-                                                "alpha": alpha, "bootstrap": BOOTSTRAP})
+    missing = sorted({r[0] for r in rows if r[-1] == "missing"})
+    failed = regressed + (0 if allow_missing else len(missing))
+    verdict = [f"{regressed} regression(s) beyond the allowed margin" if regressed else "no regression"]
+    if missing:
+        verdict.append(f"{len(missing)} group(s) of the baseline missing from the run: {', '.join(missing[:5])}"
+                       + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                       + (" (allowed)" if allow_missing else " (fails the check; --allow-missing lets it pass)"))
+    runs_note = (f"run-to-run noise from the baseline's {base.n_runs} runs" if base.n_runs > 1 else
+                 "run-to-run noise unknown: a one-run baseline (save it from several runs: "
+                 "baseline save --run A --run B --run C)")
+    wu = [warmup_mod.describe(w) for w in (new.info.get("warmup") or [])]
+    base_wu = base.info.get("warmup") or []
+    if base_wu:
+        wu.append("baseline: " + "; ".join(warmup_mod.describe(w) for w in base_wu))
+    return Table("check", CHECK_COLUMNS, rows, {
+        **meta, "regressed": regressed, "missing": missing, "failed": failed, "alpha": alpha,
+        "bootstrap": BOOTSTRAP, "baseline_runs": base.n_runs, "warmup": new.info.get("warmup"),
+        "baseline_warmup": base_wu, "notes": [*verdict, runs_note, *wu, *(notes or [])]})
 
 
 def require_samples(s: Samples, what: str) -> Samples:
@@ -190,19 +253,33 @@ def margin(text: str, flag: str) -> float:
     return value
 
 
-def baseline_of(con, run_id: int, *, rank: int | None = None) -> tuple[dict[str, Samples], str | None]:
-    """What a baseline keeps of run `run_id`: its samples in every grouping, and the run's label
-    (for `store.baselines.save`, which may write them to another store)."""
-    per = {by: run_samples(con, run_id, by=by, rank=rank) for by in GROUPINGS}
-    rows = con.execute("SELECT label FROM runs WHERE run_id = ?", [run_id]).fetchall()
+def baseline_of(con, run_ids: int | list[int], *, rank: int | None = None, warmup: int | None = None,
+                force: bool = False) -> tuple[dict[str, Samples], str | None]:
+    """What a baseline keeps of runs `run_ids` (one, or several of one config, pooled): their
+    samples in every grouping, warm-up left out, and the first run's label (for
+    `store.baselines.save`, which may write them to another store). Runs that measured different
+    things are refused (likeness.require_like) unless `force`."""
+    ids = [run_ids] if isinstance(run_ids, int) else list(run_ids)
+    if len(set(ids)) < len(ids):
+        raise UsageError(f"--run names a run twice: {ids}")
+    per_run = [{by: run_samples(con, i, by=by, rank=rank, warmup=warmup) for by in GROUPINGS} for i in ids]
+    for i, p in zip(ids[1:], per_run[1:]):
+        require_like(per_run[0]["layer_type"].info, p["layer_type"].info, what_a=f"run {ids[0]}",
+                     what_b=f"run {i}", force=force)
+    per = {by: baselines.pool([p[by] for p in per_run]) for by in GROUPINGS}
+    rows = con.execute("SELECT label FROM runs WHERE run_id = ?", [ids[0]]).fetchall()
     return per, (rows[0][0] if rows else None)
 
 
 def check_run(con, run_id: int, base: Samples, *, limits: dict[str, float], meta: dict,
-              by: str = "layer_type", rank: int | None = None) -> Table:
-    """The `check` table of run `run_id` against the baseline samples `base` (`baselines.load`)."""
-    new = require_samples(run_samples(con, run_id, by=by, rank=rank), f"run {run_id}")
-    return check_table(base, new, limits=limits, meta=meta)
+              by: str = "layer_type", rank: int | None = None, warmup: int | None = None,
+              force: bool = False, allow_missing: bool = False, baseline: str = "the baseline") -> Table:
+    """The `check` table of run `run_id` against the baseline samples `base` (`baselines.load`):
+    the run's warm-up left out, refused when it measured something else than the baseline
+    (unless `force`)."""
+    new = require_samples(run_samples(con, run_id, by=by, rank=rank, warmup=warmup), f"run {run_id}")
+    notes = require_like(base.info, new.info, what_a=baseline, what_b=f"run {run_id}", force=force)
+    return check_table(base, new, limits=limits, meta=meta, allow_missing=allow_missing, notes=notes)
 
 
 
@@ -225,8 +302,9 @@ DIFF_COLUMNS = (
 )
 
 
-def diff_table(a: Samples, b: Samples, *, meta: dict, alpha: float = 0.05, seed: int = 0) -> Table:
-    """Run A vs run B per group, with bootstrap CIs (level 1 - alpha, Bonferroni over groups).
+def diff_table(a: Samples, b: Samples, *, meta: dict, alpha: float = 0.05, seed: int = 0,
+               notes: list[str] | None = None) -> Table:
+    """Run A vs run B per group, with bootstrap CIs of whole steps (level 1 - alpha, Bonferroni over groups).
 
     meta['verdict'] is the one line a user wants: the p99 change of moe_comm (or, without MoE
     communication, of the group with the largest share), its CI, and the throughput change.
@@ -248,7 +326,8 @@ def diff_table(a: Samples, b: Samples, *, meta: dict, alpha: float = 0.05, seed:
             lo = hi = None
             change = _pct(qb, qa) if qa is not None and qb is not None else None
             if qa and qb is not None:
-                _point, rlo, rhi = ratio_ci(da, db_, STATS[stat], alpha=level, b=BOOTSTRAP, rng=rng)
+                _point, rlo, rhi = ratio_ci_blocks(da, a.cluster(g), db_, b.cluster(g), STATS[stat], alpha=level,
+                                                   b=BOOTSTRAP, rng=rng)
                 lo, hi = 100 * (rlo - 1), 100 * (rhi - 1)
                 if lo > 0 or hi < 0:
                     sig.append(stat)
@@ -260,9 +339,11 @@ def diff_table(a: Samples, b: Samples, *, meta: dict, alpha: float = 0.05, seed:
     thr = _pct(b.throughput, a.throughput) if a.throughput and b.throughput is not None and \
         a.throughput_unit == b.throughput_unit else None
     verdict = _verdict(table, thr, a.throughput_unit)
+    wu = [f"run {w['run_id']}: {warmup_mod.describe(w)}" for s in (a, b) for w in (s.info.get("warmup") or [])]
     return table.with_rows(table.rows, verdict=verdict, throughput_a=a.throughput, throughput_b=b.throughput,
                            throughput_unit=a.throughput_unit, throughput_change_pct=thr, alpha=alpha,
-                           notes=[verdict])
+                           warmup_a=a.info.get("warmup"), warmup_b=b.info.get("warmup"),
+                           notes=[*wu, *(notes or []), verdict])
 
 
 def _verdict(table: Table, thr_change: float | None, unit: str | None) -> str:

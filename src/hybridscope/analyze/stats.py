@@ -80,3 +80,141 @@ def ratio_ci(
     ratios = rn[keep] / rb[keep]
     ratios.sort()
     return new_q / base_q, quantile_cont(ratios, alpha / 2), quantile_cont(ratios, 1 - alpha / 2)
+
+
+# --- exceedance tests: how many new samples lie above the baseline's quantile -------------------
+
+
+def exceedance_threshold(sorted_base: np.ndarray, q: float) -> tuple[float, int]:
+    """(t, r): the baseline order statistic the exceedance test counts above, and its 1-based rank.
+
+    t = x_(r) with r = ceil((n - 1) q) + 1, the order statistic at or above quantile_cont(x, q):
+    an order statistic, so that its exceedance probability has an exact distribution (below).
+    """
+    n = len(sorted_base)
+    r = min(int(np.ceil((n - 1) * q - 1e-9)) + 1, n)
+    return float(sorted_base[r - 1]), r
+
+
+def _betabinom_logpmf(n: int, a: float, b: float) -> np.ndarray:
+    """log P(K = k), k = 0..n, for K ~ BetaBinomial(n, a, b), through the ratio of consecutive terms."""
+    from math import lgamma
+
+    k = np.arange(n, dtype=np.float64)
+    log0 = lgamma(n + b) + lgamma(a + b) - lgamma(n + a + b) - lgamma(b)  # P(K = 0) = B(a, n + b) / B(a, b)
+    ratios = np.log(n - k) - np.log(k + 1) + np.log(k + a) - np.log(n - k - 1 + b)
+    return np.concatenate(([log0], log0 + np.cumsum(ratios)))
+
+
+def exceedance_test(sorted_base: np.ndarray, new: np.ndarray, q: float) -> dict:
+    """Count the new samples above the baseline's q-quantile order statistic and test the count.
+
+    Under H0 (both samples drawn independently from one continuous distribution), the probability
+    that one new value exceeds x_(r) is 1 - U_(r), U_(r) ~ Beta(r, n_b + 1 - r); so the count K of
+    the n new values above it is BetaBinomial(n, n_b + 1 - r, r): the binomial with p = 1 - q,
+    widened by the baseline quantile's own uncertainty. Returns k, expected, p_high = P(K >= k)
+    (evidence of a slower tail), p_low = P(K <= k) (a faster one).
+    """
+    t, r = exceedance_threshold(sorted_base, q)
+    n, nb = len(new), len(sorted_base)
+    k = int(np.count_nonzero(np.asarray(new) > t))
+    a, b = nb + 1 - r, r
+    logp = _betabinom_logpmf(n, a, b)
+    pmf = np.exp(logp - logp.max())
+    pmf /= pmf.sum()
+    return {"k": k, "n": n, "expected": n * a / (a + b), "threshold": t,
+            "p_high": float(min(1.0, pmf[k:].sum())), "p_low": float(min(1.0, pmf[:k + 1].sum()))}
+
+
+# --- the bootstrap of whole steps ----------------------------------------------------------------
+
+
+def cluster_ids(clusters: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense ids 0..C-1 for cluster labels; a label < 0 (no step known) is a cluster of its own."""
+    c = np.asarray(clusters, dtype=np.int64).copy()
+    lone = c < 0
+    if lone.any():
+        c[lone] = c.max(initial=0) + 1 + np.arange(int(lone.sum()))
+    _, ids = np.unique(c, return_inverse=True)
+    return ids.reshape(-1), int(ids.max()) + 1 if len(ids) else 0
+
+
+def block_bootstrap_quantile(sorted_x: np.ndarray, clusters: np.ndarray, q: float, b: int,
+                             rng: np.random.Generator, *, chunk: int = 64) -> np.ndarray:
+    """`b` replicates of quantile_cont over resamples of whole clusters (steps), with replacement.
+
+    A resample draws C clusters out of C; each value counts as often as its cluster was drawn, and
+    the continuous quantile is read from the value-sorted sample with those weights. Without
+    clusters (every value its own) this is the ordinary bootstrap: bootstrap_quantile does it in O(b).
+    """
+    ids, c = cluster_ids(clusters)
+    if c == len(sorted_x):
+        return bootstrap_quantile(sorted_x, q, b, rng)
+    x = np.asarray(sorted_x, dtype=np.float64)
+    out = np.empty(b)
+    for s in range(0, b, chunk):
+        m = min(chunk, b - s)
+        counts = rng.multinomial(c, np.full(c, 1.0 / c), size=m)  # [m, C]
+        cum = np.cumsum(counts[:, ids], axis=1)  # [m, n] weight of the first i+1 values
+        total = cum[:, -1]
+        h = np.maximum(total - 1, 0) * q
+        lo = np.floor(h)
+        # 0-based position p of the expanded resample lies in value i where cum[i-1] <= p < cum[i]
+        i_lo = np.minimum((cum <= lo[:, None]).sum(axis=1), len(x) - 1)
+        i_hi = np.minimum((cum <= np.minimum(lo + 1, total - 1)[:, None]).sum(axis=1), len(x) - 1)
+        out[s:s + m] = x[i_lo] + (h - lo) * (x[i_hi] - x[i_lo])
+    return out
+
+
+def ratio_ci_blocks(base_sorted: np.ndarray, base_clusters: np.ndarray, new_sorted: np.ndarray,
+                    new_clusters: np.ndarray, q: float, *, alpha: float, b: int,
+                    rng: np.random.Generator) -> tuple[float, float, float]:
+    """ratio_ci with each side resampled by whole steps (block_bootstrap_quantile)."""
+    base_q, new_q = quantile_cont(base_sorted, q), quantile_cont(new_sorted, q)
+    if base_q <= 0:
+        return float("nan"), float("nan"), float("nan")
+    rb = block_bootstrap_quantile(base_sorted, base_clusters, q, b, rng)
+    rn = block_bootstrap_quantile(new_sorted, new_clusters, q, b, rng)
+    keep = rb > 0
+    ratios = np.sort(rn[keep] / rb[keep])
+    return new_q / base_q, quantile_cont(ratios, alpha / 2), quantile_cont(ratios, 1 - alpha / 2)
+
+
+# --- the noise floor from run to run --------------------------------------------------------------
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (p in (0.5, 1)), by bisection on the CDF integrated from the density."""
+    from math import gamma, pi, sqrt
+
+    c = gamma((df + 1) / 2) / (sqrt(df * pi) * gamma(df / 2))
+
+    def cdf(t: float) -> float:
+        grid = np.linspace(0.0, t, 20_001)
+        dens = c * (1 + grid * grid / df) ** (-(df + 1) / 2)
+        return 0.5 + float(np.sum((dens[1:] + dens[:-1]) * np.diff(grid)) / 2)
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def noise_bound(per_run: list[float], alpha: float) -> float | None:
+    """The largest value of the statistic a new run of the baseline's kind reaches by chance
+    (one-sided, 1 - alpha), from the statistic of each of the baseline's k >= 2 runs.
+
+    log of the statistic is taken as normal across runs: a new run's log minus the mean of the k
+    logs has sd s sqrt(1 + 1/k) (s: their sample sd), so the prediction bound is
+    exp(mean + t_{1-alpha, k-1} s sqrt(1 + 1/k)). None with fewer than 2 runs (run-to-run noise
+    unknown) or a statistic <= 0.
+    """
+    v = np.asarray([x for x in per_run if x is not None], dtype=np.float64)
+    if len(v) < 2 or (v <= 0).any():
+        return None
+    logs = np.log(v)
+    s = float(np.std(logs, ddof=1))
+    return float(np.exp(logs.mean() + t_quantile(1 - alpha, len(v) - 1) * s * np.sqrt(1 + 1 / len(v))))

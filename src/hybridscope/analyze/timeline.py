@@ -84,6 +84,7 @@ _STEP_SCOPES = r"""
         UNION ALL
         SELECT *, false FROM derived WHERE NOT EXISTS (SELECT 1 FROM recorded)
     )"""
+STEP_WINDOWS_SQL = _STEP_SCOPES  # CTEs ending in `windows` (rank, step, ts_ns, end_ns, phase, ...); $run
 
 _KERNELS = f"""
     k AS (

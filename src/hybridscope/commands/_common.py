@@ -15,6 +15,8 @@ RunOption = Annotated[
     int | None, typer.Option("--run", help="Run id (see `hybridscope runs`); default: the latest run.")
 ]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")]
+WarmupOption = Annotated[str, typer.Option(
+    "--warmup", help="Warm-up to leave out: auto (the rule of docs/analyses.md), N first steps per rank, or 0 (keep all).")]
 
 FORMATS = ("table", "json", "csv")
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, RunOption, err, out
+from hybridscope.commands._common import DbOption, WarmupOption, err, out
 
 baseline_app = typer.Typer(help="Save and list baselines (per-layer-type duration distributions).",
                            no_args_is_help=True)
@@ -16,24 +16,33 @@ baseline_app = typer.Typer(help="Save and list baselines (per-layer-type duratio
 def save(
     db: DbOption,
     name: Annotated[str, typer.Option("--name", help="Name to save the baseline under.")],
-    run: RunOption = None,
+    run: Annotated[list[int] | None, typer.Option(
+        "--run", help="Run id; repeat it to pool several runs of one config (default: the latest run).")] = None,
     rank: Annotated[int | None, typer.Option("--rank", help="Only this rank (default: all pooled).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a baseline of the same name.")] = False,
+    warmup: WarmupOption = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace a baseline of the same name; pool runs that "
+                                                        "measured different things.")] = False,
 ) -> None:
-    """Keep run RUN's durations per layer type, per layer and per kernel as baseline NAME."""
+    """Keep the durations of the runs RUN per layer type, per layer and per kernel as baseline NAME,
+    their warm-up left out. With several runs, `check` takes its run-to-run noise floor from them."""
+    from hybridscope.analyze import warmup as warmup_mod
     from hybridscope.analyze.compare import baseline_of
     from hybridscope.store import baselines
     from hybridscope.store import db as store
 
+    n_warm = warmup_mod.parse(warmup)
     con = store.open_store(db, create=False)
     try:
-        run_id = store.resolve_run(con, run)
-        per, label = baseline_of(con, run_id, rank=rank)
-        info = baselines.save(con, name, run_id, per, rank=rank, force=force, label=label)
+        ids = [store.resolve_run(con, r) for r in (run or [None])]
+        per, label = baseline_of(con, ids, rank=rank, warmup=n_warm, force=force)
+        info = baselines.save(con, name, ids[0], per, rank=rank, force=force, label=label)
     finally:
         con.close()
-    err.print(f"Saved baseline {info['name']!r} from run {info['run_id']}: "
-              f"{info['groups']} layer types, {info['samples']:,} samples")
+    runs = f"run {ids[0]}" if len(ids) == 1 else f"{len(ids)} runs ({', '.join(map(str, ids))})"
+    left = sum(w["events"] for w in per["layer_type"].info.get("warmup") or [])
+    err.print(f"Saved baseline {info['name']!r} from {runs}: {info['groups']} layer types, "
+              f"{info['samples']:,} samples; warm-up left out: {left:,} events"
+              + ("" if len(ids) > 1 else "; one run: run-to-run noise unknown (pool several with --run A --run B)"))
 
 
 @baseline_app.command("list")
@@ -49,9 +58,9 @@ def list_(db: DbOption) -> None:
         rows = baselines.listing(con)
     finally:
         con.close()
-    t = RichTable("name", "run", "rank", "label", "created", "layer types", "throughput")
-    for name, run_id, rank, label, created, groups, thr, unit in rows:
-        t.add_row(name, str(run_id), "all" if rank is None else str(rank), label or "",
+    t = RichTable("name", "runs", "rank", "label", "created", "layer types", "throughput")
+    for name, run_ids, rank, label, created, groups, thr, unit in rows:
+        t.add_row(name, ", ".join(map(str, run_ids)), "all" if rank is None else str(rank), label or "",
                   f"{created:%Y-%m-%d %H:%M}", str(groups), f"{thr:,.1f} {unit}" if thr else "—")
     out.print(t)
 

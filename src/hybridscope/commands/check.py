@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, print_table, wrote
+from hybridscope.commands._common import (
+    DbOption,
+    FormatOption,
+    RunOption,
+    WarmupOption,
+    check_format,
+    print_table,
+    wrote,
+)
 
 
 def check(
@@ -20,21 +28,29 @@ def check(
     by: Annotated[str, typer.Option("--by", help="layer_type, layer or kernel.")] = "layer_type",
     rank: Annotated[int | None, typer.Option("--rank", help="Only this rank of the run.")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here for CI.")] = None,
+    warmup: WarmupOption = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Compare although measure, device or model differ.")] = False,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing", help="A group of the baseline absent from the run does not fail.")] = False,
     fmt: FormatOption = "table",
 ) -> int:
     """Per layer type: is p50/p99 slower than the baseline beyond the margin, with confidence?
 
-    A bootstrap confidence interval of each quantile ratio (Bonferroni-corrected) must lie above 1
-    and the ratio must exceed the margin (docs/analyses.md, "compare"). Exit 0: no regression;
-    exit 3: regression found.
+    The count of the run's samples above the baseline's quantile must be significantly high
+    (Bonferroni-corrected), the quantile ratio must exceed the margin and, against a baseline of
+    several runs, the run-to-run noise (docs/analyses.md, "compare"). Warm-up is left out of the
+    run (--warmup). Runs of another measure, device or model are refused (exit 1) unless --force.
+    Exit 0: no regression; exit 3: regression found, or a baseline group missing from the run.
     """
     check_format(fmt)
+    from hybridscope.analyze import warmup as warmup_mod
     from hybridscope.analyze.compare import check_run, margin
     from hybridscope.errors import RegressionFound
     from hybridscope.present.junit import to_junit
     from hybridscope.store import baselines
     from hybridscope.store import db as store
 
+    n_warm = warmup_mod.parse(warmup)
     limits = {"p50": margin(max_p50, "--max-p50-regression"), "p99": margin(max_p99, "--max-p99-regression")}
     bcon = store.open_readonly(baseline_db or db)
     try:
@@ -44,7 +60,8 @@ def check(
     con = store.open_readonly(db)
     try:
         run_id = store.resolve_run(con, run)
-        table = check_run(con, run_id, base, limits=limits, by=by, rank=rank, meta={
+        table = check_run(con, run_id, base, limits=limits, by=by, rank=rank, warmup=n_warm, force=force,
+                          allow_missing=allow_missing, baseline=f"baseline {baseline!r}", meta={
             "title": f"run {run_id} vs baseline {baseline!r} · by {by.replace('_', ' ')}", "run_id": run_id,
             "baseline": baseline})
     finally:
@@ -53,8 +70,10 @@ def check(
     if junit is not None:
         junit.write_text(to_junit(table))
         wrote(junit)
-    if table.meta["regressed"]:
-        raise RegressionFound(f"{table.meta['regressed']} regression(s) against baseline {baseline!r}")
+    if table.meta["failed"]:
+        missing = "" if allow_missing or not table.meta["missing"] else \
+            f", {len(table.meta['missing'])} group(s) missing from the run"
+        raise RegressionFound(f"{table.meta['regressed']} regression(s){missing} against baseline {baseline!r}")
     return 0
 
 

@@ -156,6 +156,12 @@ CREATE TABLE IF NOT EXISTS baselines (
     throughput       DOUBLE,
     throughput_unit  VARCHAR             -- 'tokens/s' | 'steps/s' | NULL
 );
+-- what the baseline measured, so that check compares like with like; the runs it pools
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS run_ids INTEGER[];   -- every run pooled (run_id is the first)
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS measure VARCHAR;     -- 'kernels' | 'layers' | 'host_api'
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS device VARCHAR;      -- runs.device_name
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS model VARCHAR;       -- layer structure (analyze/compare.py)
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS warmup JSON;         -- what the warm-up left out, per run
 
 CREATE TABLE IF NOT EXISTS baseline_groups (
     name       VARCHAR NOT NULL,         -- baselines.name
@@ -165,3 +171,5 @@ CREATE TABLE IF NOT EXISTS baseline_groups (
     total_ns   BIGINT NOT NULL,
     samples    BIGINT[] NOT NULL         -- sorted durations, ns
 );
+ALTER TABLE baseline_groups ADD COLUMN IF NOT EXISTS clusters BIGINT[];  -- step of each sample (rank * 2^32 + step; -1 none)
+ALTER TABLE baseline_groups ADD COLUMN IF NOT EXISTS parts INTEGER[];    -- which of run_ids each sample came from (0-based)
