@@ -54,9 +54,9 @@ def rank_main(rank: int, world: int, port: int, work: str, o: dict, burst: float
     import numpy as np
     import torch.distributed as dist
 
-    from hybridscope.capture.session import capture
     from hybridscope.engine.moe import Router
     from hybridscope.engine.scheduler import Engine
+    from hybridscope.live.session import capture
 
     model, cfg = demo.prepare_rank(rank, world, port, {**o, "skew": 0.0})
     routers = [m for m in model.modules() if isinstance(m, Router)]
@@ -180,8 +180,8 @@ def render(results: list[dict]) -> str:
     def pct(x):
         return "-" if x is None else f"{x:+.1f}%"
 
-    lines = [f"{'rep':>3}  {'moe_comm p99 A':>14}  {'p99 B':>9}  {'Δp99 [CI]':>28}  {'signif.':>7}  "
-             f"{'tput Δ':>7}  {'re-routed':>9}"]
+    lines = [(f"{'rep':>3}  {'moe_comm p99 A':>14}  {'p99 B':>9}  {'Δp99 [CI]':>28}  {'signif.':>7}  "
+             f"{'tput Δ':>7}  {'re-routed':>9}")]
     for r in map(summary, results):
         if "p99_a_ns" not in r:
             lines.append(f"{r['rep']:>3}  no moe_comm in the diff: {r['verdict']}")
