@@ -17,26 +17,7 @@ import math
 import torch
 
 from ._backend import select_backend
-
-
-def check_attn_args(q, k_new, v_new, k_cache, v_cache, positions, kv_len) -> tuple[int, int, int, int]:
-    """Validate shapes; return (B, Hq, Hkv, D)."""
-    if q.dim() != 3 or k_cache.dim() != 4:
-        raise ValueError(f"q must be [B, Hq, D] and caches [slots, Hkv, L, D]; got {tuple(q.shape)}, "
-                         f"{tuple(k_cache.shape)}")
-    B, Hq, D = q.shape
-    S, Hkv, L, Dc = k_cache.shape
-    if v_cache.shape != k_cache.shape or Dc != D or S < B or Hq % Hkv:
-        raise ValueError(f"caches must be [slots >= {B}, Hkv | {Hq}, L, {D}]; got {tuple(k_cache.shape)}, "
-                         f"{tuple(v_cache.shape)}")
-    if k_new.shape != (B, Hkv, D) or v_new.shape != (B, Hkv, D):
-        raise ValueError(f"k_new and v_new must be [B, Hkv, D]={[B, Hkv, D]}; got {tuple(k_new.shape)}, "
-                         f"{tuple(v_new.shape)}")
-    if positions.shape != (B,):
-        raise ValueError(f"positions must be [B]={[B]}, got {tuple(positions.shape)}")
-    if not 1 <= kv_len <= L:
-        raise ValueError(f"kv_len={kv_len} outside 1..{L}")
-    return B, Hq, Hkv, D
+from .checks import check_attn_args
 
 
 def attn_decode(q, k_new, v_new, k_cache, v_cache, positions, kv_len: int, scale: float | None = None, *,

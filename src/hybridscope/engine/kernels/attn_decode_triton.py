@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_decode import check_attn_args
+from .checks import check_attn_args
 
 BLOCK_L = 64  # keys per tile
 

@@ -10,22 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import select_backend
-
-ACTIVATIONS = ("silu", None)
-
-
-def check_conv_args(x, weight, bias, activation) -> tuple[int, int]:
-    """Validate x [T, D], weight [D, K], bias [D] | None; return (D, K)."""
-    if x.dim() != 2 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f"x must be [T, D] and weight [D, K]; got {tuple(x.shape)}, {tuple(weight.shape)}")
-    Dm, K = weight.shape
-    if K < 2:
-        raise ValueError(f"kernel width K must be >= 2, got {K}")
-    if bias is not None and bias.shape != (Dm,):
-        raise ValueError(f"bias must be [D]={[Dm]}, got {tuple(bias.shape)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return Dm, K
+from .checks import check_conv_args
 
 
 def _act(y: torch.Tensor, activation) -> torch.Tensor:

@@ -11,13 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import select_backend
-
-
-def check_dt_args(dt, dt_bias, A_log) -> tuple[int, int]:
-    if dt.dim() != 2 or dt_bias.shape != (dt.shape[1],) or A_log.shape != (dt.shape[1],):
-        raise ValueError(f"dt must be [T, H], dt_bias and A_log [H]; got {tuple(dt.shape)}, "
-                         f"{tuple(dt_bias.shape)}, {tuple(A_log.shape)}")
-    return dt.shape
+from .checks import check_dt_args
 
 
 def mamba_dt(dt, dt_bias, A_log, *, backend=None):

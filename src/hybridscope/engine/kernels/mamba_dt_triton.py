@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .mamba_dt import check_dt_args
+from .checks import check_dt_args
 
 
 @triton.jit

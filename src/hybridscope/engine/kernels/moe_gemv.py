@@ -23,25 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import select_backend
-
-ROUTERS = ("sigmoid", "softmax")
-ACTIVATIONS = ("relu2", "swiglu")
-
-
-def check_route_args(logits, correction_bias, kind, top_k, load) -> tuple[int, int]:
-    """Validate routing inputs; return (T, E)."""
-    if logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a float [T, E] tensor, got {logits.dtype} {tuple(logits.shape)}")
-    T, E = logits.shape
-    if kind not in ROUTERS:
-        raise ValueError(f"router kind must be one of {ROUTERS}, got {kind!r}")
-    if not 1 <= top_k <= E:
-        raise ValueError(f"top_k={top_k} outside 1..{E}")
-    if correction_bias.shape != (E,):
-        raise ValueError(f"correction_bias must be [E]={[E]}, got {tuple(correction_bias.shape)}")
-    if load is not None and (load.shape != (E,) or load.dtype != torch.float32):
-        raise ValueError(f"load must be float32 [E]={[E]}, got {load.dtype} {tuple(load.shape)}")
-    return T, E
+from .checks import check_gemv_args, check_route_args
 
 
 def moe_route(logits, correction_bias, kind, top_k, norm_topk, scale, load=None, *, backend=None):
@@ -73,40 +55,6 @@ def moe_route_ref(logits, correction_bias, kind, top_k, norm_topk, scale, load=N
     else:
         load.copy_(counts)
     return weights * scale, ids, load, logits
-
-
-def check_gemv_args(x, ids, weights, w_up, w_down, activation, shared_up, shared_down, residual=None):
-    """Validate grouped-GEMV inputs; return (T, d, k, E, I, I_shared) (I_shared 0 without shared)."""
-    if x.dim() != 2:
-        raise ValueError(f"x must be [T, d], got {tuple(x.shape)}")
-    T, d = x.shape
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    mult = 2 if activation == "swiglu" else 1
-    if ids.dim() != 2 or ids.shape[0] != T or weights.shape != ids.shape:
-        raise ValueError(f"ids and weights must be [T, k] with T={T}; got {tuple(ids.shape)}, {tuple(weights.shape)}")
-    if w_up.dim() != 3 or w_up.shape[2] != d or w_up.shape[1] % mult:
-        raise ValueError(f"w_up must be [E, {mult}*I, d={d}], got {tuple(w_up.shape)}")
-    E, I = w_up.shape[0], w_up.shape[1] // mult
-    if w_down.shape != (E, d, I):
-        raise ValueError(f"w_down must be [E, d, I]={[E, d, I]}, got {tuple(w_down.shape)}")
-    if (shared_up is None) != (shared_down is None):
-        raise ValueError("shared_up and shared_down go together")
-    Is = 0
-    if shared_up is not None:
-        if shared_up.dim() != 2 or shared_up.shape[1] != d or shared_up.shape[0] % mult:
-            raise ValueError(f"shared_up must be [{mult}*I_s, d={d}], got {tuple(shared_up.shape)}")
-        Is = shared_up.shape[0] // mult
-        if shared_down.shape != (d, Is):
-            raise ValueError(f"shared_down must be [d, I_s]={[d, Is]}, got {tuple(shared_down.shape)}")
-    if residual is not None and residual.shape != (T, d):
-        raise ValueError(f"residual must be [T, d]={[T, d]}, got {tuple(residual.shape)}")
-    named = (("w_up", w_up), ("w_down", w_down), ("shared_up", shared_up), ("shared_down", shared_down),
-             ("residual", residual))
-    for name, t in named:
-        if t is not None and t.dtype != x.dtype:
-            raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    return T, d, ids.shape[1], E, I, Is
 
 
 def moe_experts_gemv(x, ids, weights, w_up, w_down, activation, shared_up=None, shared_down=None,

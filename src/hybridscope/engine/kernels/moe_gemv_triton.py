@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .moe_gemv import check_gemv_args, check_route_args
+from .checks import check_gemv_args, check_route_args
 
 # block sizes: rows (hidden units / output features) per program, reduction chunk, warps. The fastest of
 # benchmarks/bench_engine.py --moe-sweep on an H100 (nemotron3-nano-mini, batch 1; docs/benchmarks.md)

@@ -13,20 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ._backend import select_backend
-
-
-def check_norm_args(x, z, weight, groups) -> tuple[int, int]:
-    """Validate shapes; return (T, d)."""
-    if x.dim() != 2:
-        raise ValueError(f"input must be [T, d], got {tuple(x.shape)}")
-    T, d = x.shape
-    if z is not None and z.shape != (T, d):
-        raise ValueError(f"z must be [T, d]={[T, d]}, got {tuple(z.shape)}")
-    if weight.shape != (d,):
-        raise ValueError(f"weight must be [d]={[d]}, got {tuple(weight.shape)}")
-    if groups < 1 or d % groups:
-        raise ValueError(f"d={d} is not a multiple of groups={groups}")
-    return T, d
+from .checks import check_norm_args
 
 
 def rms_norm(x, weight, eps: float, *, backend=None):

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rmsnorm import check_norm_args
+from .checks import check_norm_args
 
 
 @triton.jit

@@ -13,26 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import select_backend
-
-
-def check_scan_args(x, dt, A, B, C, D, cu_seqlens, initial_states) -> tuple[int, int, int, int, int, int]:
-    """Validate shapes of a packed scan; return (T, H, P, G, N, S)."""
-    if x.dim() != 3:
-        raise ValueError(f"x must be [T, H, P], got {tuple(x.shape)}")
-    T, H, P = x.shape
-    if B.dim() != 3 or B.shape[0] != T or C.shape != B.shape:
-        raise ValueError(f"B and C must both be [T={T}, G, N], got {tuple(B.shape)} and {tuple(C.shape)}")
-    G, N = B.shape[1:]
-    if H % G:
-        raise ValueError(f"heads H={H} must be a multiple of groups G={G}")
-    if dt.shape != (T, H) or A.shape != (H,) or (D is not None and D.shape != (H,)):
-        raise ValueError(f"dt must be [T, H]=[{T}, {H}], A and D [H]; got {tuple(dt.shape)}, {tuple(A.shape)}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError("cu_seqlens must be [S+1] with S >= 1")
-    S = cu_seqlens.numel() - 1
-    if initial_states is not None and initial_states.shape != (S, H, P, N):
-        raise ValueError(f"initial_states must be [S, H, P, N]={[S, H, P, N]}, got {tuple(initial_states.shape)}")
-    return T, H, P, G, N, S
+from .checks import check_scan_args
 
 
 def ssd_chunk_scan(

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .ssd import check_scan_args
+from .checks import check_scan_args
 
 # Launch parameters. Results do not depend on them; benchmarks/bench_kernels.py sweeps them.
 CONFIG = {"scan_warps": 4, "scan_block_m": 64, "state_warps": 4, "state_block_n": 128, "stages": 2}

@@ -10,21 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import select_backend
-
-
-def check_update_args(state, x, dt, A, B, C, D) -> tuple[int, int, int, int, int]:
-    """Validate decode shapes; return (S, H, P, G, N)."""
-    if state.dim() != 4 or state.dtype != torch.float32:
-        raise ValueError(f"state must be float32 [S, H, P, N], got {state.dtype} {tuple(state.shape)}")
-    S, H, P, N = state.shape
-    if x.shape != (S, H, P) or dt.shape != (S, H) or A.shape != (H,):
-        raise ValueError(f"x must be [S, H, P]={[S, H, P]}, dt [S, H], A [H]; got {tuple(x.shape)}, "
-                         f"{tuple(dt.shape)}, {tuple(A.shape)}")
-    if B.dim() != 3 or B.shape[0] != S or B.shape[2] != N or C.shape != B.shape or H % B.shape[1]:
-        raise ValueError(f"B and C must be [S, G, N] with H % G == 0; got {tuple(B.shape)}, {tuple(C.shape)}")
-    if D is not None and D.shape != (H,):
-        raise ValueError(f"D must be [H], got {tuple(D.shape)}")
-    return S, H, P, B.shape[1], N
+from .checks import check_update_args
 
 
 def ssm_state_update(state, x, dt, A, B, C, D=None, *, backend=None):

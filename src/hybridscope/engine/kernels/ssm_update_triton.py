@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .ssm_update import check_update_args
+from .checks import check_update_args
 
 
 @triton.jit
