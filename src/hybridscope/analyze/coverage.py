@@ -2,14 +2,20 @@
 
 `coverage(con, run_id, rank=None)` -> Table 'attribution', one row per method, in this order:
 - scope: an enclosing scope (module frame, record_function / NVTX range) gave the layer type;
-- graph: replayed from a CUDA graph; typed by the kernel's name rule (`other` when none matched);
+- graph_map: replayed from a CUDA graph and mapped to the launch captured into it; the scope
+  around that captured launch gave the type (attribute/graphs.py);
+- sequence / sequence_guess: replayed, placed in its layer by sequence attribution against the
+  run's layer pattern; `_guess` where no norm kernel fixed the layer boundary (ambiguous);
+- graph: replayed from a CUDA graph with no map; typed by the kernel's name rule (`other` when none);
 - name:  a kernel-name rule gave the type (no typed scope around the launch);
 - none:  nothing did; the event is `other`;
 - unattributed: attribution has not run on these events (layer_type NULL): should be 0.
+The graph_map and sequence rows appear only when the run has such events. `meta['notes']` adds
+what happened to the run's graph replays (`runs.notes.graph_replays`, written by attribution).
 Columns: n events, gpu_ns (sum of durations), gpu_pct (of the run's GPU time), typed_ns (the part
 whose layer type is not `other`), with_layer_pct (share of gpu_ns whose layer index is known).
 GPU events = source 'cuda' AND kind IN ('kernel', 'memcpy', 'memset'). With no rank, ranks pool.
-`meta['attributed_pct']` = scope + graph + name share of GPU time, counted only where the type is
+`meta['attributed_pct']` = scope + graph_map + sequence(_guess) + graph + name share of GPU time, counted only where the type is
 not `other` (a graph kernel without a name rule is not explained).
 
 `unattributed(con, run_id, rank=None, top=10)` -> Table 'unattributed': the kernels with the most
@@ -24,12 +30,15 @@ from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_EVENTS
 from hybridscope.table import Column, Table, plain
 
-METHODS = ("scope", "graph", "name", "none", "unattributed")
+METHODS = ("scope", "graph_map", "sequence", "sequence_guess", "graph", "name", "none", "unattributed")
+OPTIONAL = frozenset({"graph_map", "sequence", "sequence_guess"})  # rows shown only when present
+EXPLAINED = ("scope", "graph_map", "sequence", "sequence_guess", "graph", "name")
 
 _GPU = GPU_EVENTS
 
 COVERAGE_COLUMNS = (
-    Column("method", "str", "how the layer type was decided: scope, graph, name, none, unattributed"),
+    Column("method", "str", "how the layer type was decided: scope, graph_map, sequence, sequence_guess, "
+           "graph, name, none, unattributed"),
     Column("n", "int", "GPU events"),
     Column("gpu_ns", "ns", "sum of their durations", "GPU time"),
     Column("gpu_pct", "pct", "share of the run's GPU time", "% GPU"),
@@ -73,14 +82,16 @@ def coverage(con, run_id: int, *, rank: int | None = None) -> Table:
     total = sum(int(r[2] or 0) for r in rows)
     out = []
     for method in METHODS:
+        if method in OPTIONAL and method not in by:
+            continue
         _, n, gpu, typed, with_layer = by.get(method, (method, 0, 0, 0, 0))
         gpu, typed, with_layer = int(gpu or 0), int(typed or 0), int(with_layer or 0)
         out.append((method, plain(n), gpu, _pct(gpu, total), typed, _pct(with_layer, gpu)))
-    explained = sum(r[4] for r in out if r[0] in ("scope", "graph", "name"))
+    explained = sum(r[4] for r in out if r[0] in EXPLAINED)
     graph = by.get("graph")
-    notes = []
+    notes = _replay_notes(con, run_id, rank)
     if graph is not None:
-        notes.append(f"{graph[1]} kernels replayed from CUDA graphs: typed by name, no layer index")
+        notes.append(f"{graph[1]} kernels replayed from CUDA graphs without a map: typed by name, no layer index")
     if by.get("unattributed"):
         notes.append("some GPU events were never attributed: re-run `hybridscope attribution --rules FILE`")
     return Table("attribution", COVERAGE_COLUMNS, out, {
@@ -88,6 +99,27 @@ def coverage(con, run_id: int, *, rank: int | None = None) -> Table:
         "run_id": run_id, "rank": rank, "gpu_ns": total, "attributed_pct": _pct(explained, total),
         "notes": notes,
     })
+
+
+def _replay_notes(con, run_id: int, rank: int | None) -> list[str]:
+    """What attribution did with the run's CUDA-graph replays (attribute.graphs.GraphStats)."""
+    import json
+
+    row = con.execute("SELECT json_extract(notes, '$.graph_replays') FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    per = json.loads(row[0][0]) if row and row[0][0] else {}
+    keys = [str(rank)] if rank is not None and str(rank) in per else sorted(per)
+    out = []
+    for key in keys:
+        g = per[key]
+        where = "" if key == "all" else f"rank {key}: "
+        line = (f"{where}{g['replays']} graph replays, {g['captures']} graph captures in the trace: {g['mapped']} "
+                f"mapped ({g['ambiguous']} with several fitting captures), {g['no_capture_match']} fit no "
+                f"capture, {g['name_mismatch']} name mismatches")
+        if g["segmented"] or g["unsegmented"]:
+            line += (f"; layer pattern: {g['segmented']} segmented, {g['unsegmented']} not, "
+                     f"{g['guessed_kernels']} kernels with a guessed layer boundary")
+        out.append(line)
+    return out
 
 
 def unattributed(con, run_id: int, *, rank: int | None = None, top: int = 10) -> Table:

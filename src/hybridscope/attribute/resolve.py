@@ -3,8 +3,12 @@
 Order of decision, per GPU event (all in one columnar pass):
 1. CUDA graph replay (several kernels share one launch correlation, the launch is a
    cu(da)GraphLaunch / hipGraphLaunch, or the importer set graph_id): the scope around the graph
-   launch says nothing about each node, so the kernel's name rule decides (`other` if none),
-   attr_method='graph', no layer index / module / scope; the step still comes from the launch.
+   launch says nothing about each node (attribute/graphs.py). A kernel mapped to the launch that
+   was captured into the graph is decided like an eager kernel (2-4 below) from the scopes around
+   that captured launch, with attr_method 'graph_map' where the scope decided; a kernel placed by
+   sequence attribution takes its layer from the segmentation ('sequence' / 'sequence_guess');
+   any other replayed kernel is typed by its name rule (`other` if none), attr_method='graph', no
+   layer index / module / scope. The step always comes from the replay's own launch.
 2. Collectives (a rule with `collective = true`, e.g. NCCL): inside an MoE scope `moe_comm`
    (attr_method 'scope'), elsewhere the rule's type, `comm` (attr_method 'name').
 3. Scopes win: the innermost typed scope open on the launching thread (pid, tid) at the launch's
@@ -26,17 +30,22 @@ from collections.abc import Sequence
 
 import duckdb
 
+from hybridscope.attribute.graphs import GraphStats, graph_tables
+from hybridscope.attribute.pattern import LayerPattern
 from hybridscope.attribute.rules import Rule, match_table
 from hybridscope.store.db import GPU_EVENTS, insert_columns
 
 
-def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules: Sequence[Rule]) -> None:
-    """Write layer_type, layer_index, module, scope_id, attr_method, step on the run's GPU events.
+def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules: Sequence[Rule],
+            pattern: LayerPattern | None = None) -> GraphStats:
+    """Write layer_type, layer_index, module, scope_id, attr_method, step on the run's GPU events;
+    returns what happened to the run's CUDA-graph replays.
 
     Needs the temp tables `build_scopes` leaves (`_hs_attr_sc`, `_hs_attr_active`).
     """
     params = {"run": run_id, "rank": rank}
     _name_rules(con, rules, params)
+    stats = graph_tables(con, params, pattern)
     con.execute(
         f"""
         UPDATE events AS e SET layer_type = o.layer_type, layer_index = o.layer_index, module = o.module,
@@ -46,6 +55,7 @@ def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules
         """,
         params,
     )
+    return stats
 
 
 def _name_rules(con, rules: Sequence[Rule], params: dict) -> None:
@@ -86,13 +96,19 @@ la AS (
     FROM launch l
     ASOF LEFT JOIN _hs_attr_active a ON l.rank = a.rank AND l.pid = a.pid AND l.tid = a.tid AND l.ts >= a.t
     ASOF LEFT JOIN step_marks st ON l.rank = st.rank AND l.ts >= st.ts_ns),
+gm AS (  -- replayed kernels mapped to their captured launch: the scope open at that launch
+    SELECT m.rank, m.event_id, a.active
+    FROM _hs_attr_gmap m
+    ASOF LEFT JOIN _hs_attr_active a ON m.rank = a.rank AND m.pid = a.pid AND m.tid = a.tid AND m.ts >= a.t),
 j AS (
     SELECT g.rank, g.event_id,
            (g.graph_id IS NOT NULL OR coalesce(cc.n_kernels > 1, FALSE)
-            OR coalesce(la.graph_launch, FALSE)) AS is_graph,
+            OR coalesce(la.graph_launch, FALSE)) AND gm.event_id IS NULL AS is_graph,
+           gm.event_id IS NOT NULL AS mapped, sq.method AS seq_method, sq.layer_index AS seq_index,
+           sq.layer_type AS seq_type,
            r.rule_type, coalesce(r.collective, FALSE) AS collective,
            s.eff_type, s.type_scope, s.eff_index, coalesce(s.typed_module, s.any_module) AS module,
-           coalesce(s.eff_step, la.any_thread_step) AS eff_step, coalesce(s.in_moe, FALSE) AS in_moe,
+           coalesce(ls.eff_step, la.any_thread_step) AS eff_step, coalesce(s.in_moe, FALSE) AS in_moe,
            coalesce(s.refinable AND r.rule_type <> s.eff_type AND (
                (s.eff_type IN ('norm', 'mlp') AND r.rule_type IN {_STRONG})
                OR (s.eff_type LIKE 'moe%' AND r.rule_type LIKE 'moe%')), FALSE) AS refined
@@ -100,22 +116,27 @@ j AS (
     LEFT JOIN _hs_attr_rules r ON r.name = g.name AND r.kind = g.kind
     LEFT JOIN cc ON cc.rank = g.rank AND cc.correlation = g.correlation
     LEFT JOIN la ON la.rank = g.rank AND la.correlation = g.correlation
-    LEFT JOIN _hs_attr_sc s ON s.rank = g.rank AND s.scope_id = la.active)
+    LEFT JOIN gm ON gm.rank = g.rank AND gm.event_id = g.event_id
+    LEFT JOIN _hs_attr_seq sq ON sq.rank = g.rank AND sq.event_id = g.event_id
+    LEFT JOIN _hs_attr_sc ls ON ls.rank = g.rank AND ls.scope_id = la.active
+    LEFT JOIN _hs_attr_sc s ON s.rank = g.rank AND s.scope_id = coalesce(gm.active, la.active))
 SELECT rank, event_id,
-       CASE WHEN is_graph THEN coalesce(rule_type, 'other')
+       CASE WHEN is_graph AND seq_method IS NOT NULL THEN coalesce(seq_type, rule_type, 'other')
+            WHEN is_graph THEN coalesce(rule_type, 'other')
             WHEN collective AND in_moe THEN 'moe_comm'
             WHEN collective THEN rule_type
             WHEN refined THEN rule_type
             WHEN eff_type IS NOT NULL THEN eff_type
             ELSE coalesce(rule_type, 'other') END AS layer_type,
-       CASE WHEN is_graph THEN 'graph'
-            WHEN collective AND in_moe THEN 'scope'
+       CASE WHEN is_graph AND seq_method IS NOT NULL THEN seq_method
+            WHEN is_graph THEN 'graph'
+            WHEN collective AND in_moe THEN (CASE WHEN mapped THEN 'graph_map' ELSE 'scope' END)
             WHEN collective THEN 'name'
             WHEN refined THEN 'name'
-            WHEN eff_type IS NOT NULL THEN 'scope'
+            WHEN eff_type IS NOT NULL THEN (CASE WHEN mapped THEN 'graph_map' ELSE 'scope' END)
             WHEN rule_type IS NOT NULL THEN 'name'
             ELSE 'none' END AS attr_method,
-       CASE WHEN NOT is_graph THEN eff_index END AS layer_index,
+       CASE WHEN is_graph THEN seq_index ELSE eff_index END AS layer_index,
        CASE WHEN NOT is_graph THEN module END AS module,
        CASE WHEN NOT is_graph AND NOT refined AND eff_type IS NOT NULL AND (in_moe OR NOT collective)
             THEN type_scope END AS scope_id,

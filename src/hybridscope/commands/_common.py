@@ -17,6 +17,13 @@ RunOption = Annotated[
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")]
 WarmupOption = Annotated[str, typer.Option(
     "--warmup", help="Warm-up to leave out: auto (the rule of docs/analyses.md), N first steps per rank, or 0 (keep all).")]
+PatternOption = Annotated[str | None, typer.Option(
+    "--pattern", help="The model's layers in Nemotron notation (M mamba, * attention, E MoE, - MLP, P parallel), "
+    "one character a layer: CUDA-graph replays without a captured map are cut into these layers "
+    "(docs/attribution.md).", show_default=False)]
+ModelConfigOption = Annotated[Path | None, typer.Option(
+    "--model-config", help="A Hugging Face config.json to read the layer pattern from (hybrid_override_pattern, "
+    "layers_block_type, layer_types, ...), instead of --pattern.", show_default=False)]
 
 FORMATS = ("table", "json", "csv")
 
@@ -46,6 +53,18 @@ def progress_bar(label: str, total: int, unit: str) -> Iterator[Callable[[int], 
                   console=err, transient=True) as bar:
         task = bar.add_task(f"importing {label}", total=total)
         yield lambda done: bar.update(task, completed=done)
+
+
+def layer_pattern(pattern: str | None, model_config: Path | None):
+    """The LayerPattern of --pattern or --model-config (None without either); UsageError for both."""
+    from hybridscope.attribute.pattern import load_model_config, parse_pattern
+    from hybridscope.errors import UsageError
+
+    if pattern is not None and model_config is not None:
+        raise UsageError("give --pattern or --model-config, not both")
+    if model_config is not None:
+        return load_model_config(model_config)
+    return parse_pattern(pattern) if pattern is not None else None
 
 
 def wrote(path: Path | str) -> None:

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, out, print_table
+from hybridscope.commands._common import (
+    DbOption,
+    FormatOption,
+    ModelConfigOption,
+    PatternOption,
+    RunOption,
+    check_format,
+    layer_pattern,
+    out,
+    print_table,
+)
 
 RankOption = Annotated[int | None, typer.Option("--rank", help="Only this rank (default: all ranks pooled).")]
 RulesOption = Annotated[
@@ -27,11 +37,14 @@ def attribution(
     rules: RulesOption = None,
     top: TopOption = 10,
     only_unattributed: OnlyOption = False,
+    pattern: PatternOption = None,
+    model_config: ModelConfigOption = None,
     fmt: FormatOption = "table",
 ) -> None:
-    """Coverage: share of GPU time attributed by scope, by CUDA graph, by kernel name, and not at all, then the kernels with the most GPU time left `other`.
+    """Coverage: share of GPU time attributed by scope, by CUDA-graph map, by layer sequence, by kernel name, and not at all, then the kernels with the most GPU time left `other`.
 
-    With --rules the run is attributed again first (the database is written).
+    With --rules, --pattern or --model-config the run is attributed again first (the database is
+    written; the pattern is kept in the run for later attributions).
 
     JSON prints both tables in one object; CSV prints the coverage table, or with --unattributed the kernel list.
     """
@@ -39,7 +52,9 @@ def attribution(
     from hybridscope.analyze.coverage import coverage, unattributed
     from hybridscope.store import db as store
 
-    con = _reattributed(db, run, rules) if rules is not None else store.open_readonly(db)
+    layers = layer_pattern(pattern, model_config)
+    again = rules is not None or layers is not None
+    con = _reattributed(db, run, rules, layers) if again else store.open_readonly(db)
     try:
         run_id = store.resolve_run(con, run)
         kernels = unattributed(con, run_id, rank=rank, top=top)
@@ -59,23 +74,25 @@ def attribution(
             print_table(kernels, fmt)
 
 
-def _reattributed(db: Path, run: int | None, rules: Path):
+def _reattributed(db: Path, run: int | None, rules: Path | None, layers):
     from hybridscope.attribute import attribute_run
     from hybridscope.attribute.rules import load_rules
     from hybridscope.commands._common import err
     from hybridscope.store import db as store
 
-    load_rules(rules)  # a bad file fails here, before the database is opened for writing
+    if rules is not None:
+        load_rules(rules)  # a bad file fails here, before the database is opened for writing
     con = store.open_store(db, create=False)
     try:
         run_id = store.resolve_run(con, run)
         with store.transaction(con):
-            summary = attribute_run(con, run_id, rules_path=rules)
+            summary = attribute_run(con, run_id, rules_path=rules, pattern=layers)
     except BaseException:
         con.close()
         raise
-    err.print(f"re-attributed run {run_id} with {rules}: {summary.n_gpu_events} GPU events, "
-              f"{summary.n_scopes} scopes")
+    what = " and ".join(w for w in (str(rules) if rules else "", f"pattern {layers.source}" if layers else "") if w)
+    err.print(f"re-attributed run {run_id} with {what}: {summary.n_gpu_events} GPU events, "
+              f"{summary.n_scopes} scopes", markup=False)
     return con
 
 

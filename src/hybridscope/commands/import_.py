@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, err, out, progress_bar, wrote
+from hybridscope.commands._common import (
+    DbOption,
+    ModelConfigOption,
+    PatternOption,
+    err,
+    layer_pattern,
+    out,
+    progress_bar,
+    wrote,
+)
 
 TracesArgument = Annotated[list[Path], typer.Argument(
     help="Trace files: Kineto JSON (plain or .gz), nsys SQLite exports, Ingero databases. "
@@ -21,8 +30,12 @@ QuietOption = Annotated[bool, typer.Option("--no-progress", help="No progress ba
 
 
 def import_(traces: TracesArgument, db: DbOption, rules: RulesOption = None, rank: RankOption = None,
-            label: LabelOption = None, no_progress: QuietOption = False) -> None:
+            label: LabelOption = None, no_progress: QuietOption = False, pattern: PatternOption = None,
+            model_config: ModelConfigOption = None) -> None:
     """Import trace files into the store, one transaction per file, then attribute their kernels.
+
+    CUDA-graph replays are mapped to their capture when the trace holds it; otherwise, with
+    --pattern or --model-config, they are cut into the model's layers (docs/attribution.md).
 
     A file already imported (same bytes) is reported and skipped; a bad file stops the import
     with one line, leaving the store as it was before that file.
@@ -33,10 +46,11 @@ def import_(traces: TracesArgument, db: DbOption, rules: RulesOption = None, ran
 
     if rank is not None and len(traces) > 1:
         raise UsageError("--rank applies to one file; give files of several ranks without it")
+    layers = layer_pattern(pattern, model_config)
     con = open_store(db)
     try:
         for r in iter_import(con, traces, rules_path=rules, rank=rank, label=label,
-                             progress=None if no_progress else progress_bar):
+                             progress=None if no_progress else progress_bar, pattern=layers):
             out.print(_summary(r), soft_wrap=True)
             if r.skipped:
                 most = sorted(r.skipped.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -107,6 +107,7 @@ def iter_import(
     rank: int | None = None,
     label: str | None = None,
     progress: Progress | None = None,
+    pattern=None,
 ) -> Iterator[ImportResult]:
     """Import each file in its own transaction, yielding its result as soon as it is committed.
 
@@ -116,9 +117,10 @@ def iter_import(
     After a rank's rows are in, attribution runs in the same transaction. An importer that raises
     RetryFile gets one more go at the file in a fresh transaction with `ctx.careful` set. `progress`
     is the caller's reporter (`ingest._common.Progress`); None (or False) reports nothing.
+    `pattern` (attribute.pattern.LayerPattern): the model's layers, for CUDA-graph replays.
     """
     ctx = ImportContext(rules_path=Path(rules_path) if rules_path else None, rank=rank, label=label,
-                        progress=progress or None)
+                        progress=progress or None, pattern=pattern)
     if ctx.rules_path is not None:  # a bad rules file fails before any file is read
         from hybridscope.attribute.rules import load_rules
 
@@ -159,7 +161,8 @@ def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) 
                 else:
                     ctx.pending = None
                     result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
-                    attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path)
+                    attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path,
+                                  pattern=ctx.pattern)
         except RetryFile as e:
             if ctx.careful:
                 raise BadInput(f"{path}: {e}") from None

@@ -68,6 +68,7 @@ class ImportContext:
     """
 
     rules_path: Path | None = None
+    pattern: object = None  # attribute.pattern.LayerPattern for CUDA-graph replays, or None
     rank: int | None = None
     label: str | None = None
     progress: Progress | None = None
