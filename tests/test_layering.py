@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "hybridscope"
 
 # Bottom to top. A module's floor is named by its first component below `hybridscope`.
 FLOORS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "table", "units"}),          # the ground: vocabulary every floor shares
+    frozenset({"errors"}),                            # the ground: the error hierarchy,
+    frozenset({"table", "units"}),                    # and the vocabulary every floor shares
     frozenset({"store"}),
     frozenset({"attribute"}),
     frozenset({"ingest", "live", "analyze"}),          # siblings: none imports another

@@ -111,6 +111,46 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def to_arrow(self):
+        """The table as a `pyarrow.Table` (needs pyarrow: `pip install 'hybridscope[notebook]'`).
+
+        Column types are inferred from the values (None becomes null); each field's metadata holds
+        its kind and meaning, the schema's metadata `hybridscope` the table's name and meta as JSON.
+        """
+        import json
+
+        pa = _optional("pyarrow", "to_arrow")
+        fields, arrays = [], []
+        for i, c in enumerate(self.columns):
+            values = pa.array([r[i] for r in self.rows])
+            arrays.append(values)
+            fields.append(pa.field(c.name, values.type, metadata={"kind": c.kind, "doc": c.doc}))
+        meta = json.dumps({"name": self.name, "meta": dict(self.meta)}, default=str)
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata={"hybridscope": meta}))
+
+    def to_pandas(self):
+        """The table as a `pandas.DataFrame` in column order, `meta` in `df.attrs` (needs pandas)."""
+        pd = _optional("pandas", "to_pandas")
+        df = pd.DataFrame.from_records(list(self.rows), columns=list(self.column_names))
+        for i, c in enumerate(self.columns):  # counts stay integers where some are missing (not NaN floats)
+            if c.kind == "int" and all(r[i] is None or (isinstance(r[i], int) and not isinstance(r[i], bool))
+                                       for r in self.rows):
+                df[c.name] = pd.array([r[i] for r in self.rows], dtype="Int64")
+        df.attrs.update({"name": self.name, "meta": dict(self.meta)})
+        return df
+
+
+def _optional(package: str, what: str):
+    """Import an optional package, or say in one line how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        from hybridscope.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"Table.{what} needs {package}: pip install 'hybridscope[notebook]'") from None
+
 
 def plain(value: Any) -> Any:
     """A numpy / Decimal scalar as the Python scalar it stands for; anything else unchanged."""

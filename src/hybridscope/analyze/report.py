@@ -143,10 +143,12 @@ def _multi_rank(ctx: Context):
             collectives.stragglers(ctx.con, ctx.run_id), collectives.traffic(ctx.con, ctx.run_id))
 
 
-def _advice(ctx: Context) -> Table:
-    windows = ctx["decompose_layer_type"].meta.get("windows_ns") or {}
+def advice_of(tables: dict[str, Table], **options) -> Table:
+    """The ranked advice over a report's tables (analyze/advice.py; `options` are the rules'
+    thresholds), with the run's wall clock and rank count read from its decomposition."""
+    windows = tables["decompose_layer_type"].meta.get("windows_ns") or {}
     wall = max((hi - lo for lo, hi in windows.values()), default=None)  # the run's wall clock, not rank-time
-    return advice_mod.advice(ctx.tables, wall_ns=wall, n_ranks=max(len(windows), 1))
+    return advice_mod.advice(tables, wall_ns=wall, n_ranks=max(len(windows), 1), **options)
 
 
 # The report, in the order it is shown. Analyses run in this order too (a step may use the tables
@@ -194,7 +196,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda c: conflicts.conflict_pairs(c["conflicts"]),
     ), terminal=(table("conflict_pairs"), sentence("conflict_pairs")),
        html=(sentence("conflict_pairs"), table("conflict_pairs", 12), table("conflicts", 12))),
-    Section("Advice", (_advice,), terminal=(panel("advice"),), html=(panel("advice"),)),
+    Section("Advice", (lambda c: advice_of(c.tables),), terminal=(panel("advice"),), html=(panel("advice"),)),
 )
 
 
@@ -208,8 +210,11 @@ def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS) -> 
         return Report(run_id, ctx.run, ctx.tables)
 
 
-def per_rank(con, run_id: int, ranks: list[int]) -> Table:
-    """The per-layer-type decomposition of each rank, stacked: rank first, `all` row per rank."""
+def per_rank(con, run_id: int, ranks: list[int] | None = None) -> Table:
+    """The per-layer-type decomposition of each rank (`ranks`: all of the run's), stacked: rank
+    first, `all` row per rank."""
+    if ranks is None:
+        ranks = sorted(timeline.rank_windows(con, run_id))
     parts = [decompose(con, run_id, by="layer_type", rank=r) for r in ranks]
     cols = (Column("rank", "int"),) + parts[0].columns
     rows = [(r, *row) for r, p in zip(ranks, parts) for row in p.rows]

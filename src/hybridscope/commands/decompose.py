@@ -26,14 +26,10 @@ def decompose(
     The first row, `all`, is the aggregate a dashboard would show. Definitions: docs/analyses.md.
     """
     check_format(fmt)
-    from hybridscope.analyze.decompose import decompose as analyze
-    from hybridscope.store import db as store
+    from hybridscope import api
 
-    con = store.open_readonly(db)
-    try:
-        table = analyze(con, store.resolve_run(con, run), by=by, rank=rank, top=top)
-    finally:
-        con.close()
+    with api.open(db) as store:
+        table = store.analyze("decompose", run=run, by=by, rank=rank, top=top)
     print_table(table, fmt)
 
 

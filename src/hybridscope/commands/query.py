@@ -22,8 +22,8 @@ def query(sql: SqlArgument, db: DbOption, fmt: FormatOption = "table", max_rows:
     Tables and columns: docs/schema.md.
     """
     check_format(fmt)
+    from hybridscope import api
     from hybridscope.errors import UsageError
-    from hybridscope.store.query import open_query, run_query
 
     if sql == "-":
         sql = sys.stdin.read()
@@ -31,11 +31,8 @@ def query(sql: SqlArgument, db: DbOption, fmt: FormatOption = "table", max_rows:
         raise UsageError(f"--max-rows must be 0 or more, not {max_rows}")
     if max_rows is None and fmt == "table":
         max_rows = 1000
-    con = open_query(db)
-    try:
-        table = run_query(con, sql, max_rows=max_rows)
-    finally:
-        con.close()
+    with api.open(db, locked=True) as store:
+        table = store.sql(sql, max_rows=max_rows)
     print_table(table, fmt)
 
 

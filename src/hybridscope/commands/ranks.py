@@ -24,13 +24,11 @@ def ranks(
     the per-rank files, streamed, never loaded whole.
     """
     check_format(fmt)
-    from hybridscope.analyze import collectives as col
+    from hybridscope import api
     from hybridscope.errors import UsageError
-    from hybridscope.store import db as store
-    from hybridscope.store import parquet as pq
 
-    views = {"waits": col.rank_waits, "stragglers": col.stragglers, "traffic": col.traffic,
-             "load": col.rank_expert_load, "imbalance": col.imbalance_vs_wait, "collectives": col.collectives}
+    views = {"waits": "rank_waits", "stragglers": "stragglers", "traffic": "traffic", "load": "rank_expert_load",
+             "imbalance": "imbalance_vs_wait", "collectives": "collectives"}
     chosen = list(views) if show == "all" else [show]
     if chosen == ["all"] or any(c not in views for c in chosen):
         raise UsageError(f"--show must be one of {', '.join(views)} or all, not {show!r}")
@@ -38,12 +36,9 @@ def ranks(
         chosen.remove("collectives")  # one row per (collective, rank): ask for it explicitly
     if (db is None) == (parquet is None):
         raise UsageError("give exactly one of --db FILE or --parquet DIR")
-    con = store.open_readonly(db) if db is not None else pq.open_set(parquet)
-    try:
-        run_id = store.resolve_run(con, run)
-        tables = [views[name](con, run_id) for name in chosen]
-    finally:
-        con.close()
+    with api.open(db if db is not None else parquet) as store:
+        run_id = store.run_id(run)
+        tables = [store.analyze(views[name], run=run_id) for name in chosen]
     for t in tables:
         print_table(t, fmt)
 

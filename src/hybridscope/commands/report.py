@@ -34,19 +34,15 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
     """
     from rich.console import Console
 
-    from hybridscope.analyze.report import build_report
+    from hybridscope import api
     from hybridscope.errors import BadInput
     from hybridscope.present import terminal
-    from hybridscope.store import db as store
 
     for target in (html, json):
         if target is not None and not Path(target).parent.is_dir():
             raise BadInput(f"cannot write {target}: no directory {Path(target).parent}")
-    con = store.open_readonly(db)
-    try:
-        rep = build_report(con, store.resolve_run(con, run))
-    finally:
-        con.close()
+    with api.open(db) as store:
+        rep = store.report(run)
     if console is None:
         # piped or captured: no terminal width to squeeze the tables into (as print_table does)
         console = out if out.is_terminal else Console(width=200, highlight=False, soft_wrap=False)

@@ -10,14 +10,10 @@ from hybridscope.commands._common import DbOption, FormatOption, check_format, p
 def runs(db: DbOption, fmt: FormatOption = "table") -> None:
     """List the runs: id, label, source, ranks, device, window, events."""
     check_format(fmt)
-    from hybridscope.store import db as store
-    from hybridscope.store.query import list_runs
+    from hybridscope import api
 
-    con = store.open_readonly(db)
-    try:
-        table = list_runs(con)
-    finally:
-        con.close()
+    with api.open(db) as store:
+        table = store.runs()
     print_table(table, fmt)
 
 
