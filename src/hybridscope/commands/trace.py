@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -25,29 +26,35 @@ def parse_duration(text: str) -> float:
 
 
 def split_command(command: list[str]) -> tuple[str, str, list[str]]:
-    """`python script.py ARGS`, `script.py ARGS` or `python -m pkg.mod ARGS` ->
-    ('path' | 'module', target, ARGS). UsageError for anything else."""
+    """`python script.py ARGS`, `script.py ARGS` or `python -m pkg.mod ARGS` -> ('path' | 'module',
+    target, ARGS), run in this process; any other command (`torchrun ...`, `python -c ...`, a shell
+    script) -> ('command', program, ARGS), run as a child. UsageError / NotFound for what cannot run."""
     from hybridscope.errors import NotFound, UsageError
 
     words = list(command or [])
-    if words and re.fullmatch(r"(.*/)?python[0-9.]*", words[0]):
-        words = words[1:]
-    elif words and not words[0].endswith(".py") and not Path(words[0]).is_file():
-        raise UsageError(f"trace runs Python in this process: give `-- python script.py ARGS`, not {words[0]!r}")
-    if not words:
+    if not words or (re.fullmatch(r"(.*/)?python[0-9.]*", words[0]) and len(words) == 1):
         raise UsageError("give the script to run after `--`: hybridscope trace --db run.duckdb -- python script.py ARGS")
-    if words[0] == "-m":
-        if len(words) < 2:
+    if not re.fullmatch(r"(.*/)?python[0-9.]*", words[0]):
+        if words[0].endswith(".py"):
+            return _script(words[0], words[1:])
+        if shutil.which(words[0]) is None:
+            raise NotFound(f"no such command: {words[0]}")
+        return "command", words[0], words[1:]
+    if words[1] == "-m":
+        if len(words) < 3:
             raise UsageError("`python -m` needs a module name")
-        return "module", words[1], words[2:]
-    if words[0].startswith("-"):
-        raise UsageError(f"trace runs `python script.py` or `python -m module`; unsupported option {words[0]!r}")
-    script = Path(words[0])
-    if not script.is_file():
-        raise NotFound(f"no such script: {script}")
-    if script.suffix not in (".py", ""):
-        raise UsageError(f"trace runs Python scripts in-process; {script} is not a .py file")
-    return "path", str(script), words[1:]
+        return "module", words[2], words[3:]
+    if words[1].startswith("-"):  # other interpreter options: that Python, as a child
+        return "command", words[0], words[1:]
+    return _script(words[1], words[2:])
+
+
+def _script(path: str, args: list[str]) -> tuple[str, str, list[str]]:
+    from hybridscope.errors import NotFound
+
+    if not Path(path).is_file():
+        raise NotFound(f"no such script: {path}")
+    return "path", path, args
 
 
 def trace(
@@ -68,7 +75,11 @@ def trace(
     sample_steps: Annotated[int | None, typer.Option(
         "--sample-steps", help="Steps recorded per N. Default: layers 1, kernels 2.")] = None,
 ) -> int:
-    """Run a Python script with capture armed; the run lands in --db like an import.
+    """Run a workload with capture armed in every Python process of it; one run lands in --db.
+
+    A Python script runs in this process; any other command (torchrun, vllm serve, ...) as a child.
+    Every Python process started below arms capture itself, finds its model and writes its part;
+    the parts are merged into one run, a rank per process that ran a model (docs/capture.md).
 
     Example: hybridscope trace --steps 64 --db run.duckdb -- python serve.py --batch 8
     """
@@ -79,12 +90,14 @@ def trace(
         raise UsageError("give --duration or --steps, not both")
     seconds = parse_duration(duration) if duration is not None else None
     kind, target, args = split_command(command)
-    code, summary = run_traced(kind, target, args, db=db, mode=mode, duration=seconds, steps=steps,
-                               model=model, label=label, sample_every=sample_every, sample_steps=sample_steps)
-    if summary.run_id is None:
-        err.print("hybridscope: no run was written: " + "; ".join(summary.notes))
+    code, result = run_traced(kind, target, args, db=db, mode=mode, duration=seconds, steps=steps,
+                              model=model, label=label, sample_every=sample_every, sample_steps=sample_steps)
+    for line in result.lines(mode):
+        err.print(line, markup=False)
+    if result.run_id is None:
+        err.print("hybridscope: no run was written: " + "; ".join(result.notes), markup=False)
         return code or 1
-    wrote(summary.db)
+    wrote(result.db)
     return code
 
 

@@ -183,6 +183,11 @@ class Capture:
             print("\n".join(summary.lines()), file=sys.stderr)
         return summary
 
+    def where(self) -> tuple[int, int] | None:
+        """(rank, world size) of the armed model, as read when it was armed; None before."""
+        armed = getattr(self, "_armed", None)
+        return (armed.rank, armed.world_size) if armed is not None else None
+
     # -- called by the armed hooks -----------------------------------------------------------------
     def limit_reached(self, steps_done: int) -> bool:
         if self.max_steps is not None and steps_done >= self.max_steps:

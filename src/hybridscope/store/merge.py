@@ -7,6 +7,7 @@ transaction, with columnar INSERT ... SELECT over the attached files (no rows th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,11 @@ class Source:
     rank: int
     host: str | None
     n_events: int
+    as_rank: int | None = None  # the rank in the merged run (default: the stored one)
+
+    @property
+    def target(self) -> int:
+        return self.rank if self.as_rank is None else self.as_rank
 
 
 def inspect(path: Path, run: int | None = None) -> Source:
@@ -44,16 +50,17 @@ def inspect(path: Path, run: int | None = None) -> Source:
 def merge(con, sources: list[Source], *, label: str | None = None) -> int:
     """Copy every source's run into one new run of `con`'s store; returns the new run id.
 
-    One source copies that run alone (how the demo moves a one-rank run into its store)."""
+    One source copies that run alone (how the demo moves a one-rank run into its store). A source's
+    rows take its `target` rank; each rank's notes stay under notes.ranks."<target rank>"."""
     if not sources:
         raise BadInput("merge needs at least one per-rank store")
-    ranks = [s.rank for s in sources]
+    ranks = [s.target for s in sources]
     if len(set(ranks)) != len(ranks):
         raise BadInput(f"the stores hold overlapping ranks {sorted(ranks)}: one store per rank")
     for s in sources:
         if not s.path.exists():
             raise NotFound(f"no database at {s.path}")
-    ordered = sorted(sources, key=lambda s: s.rank)
+    ordered = sorted(sources, key=lambda s: s.target)
     aliases = [f"hs_src{i}" for i in range(len(ordered))]
     attached = []
     try:
@@ -68,8 +75,9 @@ def merge(con, sources: list[Source], *, label: str | None = None) -> int:
                     con.execute(f"INSERT INTO requests BY NAME SELECT * REPLACE ({run_id} AS run_id) "
                                 f"FROM {alias}.requests WHERE run_id = ?", [s.run_id])
                 for table in ("run_ranks", *RANK_TABLES):
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * REPLACE ({run_id} AS run_id) "
-                                f"FROM {alias}.{table} WHERE run_id = ?", [s.run_id])
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * REPLACE ({run_id} AS run_id, "
+                                f"?::INTEGER AS rank) FROM {alias}.{table} WHERE run_id = ?", [s.target, s.run_id])
+            _rank_notes(con, run_id, list(zip(aliases, ordered)))
             _refresh_window(con, run_id)
     finally:
         for alias in attached:
@@ -83,6 +91,21 @@ def _copy_run_row(con, alias: str, s: Source, run_id: int, label: str | None, n:
             SELECT * REPLACE ({run_id} AS run_id, coalesce(?, label) AS label, NULL::INTEGER AS rank,
                               greatest(coalesce(world_size, 1), ?) AS world_size)
             FROM {alias}.runs WHERE run_id = ?""", [label, n, s.run_id])
+
+
+def _rank_notes(con, run_id: int, pairs: list) -> None:
+    """The merged run's notes: the first source's, with every source's rank notes under its target rank."""
+    ranks = {}
+    for alias, s in pairs:
+        (text,) = con.execute(f"SELECT notes FROM {alias}.runs WHERE run_id = ?", [s.run_id]).fetchone()
+        own = (json.loads(text) if text else {}).get("ranks", {})
+        if str(s.rank) in own:
+            ranks[str(s.target)] = own[str(s.rank)]
+    (text,) = con.execute("SELECT notes FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    notes = json.loads(text) if text else {}
+    if ranks:
+        notes["ranks"] = ranks
+    con.execute("UPDATE runs SET notes = ? WHERE run_id = ?", [json.dumps(notes, sort_keys=True), run_id])
 
 
 def shift_rank(con, run_id: int, rank: int, offset_ns: int) -> None:
