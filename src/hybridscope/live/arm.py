@@ -9,14 +9,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from hybridscope.live import writer
 from hybridscope.live.hooks import Hooks, Recorder, plan
 from hybridscope.live.layers import CpuTimer, CudaTimer, Resolved
+from hybridscope.live.observers import LayerTimes, Observers, RoutingCounts, StepTiming
 from hybridscope.live.routing import Routing
 from hybridscope.live.sampler import Sampler
 
 CUDA_EVENT_POOL = 1 << 18  # events in flight at most: 2 per module call not yet read back
 PREWARM_STEPS = 16
+# With observers (live metrics), layer times are read back at the first step boundary past this
+# interval since the last read: live within a second, at most one read-back pass a second.
+LIVE_INTERVAL_NS = 1_000_000_000
 
 
 def arm(cap, model, in_forward: bool = False) -> Armed:
@@ -58,7 +64,13 @@ class Armed:
 
             self.kernels = KernelBackend(cuda=self.cuda, window=cap.window, max_windows=4096, faults=self.faults)
             self.kernels.start()
-        self.sampler = Sampler(cap.sampler_interval, self.faults, devices=self._uuids())
+        # the step observer seam (live.observers): the store's buffers here, plus the capture's extra
+        # observers (the Prometheus exporter); each call guarded by the faults
+        self.observers = Observers(getattr(cap, "observers", []), self.faults)
+        self.routing_seen = 0
+        self.last_live = 0
+        self.sampler = Sampler(cap.sampler_interval, self.faults, devices=self._uuids(),
+                               observe=self.observers.on_samples if self.observers.observers else None)
         self.sampler.start()
         self.hooks = Hooks(specs_modules, self.recorder, self.faults)
         self._toggle(0)  # step 0 is always sampled
@@ -111,16 +123,23 @@ class Armed:
         rec = self.recorder
         self.steps.append((rec.step, self.open_ts + rec.offset, now - self.open_ts, *closing,
                            self.hooks.installed))
+        if self.observers.observers:
+            self._observe_step(self.steps[-1])
         rec.step += 1
         self.open_ts, self.open_meta = now, following
         if self.sampled(rec.step) != self.hooks.installed:
             self._toggle(rec.step)
+        live = bool(self.observers.observers) and now - self.last_live >= LIVE_INTERVAL_NS
+        if live:
+            self.last_live = now
         if self.timer is not None:
             self.timer.step_boundary()
             with self.faults.guard("layers.resolve"):
-                self._take(self.timer.resolve(rec.parents, final=False, faults=self.faults))
+                self._take(self.timer.resolve(rec.parents, final=False, faults=self.faults, live=live))
         with self.faults.guard("routing"):
-            self.routing.step_boundary()
+            self.routing.step_boundary(live=live)
+        if self.observers.observers and len(self.routing.done) > self.routing_seen:
+            self._observe_routing()
         if self.kernels is not None:
             with self.faults.guard("kernels.step"):
                 self.kernels.step(rec.step)
@@ -131,6 +150,33 @@ class Armed:
     def _take(self, res: Resolved) -> None:
         for name in ("inst", "ts_ns", "excl_ns", "incl_ns"):
             getattr(self.resolved, name).extend(getattr(res, name))
+        if self.observers.observers and res.inst:
+            self._observe_layers(res)
+
+    # -- the observers (live.observers) ----------------------------------------------------------
+    def drop_counts(self) -> dict[str, int]:
+        return {"scopes": self.recorder.drops, "routing": self.routing.drops, "samples": self.sampler.drops}
+
+    def _observe_step(self, row: tuple) -> None:
+        step, start, dur, phase, n_tokens, n_requests, sampled = row
+        self.observers.on_step(StepTiming(self.rank, step, start, dur, phase, n_tokens, n_requests, sampled))
+
+    def _observe_layers(self, res: Resolved) -> None:
+        with self.faults.guard("observe.layers"):
+            cols = res.columns()
+            rec = self.recorder
+            spec = np.asarray(rec.inst_spec, np.int64)[cols["inst"]]
+            types = np.asarray([s.layer_type for s in rec.specs] + [None], dtype=object)[spec]
+            index = np.asarray([-1 if s.layer_index is None else s.layer_index for s in rec.specs], np.int64)[spec]
+            step = np.asarray(rec.inst_step, np.int64)[cols["inst"]]
+            self.observers.on_layers(LayerTimes(self.rank, step, types, index, cols["excl_ns"]))
+
+    def _observe_routing(self) -> None:
+        with self.faults.guard("observe.routing"):
+            new = self.routing.done[self.routing_seen:]
+            self.routing_seen = len(self.routing.done)
+            step, layer, expert, tokens = (np.concatenate(c) for c in zip(*new))
+            self.observers.on_routing(RoutingCounts(self.rank, step, layer, expert, tokens))
 
     # -- the end -------------------------------------------------------------------------------
     def finish(self, summary) -> None:
@@ -145,6 +191,7 @@ class Armed:
             with self.faults.guard("kernels.stop"):
                 self.kernels.stop()
         self.sampler.stop()
+        self.observers.close()
         rec = self.recorder
         if self.open_ts is not None and self.forward_seen and (
                 not self.explicit or (rec.inst_step and rec.inst_step[-1] == rec.step)):

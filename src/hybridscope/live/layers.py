@@ -93,10 +93,12 @@ class CpuTimer:
     def step_boundary(self) -> None:
         """Nothing to do on CPU: every mark is already a time."""
 
-    def resolve(self, parents, final: bool, faults=None) -> Resolved:
-        """All marks so far (CPU marks are times already); `parents()` gives the parent array."""
+    def resolve(self, parents, final: bool, faults=None, live: bool = False) -> Resolved:
+        """All marks so far (CPU marks are times already); `parents()` gives the parent array.
+        Only at `final`, or `live` (observers want the times now; called at a step boundary, where
+        every instance of the closed steps has ended)."""
         out = Resolved()
-        if not self.t or not final:
+        if not self.t or not (final or live):
             return out
         t = np.asarray(self.t, np.int64) + self.offset
         ids, st, ex, inc = exclusive_times(t, np.asarray(self.inst), np.asarray(self.start), parents())
@@ -189,8 +191,9 @@ class CudaTimer:
             self.pending.append(self.current)
             self.current = []
 
-    def resolve(self, parents, final: bool, faults=None) -> Resolved:
-        """Resolve pending steps whose events completed; at `final`, synchronize and take all.
+    def resolve(self, parents, final: bool, faults=None, live: bool = False) -> Resolved:
+        """Resolve pending steps whose events completed; at `final`, synchronize and take all;
+        `live` (observers want the times now): every pending step whose events completed.
 
         Not final: only when free events run low (fewer than two steps' worth) or half the
         capacity is in flight; reading back costs less than creating events, and a step whose
@@ -205,7 +208,7 @@ class CudaTimer:
                 self.anchor = self.ref
             del self.pool[POOL_KEEP:]
             return out
-        if self.n_live < self.capacity // 2 and len(self.pool) >= 2 * self.step_marks:
+        if not live and self.n_live < self.capacity // 2 and len(self.pool) >= 2 * self.step_marks:
             return out
         return self._resolve_all(parents, faults, only_done=True)
 

@@ -95,8 +95,14 @@ class Routing:
             ones = self.ones[(device, numel)] = self.torch.ones(numel, dtype=self.torch.int64, device=device)
         return ones
 
-    def step_boundary(self) -> None:
-        """Collect copies that have landed. Never waits."""
+    def step_boundary(self, live: bool = False) -> None:
+        """Collect copies that have landed. Never waits. `live` (observers want counts now): partly
+        filled blocks are copied back too (non-blocking), to be collected once landed."""
+        if live:
+            for rows, keys in self.blocks.values():
+                if keys:
+                    self._copy(rows, keys)
+            self.blocks = {}
         self._collect(final=False)
 
     def _copy(self, rows, keys) -> None:

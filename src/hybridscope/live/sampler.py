@@ -24,7 +24,7 @@ NVML_METRICS = ("gpu_util_pct", "mem_util_pct", "sm_clock_mhz", "power_w", "mem_
 class Sampler:
     """Start with `start()`, stop with `stop()`; `columns(rank)` gives the `samples` rows."""
 
-    def __init__(self, interval_s: float, faults, capacity: int = 200_000, devices=None):
+    def __init__(self, interval_s: float, faults, capacity: int = 200_000, devices=None, observe=None):
         """`devices`: {CUDA index: device UUID string} to sample (rows name the CUDA index);
         None samples every NVML device under its NVML index."""
         self.interval = interval_s
@@ -37,6 +37,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._devices = devices
+        self._observe = observe  # live.observers: each reading also goes to the observers
         self._read = None
 
     def start(self) -> None:
@@ -71,7 +72,10 @@ class Sampler:
         if len(self.rows) + len(readings) > self.capacity:
             self.drops += len(readings)
             return
-        self.rows.extend((dev, ts, metric, float(v)) for dev, metric, v in readings)
+        rows = [(dev, ts, metric, float(v)) for dev, metric, v in readings]
+        if self._observe is not None:
+            self._observe(rows)
+        self.rows.extend(rows)
 
     def _open_nvml(self):
         try:

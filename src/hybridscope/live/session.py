@@ -91,8 +91,10 @@ class Summary:
 def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layers", label: str | None = None,
             steps: int | None = None, duration: float | None = None, sample_every: int | None = None,
             sample_steps: int | None = None, sampler_interval: float = 0.5, max_events: int = 1_000_000,
-            quiet: bool = False) -> Capture:
+            quiet: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> Capture:
     """A capture session (a context manager). `model` may be given later with `cap.attach(model)`.
+    `metrics_port`: also serve live per-layer-type metrics for Prometheus on metrics_host:port (+ the
+    process's LOCAL_RANK) while capture is armed (live.metrics; docs/capture.md, "Watch it live").
 
     Raises UsageError (one line) for arguments that do not fit; nothing else escapes it."""
     if mode not in MODES:
@@ -109,9 +111,14 @@ def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layer
         raise UsageError(f"sample_steps must be between 1 and sample_every ({n}), not {k!r}")
     if not sampler_interval > 0:
         raise UsageError(f"sampler_interval must be positive, not {sampler_interval!r}")
+    if metrics_port is not None and (not isinstance(metrics_port, int) or not 0 < metrics_port < 65536):
+        raise UsageError(f"metrics_port must be a TCP port (1-65535), not {metrics_port!r}")
     window = (k, n)
-    return Capture(Path(db), mode=mode, label=label, steps=steps, duration=duration, window=window,
-                   sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=model)
+    cap = Capture(Path(db), mode=mode, label=label, steps=steps, duration=duration, window=window,
+                  sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=None)
+    cap.metrics = (metrics_host, metrics_port) if metrics_port is not None else None
+    cap._pending_model = model
+    return cap
 
 
 class Capture:
@@ -127,6 +134,9 @@ class Capture:
         self.model = None
         self._pending_model = model
         self._state = "new"  # new -> armed -> stopped
+        self.metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint, if asked
+        self.observers: list = []  # extra step observers (live.observers), beside the store's buffers
+        self.exporter = None
         self._lock = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------------
@@ -151,8 +161,26 @@ class Capture:
             return
         self.model = model
         self._t_enter = getattr(self, "_t_enter", time.monotonic())
+        if self.metrics is not None:
+            self._start_exporter()
         self._armed = arm.arm(self, model, in_forward)
+        if self.exporter is not None:
+            self.exporter.drops_source = self._armed.drop_counts
         self._state = "armed"
+
+    def _start_exporter(self) -> None:
+        """The Prometheus endpoint (live.metrics). A port that cannot be bound is a capture fault,
+        reported in the summary: the workload runs on."""
+        from hybridscope.live.arm import _rank
+        from hybridscope.live.metrics import PrometheusExporter
+
+        with self.faults.guard("metrics.start"):
+            exporter = PrometheusExporter(rank=_rank()[0])
+            exporter.faults = self.faults
+            host, port = self.metrics
+            self.metrics_bound = (host, exporter.serve(host, port))
+            self.exporter = exporter
+            self.observers.append(exporter)
 
     def step(self, n_tokens: int | None = None, phase: str | None = None, n_requests: int | None = None) -> None:
         """End the current step and start the next one (see the module docstring)."""
@@ -176,6 +204,9 @@ class Capture:
                 armed.finish(summary)
             except Exception as e:  # noqa: BLE001 - the last line of defence: report, never raise into the workload
                 self.faults.record("stop", e)
+        if self.exporter is not None:
+            host, port = self.metrics_bound
+            summary.notes.append(f"Prometheus metrics were served on http://{host}:{port}/metrics while armed")
         summary.faults = self.faults.as_dict()
         summary.flush_s = time.perf_counter() - t0
         self.summary = summary

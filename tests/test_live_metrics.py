@@ -1,0 +1,112 @@
+"""Live metrics (live/metrics.py, live/observers.py): hand-computed buckets, the exporter's numbers
+from hand-made observations, and an end-to-end scrape of the engine under capture compared with the
+store it writes."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+
+from hybridscope.live.metrics import BUCKETS_S, Hist, PrometheusExporter
+from hybridscope.live.observers import LayerTimes, RoutingCounts, StepTiming
+
+
+def parse(text: str) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value} (labels as printed)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def scrape_text(exp: PrometheusExporter) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(exp)
+    return generate_latest(reg).decode()
+
+
+def test_buckets_double_from_one_microsecond():
+    assert BUCKETS_S[0] == 1e-6 and BUCKETS_S[1] == 2e-6 and len(BUCKETS_S) == 24
+    assert BUCKETS_S[-1] == pytest.approx(8.388608)
+
+
+def test_hist_counts_are_cumulative_and_le():
+    h = Hist()
+    h.add(np.array([500, 1000, 3000, 1_000_000_000, 20_000_000_000]))  # 0.5 µs, 1 µs, 3 µs, 1 s, 20 s
+    b = dict(h.buckets())
+    assert b["1e-06"] == 2  # 0.5 µs and exactly 1 µs (le)
+    assert b["2e-06"] == 2 and b["4e-06"] == 3
+    assert b[repr(BUCKETS_S[-1])] == 4 and b["+Inf"] == 5
+    assert h.sum_s == pytest.approx(21.0000045)
+
+
+def test_exporter_numbers_from_hand_made_observations():
+    exp = PrometheusExporter(rank=1, hot_experts=2)
+    exp.on_step(StepTiming(1, 0, 0, 10_000_000, "prefill", 32, 2, True))
+    exp.on_step(StepTiming(1, 1, 0, 30_000_000, "decode", 2, 2, False))
+    exp.on_layers(LayerTimes(1, np.array([0, 0, 0, 0]),
+                             np.array(["mamba", "moe_comm", "moe_comm", None], dtype=object),
+                             np.array([0, 1, 1, 2]), np.array([2_000_000, 1_000_000, 3_000_000, 500_000])))
+    exp.on_routing(RoutingCounts(1, np.array([0, 0, 0, 0, 3, 3, 3, 3]), np.array([5] * 8),
+                                 np.array([0, 1, 2, 3] * 2), np.array([1, 1, 1, 1, 6, 1, 1, 0])))
+    m = parse(scrape_text(exp))
+    assert m['hybridscope_step_seconds_count{rank="1"}'] == 2
+    assert m['hybridscope_step_seconds_sum{rank="1"}'] == pytest.approx(0.04)
+    assert m['hybridscope_tokens_total{rank="1"}'] == 34
+    assert m['hybridscope_layer_seconds_count{layer_type="moe_comm",rank="1"}'] == 2
+    assert m['hybridscope_layer_seconds_sum{layer_type="mamba",rank="1"}'] == pytest.approx(0.002)
+    assert 'hybridscope_layer_seconds_count{layer_type="None",rank="1"}' not in m  # untyped rows are left out
+    # moe_comm 4 ms of the sampled step's 10 ms
+    assert m['hybridscope_moe_comm_wait_ratio{rank="1"}'] == pytest.approx(0.4)
+    # latest routed step (3): tokens 6, 1, 1, 0 -> max/mean = 6 / 2
+    assert m['hybridscope_routing_imbalance_ratio{layer="5",rank="1"}'] == pytest.approx(3.0)
+    hot = {k: v for k, v in m.items() if k.startswith("hybridscope_hot_expert_tokens")}
+    assert hot == {'hybridscope_hot_expert_tokens{expert="0",layer="5",rank="1"}': 6.0,
+                   'hybridscope_hot_expert_tokens{expert="1",layer="5",rank="1"}': 1.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_engine_under_capture_serves_what_the_store_holds(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import hybridscope
+    from hybridscope.engine.config import EngineConfig
+    from hybridscope.engine.model import build_model
+    from hybridscope.engine.scheduler import Engine, Request
+    from hybridscope.live import arm
+    from hybridscope.store import db as store
+
+    monkeypatch.setattr(arm, "LIVE_INTERVAL_NS", 0)  # read back at every step boundary
+    torch.manual_seed(0)
+    model = build_model(EngineConfig.from_preset("tiny"))
+    reqs = [Request(i, list(range(1, 12)), max_new_tokens=6, arrival=0.0) for i in range(4)]
+    port = _free_port()
+    db = tmp_path / "run.duckdb"
+    with hybridscope.capture(db=db, model=model, sample_every=1, metrics_port=port, quiet=True) as cap:
+        Engine(model, cuda_graphs=False).run(reqs)
+        m = parse(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+    with pytest.raises(OSError):  # the endpoint went down with the capture
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    con = store.open_readonly(db)
+    try:
+        last = con.execute("SELECT max(step) FROM events WHERE source = 'layer'").fetchone()[0]
+        want = dict(con.execute("SELECT layer_type, count(*) FROM events WHERE source = 'layer' AND step < ? "
+                                "GROUP BY ALL", [last]).fetchall())
+        n_steps = con.execute("SELECT count(*) FROM steps").fetchone()[0]
+    finally:
+        con.close()
+    got = {k.split('"')[1]: v for k, v in m.items() if k.startswith("hybridscope_layer_seconds_count")}
+    assert got == want  # every closed step's layer rows, typed as the store types them
+    assert m['hybridscope_step_seconds_count{rank="0"}'] == n_steps - 1  # the last step is still open
+    assert cap.summary.faults == {}
