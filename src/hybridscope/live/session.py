@@ -6,8 +6,8 @@
             cap.step()                 # optional: without it, each top-level forward is a step
 
 Modes: 'layers' (light, meant to stay on: per-module device time from CUDA events, see
-capture.layers) and 'kernels' (deep: kernels through torch.profiler, attributed to the same
-scopes, see capture.kernels). Both record the module scopes, MoE routing counts, steps, and the
+live.layers) and 'kernels' (deep: kernels through torch.profiler, attributed to the same
+scopes, see live.kernels). Both record the module scopes, MoE routing counts, steps, and the
 dashboard's view (sampler).
 
 Sampling (both modes): `sample_every=n, sample_steps=k` records the first k steps of every n in
@@ -16,7 +16,7 @@ removed at its end, so the other steps run with no module hook at all (and, in k
 with CUDA collection off). Every step is still timed (the steps table, step_ms samples); layer
 times, scopes, routing counts and kernels come from sampled steps only (`steps.sampled`,
 `runs.notes...sampling`). Defaults (DEFAULT_SAMPLING): layers 1 of 8; kernels 2 of 64 (each window
-costs its steps' CUPTI overhead and a 4-6 ms drain at its end, capture.kernels; measured in-run
+costs its steps' CUPTI overhead and a 4-6 ms drain at its end, live.kernels; measured in-run
 costs in docs/benchmarks.md).
 `sample_every=1` records every step (kernels: one profiler session, processed at stop).
 
@@ -28,7 +28,7 @@ wider is prefill; an argument with a boolean `decode` attribute says it directly
 
 Limits: `steps=N` and `duration=seconds` stop recording at the first step boundary past them:
 hooks are removed, the profiler and sampler stop and the run is written then; the workload goes on.
-Nothing in capture can take the workload down (capture.faults): failures are counted and reported,
+Nothing in capture can take the workload down (live.faults): failures are counted and reported,
 buffers are bounded (`max_events`) and drops are counted. The summary goes to stderr at the end.
 """
 

@@ -37,7 +37,7 @@ class RunMeta:
 
 def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, device: int | None,
                   first_id: int) -> dict:
-    """`layers` mode rows: one per resolved instance, exclusive device time (see capture.layers)."""
+    """`layers` mode rows: one per resolved instance, exclusive device time (see live.layers)."""
     inst = res["inst"]
     n = len(inst)
     if n == 0:
