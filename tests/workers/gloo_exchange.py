@@ -1,4 +1,4 @@
-"""A two-rank gloo workload for tests/test_ranks_gloo.py, run under torchrun.
+"""A two-rank gloo workload for tests/test_analyze_collectives_gloo.py, run under torchrun.
 
 A toy MoE layer whose rank 1 computes 20 ms longer before each all-to-all, captured in `kernels`
 mode by each rank into its own store (`DB` gets a `.rank<r>` suffix under torchrun)."""

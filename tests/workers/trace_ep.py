@@ -1,4 +1,4 @@
-"""Expert parallelism over gloo under torchrun, for tests/test_trace_family.py (run under `hybridscope trace`).
+"""Expert parallelism over gloo under torchrun, for tests/test_live_family.py (run under `hybridscope trace`).
 
 Each rank joins the process group, builds the engine's tiny preset, keeps its share of the experts
 (`engine.ep.apply_ep`: all-to-all dispatch and combine) and serves a few requests. Nothing here

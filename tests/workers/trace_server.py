@@ -1,4 +1,4 @@
-"""A small multi-process server for tests/test_trace_family.py, run under `hybridscope trace`.
+"""A small multi-process server for tests/test_live_family.py, run under `hybridscope trace`.
 
 The parent builds no model: it starts two engine workers with torch.multiprocessing (spawn) and one
 worker with `subprocess` that serves a tiny HF NemotronH (random weights from a config, no

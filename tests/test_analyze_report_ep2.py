@@ -5,7 +5,7 @@ import json
 
 import pytest
 import report_scenario
-from test_report_perfetto import check_trace
+from test_present_perfetto import check_trace
 
 from hybridscope.analyze.report import build_report
 from hybridscope.cli import main
