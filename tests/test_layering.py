@@ -150,3 +150,28 @@ def test_the_rule_itself(source, target, floor_ok):
     mine, theirs = _floor(source), _floor(target)
     ok = theirs < mine or (theirs == mine and _room(source) == _room(target))
     assert ok == floor_ok
+
+
+def _code_without_docstrings(path: Path) -> str:
+    """A module's source with its docstrings blanked (they may quote a definition)."""
+    tree = ast.parse(path.read_text())
+    lines = path.read_text().splitlines()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            for i in range(body[0].lineno - 1, body[0].end_lineno):
+                lines[i] = ""
+    return "\n".join(lines)
+
+
+def test_one_definition_of_each_thing():
+    """The GPU-event predicate (store.db.GPU_EVENTS), each rank's window (analyze.timeline) and the
+    quantile (analyze.stats; DuckDB's quantile_cont in SQL) are defined once and used, not restated."""
+    mods = {name: path for name, path in _modules().items() if _room(name) != BESIDE}
+    code = {name: _code_without_docstrings(path) for name, path in mods.items()}
+    restated = [m for m, c in code.items() if "'memcpy', 'memset'" in c or '"memcpy", "memset"' in c]
+    assert restated == ["hybridscope.store.db"]
+    assert [m for m, c in code.items() if "def rank_windows(" in c] == ["hybridscope.analyze.timeline"]
+    other_quantiles = [m for m, c in code.items() if "np.percentile(" in c or "np.quantile(" in c]
+    assert not other_quantiles

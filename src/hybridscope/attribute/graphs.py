@@ -27,7 +27,7 @@ import numpy as np
 
 from hybridscope.attribute.pattern import LayerPattern
 from hybridscope.attribute.sequence import segment
-from hybridscope.store.db import insert_columns
+from hybridscope.store.db import GPU_EVENTS, insert_columns
 
 TEMPS = ("_hs_attr_gk", "_hs_attr_cap", "_hs_attr_cl", "_hs_attr_rp", "_hs_attr_gmap", "_hs_attr_seq")
 
@@ -87,7 +87,7 @@ def _replay_kernels(con, params: dict) -> None:
         WITH gpu AS (
             SELECT rank, event_id, name, kind, ts_ns, coalesce(stream, -1) AS stream,
                    nullif(correlation, 0) AS correlation, graph_id
-            FROM events WHERE {_RUN} AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset')),
+            FROM events WHERE {_RUN} AND {GPU_EVENTS}),
         cc AS (SELECT rank, correlation, count(*) FILTER (WHERE kind = 'kernel') AS n FROM gpu
                WHERE correlation IS NOT NULL GROUP BY rank, correlation),
         gl AS (SELECT rank, correlation, bool_or(name ILIKE '%graphlaunch%') AS graph_launch FROM events
