@@ -14,6 +14,8 @@ Contract:
     'ns'     a time in nanoseconds (int or float: interpolated percentiles are fractional)
     'pct'    a percentage on the 0-100 scale (42.5 means 42.5 %)
     'ratio'  a dimensionless ratio shown with a × (p99/p50 = 69.0 means 69×)
+    'kernel' text: a GPU kernel's name as recorded; JSON/CSV keep it whole, the terminal shows it
+             shortened (`units.short_kernel_name`), the HTML shortened with the whole name on hover
 - `meta` carries what a reader needs to interpret the rows (run id, rank, window, notes) as
   JSON-serialisable values; renderers show `meta['title']` and `meta['notes']` when present.
 """
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-KINDS: tuple[str, ...] = ("str", "int", "float", "ns", "pct", "ratio")
+KINDS: tuple[str, ...] = ("str", "int", "float", "ns", "pct", "ratio", "kernel")
+TEXT_KINDS: tuple[str, ...] = ("str", "kernel")
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,16 @@ class Column:
     """One column: machine name (used in JSON/CSV), kind (see module doc), one-line meaning.
 
     `label` is the header shown in the terminal (defaults to `name`), so that `p50_ns` can read
-    as `p50` where the unit is already in every cell.
+    as `p50` where the unit is already in every cell. `optional` ranks what a narrow terminal hides
+    first: 0 (the default) is hidden only after every optional column, and higher numbers go
+    before lower ones (present/table.py `fit`).
     """
 
     name: str
     kind: str = "str"
     doc: str = ""
     label: str | None = None
+    optional: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

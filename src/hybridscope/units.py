@@ -2,7 +2,8 @@
 
 Shared by the analyses that write sentences (advice) and every renderer (present/), so both say
 '12.3 µs' the same way. 'ns' is scaled per value to ns / µs / ms / s with three significant digits,
-'pct' gets %, 'ratio' ×, 'int' thousands separators, None (and NaN) '-'.
+'pct' gets %, 'ratio' ×, 'int' thousands separators, None (and NaN) '-'. A 'kernel' name is
+shortened one way everywhere (`short_kernel_name`): C++ parameter lists and nested templates go.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def format_value(value: Any, kind: str) -> str:
         return _sig3(value) + "×"
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
+    if kind == "kernel":
+        return short_kernel_name(str(value))
     if kind in ("int", "float") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return format_float(float(value))
     return str(value)
@@ -71,4 +74,47 @@ def format_float(x: float) -> str:
     text = f"{x:,.{decimals}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
+    return text
+
+
+_DROP = ("void ", "at::native::", "(anonymous namespace)::", "at_cuda_detail::", "c10::", "std::")
+
+
+def short_kernel_name(name: str, width: int = 100) -> str:
+    """A C++ kernel name a person can scan: no `void`, no parameter list, templates nested deeper
+    than one level shown as `<…>`, common namespaces dropped, at most `width` characters.
+    Names that are not C++ signatures (`Memcpy HtoD (Pageable -> Device)`) keep their text."""
+    text = name
+    if "::" in text or text.startswith("void ") or "<" in text:
+        text = _elide_templates(_without_params(text))
+    for prefix in _DROP:
+        text = text.replace(prefix, "")
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _elide_templates(text: str) -> str:
+    kept, depth = [], 0
+    for ch in text:
+        if ch == "<":
+            depth += 1
+            kept.append("<" if depth == 1 else "<…>" if depth == 2 else "")
+        elif ch == ">":
+            kept.append(">" if depth == 1 else "")
+            depth -= 1
+        elif depth < 2:
+            kept.append(ch)
+    return "".join(kept)
+
+
+def _without_params(text: str) -> str:
+    """Cut at the first '(' outside template brackets: the parameter list."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and i > 0:
+            return text[:i]
     return text

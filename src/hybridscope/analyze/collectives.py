@@ -75,7 +75,7 @@ COLLECTIVE_COLUMNS = (
     Column("pg", "str", "process group"),
     Column("seq", "int", "ordinal of the collective in its group"),
     Column("rank", "int", "rank"),
-    Column("name", "str", "kernel / op name"),
+    Column("name", "kernel", "kernel / op name"),
     Column("step", "int", "step of the rank's collective, when known"),
     Column("start_ns", "int", "arrival (start) on the run's clock"),
     Column("end_ns", "int", "completion on the run's clock"),
@@ -100,8 +100,8 @@ def collectives(con, run_id: int) -> Table:
 
 RANK_COLUMNS = (
     Column("rank", "int", "rank"),
-    Column("collectives", "int", "collectives matched"),
-    Column("comm_ns", "ns", "time inside collectives", "in collectives"),
+    Column("collectives", "int", "collectives matched", optional=2),
+    Column("comm_ns", "ns", "time inside collectives", "in collectives", optional=1),
     Column("wait_ns", "ns", "time waiting for a later peer", "waiting"),
     Column("wait_pct", "pct", "wait / time inside collectives", "wait %"),
     Column("straggler_n", "int", "collectives where this rank arrived last", "last to arrive"),
@@ -124,10 +124,10 @@ STEP_COLUMNS = (
     Column("straggler", "int", "rank whose late arrivals its peers waited for longest in the step"),
     Column("caused_ns", "ns", "wait of the peers in the collectives where the straggler arrived last",
            "wait it caused"),
-    Column("last_n", "int", "collectives where it arrived last", "times last"),
-    Column("collectives", "int", "collectives in the step"),
+    Column("last_n", "int", "collectives where it arrived last", "times last", optional=1),
+    Column("collectives", "int", "collectives in the step", optional=3),
     Column("wait_ns", "ns", "sum of every rank's wait in the step", "total wait"),
-    Column("step_ns", "ns", "mean step time over ranks", "step time"),
+    Column("step_ns", "ns", "mean step time over ranks", "step time", optional=2),
     Column("wait_share_pct", "pct", "total wait / (ranks x step time)", "wait share"),
 )
 

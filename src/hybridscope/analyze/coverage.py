@@ -21,7 +21,7 @@ not `other` (a graph kernel without a name rule is not explained).
 `unattributed(con, run_id, rank=None, top=10)` -> Table 'unattributed': the kernels with the most
 GPU time among events whose layer type is `other` (attr_method 'none', or 'graph' with no rule),
 with n, gpu_ns and gpu_pct of the run's GPU time: the names worth a rule or a scope. The `kernel`
-column is `short_kernel_name(name)`; the full names, in row order, are `meta['names']`.
+column holds the whole names (kind 'kernel': the terminal shortens them).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ COVERAGE_COLUMNS = (
     Column("with_layer_pct", "pct", "share of gpu_ns whose layer index is known", "% with layer"),
 )
 UNATTRIBUTED_COLUMNS = (
-    Column("kernel", "str", "kernel / memcpy / memset name"),
+    Column("kernel", "kernel", "kernel / memcpy / memset name"),
     Column("n", "int", "events"),
     Column("gpu_ns", "ns", "sum of durations", "GPU time"),
     Column("gpu_pct", "pct", "share of the run's GPU time", "% GPU"),
@@ -142,55 +142,11 @@ def unattributed(con, run_id: int, *, rank: int | None = None, top: int = 10) ->
         """,
         params,
     ).fetchall()
-    out = [(short_kernel_name(name), plain(n), int(gpu), _pct(int(gpu), total)) for name, n, gpu in rows]
+    out = [(name, plain(n), int(gpu), _pct(int(gpu), total)) for name, n, gpu in rows]
     return Table("unattributed", UNATTRIBUTED_COLUMNS, out, {
-        "names": [r[0] for r in rows],
         "title": f"Top {top} kernels left `other`, run {run_id}" + (f" rank {rank}" if rank is not None else ""),
         "run_id": run_id, "rank": rank, "gpu_ns": int(total),
     })
-
-
-_DROP = ("void ", "at::native::", "(anonymous namespace)::", "at_cuda_detail::", "c10::", "std::")
-
-
-def short_kernel_name(name: str, width: int = 100) -> str:
-    """A C++ kernel name a person can scan: no `void`, no parameter list, templates nested deeper
-    than one level shown as `<…>`, common namespaces dropped, at most `width` characters.
-    Names that are not C++ signatures (`Memcpy HtoD (Pageable -> Device)`) keep their text."""
-    text = name
-    if "::" in text or text.startswith("void ") or "<" in text:
-        text = _elide_templates(_without_params(text))
-    for prefix in _DROP:
-        text = text.replace(prefix, "")
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _elide_templates(text: str) -> str:
-    kept, depth = [], 0
-    for ch in text:
-        if ch == "<":
-            depth += 1
-            kept.append("<" if depth == 1 else "<…>" if depth == 2 else "")
-        elif ch == ">":
-            kept.append(">" if depth == 1 else "")
-            depth -= 1
-        elif depth < 2:
-            kept.append(ch)
-    return "".join(kept)
-
-
-def _without_params(text: str) -> str:
-    """Cut at the first '(' outside template brackets: the parameter list."""
-    depth = 0
-    for i, ch in enumerate(text):
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth -= 1
-        elif ch == "(" and depth == 0 and i > 0:
-            return text[:i]
-    return text
 
 
 def _pct(part: int, whole: int) -> float:

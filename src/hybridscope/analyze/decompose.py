@@ -32,7 +32,7 @@ from hybridscope.analyze import timeline
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_EVENTS, GPU_KINDS
-from hybridscope.table import Column, Table, plain
+from hybridscope.table import TEXT_KINDS, Column, Table, plain
 
 # What a decomposition measures -> the events predicate (our constants, never user input).
 MEASURES: dict[str, str] = {
@@ -72,7 +72,7 @@ _KEYS: dict[str, tuple[tuple[Column, ...], tuple[str, ...], tuple[str | None, ..
         ("module",), (NO_MODULE,),
     ),
     "kernel": (
-        (Column("kernel", "str", "kernel (or memcpy/memset) name as recorded"),),
+        (Column("kernel", "kernel", "kernel (or memcpy/memset) name as recorded"),),
         ("name",), (None,),
     ),
 }
@@ -81,14 +81,14 @@ BY: tuple[str, ...] = tuple(_KEYS)
 STAT_COLUMNS: tuple[Column, ...] = (
     Column("n", "int", "number of GPU events"),
     Column("p50_ns", "ns", "median duration (continuous percentile)", "p50"),
-    Column("p90_ns", "ns", "90th percentile duration", "p90"),
+    Column("p90_ns", "ns", "90th percentile duration", "p90", optional=2),
     Column("p99_ns", "ns", "99th percentile duration", "p99"),
-    Column("p999_ns", "ns", "99.9th percentile duration", "p99.9"),
-    Column("max_ns", "ns", "longest event", "max"),
+    Column("p999_ns", "ns", "99.9th percentile duration", "p99.9", optional=4),
+    Column("max_ns", "ns", "longest event", "max", optional=3),
     Column("tail_ratio", "ratio", "p99 / p50", "p99/p50"),
     Column("gpu_ns", "ns", "sum of durations", "GPU time"),
     Column("gpu_pct", "pct", "share of the all row's GPU time", "% GPU"),
-    Column("wall_pct", "pct", "GPU time / window wall time (rank-time summed over ranks)", "% wall"),
+    Column("wall_pct", "pct", "GPU time / window wall time (rank-time summed over ranks)", "% wall", optional=1),
 )
 
 
@@ -126,7 +126,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         groups = _largest(groups, top)
 
     total = all_raw[-1]
-    all_keys = tuple(ALL if c.kind == "str" else None for c in key_cols)
+    all_keys = tuple(ALL if c.kind in TEXT_KINDS else None for c in key_cols)
     rows = [_row(all_keys, all_raw, total, wall_ns)]
     rows += [_row(tuple(g[1:1 + len(key_cols)]), g, total, wall_ns) for g in groups]
 

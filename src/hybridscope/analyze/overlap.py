@@ -113,7 +113,7 @@ def _top_table(k, everything, top, run_id) -> Table:
             Column("at_ns", "ns", "gap start from the rank's window start", "at"), Column("gap_ns", "ns", "", "gap"),
             Column("step", "int"), Column("before", "str", "layer type of the kernel before"),
             Column("after", "str", "layer type of the kernel after"),
-            Column("before_kernel", "str"), Column("after_kernel", "str"))
+            Column("before_kernel", "kernel"), Column("after_kernel", "kernel"))
     return Table("top_gaps", cols, rows, {"title": f"Longest {top} GPU idle gaps", "run_id": run_id})
 
 

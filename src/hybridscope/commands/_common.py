@@ -80,6 +80,15 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def table_width() -> int:
+    """Columns for tables when stdout is not a terminal: $COLUMNS when set (`COLUMNS=80 hybridscope
+    decompose ... > out.txt`), else 240 (a file or a pipe has no width to squeeze the columns into)."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) >= 20 else 240
+
+
 def print_table(table, fmt: str) -> None:
     """Print an analysis `Table` on stdout: a rich table, or the JSON/CSV text exactly as rendered."""
     import sys
@@ -87,10 +96,32 @@ def print_table(table, fmt: str) -> None:
     from hybridscope.present import table as render
 
     if fmt == "table" and out.is_terminal:
-        out.print(render.to_rich(table))
-    elif fmt == "table":  # piped or captured: no terminal width to squeeze the columns into
-        sys.stdout.write(render.to_text(table, width=240))
+        out.print(render.to_rich(table, width=out.width))
+    elif fmt == "table":
+        sys.stdout.write(render.to_text(table, width=table_width()))
         sys.stdout.flush()
     else:
         sys.stdout.write(render.render(table, check_format(fmt)))
         sys.stdout.flush()
+
+
+def print_tables(tables: dict, fmt: str) -> None:
+    """Several tables of one verb: one after another in a terminal, one JSON object keyed by `tables`'
+    names, and for CSV (one table a file) the one table there is, else a usage error."""
+    import sys
+
+    import orjson
+
+    from hybridscope.errors import UsageError
+    from hybridscope.present import table as render
+
+    if fmt == "json":
+        doc = {name: orjson.loads(render.to_json(t)) for name, t in tables.items()}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.flush()
+    elif fmt == "csv" and len(tables) > 1:
+        raise UsageError(f"--format csv holds one table; this prints {len(tables)} "
+                         f"({', '.join(tables)}): choose one")
+    else:
+        for t in tables.values():
+            print_table(t, fmt)

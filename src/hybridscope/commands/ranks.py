@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import FormatOption, RunOption, check_format, print_table
+from hybridscope.commands._common import FormatOption, RunOption, check_format, print_tables
 
 
 def ranks(
@@ -38,9 +38,8 @@ def ranks(
         raise UsageError("give exactly one of --db FILE or --parquet DIR")
     with api.open(db if db is not None else parquet) as store:
         run_id = store.run_id(run)
-        tables = [store.analyze(views[name], run=run_id) for name in chosen]
-    for t in tables:
-        print_table(t, fmt)
+        tables = {name: store.analyze(views[name], run=run_id) for name in chosen}
+    print_tables(tables, fmt)
 
 
 def register(app: typer.Typer) -> None:

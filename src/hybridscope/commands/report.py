@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, RunOption, out, wrote
+from hybridscope.commands._common import DbOption, RunOption, out, table_width, wrote
 
 HtmlOption = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")
@@ -45,7 +45,7 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
         rep = store.report(run)
     if console is None:
         # piped or captured: no terminal width to squeeze the tables into (as print_table does)
-        console = out if out.is_terminal else Console(width=200, highlight=False, soft_wrap=False)
+        console = out if out.is_terminal else Console(width=table_width(), highlight=False, soft_wrap=False)
     terminal.render(rep, console)
     if html is not None:
         from hybridscope.present import html as html_renderer

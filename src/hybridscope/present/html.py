@@ -15,6 +15,7 @@ from html import escape
 from hybridscope.analyze.report import SECTIONS, Report, View
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.present import sentences, svg
+from hybridscope.present.table import NUMERIC_KINDS, format_cells
 from hybridscope.table import Table
 from hybridscope.units import format_ns, format_value
 
@@ -98,14 +99,20 @@ def table_html(table: Table, *, max_rows: int | None = None) -> str:
     n_sum = int(table.meta.get("summary_rows", 0) or 0)
     head = "".join(f'<th title="{escape(c.doc)}">{escape(c.header)}</th>' for c in table.columns)
     body = []
-    for i, r in enumerate(rows):
-        cells = "".join(f'<td class="{"num" if c.kind != "str" else ""}">{escape(format_value(v, c.kind))}</td>'
-                        for v, c in zip(r, table.columns))
+    for i, (r, texts) in enumerate(zip(rows, format_cells(table.with_rows(rows)))):
+        cells = "".join(_td(v, c, text) for v, c, text in zip(r, table.columns, texts))
         body.append(f'<tr{" class=summary" if i < n_sum else ""}>{cells}</tr>')
     cut = f'<p class="note">first {max_rows} of {len(table)} rows</p>' if max_rows and len(table) > max_rows else ""
     caption = escape(str(table.meta.get("title") or table.name))
     return (f'<div class="tw"><table data-table="{escape(table.name)}"><caption>{caption}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{cut}")
+
+
+def _td(value, col, text: str) -> str:
+    """One cell; a shortened kernel name carries the whole name on hover."""
+    numeric = col.kind in NUMERIC_KINDS
+    whole = f' title="{escape(str(value))}"' if col.kind == "kernel" and value is not None and text != value else ""
+    return f'<td class="{"num" if numeric else ""}"{whole}>{escape(text)}</td>'
 
 
 def _figure(name: str, caption: str, content: str, legend: list[str] | None = None) -> str:

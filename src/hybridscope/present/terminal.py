@@ -29,16 +29,16 @@ def render(report: Report, console: Console, *, max_rows: int = 12) -> None:
                        f"{info.get('device_name') or 'device unknown'}", style="bold"))
     for section in SECTIONS:
         for view in section.terminal:
-            shown = _view(report, view, max_rows)
+            shown = _view(report, view, max_rows, console.width)
             if shown is not None:
                 console.print(shown)
 
 
-def _view(report: Report, view: View, max_rows: int):
-    """The rich renderable of one view, or None when there is nothing to show."""
+def _view(report: Report, view: View, max_rows: int, width: int):
+    """The rich renderable of one view, or None when there is nothing to show; tables fit `width`."""
     if view.kind == "table":
         table = report.get(view.name)
-        return _cut(table, view.max_rows or max_rows) if table is not None and len(table) else None
+        return _cut(table, view.max_rows or max_rows, width) if table is not None and len(table) else None
     if view.kind == "sentence":
         line = sentences.sentence(view.name, report.get(view.name))
         return Text(f"  {line}", style="italic") if line else None
@@ -57,11 +57,11 @@ def _contrast(contrast: Table):
     return grid
 
 
-def _cut(table: Table, max_rows: int):
+def _cut(table: Table, max_rows: int, width: int):
     if len(table) <= max_rows:
-        return to_rich(table)
+        return to_rich(table, width=width)
     notes = list(table.meta.get("notes") or []) + [f"first {max_rows} of {len(table)} rows"]
-    return to_rich(table.with_rows(table.rows[:max_rows], notes=notes))
+    return to_rich(table.with_rows(table.rows[:max_rows], notes=notes), width=width)
 
 
 def _advice(table: Table):

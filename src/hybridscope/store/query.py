@@ -129,13 +129,13 @@ def list_runs(con: duckdb.DuckDBPyConnection) -> Table:
         Column("run_id", "int", "run id (--run)", "run"),
         Column("label", "str", "file stem or capture label"),
         Column("source", "str", "kineto, nsys, ingero or capture"),
-        Column("ranks", "str", "ranks stored (run_ranks)"),
-        Column("world_size", "int", "world size recorded", "world"),
+        Column("ranks", "str", "ranks stored (run_ranks)", optional=3),
+        Column("world_size", "int", "world size recorded", "world", optional=1),
         Column("device", "str", "device name"),
         Column("window_ns", "ns", "t_end_ns - t_start_ns of the run", "window"),
-        Column("events", "int", "rows in events"),
+        Column("events", "int", "rows in events", optional=2),
         Column("gpu_events", "int", "kernel, memcpy and memset events", "GPU events"),
-        Column("created", "str", "when the run was stored (UTC)"),
+        Column("created", "str", "when the run was stored (UTC)", optional=4),
     )
     return Table("runs", columns, [tuple(plain(v) for v in r) for r in rows], {"title": "runs"})
 
