@@ -28,9 +28,13 @@ CDF_LEVELS: tuple[float, ...] = tuple(np.round(np.r_[np.arange(0, 100) / 100, 0.
 
 @dataclass(frozen=True)
 class Report:
+    """The tables of one run's report, and the sections (SECTIONS below) that computed them and
+    that the renderers show, in order."""
+
     run_id: int
     run: dict
     tables: dict[str, Table] = field(default_factory=dict)
+    sections: tuple = ()
 
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
@@ -207,7 +211,7 @@ def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS) -> 
         for section in sections:
             for step in section.analyses:
                 ctx.add(step(ctx))
-        return Report(run_id, ctx.run, ctx.tables)
+        return Report(run_id, ctx.run, ctx.tables, tuple(sections))
 
 
 def per_rank(con, run_id: int, ranks: list[int] | None = None) -> Table:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from html import escape
 
-from hybridscope.analyze.report import SECTIONS, Report, View
+from hybridscope.analyze.report import Report, View
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.present import sentences, svg
 from hybridscope.present.table import NUMERIC_KINDS, format_cells
@@ -66,7 +66,7 @@ def render(report: Report) -> str:
             (f'<p class="meta">{escape(str(info.get("source")))} · {len(info.get("ranks") or [])} rank(s) · '
             f'{escape(str(info.get("device_name") or "device unknown"))} · window '
             f'{escape(format_ns((info.get("t_end_ns") or 0) - (info.get("t_start_ns") or 0)))}</p>')]
-    for section in SECTIONS:
+    for section in report.sections:
         if section.title is not None:
             body.append(f"<h2>{escape(section.title)}</h2>")
         for item in section.html:

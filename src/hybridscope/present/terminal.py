@@ -1,6 +1,6 @@
 """The terminal report: a `Report` (analyze/report.py) rendered with rich. Formatting only.
 
-What is shown, and in which order, is the `terminal` views of analyze/report.py SECTIONS: the
+What is shown, and in which order, is the `terminal` views of the report's sections (analyze/report.py SECTIONS): the
 contrast (dashboard vs decomposition), the decomposition, the per-rank view (runs with several
 ranks), steps, experts, overlap and gaps, stream conflicts, advice. Long tables are cut to their
 first rows (the analyses sort them most-important first) with a note saying so.
@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from hybridscope.analyze.report import SECTIONS, Report, View
+from hybridscope.analyze.report import Report, View
 from hybridscope.present import sentences
 from hybridscope.present.table import to_rich
 from hybridscope.table import Table
@@ -27,7 +27,7 @@ def render(report: Report, console: Console, *, max_rows: int = 12) -> None:
     console.print(Text(f"hybridscope report · run {report.run_id} · {info.get('label') or ''} · "
                        f"{info.get('source')} · {len(ranks)} rank{'s' if len(ranks) != 1 else ''} · "
                        f"{info.get('device_name') or 'device unknown'}", style="bold"))
-    for section in SECTIONS:
+    for section in report.sections:
         for view in section.terminal:
             shown = _view(report, view, max_rows, console.width)
             if shown is not None:
