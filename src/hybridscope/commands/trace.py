@@ -74,6 +74,11 @@ def trace(
         "1 records every step.")] = None,
     sample_steps: Annotated[int | None, typer.Option(
         "--sample-steps", help="Steps recorded per N. Default: layers 1, kernels 2.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve live per-layer-type metrics for Prometheus: each process that runs a "
+        "model on its own port from this one up (docs/capture.md, 'Watch it live').")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        "--metrics-host", help="Address the metrics endpoints bind to.")] = "127.0.0.1",
 ) -> int:
     """Run a workload with capture armed in every Python process of it; one run lands in --db.
 
@@ -90,8 +95,11 @@ def trace(
         raise UsageError("give --duration or --steps, not both")
     seconds = parse_duration(duration) if duration is not None else None
     kind, target, args = split_command(command)
+    if metrics_port is not None and not 0 < metrics_port < 65536:
+        raise UsageError(f"--metrics-port must be a TCP port (1-65535), not {metrics_port}")
     code, result = run_traced(kind, target, args, db=db, mode=mode, duration=seconds, steps=steps,
-                              model=model, label=label, sample_every=sample_every, sample_steps=sample_steps)
+                              model=model, label=label, sample_every=sample_every, sample_steps=sample_steps,
+                              metrics_port=metrics_port, metrics_host=metrics_host)
     for line in result.lines(mode):
         err.print(line, markup=False)
     if result.run_id is None:

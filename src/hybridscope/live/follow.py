@@ -53,6 +53,7 @@ class Options:
     sample_every: int | None = None
     sample_steps: int | None = None
     metrics_port: int | None = None  # base port of a per-process exporter (see `metrics_port`)
+    metrics_host: str = "127.0.0.1"
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -192,12 +193,14 @@ class Session:
         db = os.path.join(o.dir, f"pid{self.pid}-rank{{rank}}.duckdb")
         self.cap = capture(db=db, mode=o.mode, label=o.label, steps=o.steps, duration=o.duration,
                            sample_every=o.sample_every, sample_steps=o.sample_steps, quiet=True)
+        if o.metrics_port is not None:
+            self.port = metrics_port(o.metrics_port, o.dir)
+            if self.port is not None:  # the exporter starts when the capture arms on a model
+                self.cap.metrics = (o.metrics_host, self.port, True)
         self.cap.__enter__()
         self.finder = Finder(self.cap, o.model)
         if self.how != "trace":
             _catch_sigterm()
-        if o.metrics_port is not None:
-            self.port = metrics_port(o.metrics_port, o.dir)
 
     # -- the end ---------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -265,8 +268,8 @@ class Session:
 
 
 def metrics_port(base: int, folder: str, limit: int = 256) -> int | None:
-    """The port of this process's metrics exporter: `base + slot`, one slot per process that runs
-    torch modules (the exporter itself is not built yet: this is its seam). The slot is torchrun's LOCAL_RANK when it is free, else the lowest free one, claimed by
+    """The port of this process's metrics exporter (live.metrics): `base + slot`, one slot per process
+    that runs torch modules. The slot is torchrun's LOCAL_RANK when it is free, else the lowest free one, claimed by
     creating `<folder>/port-<slot>` exclusively (processes of one trace never share a port)."""
     local = os.environ.get("LOCAL_RANK", "")
     order = ([int(local)] if local.isdigit() else []) + list(range(limit))

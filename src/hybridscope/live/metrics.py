@@ -183,11 +183,13 @@ class PrometheusExporter(StepObserver):
             yield c
 
     # -- the endpoint --------------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint on (host, port + LOCAL_RANK); returns the port bound."""
+    def serve(self, host: str, port: int, by_local_rank: bool = True) -> int:
+        """Start the HTTP endpoint on (host, port + LOCAL_RANK) (exactly `port` when not
+        `by_local_rank`: `hybridscope trace` gives each process its own); returns the port bound."""
         from prometheus_client import CollectorRegistry, start_http_server
 
-        port = port + int(os.environ.get("LOCAL_RANK", "0") or 0)
+        local = os.environ.get("LOCAL_RANK", "")
+        port = port + (int(local) if by_local_rank and local.isdigit() else 0)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
         self.server = start_http_server(port, addr=host, registry=registry)

@@ -29,7 +29,8 @@ from hybridscope.live.session import capture
 
 def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, duration: float | None,
                steps: int | None, model: str | None, label: str | None, sample_every: int | None,
-               sample_steps: int | None, metrics_port: int | None = None) -> tuple[int, family.Result]:
+               sample_steps: int | None, metrics_port: int | None = None,
+               metrics_host: str = "127.0.0.1") -> tuple[int, family.Result]:
     """Run `target` (a script path, a module name or a command) with capture armed in every
     process; (exit code, what was merged into `db`)."""
     db = Path(db)
@@ -39,7 +40,7 @@ def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, durati
     work = Path(tempfile.mkdtemp(prefix=f"{db.stem}.trace-", dir=db.parent if db.parent.is_dir() else None))
     opts = follow.Options(dir=str(work), src=str(Path(follow.__file__).resolve().parents[2]), mode=mode,
                           steps=steps, duration=duration, model=model, label=label, sample_every=sample_every,
-                          sample_steps=sample_steps, metrics_port=metrics_port)
+                          sample_steps=sample_steps, metrics_port=metrics_port, metrics_host=metrics_host)
     if kind == "command":  # the command's Python processes arm themselves; this one only waits
         with family.armed_environment(opts):
             code = _run_command([target, *args])

@@ -116,7 +116,7 @@ def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layer
     window = (k, n)
     cap = Capture(Path(db), mode=mode, label=label, steps=steps, duration=duration, window=window,
                   sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=None)
-    cap.metrics = (metrics_host, metrics_port) if metrics_port is not None else None
+    cap.metrics = (metrics_host, metrics_port, False) if metrics_port is not None else None
     cap._pending_model = model
     return cap
 
@@ -134,7 +134,8 @@ class Capture:
         self.model = None
         self._pending_model = model
         self._state = "new"  # new -> armed -> stopped
-        self.metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint, if asked
+        # (host, port, exact) of the Prometheus endpoint, if asked: exact False adds LOCAL_RANK to the port
+        self.metrics: tuple[str, int, bool] | None = None
         self.observers: list = []  # extra step observers (live.observers), beside the store's buffers
         self.exporter = None
         self._lock = threading.Lock()
@@ -177,8 +178,8 @@ class Capture:
         with self.faults.guard("metrics.start"):
             exporter = PrometheusExporter(rank=_rank()[0])
             exporter.faults = self.faults
-            host, port = self.metrics
-            self.metrics_bound = (host, exporter.serve(host, port))
+            host, port, exact = self.metrics
+            self.metrics_bound = (host, exporter.serve(host, port, by_local_rank=not exact))
             self.exporter = exporter
             self.observers.append(exporter)
 
