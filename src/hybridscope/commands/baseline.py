@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, WarmupOption, err, out
+from hybridscope.commands._common import DbOption, WarmupOption, err, out, wrote
 
 baseline_app = typer.Typer(help="Save and list baselines (per-layer-type duration distributions).",
                            no_args_is_help=True)
@@ -63,6 +65,43 @@ def list_(db: DbOption) -> None:
         t.add_row(name, ", ".join(map(str, run_ids)), "all" if rank is None else str(rank), label or "",
                   f"{created:%Y-%m-%d %H:%M}", str(groups), f"{thr:,.1f} {unit}" if thr else "—")
     out.print(t)
+
+
+@baseline_app.command("export-rules")
+def export_rules(
+    name: Annotated[str, typer.Argument(help="The baseline (see `baseline list`).")],
+    db: DbOption,
+    out_file: Annotated[Path, typer.Option("--out", help="The rules file to write (YAML).")] = Path("baseline-alerts.yml"),
+    margin_text: Annotated[str, typer.Option("--margin", help="Alert above the baseline p99 plus this (at least 10%).")] = "25%",
+    for_: Annotated[str, typer.Option("--for", help="How long the p99 must stay above before the alert fires.")] = "5m",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Write Prometheus alert rules from baseline NAME: per layer type, fire when the live p99
+    (hybridscope_layer_seconds, `hybridscope trace --metrics-port`) stays above the baseline's p99 plus
+    --margin for --for."""
+    from hybridscope.analyze.alerts import baseline_bounds
+    from hybridscope.analyze.compare import margin
+    from hybridscope.errors import UsageError
+    from hybridscope.present.alerts import render_rules
+    from hybridscope.store import baselines
+    from hybridscope.store import db as store
+
+    if out_file.exists() and not force:
+        raise UsageError(f"{out_file} exists; will not overwrite without --force")
+    if not re.fullmatch(r"\d+[smh]", for_):
+        raise UsageError(f"--for takes a Prometheus duration like 5m or 30s, not {for_!r}")
+    m = margin(margin_text, "--margin")
+    con = store.open_readonly(db)
+    try:
+        base = baselines.load(con, name, by="layer_type")
+    finally:
+        con.close()
+    bounds = baseline_bounds(base.groups, margin=m, name=name)
+    out_file.write_text(render_rules(bounds, for_=for_))
+    for r in bounds.to_records():
+        err.print(f"  {r['layer_type']:<12} p99 {r['p99_ns'] / 1e6:10.3f} ms -> alert above {r['bound_s'] * 1e3:10.3f} ms",
+                  markup=False)
+    wrote(out_file)
 
 
 def register(app: typer.Typer) -> None:
