@@ -146,8 +146,24 @@ def _torch_profiler(cpu: bool):
     return variant
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+def _with_metrics(mode):
+    """`mode` with the Prometheus exporter on (live.metrics), a free port each run."""
+    def variant(model, run, db):
+        return _hybridscope(mode, metrics_port=_free_port())(model, run, db)
+    return variant
+
+
 VARIANTS = {
     "layers": _hybridscope("layers"),
+    "layers_metrics": _with_metrics("layers"),  # the exporter on top of layers mode (live.metrics)
     "layers_every_step": _hybridscope("layers", sample_every=1),
     "kernels": _hybridscope("kernels"),  # default windows (2 steps of 64), collection toggled
     "kernels_1_in_8": _hybridscope("kernels", sample_every=8, sample_steps=1),
@@ -204,6 +220,10 @@ def measure(name, model, workload, rounds, db, deadline) -> dict:
             "after_first_step_overhead_pct": statistics.median(steady), "after_first_step_q": _quartiles(steady),
             "after_first_step_ci90": _bootstrap_ci(steady), "after_first_step_all": steady,
             "stop_s": statistics.median(r[1] for r in results), "info": results[-1][2]}
+    if "layers" in table and "layers_metrics" in table:  # the exporter's own cost: paired within each round
+        extra = [100.0 * (m[0] / lay[0] - 1.0) for lay, m in zip(table["layers"], table["layers_metrics"])]
+        out["exporter_over_layers"] = {"overhead_pct": statistics.median(extra), "overhead_q": _quartiles(extra),
+                                       "overhead_ci90": _bootstrap_ci(extra), "all": extra}
     with contextlib.suppress(Exception):  # a diagnostic: never lose the timings over it
         out["layers_vs_kernels"] = per_layer_agreement(db)
     return out
@@ -387,6 +407,11 @@ def main() -> None:
 
 def report(results: dict) -> None:
     for w in results["workloads"]:
+        if "exporter_over_layers" in w:
+            e = w["exporter_over_layers"]
+            print(f"\n{w['workload']}: Prometheus exporter over layers mode, paired per round: median "
+                  f"{e['overhead_pct']:+.2f}%  IQR [{e['overhead_q'][0]:+.2f}, {e['overhead_q'][1]:+.2f}]  "
+                  f"CI90 [{e['overhead_ci90'][0]:+.2f}, {e['overhead_ci90'][1]:+.2f}]")
         u = w["untraced"]
         print(f"\n{w['workload']} ({w['rounds']} rounds); untraced median {u['in_run_s']:.3f} s over {u['n']} runs, "
               f"spread {u['spread_pct']:.0f} %")

@@ -5,6 +5,7 @@ store it writes."""
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 
 import numpy as np
@@ -110,3 +111,25 @@ def test_engine_under_capture_serves_what_the_store_holds(tmp_path, monkeypatch)
     assert got == want  # every closed step's layer rows, typed as the store types them
     assert m['hybridscope_step_seconds_count{rank="0"}'] == n_steps - 1  # the last step is still open
     assert cap.summary.faults == {}
+
+
+@pytest.mark.gpu
+def test_sampler_reads_sm_activity_beside_utilization_on_gpu():
+    """NVML GPM on a GPU that has it (Hopper: H100/H200): sm_active_pct rows in 0..100."""
+    pynvml = pytest.importorskip("pynvml")
+    from hybridscope.live.faults import Faults
+    from hybridscope.live.sampler import GpmSmActive, Sampler
+
+    pynvml.nvmlInit()
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        if not GpmSmActive(pynvml, [(0, h)]).handles:
+            pytest.skip("this GPU / driver has no NVML GPM")
+    finally:
+        pynvml.nvmlShutdown()
+    s = Sampler(0.05, Faults())
+    s.start()
+    time.sleep(0.5)
+    s.stop()
+    sm = [v for _d, _t, m, v in s.rows if m == "sm_active_pct"]
+    assert sm and all(0.0 <= v <= 100.0 for v in sm)

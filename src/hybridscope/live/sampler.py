@@ -2,7 +2,9 @@
 
 With NVML (nvidia-ml-py) and a GPU: per device, `gpu_util_pct`, `mem_util_pct` (NVML's
 utilization rates: share of the last sample period with a kernel / a memory transfer active),
-`sm_clock_mhz`, `power_w`, `mem_used_mib`. Without NVML (no package, no driver, no GPU):
+`sm_clock_mhz`, `power_w`, `mem_used_mib`, and `sm_active_pct` where the GPU supports NVML GPM
+(Hopper and later: the share of SMs busy over the sample period, what DCGM reports as SM_ACTIVE;
+utilization counts a period busy if any kernel ran). Without NVML (no package, no driver, no GPU):
 `cpu_util_pct` of the whole machine and `proc_rss_mib` of this process (psutil), and the
 reason NVML is absent goes into the run's notes. The step latency and tokens/s of the same
 window come from the steps (see `session`), not from this thread.
@@ -18,7 +20,7 @@ import time
 
 import numpy as np
 
-NVML_METRICS = ("gpu_util_pct", "mem_util_pct", "sm_clock_mhz", "power_w", "mem_used_mib")
+NVML_METRICS = ("gpu_util_pct", "mem_util_pct", "sm_clock_mhz", "power_w", "mem_used_mib", "sm_active_pct")
 
 
 class Sampler:
@@ -90,6 +92,10 @@ class Sampler:
             return None
         handles = _nvml_handles(pynvml, self._devices)
         self.source = "nvml"
+        gpm = GpmSmActive(pynvml, handles)  # SM activity where the GPU supports GPM (Hopper and later)
+        if not gpm.handles:
+            why = f" ({gpm.why})" if gpm.why else ""
+            self.note = f"NVML GPM not supported on this GPU{why}: no sm_active_pct (DCGM's SM_ACTIVE)"
 
         def read():
             out = []
@@ -100,7 +106,7 @@ class Sampler:
                         (d, "sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
                         (d, "power_w", pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
                         (d, "mem_used_mib", mem.used / 2**20)]
-            return out
+            return out + gpm.read()
 
         return read
 
@@ -148,3 +154,33 @@ def _nvml_handles(pynvml, devices: dict[int, str] | None) -> list[tuple[int, obj
 def _bare(uuid: str) -> str:
     """'GPU-58c3...' (NVML) and '58c3...' (torch) name the same device."""
     return str(uuid).lower().removeprefix("gpu-")
+
+
+class GpmSmActive:
+    """SM activity from NVML GPM (NVML_GPM_METRIC_SM_UTIL), per device: the metric between the
+    previous sample and this one. Devices without GPM support are left out."""
+
+    def __init__(self, pynvml, handles: list[tuple[int, object]]):
+        self.nv = pynvml
+        self.handles, self.prev, self.why = [], {}, None
+        for d, h in handles:
+            try:
+                if pynvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice:
+                    self.prev[d] = pynvml.nvmlGpmSampleGet(h, pynvml.nvmlGpmSampleAlloc())
+                    self.handles.append((d, h))
+            except Exception as e:  # noqa: BLE001 - an NVML without GPM (old driver / library): no SM activity
+                self.why = f"{type(e).__name__}: {e}"
+
+    def read(self) -> list[tuple[int, str, float]]:
+        nv, out = self.nv, []
+        for d, h in self.handles:
+            cur = nv.nvmlGpmSampleGet(h, nv.nvmlGpmSampleAlloc())
+            mg = nv.c_nvmlGpmMetricsGet_t()
+            mg.version, mg.numMetrics = nv.NVML_GPM_METRICS_GET_VERSION, 1
+            mg.sample1, mg.sample2 = self.prev[d], cur
+            mg.metrics[0].metricId = nv.NVML_GPM_METRIC_SM_UTIL
+            nv.nvmlGpmMetricsGet(mg)
+            nv.nvmlGpmSampleFree(self.prev[d])
+            self.prev[d] = cur
+            out.append((d, "sm_active_pct", float(mg.metrics[0].value)))
+        return out
