@@ -107,9 +107,13 @@ def test_frames_and_steps():
     ("name", "layer_type", "index", "role"),
     [
         ("moe.router", "moe_router", None, "router"),
-        ("moe.dispatch", "moe_comm", None, "moe_comm"),
+        ("moe.dispatch", "moe_experts", None, "experts"),  # single-process sort/gather: expert work
+        ("layers.2.moe.a2a", "moe_comm", 2, "moe_comm"),
         ("moe.experts", "moe_experts", None, "experts"),
-        ("moe.combine", "moe_comm", None, "moe_comm"),
+        ("moe.combine", "moe_experts", None, "experts"),
+        ("Qwen3_5MoeGatedDeltaNet: model.layers.0.linear_attn", "mamba", 0, "mixer"),
+        ("Lfm2MoeRMSNorm: model.layers.0.ffn_norm", "norm", 0, "norm"),
+        ("KimiLinearAttention: model.layers.3.self_attn", "attention", 3, "attention"),
         ("layers.3.mixer", None, 3, "mixer"),
         ("layers.3.moe.router", "moe_router", 3, "router"),
         ("model.layers.0.self_attn", "attention", 0, "attention"),

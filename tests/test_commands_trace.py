@@ -76,12 +76,36 @@ def test_a_script_that_raises_shows_its_traceback_and_still_writes(tmp_path, cap
     assert "ValueError: script bug" in err and "Wrote" in err
 
 
-def test_no_model_in_the_script_is_one_line(tmp_path, capsys):
-    script = _script(tmp_path, "print('no torch here')\n")
+@pytest.mark.parametrize("exit_code", [0, 5])
+def test_no_model_in_the_script_is_one_line_and_the_scripts_exit_code(tmp_path, capsys, exit_code):
+    script = _script(tmp_path, f"import sys\nprint('no torch here')\nsys.exit({exit_code})\n")
     code, out, err = _cli(["trace", "--db", str(tmp_path / "n.duckdb"), "--", "python", str(script)], capsys)
-    assert code == 1 and "no torch here" in out
+    assert code == exit_code and "no torch here" in out
     assert "no run was written" in err and "no recognized hybrid model" in err
     assert not (tmp_path / "n.duckdb").exists()
+
+
+PURE_SSM_SCRIPT = """
+import torch, transformers
+cfg = transformers.MambaConfig(vocab_size=64, hidden_size=32, state_size=8, num_hidden_layers=3, intermediate_size=64,
+                               time_step_rank=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+torch.manual_seed(0)
+model = transformers.MambaForCausalLM(cfg).eval()
+ids = torch.tensor([[5, 6, 7, 8]])
+out = model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)
+print("generated", out.shape[1] - ids.shape[1])
+"""
+
+
+def test_a_pure_ssm_model_is_found_without_a_name(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    db = tmp_path / "ssm.duckdb"
+    code, out, err = _cli(["trace", "--db", str(db), "--", "python", str(_script(tmp_path, PURE_SSM_SCRIPT))], capsys)
+    assert code == 0 and "generated 2" in out and f"Wrote {db}" in err
+    con, run = latest_run(db)
+    got = rows(con, "SELECT layer_index, list(DISTINCT layer_type ORDER BY layer_type) FROM events WHERE run_id = ? "
+                    "AND source = 'layer' AND layer_index IS NOT NULL GROUP BY 1 ORDER BY 1", [run])
+    assert got == [(0, ["mamba"]), (1, ["mamba"]), (2, ["mamba"])]
 
 
 @pytest.mark.parametrize("args, message", [

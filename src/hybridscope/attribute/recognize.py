@@ -116,6 +116,11 @@ FAMILIES: dict[str, dict[str, tuple[str, str | None]]] = {
         "Qwen3NextRotaryEmbedding": ("rotary", "attention"), "Qwen3NextDecoderLayer": _B,
         "Qwen3NextModel": _M, "Qwen3NextForCausalLM": _LM,
     },
+    # class names the generic rules would get wrong: KimiLinear's MLA attention ends in "LinearAttention"
+    "kimi_linear": {
+        "KimiLinearAttention": ("attention", "attention"), "KimiLinearDeltaAttention": ("mixer", "mamba"),
+        "KimiLinearDecoderLayer": _B, "KimiLinearModel": _M, "KimiLinearForCausalLM": _LM,
+    },
     # the project's reference engine (hybridscope.engine), paths `layers.{i}.mixer`, `layers.{i}.moe.router`
     "hybridscope": {
         "Mamba2Mixer": ("mixer", "mamba"), "Attention": ("attention", "attention"),
@@ -139,12 +144,13 @@ _GENERIC: tuple[tuple[re.Pattern, str, str | None], ...] = tuple(
         (r"Rotary", "rotary", "attention"),
         (r"Router$|Gating$|Gate$", "router", "moe_router"),
         (r"Experts?$|SharedExpert|ExpertMLP", "experts", "moe_experts"),
-        (r"MoE|Moe|MOE", "moe", "moe_experts"),
-        (r"Mamba|SSM|Ssm|DeltaNet|LinearAttention|Mixer$", "mixer", "mamba"),
+        (r"Norm", "norm", "norm"),
+        ((r"Mamba|SSM|Ssm|DeltaNet|DeltaAttention|Lightning|ShortConv|Rglru|RecurrentBlock|xLSTMLayer|mLSTM"
+         r"|Rwkv\w*SelfAttention|LinearAttention$|Mixer$"), "mixer", "mamba"),
         (r"Attention|Attn", "attention", "attention"),
+        (r"(MoE|Moe|MOE)(Block|Layer)?$|SparseMoe", "moe", "moe_experts"),
         (r"Block$", "block", None),
         (r"MLP|Mlp|FeedForward|FFN$", "mlp", "mlp"),
-        (r"Norm", "norm", "norm"),
         (r"Embed", "embedding", "embedding"),
         (r"LMHead|LmHead", "lm_head", "lm_head"),
         (r"Sampler$", "sampling", "sampling"),
@@ -161,9 +167,10 @@ _COMPONENTS: dict[str, tuple[str, str | None]] = {
     **dict.fromkeys(("router", "gate", "gating", "topk", "route", "routing"), ("router", "moe_router")),
     **dict.fromkeys(("experts", "expert", "shared_expert", "shared_experts"), ("experts", "moe_experts")),
     **dict.fromkeys(("moe", "block_sparse_moe", "sparse_moe"), ("moe", "moe_experts")),
-    **dict.fromkeys(
-        ("dispatch", "combine", "a2a", "all2all", "alltoall", "all_to_all"), ("moe_comm", "moe_comm")
-    ),
+    # the engine's single-process dispatch / combine (sort, gather, scatter by expert) is expert work;
+    # movement between ranks is `moe_comm`: all-to-all modules and collectives inside an MoE scope
+    **dict.fromkeys(("dispatch", "combine"), ("experts", "moe_experts")),
+    **dict.fromkeys(("a2a", "all2all", "alltoall", "all_to_all"), ("moe_comm", "moe_comm")),
     **dict.fromkeys(("mlp", "ffn", "feed_forward", "shared_mlp"), ("mlp", "mlp")),
     **dict.fromkeys(("embed_tokens", "embeddings", "embedding", "embed", "wte"), ("embedding", "embedding")),
     **dict.fromkeys(("lm_head", "logits", "logits_processor"), ("lm_head", "lm_head")),

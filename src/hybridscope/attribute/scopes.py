@@ -52,7 +52,11 @@ def _load_sources(con, run_id: int, rank: int | None) -> None:
         """
         CREATE OR REPLACE TEMP TABLE _hs_attr_src AS
         SELECT rank, event_id AS scope_id, name, coalesce(pid, -1) AS pid, coalesce(tid, -1) AS tid,
-               ts_ns, ts_ns + duration_ns AS end_ns, (kind = 'python') AS is_frame
+               ts_ns, ts_ns + duration_ns AS end_ns, (kind = 'python') AS is_frame,
+               -- live capture knew the module (capture.plan: structure first): its role and type win
+               CASE WHEN source = 'annotation' THEN json_extract_string(args, '$.role') END AS cap_role,
+               CASE WHEN source = 'annotation' AND json_extract_string(args, '$.role') <> 'block'
+                    THEN layer_type END AS cap_type
         FROM events
         WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND duration_ns > 0
           AND (source = 'annotation'
@@ -109,7 +113,9 @@ def _nest(con) -> None:
         CREATE OR REPLACE TEMP TABLE _hs_attr_sc AS
         WITH s AS (
             SELECT src.*, b.running - 1 AS depth, b.seq,
-                   n.role, n.own_type, n.own_index, n.module_class, n.module_path, n.own_step
+                   coalesce(src.cap_role, n.role) AS role,
+                   CASE WHEN src.cap_role IS NOT NULL THEN src.cap_type ELSE n.own_type END AS own_type,
+                   n.own_index, n.module_class, n.module_path, n.own_step
             FROM _hs_attr_src src
             JOIN _hs_attr_bound b ON b.delta = 1 AND b.scope_id = src.scope_id AND b.rank = src.rank
             LEFT JOIN _hs_attr_names n ON n.name = src.name)

@@ -104,7 +104,7 @@ def trace(
         err.print(line, markup=False)
     if result.run_id is None:
         err.print("hybridscope: no run was written: " + "; ".join(result.notes), markup=False)
-        return code or 1
+        return code  # said on stderr; the exit code stays the script's own
     wrote(result.db)
     return code
 

@@ -1,16 +1,4 @@
-"""Module scopes: which modules of a model get hooks, and what each hook records.
-
-`plan(model)` walks the module tree once and keeps the modules the shared recognizer
-(`hybridscope.attribute.recognize.classify_module`) gives a structural role worth timing:
-decoder blocks, mixers, attention, MoE blocks, routers, experts, dense MLPs, embeddings and
-the LM head. Norms and rotary embeddings are not hooked: their time stays in the enclosing
-block's own (exclusive) time. A module is accepted on its class name, or on the last component
-of its path (`lm_head`, `gate`), never on an ancestor's path component alone (otherwise every
-Linear inside a `mixer` would be hooked).
-
-Layer types: a weak type (`norm`, `mlp`) yields to a strong enclosing one (a shared-expert MLP
-inside an MoE block is `moe_experts`), and a block, which has no type of its own, takes the type
-of its strong child (its exclusive time is the norm and residual of that layer).
+"""Module scopes: the hooks on the modules `capture.plan` chose, and what each hook records.
 
 `Recorder` holds the hot path: `pre(i)` / `post(i, output)` for hooked module i. Each records
 one scope instance (host clock), one timer mark each side, and, for routers, the routing counts.
@@ -21,124 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from time import perf_counter_ns
 
 import numpy as np
 
-from hybridscope.attribute.recognize import WEAK_TYPES, classify_module
-
-HOOK_ROLES = frozenset({
-    "block", "mixer", "attention", "moe", "router", "experts", "mlp", "embedding", "lm_head",
-    "sampling", "moe_comm",
-})
-STRONG_ROLES = frozenset({"mixer", "attention", "moe"})
-# Roles whose submodules are not hooked (a Conv1d inside a Mamba mixer adds cost, not meaning).
-LEAF_ROLES = frozenset({"mixer", "attention", "router", "experts", "mlp", "embedding", "lm_head", "sampling"})
-EXPERT_COUNT_ATTRS = ("num_experts", "n_routed_experts", "num_local_experts", "n_experts")
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One hooked module: where it is, what it is, and (routers) how many experts it picks from."""
-
-    idx: int
-    path: str
-    module_class: str
-    role: str
-    layer_type: str | None
-    layer_index: int | None
-    family: str | None
-    n_experts: int | None = None
-
-
-def recognize(module, path: str):
-    """The recognizer's answer for one module, or None when it is not to be hooked."""
-    cls = type(module).__name__
-    if classify_module(cls) is not None:
-        info = classify_module(cls, path)
-    elif classify_module("", path.rsplit(".", 1)[-1]) is not None:
-        info = classify_module("", path)  # the last component is what the recognizer sees here
-    else:
-        return None
-    return info if info.role in HOOK_ROLES else None
-
-
-def is_hybrid_model(model) -> bool:
-    """True when the model holds at least one recognized decoder block with a strong child."""
-    return any(s.role == "block" and s.layer_type is not None for s, _ in plan(model))
-
-
-def plan(model, prune: bool = True) -> list[tuple[Spec, object]]:
-    """(Spec, module) for every module to hook, in `named_modules` order (parents first).
-
-    `prune`: leave out a strong module that is its block's only hooked direct child (`_redundant`)."""
-    found, leaves = [], []
-    for path, module in model.named_modules():
-        if not path:
-            continue  # the model itself is the step, not a scope
-        if any(path.startswith(leaf) for leaf in leaves) and not _strong_by_class(module):
-            continue  # inside a leaf only a mixer/attention class counts (a parallel hybrid's halves)
-        info = recognize(module, path)
-        if info is not None:
-            found.append((path, module, info))
-            if info.role in LEAF_ROLES:
-                leaves.append(path + ".")
-    by_path = {p: info for p, _, info in found}
-    types = [_resolve_type(path, info, by_path) for path, _, info in found]  # before pruning
-    pruned = _redundant(found) if prune else set()
-    specs = []
-    for (path, module, info), layer_type in zip(found, types):
-        if path in pruned:
-            continue
-        n_experts = _expert_count(module) if info.role == "router" else None
-        specs.append((Spec(len(specs), path, type(module).__name__, info.role, layer_type, info.layer_index,
-                           info.family, n_experts), module))
-    return specs
-
-
-def _redundant(found: list) -> set[str]:
-    """Paths of strong modules (mixer / attention / MoE) that are the only hooked child of their
-    block: the block's scope already carries their layer type, index and time (plus the norm and
-    residual around them), so hooking them too costs two hook calls per layer and adds no layer
-    type. A block with two strong children (a parallel hybrid) keeps both."""
-    children: dict[str, list] = {}
-    blocks = {p for p, _, info in found if info.role == "block"}
-    for path, _, info in found:
-        parent = next((b for b in blocks if path.startswith(b + ".")), None)
-        if parent is not None and "." not in path[len(parent) + 1:]:
-            children.setdefault(parent, []).append((path, info))
-    return {kids[0][0] for kids in children.values() if len(kids) == 1 and kids[0][1].role in STRONG_ROLES}
-
-
-def _strong_by_class(module) -> bool:
-    info = classify_module(type(module).__name__)
-    return info is not None and info.role in STRONG_ROLES
-
-
-def _resolve_type(path: str, info, by_path: dict) -> str | None:
-    if info.role == "block":  # a strong child's type, else the first typed child's (a dense MLP)
-        children = [i for p, i in by_path.items() if p.startswith(path + ".") and i.layer_type]
-        strong = [i for i in children if i.role in STRONG_ROLES]
-        return (strong or children or [info])[0].layer_type
-    if info.layer_type in WEAK_TYPES:
-        parts = path.split(".")
-        for k in range(len(parts) - 1, 0, -1):
-            anc = by_path.get(".".join(parts[:k]))
-            if anc is not None and anc.role in STRONG_ROLES and anc.layer_type:
-                return anc.layer_type
-    return info.layer_type
-
-
-def _expert_count(module) -> int | None:
-    for attr in EXPERT_COUNT_ATTRS:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    weight = getattr(module, "weight", None)
-    if weight is not None and getattr(weight, "ndim", 0) == 2:
-        return int(weight.shape[0])  # a gate Linear(hidden -> experts) stores [experts, hidden]
-    return None
+from hybridscope.live.plan import HOOK_ROLES, Spec, is_hybrid_model, plan  # noqa: F401 - capture's entry points
 
 
 class Recorder:
@@ -207,6 +82,15 @@ class Recorder:
         """At a step boundary nothing is open; leftovers come from calls that raised."""
         self.stack.clear()
 
+    def instance_index(self) -> np.ndarray:
+        """Layer index per instance: its module's, else the enclosing instance's (a shared module
+        runs inside several layers, capture.plan); -1 where neither knows one."""
+        own = [-1 if s.layer_index is None else s.layer_index for s in self.specs]
+        out = np.empty(len(self.inst_spec), np.int64)
+        for k, (spec, parent) in enumerate(zip(self.inst_spec, self.inst_parent)):
+            out[k] = own[spec] if own[spec] >= 0 or parent < 0 else out[parent]
+        return out
+
     def parents(self) -> np.ndarray:
         return np.asarray(self.inst_parent, np.int64)
 
@@ -222,6 +106,7 @@ class Recorder:
         sp = self.specs
         n = len(inst)
         dur = rows[:, 2] - rows[:, 1]
+        index = self.instance_index()[inst]
         return {
             "rank": np.full(n, rank, np.int32), "event_id": inst,
             "source": ["annotation"] * n, "kind": ["user_annotation"] * n,
@@ -229,8 +114,9 @@ class Recorder:
             "pid": np.full(n, pid, np.int64), "tid": np.full(n, self.tid, np.int64),
             "ts_ns": rows[:, 1] + self.offset, "duration_ns": dur, "duration_us": dur / 1000.0,
             "layer_type": [sp[s].layer_type for s in spec],
-            "layer_index": [sp[s].layer_index for s in spec],
+            "layer_index": [None if i < 0 else int(i) for i in index],
             "module": [sp[s].path for s in spec],
+            "args": [f'{{"role":"{sp[s].role}"}}' for s in spec],  # attribution: capture's role and type win
             "step": np.asarray(self.inst_step, np.int32)[inst],
         }
 

@@ -45,6 +45,7 @@ def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, 
     spec = np.asarray(recorder.inst_spec, np.int64)[inst]
     sp = recorder.specs
     excl = res["excl_ns"]
+    index = recorder.instance_index()[inst]
     return {
         "rank": np.full(n, rank, np.int32), "event_id": first_id + np.arange(n, dtype=np.int64),
         "source": ["layer"] * n, "kind": ["layer"] * n,
@@ -54,7 +55,7 @@ def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, 
         "ts_ns": res["ts_ns"], "duration_ns": excl, "duration_us": excl / 1000.0,
         "args": [f'{{"inclusive_ns":{v}}}' for v in res["incl_ns"].tolist()],
         "layer_type": [sp[s].layer_type for s in spec],
-        "layer_index": [sp[s].layer_index for s in spec],
+        "layer_index": [None if i < 0 else int(i) for i in index],
         "module": [sp[s].path for s in spec],
         "scope_id": inst, "attr_method": ["scope"] * n,
         "step": np.asarray(recorder.inst_step, np.int32)[inst],
