@@ -7,11 +7,14 @@ The seed's three rows (Mamba SSM, Transformer attention, MoE all-to-all) are `ma
 from __future__ import annotations
 
 LAYER_TYPES: dict[str, str] = {
-    "mamba": "Mamba / SSM mixer: in-projection, causal conv, selective scan / SSD, gating, out-projection",
+    # the recurrent family: any mixer that carries a state instead of a KV cache (docs/attribution.md)
+    "mamba": ("Mamba / SSM and other recurrent mixers (delta rule, linear / lightning attention, RG-LRU, RWKV "
+              "time-mix, mLSTM, short causal conv): in-projection, conv, scan / recurrence, gating, out-projection"),
     "attention": "self-attention: QKV projection, rotary, attention kernel, KV-cache writes, out-projection",
     "moe_router": "MoE gate: router logits, top-k, softmax/sigmoid, token permutation bookkeeping",
-    "moe_experts": "MoE expert computation: grouped / per-expert GEMMs, activation, shared expert",
-    "moe_comm": "MoE token movement between ranks: dispatch / combine all-to-all, all-gather, reduce-scatter",
+    "moe_experts": ("MoE expert computation: single-process dispatch / combine (sort, gather, scatter by "
+                    "expert), grouped / per-expert GEMMs, activation, shared expert"),
+    "moe_comm": "MoE token movement between ranks only: dispatch / combine all-to-all, all-gather, reduce-scatter",
     "mlp": "dense feed-forward block outside MoE",
     "norm": "RMSNorm / LayerNorm between blocks",
     "embedding": "token embedding lookup",
