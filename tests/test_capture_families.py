@@ -2,7 +2,7 @@
 
 The list comes from transformers' registry (hf_families.families), so it grows with transformers.
 Each family is built tiny (4 layers, hidden 64, a per-layer pattern holding every layer kind it
-has), found the way `hybridscope trace` finds a model (capture.find.Finder, no name given), and
+has), found the way `hybridscope trace` finds a model (live.find.Finder, no name given), and
 one short greedy `generate` is captured in layers and in kernels mode (CPU: the profiler's CPU ops).
 Every layer index must then carry exactly the mixer types its config says (`mamba` for every
 recurrent mixer: Mamba, delta rule, linear / lightning attention, RG-LRU, RWKV, mLSTM, short conv;

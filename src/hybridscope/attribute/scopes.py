@@ -53,7 +53,7 @@ def _load_sources(con, run_id: int, rank: int | None) -> None:
         CREATE OR REPLACE TEMP TABLE _hs_attr_src AS
         SELECT rank, event_id AS scope_id, name, coalesce(pid, -1) AS pid, coalesce(tid, -1) AS tid,
                ts_ns, ts_ns + duration_ns AS end_ns, (kind = 'python') AS is_frame,
-               -- live capture knew the module (capture.plan: structure first): its role and type win
+               -- live capture knew the module (live.plan: structure first): its role and type win
                CASE WHEN source = 'annotation' THEN json_extract_string(args, '$.role') END AS cap_role,
                CASE WHEN source = 'annotation' AND json_extract_string(args, '$.role') <> 'block'
                     THEN layer_type END AS cap_type

@@ -5,7 +5,7 @@ process) until it has found the model, then removes them and arms the capture on
 middle of that first call (which becomes step 0). Without a name only top-level calls are
 checked (no other module call running: a depth count kept by the global pre/post hooks). The match:
 
-- `name` None: the module holds a recognized decoder block with a typed child (`hooks.is_hybrid_model`),
+- `name` None: the module holds a recognized decoder block with a typed child (`live.plan.is_hybrid_model`: hybrids, attention-only and pure SSM / recurrent models alike),
   checked once per distinct module object;
 - `name` an identifier path (`model`, `runner.model`): the object at that path in the script's
   globals (`sys.modules['__main__']` while runpy runs the script) is this module;

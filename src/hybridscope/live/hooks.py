@@ -1,4 +1,4 @@
-"""Module scopes: the hooks on the modules `capture.plan` chose, and what each hook records.
+"""Module scopes: the hooks on the modules `live.plan` chose, and what each hook records.
 
 `Recorder` holds the hot path: `pre(i)` / `post(i, output)` for hooked module i. Each records
 one scope instance (host clock), one timer mark each side, and, for routers, the routing counts.
@@ -84,7 +84,7 @@ class Recorder:
 
     def instance_index(self) -> np.ndarray:
         """Layer index per instance: its module's, else the enclosing instance's (a shared module
-        runs inside several layers, capture.plan); -1 where neither knows one."""
+        runs inside several layers, live.plan); -1 where neither knows one."""
         own = [-1 if s.layer_index is None else s.layer_index for s in self.specs]
         out = np.empty(len(self.inst_spec), np.int64)
         for k, (spec, parent) in enumerate(zip(self.inst_spec, self.inst_parent)):
