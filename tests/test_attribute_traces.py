@@ -121,3 +121,27 @@ def test_cli_unknown_rank_and_run(hf_store, capsys):
         assert e.value.code == 1
         err = capsys.readouterr().err
         assert err.startswith("hybridscope: error: ") and err.count("\n") == 1
+
+
+def test_vllm_gpt_oss_lm_head_is_the_logits_projection_only(tmp_path):
+    """vLLM serving gpt-oss (TraceLens' B200 eager trace): blocks and norms called from the
+    `GptOssForCausalLM` frame are not its LM head; the vocabulary GEMM under `LogitsProcessor` is."""
+    from paths import TRACES
+
+    trace = TRACES / "external" / "tracelens_b200_vllm_gptoss_eager.pt.trace.json.gz"
+    if not trace.exists():
+        pytest.skip("../shared/traces/external not present")
+    path = tmp_path / "g.duckdb"
+    _import(path, [trace])
+    con = db.open_readonly(path)
+    heads = con.execute(
+        "SELECT s.name, e.name, e.attr_method FROM events e JOIN scopes s ON s.run_id = e.run_id AND s.rank = e.rank"
+        " AND s.scope_id = e.scope_id WHERE e.layer_type = 'lm_head'").fetchall()
+    blocks = con.execute(
+        "SELECT count(*) FROM events e JOIN scopes s ON s.run_id = e.run_id AND s.rank = e.rank"
+        " AND s.scope_id = e.scope_id WHERE e.source = 'cuda' AND s.name LIKE 'nn.Module: TransformerBlock%'"
+        " AND e.layer_type = 'lm_head'").fetchall()[0][0]
+    con.close()
+    assert blocks == 0
+    assert [(s, m) for s, _, m in heads] == [("nn.Module: LogitsProcessor_0", "scope")]
+    assert heads[0][1].startswith("nvjet_")

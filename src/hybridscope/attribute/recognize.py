@@ -152,7 +152,7 @@ _GENERIC: tuple[tuple[re.Pattern, str, str | None], ...] = tuple(
         (r"Block$", "block", None),
         (r"MLP|Mlp|FeedForward|FFN$", "mlp", "mlp"),
         (r"Embed", "embedding", "embedding"),
-        (r"LMHead|LmHead", "lm_head", "lm_head"),
+        (r"LMHead|LmHead|LogitsProcessor", "lm_head", "lm_head"),
         (r"Sampler$", "sampling", "sampling"),
         (r"For(CausalLM|ConditionalGeneration)$", "causal_lm", None),
         (r"Model$", "model", None),

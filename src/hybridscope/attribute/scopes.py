@@ -135,14 +135,17 @@ def _nest(con) -> None:
 
 
 def _mark_lm_head(con) -> None:
-    """An unrecognized module called directly by a ...ForCausalLM frame is its lm_head."""
+    """A bare projection called directly by a ...ForCausalLM frame is its lm_head (HF's `lm_head` is a
+    plain `Linear`). Only a projection: a block, norm or router whose class no rule knows is not the
+    LM head, whatever frame called it (vLLM's `TransformerBlock` under `GptOssForCausalLM`)."""
     con.execute(
         """
         UPDATE _hs_attr_sc AS c SET own_type = 'lm_head', role = 'lm_head', eff_type = 'lm_head',
                type_scope = c.scope_id, typed_module = coalesce(c.module_class, c.name)
         FROM _hs_attr_sc AS p
         WHERE c.parent_id = p.scope_id AND c.rank = p.rank AND p.role = 'causal_lm'
-          AND c.is_frame AND c.own_type IS NULL AND coalesce(c.role, '') <> 'model'
+          AND c.is_frame AND c.own_type IS NULL AND c.role IS NULL
+          AND regexp_matches(coalesce(c.module_class, ''), '^(Linear|\\w*(LMHead|LmHead|ParallelLMHead|Linear))$')
         """
     )
 
