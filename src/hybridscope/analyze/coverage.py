@@ -18,6 +18,12 @@ GPU events = source 'cuda' AND kind IN ('kernel', 'memcpy', 'memset'). With no r
 `meta['attributed_pct']` = scope + graph_map + sequence(_guess) + graph + name share of GPU time, counted only where the type is
 not `other` (a graph kernel without a name rule is not explained).
 
+`coverage_warning(con, run_id, rank=None)` -> the one line `decompose` and the report put first when
+less than WARN_BELOW_PCT (90 %) of the GPU time is attributed (`attributed_pct`), with the share and
+the fix that fits the run: no module or annotation scopes -> profile with with_stack=True or capture
+with `hybridscope trace`; CUDA-graph replays typed by name only -> `--pattern` / `--model-config`;
+otherwise -> kernel-name rules (`--rules`). None when the run has no GPU time or enough is attributed.
+
 `unattributed(con, run_id, rank=None, top=10)` -> Table 'unattributed': the kernels with the most
 GPU time among events whose layer type is `other` (attr_method 'none', or 'graph' with no rule),
 with n, gpu_ns and gpu_pct of the run's GPU time: the names worth a rule or a scope. The `kernel`
@@ -35,6 +41,7 @@ OPTIONAL = frozenset({"graph_map", "sequence", "sequence_guess"})  # rows shown 
 EXPLAINED = ("scope", "graph_map", "sequence", "sequence_guess", "graph", "name")
 
 _GPU = GPU_EVENTS
+WARN_BELOW_PCT = 90.0
 
 COVERAGE_COLUMNS = (
     Column("method", "str", "how the layer type was decided: scope, graph_map, sequence, sequence_guess, "
@@ -99,6 +106,28 @@ def coverage(con, run_id: int, *, rank: int | None = None) -> Table:
         "run_id": run_id, "rank": rank, "gpu_ns": total, "attributed_pct": _pct(explained, total),
         "notes": notes,
     })
+
+
+def coverage_warning(con, run_id: int, *, rank: int | None = None) -> str | None:
+    """One line when less than WARN_BELOW_PCT of the GPU time is attributed (see the module doc)."""
+    cover = coverage(con, run_id, rank=rank)
+    pct, total = cover.meta["attributed_pct"], cover.meta["gpu_ns"]
+    if not total or pct >= WARN_BELOW_PCT:
+        return None
+    scopes = con.execute("SELECT count(*) FROM scopes WHERE run_id = ? AND kind IN ('module', 'annotation')",
+                         [run_id]).fetchall()[0][0]
+    by_name_only = {r[0]: r[3] for r in cover.rows}.get("graph", 0.0)
+    if not scopes:
+        fix = ("the trace has no module scopes: profile with torch.profiler.profile(..., with_stack=True) "
+               "or capture with `hybridscope trace`")
+    elif by_name_only >= 10.0:
+        fix = (f"{by_name_only:.0f}% is CUDA-graph replays typed by name only: give the layer pattern with "
+               "`hybridscope attribution --pattern ...` or `--model-config ...`")
+    else:
+        fix = "kernel names no rule knows: see `hybridscope attribution`, add rules with `--rules FILE`"
+    share = f"{pct:.1f}%" if pct >= 1 else f"{pct:.2f}%"
+    return (f"only {share} of this run's GPU time is attributed to a layer (by scope or a known kernel "
+            f"family); the rest is `other`. Fix: {fix}")
 
 
 def _replay_notes(con, run_id: int, rank: int | None) -> list[str]:

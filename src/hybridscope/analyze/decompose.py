@@ -24,11 +24,14 @@ docs/analyses.md, with a worked example):
   `run_ranks` [t_start_ns, t_end_ns], else the span of its events. Kernels on concurrent streams
   overlap, so wall_pct of `all` may exceed 100; it is busy time per unit of window, not a duty cycle.
 - With no rank, every statistic pools the ranks' events (the `all` row's p99 is over all ranks).
+- meta['warnings']: for a kernels run, the line `coverage.coverage_warning` gives when less than
+  90 % of the GPU time is attributed (renderers show it first).
 """
 
 from __future__ import annotations
 
 from hybridscope.analyze import timeline
+from hybridscope.analyze.coverage import coverage_warning
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_EVENTS, GPU_KINDS
@@ -141,6 +144,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
                      (": they carry no layer, grouped by operation" if by_operation else ""))
     if top is not None and n_groups > top:
         notes.append(f"showing the top {top} of {n_groups} groups by GPU time; 'all' covers every group")
+    warning = coverage_warning(con, run_id, rank=rank) if measure == "kernels" else None
     scope = f"rank {rank}" if rank is not None else (f"{len(chosen)} ranks pooled" if len(chosen) > 1 else
                                                       f"rank {chosen[0]}" if chosen else "no ranks")
     meta = {
@@ -157,6 +161,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         "groups": n_groups,
         "gpu_kinds": list(GPU_KINDS),
         "measure": measure,
+        "warnings": [warning] if warning else [],
     }
     return Table(f"decompose_{by}", key_cols + STAT_COLUMNS, rows, meta)
 

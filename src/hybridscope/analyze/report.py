@@ -42,6 +42,12 @@ class Report:
     def get(self, name: str) -> Table | None:
         return self.tables.get(name)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the report says first: the decomposition's warnings (attribution coverage)."""
+        t = self.tables.get("decompose_layer_type")
+        return list(t.meta.get("warnings") or []) if t is not None else []
+
 
 def latency_cdf(con, run_id: int) -> Table:
     """Per layer type, the continuous quantile of GPU kernel durations at each of CDF_LEVELS."""

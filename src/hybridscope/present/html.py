@@ -42,7 +42,7 @@ svg .series{stroke-width:2}svg .dot{fill:#d62728;fill-opacity:.6}.hidden{display
 .legend span{display:inline-block;margin:0 10px 4px 0;cursor:pointer;user-select:none}
 .legend i{display:inline-block;width:11px;height:11px;margin-right:4px;vertical-align:-1px;border-radius:2px}
 .legend span.off{opacity:.35}ol.advice li{margin-bottom:8px}.evidence{color:#555;font-size:13px}
-.note{color:#777;font-size:12.5px}.tw{overflow-x:auto;max-width:100%}
+.note{color:#777;font-size:12.5px}.warning{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px}.tw{overflow-x:auto;max-width:100%}
 """
 
 JS = """
@@ -66,6 +66,7 @@ def render(report: Report) -> str:
             (f'<p class="meta">{escape(str(info.get("source")))} · {len(info.get("ranks") or [])} rank(s) · '
             f'{escape(str(info.get("device_name") or "device unknown"))} · window '
             f'{escape(format_ns((info.get("t_end_ns") or 0) - (info.get("t_start_ns") or 0)))}</p>')]
+    body += [f'<p class="warning">warning: {escape(w)}</p>' for w in report.warnings]
     for section in report.sections:
         if section.title is not None:
             body.append(f"<h2>{escape(section.title)}</h2>")

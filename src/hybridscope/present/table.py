@@ -7,7 +7,8 @@ Column order is the Table's; row order is the Table's.
   ms / s with three significant digits, 'pct' with %, 'ratio' with ×, 'int' with thousands
   separators, 'float' with the same number of decimals down a column (enough for four
   significant digits of every value), 'kernel' names shortened (`units.short_kernel_name`), None as '-'.
-  `meta['title']` is the title, `meta['notes']` (list of str) the caption, and the first
+  `meta['warnings']` (list of str) are the first lines, then `meta['title']` the title,
+  `meta['notes']` (list of str) the caption, and the first
   `meta['summary_rows']` rows (e.g. the `all` row) are bold and set apart.
 - Fitting a width (`fit`): the label columns (column 0, and when it is a number the text columns
   right after it) are never hidden nor cut, and no number is cut: when the table is wider than the
@@ -151,8 +152,10 @@ def to_rich(table: Table, *, width: int | None = None) -> RichTable:
     notes = [str(n) for n in table.meta.get("notes") or ()]
     if fitted.hidden:
         notes.append(f"not shown at {width} columns: {', '.join(fitted.hidden)} (a wider terminal shows them)")
+    title = "\n".join([f"warning: {w}" for w in table.meta.get("warnings") or ()] +
+                      ([str(table.meta["title"])] if table.meta.get("title") else [])) or None
     rt = RichTable(
-        title=table.meta.get("title"),
+        title=title,
         caption="\n".join(notes) or None,
         box=box.SIMPLE_HEAD,
         title_justify="left",

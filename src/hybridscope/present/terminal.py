@@ -27,6 +27,8 @@ def render(report: Report, console: Console, *, max_rows: int = 12) -> None:
     console.print(Text(f"hybridscope report · run {report.run_id} · {info.get('label') or ''} · "
                        f"{info.get('source')} · {len(ranks)} rank{'s' if len(ranks) != 1 else ''} · "
                        f"{info.get('device_name') or 'device unknown'}", style="bold"))
+    for warning in report.warnings:
+        console.print(Text(f"warning: {warning}", style="bold yellow"))
     for section in report.sections:
         for view in section.terminal:
             shown = _view(report, view, max_rows, console.width)
@@ -58,6 +60,7 @@ def _contrast(contrast: Table):
 
 
 def _cut(table: Table, max_rows: int, width: int):
+    table = table.with_rows(table.rows, warnings=[])  # the report says them once, first
     if len(table) <= max_rows:
         return to_rich(table, width=width)
     notes = list(table.meta.get("notes") or []) + [f"first {max_rows} of {len(table)} rows"]
