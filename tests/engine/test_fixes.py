@@ -148,7 +148,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    from hybridscope.engine.ep import AllToAllCombine, AllToAllDispatch, apply_ep
+    from hybridscope.engine.ep import AllToAllCombine, AllToAllDispatch, AllToAllWait, apply_ep
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -160,6 +160,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             cfg = EngineConfig.from_preset("tiny", skew=1.0, skew_experts=(1,), a2a_separate_streams=separate)
             model = apply_ep(build_model(cfg))
             order: list = []  # (module, group) in call order
+            waits: list = []
 
             def record(mod, args, output, name, order=order):
                 order.append((name, id(mod.group)))
@@ -167,14 +168,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             for name, m in model.named_modules():
                 if isinstance(m, (AllToAllDispatch, AllToAllCombine)):
                     m.register_forward_hook(lambda mod, a, o, name=name: record(mod, a, o, name))
+                if isinstance(m, AllToAllWait):  # overlapped dispatch: its wait between dispatch and combine
+                    m.register_forward_hook(lambda mod, a, o, name=name, waits=waits: waits.append(name))
             out = model(ids.reshape(-1), Batch.packed([0, 1], [0, 0], [16, 16], "cpu"), model.new_cache())
-            res[separate] = {"out": out, "order": order}
+            res[separate] = {"out": out, "order": order, "waits": waits}
         torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def test_separate_streams_no_two_consecutive_all_to_alls_share_a_communicator(tmp_path):
+    """And the overlapped dispatch (shared expert while the rows travel) gives the same outputs."""
     mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
     for r in range(WORLD):
         res = torch.load(tmp_path / f"r{r}.pt")
@@ -184,4 +188,6 @@ def test_separate_streams_no_two_consecutive_all_to_alls_share_a_communicator(tm
         groups = [g for _, g in sep]
         assert all(a != b for a, b in itertools.pairwise(groups))  # never two in a row on one communicator
         assert len(set(groups)) == 4
+        # the dispatch overlapped with the shared expert: one wait per MoE layer, none without the fix
+        assert len(res[True]["waits"]) == len(sep) // 2 and res[False]["waits"] == []
         torch.testing.assert_close(res[True]["out"], res[False]["out"], rtol=1e-5, atol=1e-6)

@@ -130,6 +130,7 @@ FAMILIES: dict[str, dict[str, tuple[str, str | None]]] = {
         "HybridBlock": _B, "RMSNorm": ("norm", "norm"), "Embedding": ("embedding", "embedding"),
         "LMHead": ("lm_head", "lm_head"), "HybridModel": _M,
         "AllToAllDispatch": ("moe_comm", "moe_comm"), "AllToAllCombine": ("moe_comm", "moe_comm"),
+        "AllToAllWait": ("moe_comm", "moe_comm"),
     },
 }
 _BY_CLASS: dict[str, tuple[str, tuple[str, str | None]]] = {

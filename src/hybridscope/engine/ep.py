@@ -17,6 +17,7 @@ Run under torchrun: ``torchrun --nproc-per-node 2 -m hybridscope.engine.bench --
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -36,20 +37,42 @@ class AllToAllDispatch(nn.Module):
         self.last_send_counts: list[int] = []  # rows sent to each rank by the last call
         self.last_recv_counts: list[int] = []  # rows received from each rank by the last call
 
-    def forward(self, xp: torch.Tensor, kept: torch.Tensor):
+    def forward(self, xp: torch.Tensor, kept: torch.Tensor, overlap: bool = False):
         """xp [T*k, d] rows sorted by global expert (kept rows first); kept [E] rows per expert.
-        Returns (rows for the local experts sorted by local expert, offs [E_local] int32, ctx)."""
+        Returns (rows for the local experts sorted by local expert, offs [E_local] int32, ctx).
+        With ``overlap`` the rows' all-to-all is left in flight: the first item is a ``Pending``
+        that ``AllToAllWait`` completes, so the caller can compute in between."""
         send_e = kept.view(self.world, self.n_local).contiguous()  # [dest rank, its local expert]
         recv_e = torch.empty_like(send_e)  # [source rank, my local expert]
         dist.all_to_all_single(recv_e, send_e, group=self.group)
         send, recv = send_e.sum(1).tolist(), recv_e.sum(1).tolist()  # the host sync EP needs
         xin = xp.new_empty(sum(recv), xp.shape[1])
-        dist.all_to_all_single(xin, xp[: sum(send)].contiguous(), recv, send, group=self.group)
+        work = dist.all_to_all_single(xin, xp[: sum(send)].contiguous(), recv, send, group=self.group,
+                                      async_op=overlap)
         local = torch.arange(self.n_local, device=xp.device).repeat(self.world)
         perm = torch.argsort(torch.repeat_interleave(local, recv_e.flatten()), stable=True)
         offs = torch.cumsum(recv_e.sum(0), 0).to(torch.int32)
         self.last_send_counts, self.last_recv_counts = send, recv
-        return xin[perm], offs, (perm, send, recv, xp.shape[0])
+        rows = Pending(work, xin, perm) if overlap else xin[perm]
+        return rows, offs, (perm, send, recv, xp.shape[0])
+
+
+class Pending(NamedTuple):
+    """A dispatch all-to-all in flight: its work handle, the receive buffer, the local sort."""
+
+    work: object
+    xin: torch.Tensor
+    perm: torch.Tensor
+
+
+class AllToAllWait(nn.Module):
+    """The end of an overlapped dispatch: waits for the rows (the transfer time not hidden behind
+    the compute in between) and sorts them by local expert. A module of its own so that its wait is
+    timed as MoE communication (moe_comm), not charged to the compute it overlapped."""
+
+    def forward(self, pending: Pending) -> torch.Tensor:
+        pending.work.wait()
+        return pending.xin[pending.perm]
 
 
 class AllToAllCombine(nn.Module):
@@ -77,10 +100,12 @@ class AllToAllDispatcher(nn.Module):
 
     needs_host_sync = True
 
-    def __init__(self, group, world: int, n_local: int, combine_group=None):
+    def __init__(self, group, world: int, n_local: int, combine_group=None, overlap: bool = False):
         super().__init__()
         self.group, self.world = group, world
+        self.overlap = overlap  # the dispatch all-to-all stays in flight while the shared expert runs
         self.dispatch = AllToAllDispatch(group, world, n_local)
+        self.wait = AllToAllWait()
         self.combine = AllToAllCombine(group if combine_group is None else combine_group)
 
     @property
@@ -104,7 +129,10 @@ def apply_ep(model: HybridModel, group=None, separate_streams: bool | None = Non
     NCCL stream per process group and device), so with one group the dispatch and combine of a layer,
     and the all-to-alls of consecutive MoE layers, all queue on one stream. With the fix, four
     communicators over the same ranks: dispatch and combine of even-numbered MoE layers, dispatch and
-    combine of odd-numbered ones; no two all-to-alls that can be in flight together share one."""
+    combine of odd-numbered ones; no two all-to-alls that can be in flight together share one. And
+    compute overlaps the transfer where the data allows: the dispatch's rows stay in flight while
+    the layer's shared expert (which needs none of them) runs; ``AllToAllWait`` then waits for the
+    rest (timed as moe_comm)."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if separate_streams is None:
         separate_streams = bool(getattr(getattr(model, "cfg", None), "a2a_separate_streams", False))
@@ -115,7 +143,8 @@ def apply_ep(model: HybridModel, group=None, separate_streams: bool | None = Non
         n_local = moe.n_experts // world
         moe.experts.shard(rank * n_local, n_local)
         dispatch_group, combine_group = groups[i % len(groups)]
-        moe.dispatcher = AllToAllDispatcher(dispatch_group, world, n_local, combine_group=combine_group)
+        moe.dispatcher = AllToAllDispatcher(dispatch_group, world, n_local, combine_group=combine_group,
+                                            overlap=separate_streams and moe.shared is not None)
     return model
 
 

@@ -269,14 +269,21 @@ class MoE(nn.Module):
             )
             if self.drops:
                 self.dropped.copy_(dropped)
-            xl, offs, ctx = self.dispatcher.dispatch(x[order // self.top_k], kept)  # rows sorted by expert
+            overlap = getattr(self.dispatcher, "overlap", False)
+            args = (x[order // self.top_k], kept) + ((True,) if overlap else ())
+            xl, offs, ctx = self.dispatcher.dispatch(*args)  # rows sorted by expert (in flight: overlap)
+        shared = None
+        if overlap:  # the shared expert needs none of the rows: it runs while they travel
+            shared = self.shared(x)
+            with record_function("moe.dispatch"):
+                xl = self.dispatcher.wait(xl)
         with record_function("moe.experts"):
             yl = self.experts(xl, offs)
         with record_function("moe.combine"):
             y = self.dispatcher.combine(yl, ctx)  # [T*k, d] sorted rows
             out = self.ops.combine_rows(y, order, r.weights, keep, T, self.top_k).to(x.dtype)
         if self.shared is not None:
-            out = self.ops.add(out, self.shared(x))
+            out = self.ops.add(out, shared if shared is not None else self.shared(x))
         return out if residual is None else self.ops.add(residual, out)
 
 
