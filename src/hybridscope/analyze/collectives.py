@@ -184,11 +184,12 @@ def traffic(con, run_id: int, *, payload_only: bool = False) -> Table:
     rows = con.execute(f"""
         SELECT rank, json_extract_string(args, '$."In split size"'), json_extract(args, '$."In msg nelems"'),
                json_extract(args, '$."Group size"'), lower(json_extract_string(args, '$.dtype')),
-               json_extract_string(args, '$."Process Group Ranks"')
+               json_extract_string(args, '$."Process Group Ranks"'), count(*)
         FROM events WHERE run_id = $run AND {_GPU}
-          AND json_extract_string(args, '$."In split size"') IS NOT NULL""", {"run": run_id}).fetchall()
+          AND json_extract_string(args, '$."In split size"') IS NOT NULL
+        GROUP BY ALL""", {"run": run_id}).fetchall()  # one row per distinct shape, not per collective
     acc: dict[tuple[int, int], list[int]] = {}
-    for rank, splits, nelems, group, dtype, ranks in rows:
+    for rank, splits, nelems, group, dtype, ranks, times in rows:
         peers = _int_list(ranks) or list(range(int(group or 0)))
         sizes = _int_list(splits)
         if not peers or nelems is None:
@@ -204,9 +205,9 @@ def traffic(con, run_id: int, *, payload_only: bool = False) -> Table:
             continue
         for peer, n in zip(peers, sizes):
             cell = acc.setdefault((int(rank), peer), [0, 0, 0])
-            cell[0] += n
-            cell[1] += n * row_elems * elem
-            cell[2] += 1
+            cell[0] += n * times
+            cell[1] += n * row_elems * elem * times
+            cell[2] += times
     out = [(s, d, r, b, c) for (s, d), (r, b, c) in sorted(acc.items())]
     source = "split sizes"
     if not out:

@@ -34,24 +34,68 @@ CONFLICT_COLUMNS = (
 )
 
 
+@timeline.on_timeline
 def conflicts(con, run_id: int, *, back_to_back_ns: int = 2_000) -> Table:
-    """Every overlapping or serialized pair of moe_comm kernels (module doc)."""
-    k = timeline.kernels(con, run_id)
+    """Every overlapping or serialized pair of moe_comm kernels (module doc).
+
+    The moe_comm kernels are read one (rank, device) at a time as numeric columns (module and
+    process group as dictionary ids), with the first start of any kernel of the device at or after
+    each one's end (`next_start`, analyze/sweep.py), so memory holds one device's collectives at most.
+    """
+    k = timeline.tables(con, run_id).kernels
     windows = timeline.rank_windows(con, run_id)
+    comm = f"_hs_moe_comm_{int(run_id)}"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {comm} AS
+        SELECT c.rank, c.device, c.stream, c.ts_ns, c.end_ns, c.ev, c.layer_index, c.step, c.next_start, e.module,
+               json_extract_string(e.args, '$."Process Group Name"') AS pg
+        FROM {k} c JOIN events e ON e.rowid = c.ev WHERE c.layer_type = 'moe_comm'
+        ORDER BY c.rank, c.device, c.ts_ns, c.end_ns, c.ev""")
     rows: list[tuple] = []
     max_in_flight = 0
-    for (rank, device), idx in timeline.groups(k, "rank", "device"):
-        comm = idx[k["layer_type"][idx] == "moe_comm"]
-        if comm.size == 0:
-            continue
-        max_in_flight = max(max_in_flight, intervals.max_concurrency(k["ts_ns"][comm], k["end_ns"][comm]))
-        lo = windows[rank][0]
-        for a, b, kind, ns in _overlaps(k, comm) + _serialized(k, idx, comm, back_to_back_ns):
-            rows.append(_row(k, rank, device, lo, a, b, kind, ns))
+    try:
+        modules, groups = _dictionary(con, comm, "module"), _dictionary(con, comm, "pg")
+        for rank, device in con.execute(f"SELECT DISTINCT rank, device FROM {comm} ORDER BY ALL").fetchall():
+            c = _comm_columns(con, comm, rank, device, modules, groups)
+            max_in_flight = max(max_in_flight, intervals.max_concurrency(c["ts_ns"], c["end_ns"]))
+            lo = windows[rank][0]
+            every = np.arange(c["ts_ns"].size)
+            for a, b, kind, ns in _overlaps(c, every) + _serialized(c, every, back_to_back_ns):
+                rows.append(_row(c, rank, device, lo, a, b, kind, ns, modules.names))
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {comm}")
     rows.sort(key=lambda r: (r[0], r[1] if r[1] is not None else -1, r[11]))
     return Table("conflicts", CONFLICT_COLUMNS, rows,
                  {"title": "MoE collectives in conflict", "run_id": run_id, "max_in_flight": max_in_flight,
                   "back_to_back_ns": back_to_back_ns})
+
+
+class _Dictionary:
+    """Distinct values of a text expression over the moe_comm kernels: `sql(param)` gives each
+    kernel's id (its position in `names`, -1 for NULL), `names[id]` the value back."""
+
+    def __init__(self, expr: str, names: list[str]):
+        self.expr = expr
+        self.values = names
+        self.names = names + [None]  # id -1 reads None
+
+    def sql(self, param: str) -> str:
+        return f"coalesce(list_position(${param}, {self.expr}) - 1, -1)"
+
+
+def _dictionary(con, comm: str, column: str) -> _Dictionary:
+    got = con.execute(f"SELECT DISTINCT {column} FROM {comm} WHERE {column} IS NOT NULL ORDER BY 1").fetchall()
+    return _Dictionary(column, [v for (v,) in got])
+
+
+def _comm_columns(con, comm: str, rank: int, device: int, modules: _Dictionary, groups: _Dictionary) -> dict:
+    """One device's moe_comm kernels as numpy columns in (ts_ns, end_ns) order (module doc)."""
+    got = con.execute(f"""
+        SELECT ts_ns, end_ns, end_ns - ts_ns AS duration_ns, stream, coalesce(layer_index, -1) AS layer_index,
+               coalesce(step, -1) AS step, {modules.sql("modules")} AS module, {groups.sql("groups")} AS pg,
+               coalesce(next_start, -1) AS next_start
+        FROM {comm} WHERE rank = $rank AND device = $device ORDER BY ts_ns, end_ns, ev""",
+        {"rank": rank, "device": device, "modules": modules.values, "groups": groups.values}).fetchnumpy()
+    return {name: np.asarray(col) for name, col in got.items()}
 
 
 def conflict_pairs(table: Table) -> Table:
@@ -82,33 +126,34 @@ def _overlaps(k: dict, comm: np.ndarray) -> list[tuple]:
             for a, b, n in zip(comm[holder[j - 1]][keep], comm[j][keep], ns[keep])]
 
 
-def _serialized(k: dict, idx: np.ndarray, comm: np.ndarray, back_to_back_ns: int) -> list[tuple]:
-    """(earlier, later, 'serialized', ns) for back-to-back collectives of one stream (module doc)."""
-    starts_all = np.sort(k["ts_ns"][idx])
+def _serialized(k: dict, comm: np.ndarray, back_to_back_ns: int) -> list[tuple]:
+    """(earlier, later, 'serialized', ns) for back-to-back collectives of one stream (module doc):
+    no kernel of the device starts in [end of the first, start of the second) when the first
+    start at or after the first's end (`next_start`) is not before the second's start."""
     out = []
     for _stream, pos in timeline.groups({"stream": k["stream"][comm]}, "stream"):
         c = comm[pos]
         c = c[np.argsort(k["ts_ns"][c], kind="stable")]
         a, b = c[:-1], c[1:]
         gap = k["ts_ns"][b] - k["end_ns"][a]
-        between = np.searchsorted(starts_all, k["ts_ns"][b], "left") - np.searchsorted(starts_all, k["end_ns"][a], "left")
-        other_scope = (k["module"][a].astype(str) != k["module"][b].astype(str)) | (k["layer_index"][a] != k["layer_index"][b])
-        hit = (gap >= 0) & (gap <= back_to_back_ns) & (between == 0) & other_scope
+        nothing_between = k["next_start"][a] >= k["ts_ns"][b]
+        other_scope = (k["module"][a] != k["module"][b]) | (k["layer_index"][a] != k["layer_index"][b])
+        hit = (gap >= 0) & (gap <= back_to_back_ns) & nothing_between & other_scope
         ns = np.minimum(k["duration_ns"][a], k["duration_ns"][b])
         out += [(int(x), int(y), "serialized", int(n)) for x, y, n in zip(a[hit], b[hit], ns[hit])]
     return out
 
 
-def _row(k, rank, device, lo, a, b, kind, ns) -> tuple:
+def _row(k, rank, device, lo, a, b, kind, ns, modules: list) -> tuple:
     sa, sb = int(k["stream"][a]), int(k["stream"][b])
     if kind == "serialized" or sa == sb:
         scope = "stream"
-    elif k["pg"][a] is None or k["pg"][b] is None or k["pg"][a] == k["pg"][b]:
+    elif k["pg"][a] < 0 or k["pg"][b] < 0 or k["pg"][a] == k["pg"][b]:
         scope = "communicator"
     else:
         scope = "device"
-    return (int(rank), None if device < 0 else int(device), kind, scope, sa, sb, k["module"][a], k["module"][b],
-            _opt(k["layer_index"][a]), _opt(k["layer_index"][b]), _opt(k["step"][b]),
+    return (int(rank), None if device < 0 else int(device), kind, scope, sa, sb, modules[k["module"][a]],
+            modules[k["module"][b]], _opt(k["layer_index"][a]), _opt(k["layer_index"][b]), _opt(k["step"][b]),
             int(k["ts_ns"][b] - lo), ns)
 
 

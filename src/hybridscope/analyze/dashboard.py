@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridscope.analyze import intervals, timeline
+from hybridscope.analyze import timeline
 from hybridscope.analyze.stats import quantile
 from hybridscope.table import Column, Table
 
@@ -33,17 +33,18 @@ DASHBOARD_COLUMNS = (
 )
 
 
+@timeline.on_timeline
 def duty_cycle(con, run_id: int) -> Table:
     """Per (rank, device): wall-time window, busy time (union of kernel intervals), duty cycle."""
-    k = timeline.kernels(con, run_id)
     windows = timeline.rank_windows(con, run_id)
     rows = []
-    for (rank, device), idx in timeline.groups(k, "rank", "device"):
-        busy = intervals.length(intervals.union(k["ts_ns"][idx], k["end_ns"][idx]))
+    for rank, device, busy, n in con.execute(
+            f"SELECT rank, device, {timeline.BUSY_SQL}, count(*) FROM {timeline.tables(con, run_id).kernels}"
+            " GROUP BY rank, device ORDER BY rank, device").fetchall():
         lo, hi = windows[rank]
         wall = hi - lo
-        rows.append((rank, None if device < 0 else device, wall, busy, 100.0 * busy / wall if wall else None,
-                     int(idx.size)))
+        rows.append((rank, None if device < 0 else device, wall, int(busy), 100.0 * busy / wall if wall else None,
+                     int(n)))
     cols = (
         Column("rank", "int"), Column("device", "int"),
         Column("window_ns", "ns", "the rank's wall-time window", "window"),

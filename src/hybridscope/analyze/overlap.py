@@ -20,25 +20,37 @@ Per (rank, device), on GPU kernels only (timeline.KERNEL_FILTER). Definitions (d
 
 from __future__ import annotations
 
-import numpy as np
-
-from hybridscope.analyze import intervals, timeline
-from hybridscope.analyze.stats import quantile
+from hybridscope.analyze import timeline
 from hybridscope.table import Column, Table
 
+_COMM = "layer_type IN ('moe_comm', 'comm')"
+# a gap ends at a kernel that starts past every earlier kernel's end (timeline.materialized)
+_GAPS = ("SELECT *, ts_ns - prev_max AS gap, list_extract($types, holder_code) AS holder_type FROM {k}"
+         " WHERE ts_ns > prev_max")
 
+
+def _busy_by(k: str, partition: str, group: str) -> str:
+    """Union length of kernel intervals per `group`, the running maximum taken per `partition`
+    (timeline.BUSY_SQL), as (group columns..., busy)."""
+    return f"""
+        SELECT {group}, {timeline.BUSY_SQL} AS busy FROM (
+            SELECT {group}, ts_ns, end_ns, max(end_ns) OVER (PARTITION BY {partition} ORDER BY ts_ns, end_ns, ev
+                                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max
+            FROM {k}) GROUP BY {group}"""
+
+
+@timeline.on_timeline
 def overlap(con, run_id: int) -> Table:
     """Per (rank, device): comm, compute, overlapped and exposed communication time."""
-    k = timeline.kernels(con, run_id)
+    k = timeline.tables(con, run_id).kernels
     windows = timeline.rank_windows(con, run_id)
+    got = con.execute(f"""
+        SELECT rank, device, {timeline.BUSY_SQL}, {timeline.busy_sql("prev_comm", _COMM)},
+               {timeline.busy_sql("prev_compute", f"NOT {_COMM}")}
+        FROM {k} GROUP BY rank, device ORDER BY rank, device""").fetchall()
     rows = []
-    for (rank, device), idx in timeline.groups(k, "rank", "device"):
-        is_comm = np.isin(k["layer_type"][idx], timeline.COMM_TYPES)
-        s, e = k["ts_ns"][idx], k["end_ns"][idx]
-        comm = intervals.union(s[is_comm], e[is_comm])
-        comp = intervals.union(s[~is_comm], e[~is_comm])
-        comm_ns, comp_ns = intervals.length(comm), intervals.length(comp)
-        both = intervals.intersection_length(comm, comp)
+    for rank, device, union_ns, comm_ns, comp_ns in got:
+        both = comm_ns + comp_ns - union_ns  # |A ∩ B| = |A| + |B| - |A ∪ B|
         lo, hi = windows[rank]
         exposed = comm_ns - both
         busy = comp_ns + exposed
@@ -58,35 +70,29 @@ def overlap(con, run_id: int) -> Table:
     return Table("overlap", cols, rows, {"title": "Communication overlap", "run_id": run_id})
 
 
-def _device_gaps(k: dict, idx: np.ndarray) -> dict:
-    """Gaps of one device's kernels (indices `idx` into timeline columns), with their neighbours."""
-    s, e = k["ts_ns"][idx], k["end_ns"][idx]
-    order = np.argsort(s, kind="stable")
-    s, e, idx = s[order], e[order], idx[order]
-    run_max = np.maximum.accumulate(e)
-    # the kernel holding the running max end: the latest index whose end reaches it
-    holder = np.maximum.accumulate(np.where(e >= run_max, np.arange(s.size), 0))
-    starts_gap = np.flatnonzero(s[1:] > run_max[:-1]) + 1  # kernel that ends an idle gap
-    before = idx[holder[starts_gap - 1]]
-    return {"start": run_max[starts_gap - 1], "end": s[starts_gap], "before": before, "after": idx[starts_gap]}
-
-
+@timeline.on_timeline
 def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
     """GPU idle gaps: {'gap_summary': per device, 'top_gaps': the longest, 'gap_sites': per
     (layer type before, layer type after), 'gap_histogram': counts per log2 bin}."""
-    k = timeline.kernels(con, run_id)
+    t = timeline.tables(con, run_id)
+    k, types = t.kernels, {"types": t.types}
+    gaps_sql = _GAPS.format(k=k)
     windows = timeline.rank_windows(con, run_id)
-    summary, everything = [], []
-    for (rank, device), idx in timeline.groups(k, "rank", "device"):
-        g = _device_gaps(k, idx)
-        d = g["end"] - g["start"]
+    summary = []
+    for rank, device, n, idle, qs, longest in con.execute(f"""
+            SELECT d.rank, d.device, count(g.gap), coalesce(sum(g.gap), 0)::BIGINT,
+                   quantile_cont(g.gap, [0.5, 0.9, 0.99]), max(g.gap)
+            FROM (SELECT DISTINCT rank, device FROM {k}) d
+            LEFT JOIN ({gaps_sql}) g ON g.rank = d.rank AND g.device = d.device
+            GROUP BY d.rank, d.device ORDER BY d.rank, d.device""", types).fetchall():
         lo, hi = windows[rank]
-        dev = None if device < 0 else device
-        summary.append((rank, dev, int(d.size), int(d.sum()), quantile(d, 0.5), quantile(d, 0.9), quantile(d, 0.99),
-                        int(d.max()) if d.size else None, 100.0 * d.sum() / (hi - lo) if hi > lo else None))
-        everything.append((rank, dev, lo, g, d))
-    return {"gap_summary": _summary_table(summary, run_id), "top_gaps": _top_table(k, everything, top, run_id),
-            "gap_sites": _sites_table(k, everything, run_id), "gap_histogram": _histogram(everything, run_id)}
+        p50, p90, p99 = qs if qs is not None else (None, None, None)
+        summary.append((rank, None if device < 0 else device, int(n), int(idle), p50, p90, p99,
+                        None if longest is None else int(longest), 100.0 * idle / (hi - lo) if hi > lo else None))
+    return {"gap_summary": _summary_table(summary, run_id),
+            "top_gaps": _top_table(con, gaps_sql, t, windows, top, run_id),
+            "gap_sites": _sites_table(con, gaps_sql, types, run_id),
+            "gap_histogram": _histogram(con, gaps_sql, types, run_id)}
 
 
 def _summary_table(rows, run_id) -> Table:
@@ -97,18 +103,15 @@ def _summary_table(rows, run_id) -> Table:
     return Table("gap_summary", cols, rows, {"title": "GPU idle gaps", "run_id": run_id})
 
 
-def _top_table(k, everything, top, run_id) -> Table:
-    parts = [(rank, dev, lo, g, d) for rank, dev, lo, g, d in everything if d.size]
-    rows = []
-    if parts:
-        d = np.concatenate([p[4] for p in parts])
-        which = np.concatenate([np.full(p[4].size, i) for i, p in enumerate(parts)])
-        pos = np.concatenate([np.arange(p[4].size) for p in parts])
-        for j in np.argsort(-d, kind="stable")[:top]:
-            rank, dev, lo, g, _ = parts[which[j]]
-            b, a = g["before"][pos[j]], g["after"][pos[j]]
-            rows.append((rank, dev, int(g["start"][pos[j]] - lo), int(d[j]), _int(k["step"][a]),
-                         k["layer_type"][b], k["layer_type"][a], k["name"][b], k["name"][a]))
+def _top_table(con, gaps_sql: str, t, windows, top: int, run_id: int) -> Table:
+    got = con.execute(f"""
+        SELECT g.rank, g.device, g.prev_max, g.gap, g.step, g.holder_type, g.layer_type, b.name, a.name
+        FROM (SELECT * FROM ({gaps_sql}) ORDER BY gap DESC, pos LIMIT $top) g
+        JOIN {t.kernels} h ON h.pos = g.holder
+        JOIN events a ON a.rowid = g.ev JOIN events b ON b.rowid = h.ev
+        ORDER BY g.gap DESC, g.pos""", {"top": top, "types": t.types}).fetchall()
+    rows = [(rank, None if dev < 0 else dev, int(start - windows[rank][0]), int(gap), step, before, after, bk, ak)
+            for rank, dev, start, gap, step, before, after, bk, ak in got]
     cols = (Column("rank", "int"), Column("device", "int"),
             Column("at_ns", "ns", "gap start from the rank's window start", "at"), Column("gap_ns", "ns", "", "gap"),
             Column("step", "int"), Column("before", "str", "layer type of the kernel before"),
@@ -117,64 +120,54 @@ def _top_table(k, everything, top, run_id) -> Table:
     return Table("top_gaps", cols, rows, {"title": f"Longest {top} GPU idle gaps", "run_id": run_id})
 
 
-def _sites_table(k, everything, run_id) -> Table:
-    acc: dict[tuple[str, str], list[np.ndarray]] = {}
-    for _rank, _dev, _lo, g, d in everything:
-        if not d.size:
-            continue
-        pair = np.char.add(np.char.add(k["layer_type"][g["before"]].astype(str), "\t"),
-                           k["layer_type"][g["after"]].astype(str))
-        for key in np.unique(pair):
-            b, a = key.split("\t")
-            acc.setdefault((b, a), []).append(d[pair == key])
-    rows = []
-    for (b, a), chunks in acc.items():
-        d = np.concatenate(chunks)
-        rows.append((b, a, int(d.size), int(d.sum()), quantile(d, 0.5), quantile(d, 0.99)))
-    rows.sort(key=lambda r: -r[3])
+def _sites_table(con, gaps_sql: str, types: dict, run_id: int) -> Table:
+    rows = [(b, a, int(n), int(idle), p50, p99) for b, a, n, idle, (p50, p99) in con.execute(f"""
+        SELECT holder_type, layer_type, count(*), sum(gap)::BIGINT AS idle, quantile_cont(gap, [0.5, 0.99])
+        FROM ({gaps_sql}) GROUP BY holder_type, layer_type ORDER BY idle DESC, holder_type, layer_type""",
+        types).fetchall()]
     cols = (Column("before", "str", "layer type before the gap"), Column("after", "str", "layer type after"),
             Column("n_gaps", "int", "", "gaps"), Column("idle_ns", "ns", "", "idle"),
             Column("p50_ns", "ns", "", "p50"), Column("p99_ns", "ns", "", "p99"))
     return Table("gap_sites", cols, rows, {"title": "Where the idle time falls", "run_id": run_id})
 
 
-def _histogram(everything, run_id) -> Table:
+def _histogram(con, gaps_sql: str, types: dict, run_id: int) -> Table:
     """Gap counts per power-of-two bin [2^i, 2^(i+1)) ns, over all devices."""
-    d = np.concatenate([x[4] for x in everything]) if everything else np.zeros(0, dtype=np.int64)
-    d = d[d > 0]
-    rows = []
-    if d.size:
-        b = np.floor(np.log2(d)).astype(np.int64)
-        for exp, n in zip(*np.unique(b, return_counts=True)):
-            sel = d[b == exp]
-            rows.append((int(2 ** exp), int(2 ** (exp + 1)), int(n), int(sel.sum())))
+    rows = [(int(2 ** e), int(2 ** (e + 1)), int(n), int(idle)) for e, n, idle in con.execute(f"""
+        SELECT floor(log2(gap))::BIGINT AS e, count(*), sum(gap)::BIGINT FROM ({gaps_sql})
+        GROUP BY e ORDER BY e""", types).fetchall()]
     cols = (Column("lo_ns", "ns", "bin start (inclusive)", "from"), Column("hi_ns", "ns", "bin end", "to"),
             Column("n_gaps", "int", "", "gaps"), Column("idle_ns", "ns", "", "idle"))
     return Table("gap_histogram", cols, rows, {"title": "Idle gap lengths", "run_id": run_id})
 
 
+@timeline.on_timeline
 def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
     """Per (rank, phase): kernel and gap medians, launch vs GPU rates, and the launch-bound verdict."""
-    k = timeline.kernels(con, run_id)
+    k = timeline.tables(con, run_id).kernels
     launches = {(int(r), p or "unknown"): (int(n), int(span)) for r, p, n, span in timeline.launch_spans(con, run_id)}
-    phase = np.array(["unknown" if p is None else p for p in k["phase"].tolist()], dtype=object) \
-        if len(k["phase"]) else k["phase"]
-    gap_before = np.zeros(len(k["ts_ns"]), dtype=np.int64)
-    for _key, idx in timeline.groups(k, "rank", "device"):
-        s, e = k["ts_ns"][idx], k["end_ns"][idx]
-        prev_max = np.maximum.accumulate(e)
-        gap_before[idx[1:]] = np.maximum(s[1:] - prev_max[:-1], 0)
-        gap_before[idx[0]] = 0
+    # the union of a (rank, phase)'s kernels across its devices: from the sweep's per-device
+    # running maximum when each rank has one device (the rule), else with a window over the rank
+    one_device = con.execute(f"SELECT count(DISTINCT (rank, device)) = count(DISTINCT rank) FROM {k}").fetchall()[0][0]
+    busy = (f"SELECT rank, coalesce(phase, 'unknown') AS ph, {timeline.busy_sql('prev_phase')} AS busy FROM {k}"
+            " GROUP BY ALL") if one_device else _busy_by(
+        f"(SELECT *, coalesce(phase, 'unknown') AS ph FROM {k})", "rank, ph", "rank, ph")
+    got = con.execute(f"""
+        WITH kp AS (SELECT rank, coalesce(phase, 'unknown') AS ph, end_ns - ts_ns AS dur,
+                           greatest(ts_ns - coalesce(prev_max, ts_ns), 0) AS gap FROM {k}),
+        stats AS (SELECT rank, ph, count(*) AS n, quantile_cont(dur, 0.5) AS med_k, quantile_cont(gap, 0.5) AS med_g,
+                         sum(gap)::BIGINT AS idle, avg((gap >= dur)::INTEGER) AS ge
+                  FROM kp GROUP BY rank, ph),
+        busy AS ({busy})
+        SELECT s.rank, s.ph, s.n, s.med_k, s.med_g, s.idle, s.ge, b.busy
+        FROM stats s JOIN busy b ON b.rank = s.rank AND b.ph = s.ph ORDER BY s.rank, s.ph""").fetchall()
     rows = []
-    for (rank, ph), idx in timeline.groups({"rank": k["rank"], "phase": phase}, "rank", "phase"):
-        dur, gp = k["duration_ns"][idx], gap_before[idx]
-        med_k, med_g = float(np.median(dur)), float(np.median(gp))
-        busy = intervals.length(intervals.union(k["ts_ns"][idx], k["end_ns"][idx]))
-        gpu_rate = idx.size / (busy / 1e6) if busy else None
+    for rank, ph, n, med_k, med_g, idle, ge, busy in got:
+        gpu_rate = n / (busy / 1e6) if busy else None
         n_l, span = launches.get((rank, ph), (0, 0))
         cpu_rate = n_l / (span / 1e6) if n_l > 1 and span else None
         verdict = med_k < short_ns and med_g >= med_k and (cpu_rate is None or gpu_rate is None or cpu_rate < gpu_rate)
-        rows.append((rank, ph, int(idx.size), med_k, med_g, int(gp.sum()), 100.0 * float(np.mean(gp >= dur)),
+        rows.append((rank, ph, int(n), float(med_k), float(med_g), int(idle), 100.0 * ge,
                      cpu_rate, gpu_rate, "yes" if verdict else "no"))
     cols = (Column("rank", "int"), Column("phase", "str"), Column("n_kernels", "int", "", "kernels"),
             Column("median_kernel_ns", "ns", "", "median kernel"),
@@ -186,8 +179,3 @@ def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
             Column("launch_bound", "str", "verdict (module doc)", "launch-bound"))
     return Table("launch_bound", cols, rows,
                  {"title": "Launch-bound detection", "run_id": run_id, "short_ns": short_ns})
-
-
-def _int(v) -> int | None:
-    v = int(v)
-    return None if v < 0 else v

@@ -212,7 +212,7 @@ SECTIONS: tuple[Section, ...] = (
 
 def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS) -> Report:
     """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run)."""
-    with timeline.cached():  # the kernels, steps and windows are read once for all analyses
+    with timeline.materialized(con, run_id):  # the kernel timeline is computed once for all analyses
         ctx = Context(con, run_id, run_info(con, run_id))
         for section in sections:
             for step in section.analyses:

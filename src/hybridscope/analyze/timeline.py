@@ -19,38 +19,82 @@ import contextlib
 import contextvars
 import functools
 
+import duckdb
 import numpy as np
 
 # Kernel statistics use GPU kernels only (not memcpy/memset): what NVML's utilization counts.
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
 COMM_TYPES = ("moe_comm", "comm")
 
-_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_cache", default=None)
+# {(id(connection), run_id): Tables} of the `materialized` blocks open in this context
+_OPEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_tables", default=None)
+
+
+class Tables:
+    """Names of the temp tables a `materialized` block holds for one run (its doc says what they
+    hold), and the run's distinct layer types (`types`: holder_code is a 1-based position in it)."""
+
+    def __init__(self, run_id: int):
+        self.base = f"_hs_base_{int(run_id)}"
+        self.derived = f"_hs_sweep_{int(run_id)}"
+        self.kernels = f"_hs_kernels_{int(run_id)}"
+        self.steps = f"_hs_steps_{int(run_id)}"
+        self.sums = f"_hs_step_sums_{int(run_id)}"
+        self.types: list[str] = []
+
+    def drop(self, con) -> None:
+        for name in (self.base, self.derived, self.kernels, self.steps, self.sums):
+            with contextlib.suppress(duckdb.Error):  # an aborted transaction drops them itself
+                con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @contextlib.contextmanager
-def cached():
-    """Within this block the timeline functions below compute once per (connection, run, options):
-    the report runs a dozen analyses over the same kernels. Callers must not modify the results."""
-    token = _CACHE.set({})
+def materialized(con, run_id: int):
+    """Within this block the run's kernel timeline lives in the connection as temp tables, computed
+    once for every analysis that reads it (the report runs a dozen); they are dropped at the end, so
+    that a later write to the store is never hidden behind a stale copy. Nested blocks reuse the
+    outer one. Yields the `Tables`.
+
+    `Tables.kernels`: one row per GPU kernel, in the order (rank, device, ts_ns, end_ns, ev): pos
+    (that order), ev (the event's rowid in `events`, for its text columns), rank, device (-1 when
+    NULL), stream (-1 when NULL), ts_ns, end_ns, layer_type ('other' when unattributed),
+    layer_index, step, phase (the module doc's rules), correlation, and the running maxima of
+    analyze/sweep.py (prev_max, prev_compute, prev_comm, prev_phase, holder, holder_code,
+    next_start). `Tables.steps`: step_windows' rows; `Tables.sums`: step_sums'.
+    """
+    key = (id(con), int(run_id))
+    opened = _OPEN.get() or {}
+    if key in opened:
+        yield opened[key]
+        return
+    tables = Tables(run_id)
     try:
-        yield
+        _create(con, run_id, tables)
+    except BaseException:
+        tables.drop(con)
+        raise
+    token = _OPEN.set({**opened, key: tables})
+    try:
+        yield tables
     finally:
-        _CACHE.reset(token)
+        _OPEN.reset(token)
+        tables.drop(con)
 
 
-def _memo(fn):
+def on_timeline(fn):
+    """Run `fn(con, run_id, ...)` inside `materialized(con, run_id)` (a no-op when one is open)."""
+
     @functools.wraps(fn)
-    def wrapper(con, run_id: int, **options):
-        cache = _CACHE.get()
-        if cache is None:
-            return fn(con, run_id, **options)
-        key = (fn.__name__, id(con), run_id, tuple(sorted(options.items())))
-        if key not in cache:
-            cache[key] = fn(con, run_id, **options)
-        return cache[key]
+    def wrapper(con, run_id: int, *args, **options):
+        with materialized(con, run_id):
+            return fn(con, run_id, *args, **options)
 
     return wrapper
+
+
+def tables(con, run_id: int) -> Tables:
+    """The open `materialized` block's tables (call inside one, e.g. from an `on_timeline` function)."""
+    return _OPEN.get()[(id(con), int(run_id))]
 
 
 _STEP_SCOPES = r"""
@@ -88,9 +132,8 @@ STEP_WINDOWS_SQL = _STEP_SCOPES  # CTEs ending in `windows` (rank, step, ts_ns, 
 
 _KERNELS = f"""
     k AS (
-        SELECT rank, device, stream, name, ts_ns, ts_ns + duration_ns AS end_ns, duration_ns,
-               coalesce(layer_type, 'other') AS layer_type, layer_index, module, step, phase,
-               correlation, json_extract_string(args, '$."Process Group Name"') AS pg
+        SELECT rowid AS ev, rank, device, stream, ts_ns, ts_ns + duration_ns AS end_ns,
+               coalesce(layer_type, 'other') AS layer_type, layer_index, step, phase, correlation
         FROM events WHERE run_id = $run AND {KERNEL_FILTER}
     ),
     launches AS (
@@ -103,33 +146,120 @@ _KERNELS = f"""
         FROM k LEFT JOIN launches l ON k.rank = l.rank AND k.correlation = l.correlation
     ),
     ks AS (
-        SELECT kl.rank, kl.device, kl.stream, kl.name, kl.ts_ns, kl.end_ns, kl.duration_ns, kl.layer_type,
-               kl.layer_index, kl.module, kl.pg, kl.launch_ns, kl.correlation,
+        SELECT kl.ev, kl.rank, coalesce(kl.device, -1) AS device, coalesce(kl.stream, -1) AS stream, kl.ts_ns,
+               kl.end_ns, kl.layer_type, kl.layer_index, kl.correlation, kl.launch_ns,
                coalesce(kl.step, CASE WHEN kl.launch_ns < w.end_ns THEN w.step END) AS step,
                coalesce(kl.phase, CASE WHEN kl.launch_ns < w.end_ns THEN w.phase END) AS phase
         FROM kl ASOF LEFT JOIN windows w ON kl.rank = w.rank AND kl.launch_ns >= w.ts_ns
     )"""
 
+# The length of the union of a group's kernel intervals, summed over its rows in (ts_ns, end_ns)
+# order: each kernel adds the part of [ts, end) past the latest end before it (`prev_max`: every
+# point between its start and that end is covered by the kernel holding it). Zero-length and
+# inverted intervals add nothing, as intervals.union drops them.
+# The kernels of `_KERNELS` for the report's tables: a kernel whose step is known, and whose phase
+# is known or could not be found (no step window has one), keeps them without the launch lookup
+# (capture and attribution fill them: the join with every launch is then skipped).
+_KERNELS_FAST = f"""
+    k0 AS (
+        SELECT rowid AS ev, rank, coalesce(device, -1) AS device, coalesce(stream, -1) AS stream, ts_ns,
+               ts_ns + duration_ns AS end_ns, coalesce(layer_type, 'other') AS layer_type, layer_index, step,
+               phase, correlation,
+               step IS NULL OR (phase IS NULL AND EXISTS (SELECT 1 FROM windows WHERE phase IS NOT NULL)) AS look_up
+        FROM events WHERE run_id = $run AND {KERNEL_FILTER}
+    ),
+    need AS (SELECT * FROM k0 WHERE look_up),
+    launches AS (
+        SELECT rank, correlation, min(ts_ns) AS launch_ns FROM events
+        WHERE run_id = $run AND source = 'cuda_api' AND correlation IS NOT NULL
+          AND EXISTS (SELECT 1 FROM need) GROUP BY rank, correlation
+    ),
+    kl AS (
+        SELECT need.*, coalesce(l.launch_ns, need.ts_ns) AS launch_ns
+        FROM need LEFT JOIN launches l ON need.rank = l.rank AND need.correlation = l.correlation
+    ),
+    ks AS (
+        SELECT kl.ev, kl.rank, kl.device, kl.stream, kl.ts_ns, kl.end_ns, kl.layer_type, kl.layer_index,
+               coalesce(kl.step, CASE WHEN kl.launch_ns < w.end_ns THEN w.step END) AS step,
+               coalesce(kl.phase, CASE WHEN kl.launch_ns < w.end_ns THEN w.phase END) AS phase, kl.correlation
+        FROM kl ASOF LEFT JOIN windows w ON kl.rank = w.rank AND kl.launch_ns >= w.ts_ns
+        UNION ALL
+        SELECT ev, rank, device, stream, ts_ns, end_ns, layer_type, layer_index, step, phase, correlation
+        FROM k0 WHERE NOT look_up
+    )"""
 
-@_memo
+
+def busy_sql(prev: str = "prev_max", where: str | None = None) -> str:
+    """The length of the union of a group's kernel intervals, summed over its rows: each kernel adds
+    the part of [ts, end) past the latest end before it (`prev`: every point between its start and
+    that end is covered by the kernel holding it). Zero-length and inverted intervals add nothing,
+    as intervals.union drops them. `prev` = prev_compute with `where` = compute kernels gives the
+    union of the compute kernels, and so on (analyze/sweep.py)."""
+    only = f" FILTER (WHERE {where})" if where else ""
+    return f"coalesce(sum(greatest(end_ns - greatest(ts_ns, coalesce({prev}, ts_ns)), 0)){only}, 0)::BIGINT"
+
+
+BUSY_SQL = busy_sql()
+
+
+def _create(con, run_id: int, t: Tables) -> None:
+    """The temp tables of `materialized` (its doc says what they hold)."""
+    from hybridscope.analyze import sweep
+
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {t.base} AS
+        WITH {_STEP_SCOPES}, {_KERNELS_FAST}
+        SELECT ev, rank, device, stream, ts_ns, end_ns, layer_type, layer_index, step, phase, correlation
+        FROM ks ORDER BY rank, device, ts_ns, end_ns, ev""", {"run": run_id})
+    t.types = [v for (v,) in con.execute(f"SELECT DISTINCT layer_type FROM {t.base} ORDER BY 1").fetchall()]
+    phases = [v for (v,) in con.execute(f"SELECT DISTINCT phase FROM {t.base} ORDER BY 1").fetchall()]
+    sweep.sweep(con, t.base, t.derived, t.types, phases, COMM_TYPES)
+    running = ", ".join(f"nullif(d.{c}, {sweep.NONE}) AS {c}" for c in sweep.COLUMNS if c != "holder_code")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {t.kernels} AS SELECT b.rowid AS pos, b.*, {running}, d.holder_code"
+                f" FROM {t.base} b POSITIONAL JOIN {t.derived} d")
+    con.execute(f"DROP TABLE {t.derived}")
+    con.execute(f"DROP TABLE {t.base}")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {t.steps} AS
+        WITH {_STEP_SCOPES},
+        agg AS (SELECT rank, step, max(end_ns) AS k_end, sum(end_ns - ts_ns) AS gpu_ns, count(*) AS n_kernels
+                FROM {t.kernels} WHERE step IS NOT NULL GROUP BY rank, step)
+        SELECT w.rank, w.step, w.ts_ns,
+               CASE WHEN w.recorded THEN w.end_ns ELSE greatest(w.end_ns, coalesce(a.k_end, w.end_ns)) END
+                   AS end_ns,
+               w.phase, w.n_tokens, w.n_requests, w.recorded,
+               coalesce(a.gpu_ns, 0) AS gpu_ns, coalesce(a.n_kernels, 0) AS n_kernels, w.sampled
+        FROM windows w LEFT JOIN agg a ON w.rank = a.rank AND w.step = a.step""", {"run": run_id})
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {t.sums} AS
+        SELECT rank, step, layer_type, sum(end_ns - ts_ns)::BIGINT AS ns FROM {t.kernels} WHERE step IS NOT NULL
+        GROUP BY rank, step, layer_type""")
+
+
 def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarray]:
-    """All GPU kernels of a run as numpy columns, sorted by (rank, device, ts_ns).
+    """All GPU kernels of a run as numpy columns, sorted by (rank, device, ts_ns): what the Perfetto
+    export writes, one trace event per kernel (the report's analyses never read this: they work on
+    the `materialized` tables in SQL).
 
     Columns: rank, device, stream, name, ts_ns, end_ns, duration_ns, layer_type ('other' when
     unattributed), layer_index, module, pg (process group of a collective), launch_ns, step, phase.
     Integer columns hold -1 where the store has NULL (device, stream, layer_index, step); text
     columns hold None.
     """
-    sql = f"WITH {_STEP_SCOPES}, {_KERNELS} SELECT * FROM ks"
+    sql = f"""WITH {_STEP_SCOPES}, {_KERNELS}
+        SELECT ks.rank, ks.device, ks.stream, e.name, ks.ts_ns, ks.end_ns, e.duration_ns, ks.layer_type,
+               ks.layer_index, e.module, json_extract_string(e.args, '$."Process Group Name"') AS pg,
+               ks.launch_ns, ks.correlation, ks.step, ks.phase
+        FROM ks JOIN events e ON e.rowid = ks.ev"""
     params: dict = {"run": run_id}
     if rank is not None:
-        sql += " WHERE rank = $rank"
+        sql += " WHERE ks.rank = $rank"
         params["rank"] = rank
-    sql += " ORDER BY rank, coalesce(device, -1), ts_ns, end_ns"
+    sql += " ORDER BY ks.rank, ks.device, ks.ts_ns, ks.end_ns"
     return {k: _plain(v) for k, v in con.execute(sql, params).fetchnumpy().items()}
 
 
-@_memo
+@on_timeline
 def step_windows(con, run_id: int) -> list[dict]:
     """One dict per (rank, step): rank, step, ts_ns, end_ns, phase, n_tokens, n_requests, recorded,
     gpu_ns (sum of the step's kernel durations; of its layer timings in a layers-mode capture,
@@ -137,20 +267,10 @@ def step_windows(con, run_id: int) -> list[dict]:
     or kernels: capture samples k steps of every n; such a step has a latency but no breakdown). Derived steps are extended to
     their last kernel's end (module doc); recorded steps keep their recorded duration.
     """
-    sql = f"""
-        WITH {_STEP_SCOPES}, {_KERNELS},
-        agg AS (SELECT rank, step, max(end_ns) AS k_end, sum(duration_ns) AS gpu_ns, count(*) AS n_kernels
-                FROM ks WHERE step IS NOT NULL GROUP BY rank, step)
-        SELECT w.rank, w.step, w.ts_ns,
-               CASE WHEN w.recorded THEN w.end_ns ELSE greatest(w.end_ns, coalesce(a.k_end, w.end_ns)) END,
-               w.phase, w.n_tokens, w.n_requests, w.recorded,
-               coalesce(a.gpu_ns, 0), coalesce(a.n_kernels, 0), w.sampled
-        FROM windows w LEFT JOIN agg a ON w.rank = a.rank AND w.step = a.step
-        ORDER BY w.rank, w.step
-    """
     keys = ("rank", "step", "ts_ns", "end_ns", "phase", "n_tokens", "n_requests", "recorded", "gpu_ns",
             "n_kernels", "sampled")
-    out = [dict(zip(keys, r)) for r in con.execute(sql, {"run": run_id}).fetchall()]
+    got = con.execute(f"SELECT {', '.join(keys)} FROM {tables(con, run_id).steps} ORDER BY rank, step").fetchall()
+    out = [dict(zip(keys, r)) for r in got]
     if out and not any(w["n_kernels"] for w in out):  # layers-mode capture: GPU time from layer timings
         gpu: dict[tuple[int, int], int] = {}
         for rank, step, _lt, ns in step_sums(con, run_id):
@@ -160,19 +280,14 @@ def step_windows(con, run_id: int) -> list[dict]:
     return out
 
 
-@_memo
+@on_timeline
 def step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
     """(rank, step, layer_type, summed ns) for kernels with a known step, grouped in SQL.
 
     A run without kernels but with capture's `layers`-mode timings (source 'layer': each layer's
     exclusive device time, tagged with its step) is summed from those instead.
     """
-    sql = f"""
-        WITH {_STEP_SCOPES}, {_KERNELS}
-        SELECT rank, step, layer_type, sum(duration_ns)::BIGINT FROM ks WHERE step IS NOT NULL
-        GROUP BY rank, step, layer_type ORDER BY rank, step, layer_type
-    """
-    rows = con.execute(sql, {"run": run_id}).fetchall()
+    rows = con.execute(f"SELECT * FROM {tables(con, run_id).sums} ORDER BY rank, step, layer_type").fetchall()
     if not rows and not _has_kernels(con, run_id):
         rows = con.execute(
             """SELECT rank, step, coalesce(layer_type, 'other'), sum(duration_ns)::BIGINT FROM events
@@ -186,26 +301,28 @@ def _has_kernels(con, run_id: int) -> bool:
                             " LIMIT 1)", {"run": run_id}).fetchall()[0][0])
 
 
-@_memo
+@on_timeline
 def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     """(rank, phase, n launches, host span ns) of kernel / graph launch calls; a launch's phase is
     its own, else that of the kernel it launched, else that of the step window it falls in."""
     sql = f"""
-        WITH {_STEP_SCOPES}, {_KERNELS},
-        kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM ks
+        WITH {_STEP_SCOPES},
+        kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM {tables(con, run_id).kernels}
                WHERE correlation IS NOT NULL GROUP BY rank, correlation),
         l AS (SELECT e.rank, e.ts_ns, coalesce(e.phase, kp.phase) AS phase FROM events e
               LEFT JOIN kp ON e.rank = kp.rank AND e.correlation = kp.correlation
               WHERE e.run_id = $run AND e.source = 'cuda_api'
                 AND (e.name ILIKE '%LaunchKernel%' OR e.name ILIKE '%GraphLaunch%')),
-        lp AS (SELECT l.rank, l.ts_ns, coalesce(l.phase, CASE WHEN l.ts_ns < w.end_ns THEN w.phase END) AS phase
-               FROM l ASOF LEFT JOIN windows w ON l.rank = w.rank AND l.ts_ns >= w.ts_ns)
+        lp AS (SELECT l.rank, l.ts_ns, CASE WHEN l.ts_ns < w.end_ns THEN w.phase END AS phase
+               FROM (SELECT * FROM l WHERE phase IS NULL) l
+               ASOF LEFT JOIN windows w ON l.rank = w.rank AND l.ts_ns >= w.ts_ns
+               UNION ALL
+               SELECT rank, ts_ns, phase FROM l WHERE phase IS NOT NULL)
         SELECT rank, phase, count(*), max(ts_ns) - min(ts_ns) FROM lp GROUP BY rank, phase
     """
     return con.execute(sql, {"run": run_id}).fetchall()
 
 
-@_memo
 def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
     """Each rank's wall-time window (start_ns, end_ns), for every rank the run stored (`run_ranks`)
     or has events of: the `run_ranks` window where it is known, else the span of the rank's
