@@ -130,3 +130,16 @@ def test_fork_after_the_parent_armed_gives_the_child_its_own_rank(tmp_path):
     assert steps[1] == 4 and steps[0] == 4
     _assert_pattern(_types_by_rank(con, run)[1], ENGINE_PATTERN)
     assert "forked from pid" in proc.stderr and "the parent's capture stays the parent's" in proc.stderr
+
+
+def test_a_daemon_worker_stopped_by_sigterm_still_writes_its_rank(tmp_path):
+    """forkserver + daemon: the server exits, multiprocessing terminates the worker (SIGTERM)."""
+    db = tmp_path / "daemon.duckdb"
+    proc = _trace(db, "python", str(WORKERS / "trace_daemon.py"), "3")
+    assert "daemon served [3, 3]" in proc.stdout
+    con, run = latest_run(db)
+    procs = _notes(con, run)["processes"]
+    (worker,) = [p for p in procs if p["rank"] is not None]
+    assert worker["how"] == "fork" and worker["model"] == "HybridModel" and worker["rank"] == 0
+    assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ?", [run]) == [(3,)]
+    _assert_pattern(_types_by_rank(con, run)[0], ENGINE_PATTERN)

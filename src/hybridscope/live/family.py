@@ -17,20 +17,38 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from hybridscope.live.follow import ENV, Options, command_line
+from hybridscope.live.follow import ENV, command_line
 
 WAIT_S = 10.0  # how long the tracer waits, after the workload, for processes still writing
 BOOTSTRAP = Path(__file__).resolve().parent / "bootstrap"
 
 
+@dataclass(frozen=True)
+class Options:
+    """What every process of one trace captures with: `<dir>/options.json`, read by each process
+    (live.follow) when torch first runs a module; HYBRIDSCOPE_TRACE names the folder."""
+
+    dir: str                       # where each process writes its store and record
+    mode: str = "layers"
+    steps: int | None = None       # limits, per process
+    duration: float | None = None
+    model: str | None = None
+    label: str | None = None
+    sample_every: int | None = None
+    sample_steps: int | None = None
+    metrics_port: int | None = None  # base port of the per-process exporters (follow.metrics_port, live.metrics)
+    metrics_host: str = "127.0.0.1"
+
+
 @contextmanager
 def armed_environment(opts: Options):
     """Children started inside this block arm capture at start-up (the environment is restored after)."""
+    Path(opts.dir, "options.json").write_text(json.dumps(asdict(opts)))
     saved = {k: os.environ.get(k) for k in (ENV, "PYTHONPATH")}
-    os.environ[ENV] = opts.to_env()
+    os.environ[ENV] = opts.dir
     os.environ["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP), *filter(None, [saved["PYTHONPATH"]])])
     try:
         yield

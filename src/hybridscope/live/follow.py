@@ -1,8 +1,9 @@
 """Capture in every process of a traced workload: one `Session` per process (see live.family).
 
 `hybridscope trace` arms capture in the process it starts (the script runs there) and, through
-the environment, in every Python process started below it: HYBRIDSCOPE_TRACE holds the trace's
-`Options` (JSON) and the folder of `bootstrap/sitecustomize.py` is put first on PYTHONPATH, so
+the environment, in every Python process started below it: HYBRIDSCOPE_TRACE names the trace's
+folder (its options.json: family.Options) and the folder of `bootstrap/sitecustomize.py` is put
+first on PYTHONPATH, so
 `site` runs `start()` at the start of each child (spawn, forkserver, `subprocess`, torchrun's
 workers; forked children inherit the session and get a fresh one in `os.register_at_fork`).
 
@@ -26,48 +27,24 @@ Nothing here raises into the workload: every failure is caught and written into 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
 
-ENV = "HYBRIDSCOPE_TRACE"
+ENV = "HYBRIDSCOPE_TRACE"  # the trace's folder: options.json (family.Options), and each process's files
 _session: Session | None = None
 _abandoned: list = []  # sessions inherited through fork: kept alive so that no destructor runs in the child
 _real_exit = os._exit
 _hooked = False  # the fork and exit hooks are process-wide: installed once
+# Start-up cost (docs/benchmarks.md, bench_trace_hook.py): this module imports nothing beyond
+# os, sys, time and atexit; json is imported when torch runs a module (torch has imported it).
 
 
-@dataclass(frozen=True)
-class Options:
-    """What every process of one trace captures with; travels as JSON in HYBRIDSCOPE_TRACE."""
-
-    dir: str                       # where each process writes its store and record
-    src: str                       # the folder holding the tracer's `hybridscope` package
-    mode: str = "layers"
-    steps: int | None = None       # limits, per process
-    duration: float | None = None
-    model: str | None = None
-    label: str | None = None
-    sample_every: int | None = None
-    sample_steps: int | None = None
-    metrics_port: int | None = None  # base port of a per-process exporter (see `metrics_port`)
-    metrics_host: str = "127.0.0.1"
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls, text: str) -> Options:
-        return cls(**json.loads(text))
-
-
-def start(text: str) -> None:
+def start(folder: str) -> None:
     """Arm this process (the bootstrap's entry): a session, the torch watcher, the exit paths."""
     if _session is not None:
         return
-    adopt(Session(Options.from_env(text), how="exec"))
+    adopt(Session(folder, how="exec"))
     if "torch" in sys.modules:
         _session.torch_ready()
     else:
@@ -113,7 +90,7 @@ def _after_fork() -> None:
     if parent is None:
         return
     _abandoned.append(parent)
-    _session = Session(parent.opts, how="fork", name=f"fork of {parent.name or _process_name()}")
+    _session = Session(parent.dir, how="fork", name=f"fork of {parent.name or _process_name()}")
     parent.abandon(_session)
     if "torch" in sys.modules:
         _session.torch_ready()
@@ -151,8 +128,8 @@ class _TorchWatcher:
 class Session:
     """One process's part of a trace: a capture and a Finder once torch runs modules; its record."""
 
-    def __init__(self, opts: Options, how: str, name: str | None = None):
-        self.opts, self.how = opts, how  # how: 'trace' (the tracer's process), 'exec', 'fork'
+    def __init__(self, folder: str, how: str, name: str | None = None):
+        self.dir, self.how = folder, how  # how: 'trace' (the tracer's process), 'exec', 'fork'
         self.name = name
         self.pid, self.ppid, self.t_start = os.getpid(), os.getppid(), time.time()
         self.cap = self.finder = self._first = None
@@ -161,6 +138,13 @@ class Session:
         self.errors: list[str] = []
         self.port: int | None = None
         self._mark("start", {"pid": self.pid, "ppid": self.ppid, "how": how, "t": self.t_start})
+
+    def options(self) -> dict:
+        """The trace's options (family.Options, written by the tracer into the folder)."""
+        import json
+
+        with open(os.path.join(self.dir, "options.json")) as f:
+            return json.load(f)
 
     # -- arming ----------------------------------------------------------------------------------
     def torch_ready(self) -> None:
@@ -188,17 +172,17 @@ class Session:
         from hybridscope.live.find import Finder
         from hybridscope.live.session import capture
 
-        o = self.opts
         self._mark("armed", {"t": time.time()})  # the tracer waits for armed processes to write
-        db = os.path.join(o.dir, f"pid{self.pid}-rank{{rank}}.duckdb")
-        self.cap = capture(db=db, mode=o.mode, label=o.label, steps=o.steps, duration=o.duration,
-                           sample_every=o.sample_every, sample_steps=o.sample_steps, quiet=True)
-        if o.metrics_port is not None:
-            self.port = metrics_port(o.metrics_port, o.dir)
+        o = self.options()
+        db = os.path.join(self.dir, f"pid{self.pid}-rank{{rank}}.duckdb")
+        self.cap = capture(db=db, mode=o["mode"], label=o["label"], steps=o["steps"], duration=o["duration"],
+                           sample_every=o["sample_every"], sample_steps=o["sample_steps"], quiet=True)
+        if o["metrics_port"] is not None:
+            self.port = metrics_port(o["metrics_port"], self.dir)
             if self.port is not None:  # the exporter starts when the capture arms on a model
-                self.cap.metrics = (o.metrics_host, self.port, True)
+                self.cap.metrics = (o.get("metrics_host", "127.0.0.1"), self.port, True)
         self.cap.__enter__()
-        self.finder = Finder(self.cap, o.model)
+        self.finder = Finder(self.cap, o["model"])
         if self.how != "trace":
             _catch_sigterm()
 
@@ -258,13 +242,29 @@ class Session:
         self.errors.append(f"{place}: {type(e).__name__}: {e}")
 
     def _mark(self, ext: str, payload: dict) -> None:
-        path = os.path.join(self.opts.dir, f"proc-{self.pid}.{ext}")
+        path = os.path.join(self.dir, f"proc-{self.pid}.{ext}")
         try:
             with open(path + ".tmp", "w") as f:
-                json.dump(payload, f)
+                f.write(_dumps(payload))
             os.replace(path + ".tmp", path)  # the tracer never reads half a record
         except OSError as e:
             self.errors.append(f"record: {e}")
+
+
+def _dumps(value) -> str:
+    """JSON text of dicts, lists, str, numbers, bool, None: json's when loaded, else a few lines
+    (json costs a process that never imports it several ms of start-up)."""
+    if "json" in sys.modules:
+        return sys.modules["json"].dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_dumps(str(k))}: {_dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_dumps(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + "".join(c if c >= " " and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
 def metrics_port(base: int, folder: str, limit: int = 256) -> int | None:

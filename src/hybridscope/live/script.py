@@ -38,7 +38,7 @@ def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, durati
     capture(db=db, mode=mode, label=label, steps=steps, duration=duration, sample_every=sample_every,
             sample_steps=sample_steps)
     work = Path(tempfile.mkdtemp(prefix=f"{db.stem}.trace-", dir=db.parent if db.parent.is_dir() else None))
-    opts = follow.Options(dir=str(work), src=str(Path(follow.__file__).resolve().parents[2]), mode=mode,
+    opts = family.Options(dir=str(work), mode=mode,
                           steps=steps, duration=duration, model=model, label=label, sample_every=sample_every,
                           sample_steps=sample_steps, metrics_port=metrics_port, metrics_host=metrics_host)
     if kind == "command":  # the command's Python processes arm themselves; this one only waits
@@ -57,9 +57,9 @@ def run_traced(kind: str, target: str, args: list[str], *, db, mode: str, durati
     return code, result
 
 
-def _run_in_process(opts: follow.Options, kind: str, target: str, args: list[str]) -> int:
+def _run_in_process(opts: family.Options, kind: str, target: str, args: list[str]) -> int:
     top = os.getpid()
-    session = follow.Session(opts, how="trace", name=target)
+    session = follow.Session(opts.dir, how="trace", name=target)
     follow.adopt(session)
     try:
         with family.armed_environment(opts):
