@@ -1,4 +1,4 @@
-"""A server whose worker never returns, for tests/test_trace_family.py (run under `hybridscope trace`).
+"""A server whose worker never returns, for tests/test_live_family.py (run under `hybridscope trace`).
 
 The worker is a daemon started from multiprocessing's forkserver: it builds the engine's tiny preset,
 serves a few requests, says so, and waits for more work until it is stopped. The server exits as

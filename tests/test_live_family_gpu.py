@@ -1,7 +1,7 @@
 """`hybridscope trace` on a script that forks after touching CUDA (GPU): it says what it did, never
 hangs, never crashes the workload. The lead runs it on the GPU machine:
 
-    PYTHONPATH=$PWD/src python -m pytest tests/test_trace_gpu.py -q -m gpu
+    PYTHONPATH=$PWD/src python -m pytest tests/test_live_family_gpu.py -q -m gpu
 """
 
 from __future__ import annotations
