@@ -26,7 +26,9 @@ def main(new_tokens: int) -> None:
     apply_ep(model)
     reqs = [Request(rid=k, prompt=[1 + k + rank, 2, 3, 4, 5], max_new_tokens=new_tokens) for k in range(2)]
     done = Engine(model, cuda_graphs=False).run(reqs)
-    print(f"rank {rank}:", sorted(len(r.tokens) for r in done), flush=True)
+    # one write of one whole line: two ranks share the pipe, and print() writes text and newline apart
+    sys.stdout.write(f"rank {rank}: {sorted(len(r.tokens) for r in done)}\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 
 

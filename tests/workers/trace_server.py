@@ -24,7 +24,8 @@ def engine_worker(i: int, new_tokens: int) -> None:
     model = build_model(EngineConfig.from_preset("tiny"))
     reqs = [Request(rid=k, prompt=[1 + k + i, 2, 3, 4], max_new_tokens=new_tokens) for k in range(2)]
     done = Engine(model, cuda_graphs=False).run(reqs)
-    print(f"engine worker {i}:", sorted(len(r.tokens) for r in done), flush=True)
+    sys.stdout.write(f"engine worker {i}: {sorted(len(r.tokens) for r in done)}\n")  # one write: workers share the pipe
+    sys.stdout.flush()
 
 
 def hf_worker(new_tokens: int) -> None:
