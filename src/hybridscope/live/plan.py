@@ -9,6 +9,8 @@ One walk of the module tree. Each module is recognized in this order (structure 
 4. `attribute.recognize.classify_module`: the class name, then the last component of the path
    (`lm_head`, `gate`) -- never an ancestor's path component alone (otherwise every Linear inside a
    `mixer` would be hooked).
+A block in which none of these finds a mixer takes the mixer its config names for that layer
+(`live.layout`: `layer_types` and its spellings), when it names exactly one.
 Norms and rotary embeddings are not hooked: their time stays in the enclosing block's own time.
 Inside a leaf role (mixer, router, experts, mlp, ...) only a structural or class-named mixer /
 attention is hooked (the halves of a parallel hybrid mixer); inside attention nothing is.
@@ -26,9 +28,10 @@ they carry no index of their own; each call takes the index of the block it runs
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hybridscope.attribute.recognize import WEAK_TYPES, ModuleInfo, classify_module, layer_index_from_path
+from hybridscope.live.layout import mixer_kinds
 from hybridscope.live.structure import Structure, expert_count, layer_lists
 
 HOOK_ROLES = frozenset({
@@ -61,20 +64,38 @@ class _Recognizer:
     def __init__(self, model):
         self.structure = Structure(model)
         self.blocks = layer_lists(model, self.structure)
+        self.block_paths: dict[str, int] = {}  # path of each decoder-stack item seen -> its index
 
     def __call__(self, module, path: str) -> ModuleInfo | None:
         cls = type(module).__name__
         index = self.blocks.get(id(module))
         if index is not None or self._fused_block(module):
             info = classify_module(cls, path) or ModuleInfo(None, None, "block", None, cls, path)
-            return ModuleInfo(None, index if index is not None else info.layer_index, "block", info.family,
-                              cls, path)
+            index = index if index is not None else (info.layer_index if info.layer_index is not None
+                                                     else self.index(path))
+            if id(module) in self.blocks:
+                self.block_paths[path] = index
+            return ModuleInfo(None, index, "block", info.family, cls, path)
         hit = self.structure.role(module)
         if hit is not None:
             info = classify_module(cls, path)
-            return ModuleInfo(hit[1], info.layer_index if info else layer_index_from_path(path), hit[0],
-                              info.family if info else None, cls, path)
-        return _by_name(module, path)
+            return ModuleInfo(hit[1], self.index(path), hit[0], info.family if info else None, cls, path)
+        info = _by_name(module, path)
+        return info if info is None or info.layer_index is not None else replace(info, layer_index=self.index(path))
+
+    def index(self, path: str) -> int | None:
+        """The index of the decoder-stack item `path` lies in, else the one its path names."""
+        for block, i in self.block_paths.items():
+            if path.startswith(block + "."):
+                return i
+        return layer_index_from_path(path)
+
+    def star(self, path: str) -> str:
+        """`path` with its layer written `*` (a module shared by several layers)."""
+        for block in self.block_paths:
+            if path.startswith(block + ".") and "." in block:
+                return block.rsplit(".", 1)[0] + ".*" + path[len(block):]
+        return _INDEX_RE.sub(r"\1*", path)
 
     def _fused_block(self, module) -> bool:
         roles = {(self.structure.role(c) or ("",))[0] for c in module.children()}
@@ -127,8 +148,7 @@ def plan(model, prune: bool = True) -> list[tuple[Spec, object]]:
         if info is None or info.role not in HOOK_ROLES:
             continue
         if any(path == p or path.startswith(p + ".") for p in shared):
-            info = ModuleInfo(info.layer_type, None, info.role, info.family, info.module_class,
-                              _INDEX_RE.sub(r"\1*", path))
+            info = ModuleInfo(info.layer_type, None, info.role, info.family, info.module_class, rec.star(path))
         found.append((path, module, info))
         if info.role in LEAF_ROLES:
             leaves.append(path + ".")
@@ -137,6 +157,7 @@ def plan(model, prune: bool = True) -> list[tuple[Spec, object]]:
     found = _shared_experts(found)
     by_path = {p: info for p, _, info in found}
     types = [_resolve_type(path, info, by_path) for path, _, info in found]  # before pruning
+    found, types = _config_typed(found, types, by_path, mixer_kinds(getattr(model, "config", None)))
     pruned = _redundant(found) if prune else set()
     specs = []
     for (path, module, info), layer_type in zip(found, types):
@@ -174,6 +195,23 @@ def _shared_experts(found: list) -> list:
                                   info.module_path)
         out.append((path, module, info))
     return out
+
+
+def _config_typed(found: list, types: list, by_path: dict, kinds: list | None) -> tuple[list, list]:
+    """A block whose structure shows no mixer it knows, where the config names exactly one mixer kind
+    for its layer, is typed by the config and scoped as that mixer (live.layout): its unknown
+    mixer's time is the block's own time."""
+    if not kinds:
+        return found, types
+    out = []
+    for k, (path, module, info) in enumerate(found):
+        i = info.layer_index
+        if info.role == "block" and i is not None and 0 <= i < len(kinds) and len(kinds[i]) == 1 \
+                and not any(p.startswith(path + ".") and c.role in STRONG_ROLES for p, c in by_path.items()):
+            (types[k],) = kinds[i]
+            info = ModuleInfo(types[k], i, "mixer", info.family, info.module_class, info.module_path)
+        out.append((path, module, info))
+    return out, types
 
 
 def _redundant(found: list) -> set[str]:

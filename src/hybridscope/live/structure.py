@@ -56,6 +56,8 @@ class Structure:
             except ValueError:  # several text configs: the top one says what it knows
                 text = config
         self.n_experts = expert_count(text) if text is not None else None
+        hidden = getattr(text, "hidden_size", None)
+        self.hidden = hidden if isinstance(hidden, int) else None  # a router reads the residual stream
         self.memo: dict[int, tuple[str, str] | None] = {}
 
     def role(self, module) -> tuple[str, str] | None:
@@ -68,9 +70,11 @@ class Structure:
     def _role(self, module) -> tuple[str, str] | None:
         own = {n for n, _ in module.named_parameters(recurse=False)} | {n for n, _ in module.named_buffers(recurse=False)}
         kids = dict(module.named_children())
+        n_exp = self.n_experts or expert_count(module)
+        if n_exp is not None and _router_weight(module, n_exp, self.hidden):
+            return ("router", "moe_router")  # a gate Linear(hidden -> experts) too
         if type(module).__name__ in _PLAIN or (not kids and not own):
             return None
-        n_exp = self.n_experts or expert_count(module)
         if own & RECURRENT_PARAMS or _gated_memory(kids):
             return ("mixer", "mamba")
         qkv = bool(Q_NAMES & kids.keys()) and bool(K_NAMES & kids.keys())
@@ -82,8 +86,6 @@ class Structure:
         if conv and sum(type(c).__name__ == "Linear" for c in kids.values()) >= 2:
             return ("mixer", "mamba")
         if n_exp is not None:
-            if _router_weight(module, n_exp):
-                return ("router", "moe_router")
             if _expert_weights(module, n_exp):
                 return ("experts", "moe_experts")
             roles = [self.role(c) for c in kids.values()]
@@ -116,9 +118,9 @@ def _short_conv(module) -> bool:
     return module.groups > 1 and module.groups == module.in_channels
 
 
-def _router_weight(module, n: int) -> bool:
+def _router_weight(module, n: int, hidden: int | None) -> bool:
     w = getattr(module, "weight", None)
-    if getattr(w, "ndim", 0) != 2 or w.shape[0] != n:
+    if getattr(w, "ndim", 0) != 2 or w.shape[0] != n or (hidden is not None and w.shape[1] != hidden):
         return False
     return not any(True for _ in module.children()) or type(module).__name__ == "Linear"
 
