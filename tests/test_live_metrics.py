@@ -133,3 +133,19 @@ def test_sampler_reads_sm_activity_beside_utilization_on_gpu():
     s.stop()
     sm = [v for _d, _t, m, v in s.rows if m == "sm_active_pct"]
     assert sm and all(0.0 <= v <= 100.0 for v in sm)
+
+
+def test_cpu_utilization_is_a_reading_over_a_real_span():
+    """psutil's cpu_percent(None) is utilization since the previous call: the loop's first reading,
+    right after the reference point, would read 0 or 100. It gives no row; later ones do."""
+    pytest.importorskip("psutil")
+    from hybridscope.live.faults import Faults
+    from hybridscope.live.sampler import MIN_CPU_SPAN_S, Sampler
+
+    s = Sampler(0.05, Faults())
+    read = s._open_psutil()
+    assert [m for _d, m, _v in read()] == ["proc_rss_mib"]  # microseconds after the reference
+    time.sleep(MIN_CPU_SPAN_S + 0.05)
+    cpu = [v for _d, m, v in read() if m == "cpu_util_pct"]
+    assert len(cpu) == 1 and 0.0 <= cpu[0] <= 100.0
+    assert [m for _d, m, _v in read()] == ["proc_rss_mib"]  # the span starts again at each reading

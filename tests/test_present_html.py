@@ -121,3 +121,16 @@ def test_report_json(scenario, capsys, tmp_path):
     adv = doc["tables"]["advice"]
     assert [r["rule"] for r in adv["rows"]] == rep["advice"].column("rule")
     assert doc["tables"]["contrast"]["meta"]["tail_layer_type"] == "moe_comm"
+
+
+def test_one_rank_says_why_there_is_no_per_rank_view(tmp_path, capsys):
+    """A single rank has no all-to-all and no waits: the report says so in one line (terminal, HTML)."""
+    con, run = report_scenario.build(tmp_path / "one.duckdb", n_steps=10, ranks=(0,))
+    rep = build_report(con, run)
+    con.close()
+    assert rep.why("per_rank") == rep.why("traffic") and rep.why("per_rank").startswith("one rank: no all-to-all")
+    assert rep.why("decompose_layer_type") is None and rep.why("overlap") is None  # it has them
+    page = html.render(rep)
+    assert page.count('<p class="why"') == 1 and "one rank: no all-to-all" in page
+    code, out, _ = run_cli(["report", "--db", str(tmp_path / "one.duckdb")], capsys)
+    assert code == 0 and out.count("one rank: no all-to-all") == 1

@@ -72,3 +72,46 @@ def test_screenshot(report_file, tmp_path):
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
     assert (width, height) == (1280, 2400)
     assert len(data) > 100_000  # charts and tables, not a blank page (a blank one is a few KB)
+
+
+PLOT_TABLES = {"cdf": "latency_cdf", "layers": "decompose_layer", "steps": "step_stack_bins",
+               "experts": "expert_load", "imbalance": "expert_steps", "overlap": "overlap", "gaps": "gap_histogram"}
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    """The README's demo (two expert-parallel ranks, a layers-mode capture on CPU), fewer requests."""
+    import sys
+
+    from hybridscope.store import db
+
+    d = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, "-m", "hybridscope", "demo", "--out", str(d), "--device", "cpu",
+                           "--requests", "4"], check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    con = db.open_readonly(d / "run.duckdb")
+    try:
+        rep = build_report(con, 1)
+    finally:
+        con.close()
+    return d / "report.html", rep
+
+
+def test_demo_report_draws_every_panel_or_says_why_in_one_line(demo_report, tmp_path):
+    from html import unescape
+
+    path, rep = demo_report
+    got = chromium(path.as_uri(), tmp_path, "--dump-dom")
+    assert got.returncode == 0 and console_lines(got.stderr) == [], got.stderr[-2000:]
+    dom = got.stdout
+    assert "no data" not in dom
+    marks = report_scenario.plot_marks(dom)
+    for plot, (mark, n) in report_scenario.expected_marks(rep).items():
+        if plot in marks:
+            assert n > 0 and marks[plot].get(mark) == n, (plot, mark, marks[plot])
+        else:  # the run cannot have it: the reason is said in one line (once a section)
+            why = rep.why(PLOT_TABLES[plot])
+            assert why and '<p class="why" data-for="' in dom and why in unescape(dom), plot
+    assert marks["cdf"]["path.series"] >= 5  # from the layer timings: a layers-mode run has no kernels
+    assert marks["experts"]["rect.scale"] == 20  # the heat map's colour scale
+    assert "share of calls ≤ x" in dom and "call duration (log scale)" in dom

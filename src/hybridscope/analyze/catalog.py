@@ -4,7 +4,7 @@ An analysis is a public function of a module of analyze/ that takes `(con, run_i
 other required argument and returns a `Table`; its name is the function's name and its options
 are its keyword arguments. They are found by reading the modules, not kept in a list: a new
 analysis is available by name as soon as it exists. A few tables come out of functions of another
-shape (the gap tables, conflict pairs, advice); they are added here by hand in `_derived`.
+shape (the gap tables, conflict pairs, advice, the report's absent tables); they are added here by hand in `_derived`.
 """
 
 from __future__ import annotations
@@ -97,11 +97,15 @@ def _derived() -> list[Analysis]:
     def ranked_advice(con, run_id: int, **options) -> Table:
         return report.advice_of(report.build_report(con, run_id).tables, **options)
 
+    def absent(con, run_id: int) -> Table:
+        return report.build_report(con, run_id)["absent"]
+
     rules = {k: v for k, v in _options(inspect.signature(advice.advice)).items() if k not in ("wall_ns", "n_ranks")}
     rules.pop("tables", None)
     return [*(gap_table(p) for p in ("gap_summary", "top_gaps", "gap_sites", "gap_histogram")),
             Analysis("conflict_pairs", "conflicts.conflict_pairs", pairs, _first_line(conflicts.conflict_pairs),
                      {"back_to_back_ns": 2_000}),
+            Analysis("absent", "report.absent", absent, _first_line(report.absent), {}),
             Analysis("advice", "report.advice_of", ranked_advice,
                      "Ranked advice over every table of the report, each with its evidence and time at stake.", rules)]
 

@@ -17,8 +17,7 @@ import numpy as np
 
 from hybridscope.analyze import advice as advice_mod
 from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, steps, timeline
-from hybridscope.analyze.decompose import decompose
-from hybridscope.store.db import GPU_EVENTS
+from hybridscope.analyze.decompose import MEASURES, decompose, measure_of
 from hybridscope.table import Column, Table, plain
 
 # Levels of the latency CDF: every percent, then finer in the tail where the story is.
@@ -42,6 +41,11 @@ class Report:
     def get(self, name: str) -> Table | None:
         return self.tables.get(name)
 
+    def why(self, name: str) -> str | None:
+        """Why the table `name` is missing or empty, when the run's data says (`absent`)."""
+        t = self.tables.get("absent")
+        return next((r[1] for r in t.rows if r[0] == name), None) if t is not None else None
+
     @property
     def warnings(self) -> list[str]:
         """What the report says first: the decomposition's warnings (attribution coverage)."""
@@ -50,11 +54,13 @@ class Report:
 
 
 def latency_cdf(con, run_id: int) -> Table:
-    """Per layer type, the continuous quantile of GPU kernel durations at each of CDF_LEVELS."""
+    """Per layer type, the continuous quantile of durations at each of CDF_LEVELS: of GPU kernels,
+    or of the layer timings of a layers-mode capture (`decompose.measure_of`; meta['measure'])."""
+    measure = measure_of(con, run_id)
     got = con.execute(
         f"""
         SELECT coalesce(layer_type, 'unattributed') AS lt, count(*), quantile_cont(duration_ns, $levels)
-        FROM events WHERE run_id = $run AND {GPU_EVENTS}
+        FROM events WHERE run_id = $run AND {MEASURES[measure]}
         GROUP BY lt ORDER BY lt
         """,
         {"run": run_id, "levels": list(CDF_LEVELS)},
@@ -62,7 +68,42 @@ def latency_cdf(con, run_id: int) -> Table:
     rows = [(lt, int(n), q, float(v)) for lt, n, qs in got for q, v in zip(CDF_LEVELS, qs)]
     cols = (Column("layer_type", "str", "", "layer type"), Column("n", "int", "events of the layer type"),
             Column("level", "float", "cumulative probability"), Column("duration_ns", "ns", "quantile at level"))
-    return Table("latency_cdf", cols, rows, {"title": "Latency CDF per layer type", "run_id": run_id})
+    return Table("latency_cdf", cols, rows, {"title": "Latency CDF per layer type", "run_id": run_id,
+                                              "measure": measure})
+
+
+# Tables a run cannot have, and why (`absent`): the report says the reason in one line instead of
+# drawing an empty frame.
+NEEDS_KERNELS = ("overlap", "gap_histogram", "gap_summary", "gap_sites", "top_gaps", "launch_bound",
+                 "conflicts", "conflict_pairs")
+NEEDS_RANKS = ("per_rank", "rank_waits", "stragglers", "traffic")
+NEEDS_ROUTING = ("expert_load", "expert_steps", "expert_correlation")
+NEEDS_STEPS = ("step_stack_bins", "phases", "slow_steps")
+
+
+def absent(ctx: Context) -> Table:
+    """One row per report table that is missing or empty for a reason the run's data gives:
+    no GPU kernels (a layers-mode capture, host API timings), one rank, no routing, no steps."""
+    measure = ctx["decompose_layer_type"].meta.get("measure")
+    why = {}
+    if measure == "layers":
+        why.update(dict.fromkeys(NEEDS_KERNELS, "a layers-mode capture times each module's calls, not GPU "
+                                 "kernels: overlap, idle gaps and stream conflicts need kernels "
+                                 "(capture with --mode kernels)"))
+    elif measure == "host_api":
+        why.update(dict.fromkeys(NEEDS_KERNELS, "host API timings only (no GPU kernels): overlap, idle gaps "
+                                 "and stream conflicts need a kernel trace"))
+    if not ctx.multi_rank:
+        why.update(dict.fromkeys(NEEDS_RANKS, "one rank: no all-to-all between ranks, no waits for peers "
+                                 "(the per-rank view needs two or more ranks)"))
+    why.update({n: "no MoE routing recorded in this run (no router, or routing was not captured)"
+                for n in NEEDS_ROUTING if n not in why})
+    why.update({n: "no steps recorded in this run" for n in NEEDS_STEPS})
+    rows = [(name, reason) for name, reason in why.items()
+            if ctx.tables.get(name) is None or not len(ctx.tables[name])]
+    return Table("absent", (Column("table", "str", "a report table missing or empty"),
+                            Column("reason", "str", "why the run cannot have it")), rows,
+                 {"title": "What this run cannot show, and why", "run_id": ctx.run_id})
 
 
 def run_info(con, run_id: int) -> dict:
@@ -206,7 +247,7 @@ SECTIONS: tuple[Section, ...] = (
         lambda c: conflicts.conflict_pairs(c["conflicts"]),
     ), terminal=(table("conflict_pairs"), sentence("conflict_pairs")),
        html=(sentence("conflict_pairs"), table("conflict_pairs", 12), table("conflicts", 12))),
-    Section("Advice", (lambda c: advice_of(c.tables),), terminal=(panel("advice"),), html=(panel("advice"),)),
+    Section("Advice", (lambda c: advice_of(c.tables), absent), terminal=(panel("advice"),), html=(panel("advice"),)),
 )
 
 

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+MIN_CPU_SPAN_S = 0.1  # psutil's CPU times tick every 10 ms: a shorter span is not a reading
 NVML_METRICS = ("gpu_util_pct", "mem_util_pct", "sm_clock_mhz", "power_w", "mem_used_mib", "sm_active_pct")
 
 
@@ -118,11 +119,18 @@ class Sampler:
             return None
         proc = psutil.Process()
         psutil.cpu_percent(None)  # the first call only sets the reference point
+        since = [time.monotonic()]
         self.source = "psutil"
 
         def read():
-            return [(-1, "cpu_util_pct", psutil.cpu_percent(None)),
-                    (-1, "proc_rss_mib", proc.memory_info().rss / 2**20)]
+            # cpu_percent(None) is the utilization since the previous call: over a span shorter than a
+            # few clock ticks (the loop's first reading comes right after the reference) it reads 0 or
+            # 100, not a utilization. Such a span gives no cpu_util_pct row.
+            rows = [(-1, "proc_rss_mib", proc.memory_info().rss / 2**20)]
+            if time.monotonic() - since[0] >= MIN_CPU_SPAN_S:
+                rows.insert(0, (-1, "cpu_util_pct", psutil.cpu_percent(None)))
+                since[0] = time.monotonic()
+            return rows
 
         return read
 

@@ -86,14 +86,14 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float], str
 
 
 def bar_chart(bars: Sequence[tuple[str, float, str, str]], *, y_label: str, fmt_y: Callable[[float], str],
-              width: int = W, height: int = H) -> str:
+              x_label: str = "", width: int = W, height: int = H) -> str:
     """Vertical bars (label, value, colour, tooltip), in the order given."""
     if not bars:
         return _frame([_text(width / 2, height / 2, "no data")], width, height, y_label)
     top = max(v for _, v, _, _ in bars) or 1.0
     fy = _scale(0.0, top, height - M["b"], M["t"])
     slot = (width - M["l"] - M["r"]) / len(bars)
-    body = _axes(width, height, [], [(fy(v), fmt_y(v)) for v in _lin_ticks(0, top, 4)], "", y_label)
+    body = _axes(width, height, [], [(fy(v), fmt_y(v)) for v in _lin_ticks(0, top, 4)], x_label, y_label)
     every = max(1, math.ceil(len(bars) / 24))
     for i, (label, v, colour, tip) in enumerate(bars):
         x = M["l"] + i * slot
@@ -128,28 +128,46 @@ def stacked_bars(columns: Sequence[tuple[str, Sequence[tuple[str, float, str]]]]
 
 
 def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequence[Sequence[float]], *,
-            tip: Callable[[int, int], str], width: int = W) -> str:
-    """Cells shaded by value / max (white to red): rows top to bottom, columns left to right."""
+            tip: Callable[[int, int], str], fmt: Callable[[float], str], x_label: str, scale_label: str,
+            width: int = W) -> str:
+    """Cells shaded by value / max (white to red): rows top to bottom, columns left to right; under
+    them the x axis label and a colour scale from 0 to the largest value, labelled with `fmt`."""
     n_r, n_c = len(row_labels), len(col_labels)
     if not n_r or not n_c:
         return _frame([_text(width / 2, 40, "no routing data")], width, 80, "heatmap")
     cw = (width - M["l"] - M["r"]) / n_c
     ch = min(28.0, max(10.0, 360 / n_r))
-    height = int(M["t"] + n_r * ch + M["b"])
+    grid_bottom = M["t"] + n_r * ch
+    height = int(grid_bottom + 40 + 44)  # tick labels and axis label, then the colour scale
     top = max((v for row in values for v in row), default=0) or 1.0
     body = []
     for i, row in enumerate(values):
         body.append(_text(M["l"] - 6, M["t"] + i * ch + ch / 2 + 4, row_labels[i], "end"))
         for j, v in enumerate(row):
-            shade = int(255 * (1 - v / top))
             body.append(f'<rect x="{M["l"] + j * cw:.1f}" y="{M["t"] + i * ch:.1f}" width="{cw:.1f}" '
-                        f'height="{ch:.1f}" fill="rgb(255,{shade},{shade})" class="cell">'
+                        f'height="{ch:.1f}" fill="{_red(v / top)}" class="cell">'
                         f"<title>{escape(tip(i, j))}</title></rect>")
     every = max(1, math.ceil(n_c / 32))
     for j in range(0, n_c, every):
-        body.append(_text(M["l"] + j * cw + cw / 2, M["t"] + n_r * ch + 14, col_labels[j]))
-    body.append(_text(M["l"] + (width - M["l"] - M["r"]) / 2, height - 6, "expert", cls="label"))
+        body.append(_text(M["l"] + j * cw + cw / 2, grid_bottom + 14, col_labels[j]))
+    body.append(_text(M["l"] + (width - M["l"] - M["r"]) / 2, grid_bottom + 32, x_label, cls="label"))
+    body += _colour_scale(M["l"], grid_bottom + 44, 200, top, fmt, scale_label)
     return _frame(body, width, height, "heatmap")
+
+
+def _red(fraction: float) -> str:
+    shade = int(255 * (1 - min(max(fraction, 0.0), 1.0)))
+    return f"rgb(255,{shade},{shade})"
+
+
+def _colour_scale(x: float, y: float, length: float, top: float, fmt: Callable[[float], str], label: str) -> list[str]:
+    """A white-to-red bar of 20 steps from 0 to `top`, ticks at 0, half and `top`, and its label."""
+    steps = 20
+    out = [f'<rect x="{x + i * length / steps:.1f}" y="{y:.1f}" width="{length / steps + 0.5:.1f}" height="10" '
+           f'fill="{_red((i + 0.5) / steps)}" class="scale"/>' for i in range(steps)]
+    out += [_text(x + f * length, y + 24, fmt(f * top)) for f in (0.0, 0.5, 1.0)]
+    out.append(_text(x + length + 10, y + 9, label, "start", cls="label"))
+    return out
 
 
 def scatter(points: Sequence[tuple[float, float, str]], *, x_label: str, y_label: str,

@@ -29,11 +29,21 @@ def render(report: Report, console: Console, *, max_rows: int = 12) -> None:
                        f"{info.get('device_name') or 'device unknown'}", style="bold"))
     for warning in report.warnings:
         console.print(Text(f"warning: {warning}", style="bold yellow"))
+    said: set[str] = set()  # a reason shared by several tables is said once
     for section in report.sections:
         for view in section.terminal:
-            shown = _view(report, view, max_rows, console.width)
+            shown = _view(report, view, max_rows, console.width) or _why(report, view, said)
             if shown is not None:
                 console.print(shown)
+
+
+def _why(report: Report, view: View, said: set[str]):
+    """The one line saying why a table of this view is missing (`analyze.report.absent`), once."""
+    reason = report.why(view.name) if view.kind in ("table", "sentence") else None
+    if reason is None or reason in said:
+        return None
+    said.add(reason)
+    return Text(f"  {reason}", style="italic")
 
 
 def _view(report: Report, view: View, max_rows: int, width: int):
@@ -41,7 +51,7 @@ def _view(report: Report, view: View, max_rows: int, width: int):
     if view.kind == "table":
         table = report.get(view.name)
         return _cut(table, view.max_rows or max_rows, width) if table is not None and len(table) else None
-    if view.kind == "sentence":
+    if view.kind == "sentence" and report.why(view.name) is None:
         line = sentences.sentence(view.name, report.get(view.name))
         return Text(f"  {line}", style="italic") if line else None
     if view.kind == "panel":
