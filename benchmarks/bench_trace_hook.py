@@ -11,7 +11,9 @@ record written at exit), for three children that never build a model:
   bare    python -c pass
   torch   python -c "import torch"                          (the watcher fires: one global pre-hook)
   module  python -c "import torch; torch.nn.Linear(4, 4)(torch.ones(4))"
-          (a module runs: the capture and the Finder are built; nothing is recognized, no store)
+          (a module runs; it holds no ModuleList, so it cannot be a decoder stack: nothing is built)
+  stack   a module holding a ModuleList runs (its forward fails; the child's exit code is ignored):
+          the capture and the Finder are built, nothing is recognized, no store (the worst case)
 
 Each round runs the child plain and armed, in alternating order, from this process (so the
 difference is the hook, not fork/exec or machine drift); reported for wall time and for the child's
@@ -42,13 +44,14 @@ CHILDREN = {
     "bare": "pass",
     "torch": "import torch",
     "module": "import torch; torch.nn.Linear(4, 4)(torch.ones(4))",
+    "stack": "import torch; m = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(4, 4)])); m(torch.ones(4))",
 }
 
 
 def _time(code: str, env: dict) -> tuple[float, float]:
     """(wall s, CPU s user+system) of one child, start to exit."""
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    subprocess.run([sys.executable, "-c", code], env=env, check=False, stderr=subprocess.DEVNULL)
     t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     return t1 - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 

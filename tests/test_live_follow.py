@@ -76,3 +76,29 @@ def test_records_written_without_json_read_back_with_json(value):
     finally:
         sys.modules["json"] = json_module
     assert json.loads(text) == value
+
+
+GATE = """
+import os, torch
+armed = os.path.join(os.environ["HYBRIDSCOPE_TRACE"], f"proc-{os.getpid()}.armed")
+torch.nn.Linear(4, 4)(torch.ones(4))
+print("after a Linear:", os.path.exists(armed), "hybridscope.live.session" in __import__("sys").modules)
+stack = torch.nn.Module()
+stack.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+stack.forward = lambda x: stack.layers[0](x)
+stack(torch.ones(4))
+print("after a stack:", os.path.exists(armed))
+"""
+
+
+def test_capture_is_built_only_when_a_module_could_be_a_model(tmp_path):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    opts = family.Options(dir=str(trace))
+    with family.armed_environment(opts):
+        env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-c", GATE], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.splitlines() == ["after a Linear: False False", "after a stack: True"]
+    (record,) = [json.loads(p.read_text()) for p in trace.glob("proc-*.json")]
+    assert record["torch"] is True and record["model"] is None and record["store"] is None

@@ -8,10 +8,10 @@ first on PYTHONPATH, so
 workers; forked children inherit the session and get a fresh one in `os.register_at_fork`).
 
 A session costs nothing until torch is imported: an import watcher (one `sys.meta_path` entry)
-sees `import torch` finish and puts one global forward pre-hook in place; the first module call
-builds the capture and a `live.find.Finder`, which finds the model as `trace` does in its own
-process. At exit (atexit, `os._exit`, a SIGTERM the process did not handle) the capture is
-stopped and written to `<dir>/pid<P>-rank<R>.duckdb` (rank from torch.distributed when the model
+sees `import torch` finish and puts one global forward pre-hook in place; the first call of a
+module that holds a non-empty ModuleList (a decoder stack; any module with `--model`) builds the
+capture and a `live.find.Finder`, which finds the model as `trace` does in its own process. At
+exit (atexit, `os._exit`, a SIGTERM the process did not handle) the capture is stopped and written to `<dir>/pid<P>-rank<R>.duckdb` (rank from torch.distributed when the model
 ran, else torchrun's RANK, else 0: `family` renumbers), and a record `<dir>/proc-<P>.json` says what
 the process was and captured; `<dir>/proc-<P>.start` is written at start, so the tracer knows whom
 to wait for. A process whose model was never found writes only its record.
@@ -133,6 +133,7 @@ class Session:
         self.name = name
         self.pid, self.ppid, self.t_start = os.getpid(), os.getppid(), time.time()
         self.cap = self.finder = self._first = None
+        self._named, self._checked = False, set()
         self.done = False
         self.notes: list[str] = []
         self.errors: list[str] = []
@@ -148,24 +149,39 @@ class Session:
 
     # -- arming ----------------------------------------------------------------------------------
     def torch_ready(self) -> None:
-        """torch is imported: one global pre-hook waits for the first module call (nothing else)."""
+        """torch is imported: one global pre-hook waits for a module call that could be a model."""
         try:
+            import weakref
+
             from torch.nn.modules import module as nn_module
 
+            self._named = self.options()["model"] is not None
+            self._checked = weakref.WeakSet()
             self._first = nn_module.register_module_forward_pre_hook(self._first_call)
         except Exception as e:  # noqa: BLE001
             self._error("arm", e)
 
     def _first_call(self, module, args):
-        handle, self._first = self._first, None
-        if handle is None:  # another thread's first call got here first
-            return
+        """Until a called module holds a decoder stack (a non-empty ModuleList, which the finder's
+        recognition requires of an unnamed model), nothing of capture is imported: a process that
+        only runs small modules pays one set lookup per call, not the capture's imports."""
         try:
+            if self._first is None or (not self._named and not self._may_be_model(module)):
+                return
+            handle, self._first = self._first, None
+            if handle is None:  # another thread's call got here first
+                return
             handle.remove()
             self.start_capture()
             self.finder._pre(module, args)  # this call's own pre-hook list was read before the Finder existed
         except Exception as e:  # noqa: BLE001
             self._error("arm", e)
+
+    def _may_be_model(self, module) -> bool:
+        if module in self._checked:
+            return False
+        self._checked.add(module)
+        return any(type(m).__name__ == "ModuleList" and len(m) > 0 for m in module.modules())
 
     def start_capture(self) -> None:
         """The capture and its Finder (the tracer's process calls this before running the script)."""

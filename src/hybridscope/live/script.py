@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -93,16 +94,22 @@ def _run_script(session: follow.Session, kind: str, target: str, args: list[str]
 
 
 def _run_command(argv: list[str]) -> int:
-    """The command's exit code; on Ctrl-C (which reached it too) it gets WAIT_S to write and exit."""
+    """The command's exit code. On Ctrl-C (which a terminal sends it too) it gets WAIT_S to write its
+    runs and exit, then SIGTERM (which a traced process answers by writing its run), then SIGKILL."""
     proc = subprocess.Popen(argv)
     try:
         return proc.wait()
     except KeyboardInterrupt:
+        pass
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            proc.send_signal(sig)
         try:
             proc.wait(timeout=family.WAIT_S)
+            break
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            proc.kill()
-        return 130
+            continue
+    return 130
 
 
 def _run(kind: str, target: str, args: list[str]) -> int:
