@@ -96,3 +96,42 @@ def test_overlapping_steps_alternate_tracks():
              {"rank": 0, "ts_ns": 200, "end_ns": 300}, {"rank": 1, "ts_ns": 0, "end_ns": 100},
              {"rank": 1, "ts_ns": 100, "end_ns": 200}]
     assert perfetto._step_lanes(steps) == [0, 1, 0, 0, 0]
+
+
+def test_capture_layer_timings_are_tracks_per_rank_and_layer_type(tmp_path, capsys):
+    """A layers-mode capture has no kernels: its layer timings are the trace, one track per (rank,
+    layer type), a call from its start over its inclusive span; a block enclosing other timed calls
+    on its own track, so the moe_experts track is not covered by the router's and all-to-all's time."""
+    from factories import add_events, add_run, new_store
+
+    con = new_store(tmp_path / "cap.duckdb")
+    run = add_run(con, ranks=[0, 1], source="capture")
+    for rank in (0, 1):
+        t = 1_000_000 + rank * 100
+        add_events(con, run, [5_000], rank=rank, source="layer", kind="layer", name="Mamba2Mixer",
+                   layer_type="mamba", layer_index=0, module="layers.0", ts_ns=[t], args='{"inclusive_ns": 5000}')
+        # layers.1: a block (1 µs of its own over 20 µs) around a router (2 µs) and experts (9 µs)
+        add_events(con, run, [1_000], rank=rank, source="layer", kind="layer", name="HybridBlock",
+                   layer_type="moe_experts", layer_index=1, module="layers.1", ts_ns=[t + 6_000],
+                   args='{"inclusive_ns": 20000}')
+        add_events(con, run, [2_000, 9_000], rank=rank, source="layer", kind="layer", name=["Router", "Experts"],
+                   layer_type=["moe_router", "moe_experts"], layer_index=1,
+                   module=["layers.1.moe.router", "layers.1.moe.experts"], ts_ns=[t + 7_000, t + 10_000],
+                   args=['{"inclusive_ns": 2000}', '{"inclusive_ns": 9000}'])
+    con.close()
+    doc = export(tmp_path / "cap.duckdb", tmp_path / "cap.json", capsys)
+    xs = check_trace(doc)
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    by_track = {}
+    for e in xs:
+        by_track.setdefault((e["pid"], names[(e["pid"], e["tid"])]), []).append(e)
+    for rank in (0, 1):
+        assert [e["name"] for e in by_track[(rank, "layers · mamba")]] == ["Mamba2Mixer"]
+        assert [e["name"] for e in by_track[(rank, "layers · moe_router")]] == ["Router"]
+        experts = by_track[(rank, "layers · moe_experts")]
+        assert [(e["name"], e["dur"]) for e in experts] == [("Experts", 9.0)]
+        block = by_track[(rank, "layers · enclosing calls")]
+        assert [(e["name"], e["dur"], e["args"]["exclusive_ns"]) for e in block] == [("HybridBlock", 20.0, 1_000)]
+    router = by_track[(1, "layers · moe_router")][0]
+    assert router["ts"] == pytest.approx(7.1) and router["args"]["layer_index"] == 1  # µs from the run's start

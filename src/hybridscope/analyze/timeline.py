@@ -259,6 +259,20 @@ def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarra
     return {k: _plain(v) for k, v in con.execute(sql, params).fetchnumpy().items()}
 
 
+def layer_timings(con, run_id: int) -> dict[str, np.ndarray]:
+    """A capture's layer timings (events source 'layer') as numpy columns, sorted by (rank, ts_ns):
+    what the Perfetto export draws on its layer tracks. Columns: rank, name, ts_ns, end_ns (start plus
+    the call's inclusive span, `args.inclusive_ns`, else its duration), duration_ns (exclusive time),
+    layer_type, layer_index, module, step; NULL ints as -1, NULL text as None. Empty for imports."""
+    sql = """
+        SELECT rank, name, ts_ns,
+               ts_ns + coalesce(TRY_CAST(json_extract(args, '$.inclusive_ns') AS BIGINT), duration_ns) AS end_ns,
+               duration_ns, coalesce(layer_type, 'other') AS layer_type, layer_index, module, step
+        FROM events WHERE run_id = $run AND source = 'layer' AND kind = 'layer'
+        ORDER BY rank, ts_ns, end_ns DESC"""
+    return {k: _plain(v) for k, v in con.execute(sql, {"run": run_id}).fetchnumpy().items()}
+
+
 @on_timeline
 def step_windows(con, run_id: int) -> list[dict]:
     """One dict per (rank, step): rank, step, ts_ns, end_ns, phase, n_tokens, n_requests, recorded,

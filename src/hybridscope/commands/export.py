@@ -57,7 +57,8 @@ def _perfetto(con, run_id: int, path: Path) -> None:
     windows = timeline.rank_windows(con, run_id)
     info = run_info(con, run_id)
     t0 = min((lo for lo, _ in windows.values()), default=0)
-    data = renderer.to_json(renderer.trace_events(kernels, steps, t0, info))
+    layers = timeline.layer_timings(con, run_id)
+    data = renderer.to_json(renderer.trace_events(kernels, steps, t0, info, layers))
     write_bytes(path, gzip.compress(data, 6) if path.name.endswith(".gz") else data)
     wrote(path)
 

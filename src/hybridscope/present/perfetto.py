@@ -1,7 +1,10 @@
 """Chrome trace-event JSON for the Perfetto UI (ui.perfetto.dev) and chrome://tracing.
 
-Layout: one process per rank ("rank N"); in it one thread (track) per (layer type, stream),
-named "moe_comm · stream 11" and sorted in vocabulary order, plus a "steps" track. Every kernel is
+Layout: one process per rank ("rank N"); in it a "steps" track, then for a capture's layer timings
+one track per layer type ("layers · mamba": each module call from its start over its inclusive
+span, args with its exclusive time; calls that enclose other timed calls, such as a block around
+its MoE parts, on a "layers · enclosing calls" track), then one track per (layer type, stream) of kernels, named
+"moe_comm · stream 11"; layer types in vocabulary order. Every kernel is
 a complete event ('X') named by the kernel, with args layer_type, layer_index, module, stream, step,
 phase. Time: `ts`/`dur` in µs as floats carrying the ns digits (ts from the run's window start; the
 absolute start is in otherData.t0_ns).
@@ -20,11 +23,15 @@ import numpy as np
 from hybridscope.attribute.vocab import ORDER
 
 STEPS_TID = 1
+LAYERS_TID = 100  # + the layer type's index in the vocabulary
+BLOCKS_TID = LAYERS_TID - 1  # calls that enclose other timed calls
 OVERLAP_TID = 50_000  # added to a track's tid for its overlap twin
 
 
-def trace_events(kernels: dict[str, np.ndarray], steps: list[dict], t0_ns: int, run: dict) -> dict:
-    """The trace document (a dict ready for JSON) from timeline.kernels and timeline.step_windows."""
+def trace_events(kernels: dict[str, np.ndarray], steps: list[dict], t0_ns: int, run: dict,
+                 layers: dict[str, np.ndarray] | None = None) -> dict:
+    """The trace document (a dict ready for JSON) from timeline.kernels, timeline.step_windows and
+    timeline.layer_timings."""
     n = len(kernels["ts_ns"])
     type_idx = np.array([ORDER.index(t) if t in ORDER else len(ORDER) for t in kernels["layer_type"].tolist()],
                         dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
@@ -47,10 +54,41 @@ def trace_events(kernels: dict[str, np.ndarray], steps: list[dict], t0_ns: int, 
                 "dur": (w["end_ns"] - w["ts_ns"]) / 1000.0,
                 "args": {"step": w["step"], "phase": w["phase"], "gpu_ns": w["gpu_ns"], "kernels": w["n_kernels"]}}
                for w, lane in zip(steps, lanes)]
-    return {"traceEvents": _metadata(kernels["rank"], tid, type_idx, stream, steps) + events,
+    layer_events, layer_meta = _layer_track(layers, t0_ns) if layers is not None else ([], [])
+    layer_ranks = set(layers["rank"].tolist()) if layers is not None else set()
+    return {"traceEvents": _metadata(kernels["rank"], tid, type_idx, stream, steps, layer_ranks) + layer_meta
+            + events + layer_events,
             "displayTimeUnit": "ns",
             "otherData": {"generator": "hybridscope", "run_id": run.get("run_id"), "label": run.get("label"),
                           "t0_ns": int(t0_ns)}}
+
+
+def _layer_track(layers: dict[str, np.ndarray], t0_ns: int) -> tuple[list[dict], list[dict]]:
+    """The layer timings' slices, one track per (rank, layer type), and those tracks' names."""
+    if not len(layers["ts_ns"]):
+        return [], []
+    type_idx = np.array([ORDER.index(t) if t in ORDER else len(ORDER) for t in layers["layer_type"].tolist()],
+                        dtype=np.int64)
+    # a call that encloses other timed calls (a block around its mixer, router, experts) has its own
+    # track: on its type's track it would cover its children's time as if it were that type's
+    encloses = (layers["end_ns"] - layers["ts_ns"]) > layers["duration_ns"]
+    tid = np.where(encloses, BLOCKS_TID, LAYERS_TID + type_idx)
+    tid = tid + OVERLAP_TID * _partial_overlaps(layers["rank"], tid, layers["ts_ns"], layers["end_ns"])
+    cols = [layers[c].tolist() for c in ("name", "rank", "layer_type", "layer_index", "module", "step",
+                                          "ts_ns", "end_ns", "duration_ns")]
+    events = [{"ph": "X", "name": name, "cat": "layer", "pid": rank, "tid": t, "ts": (ts - t0_ns) / 1000.0,
+               "dur": (end - ts) / 1000.0,
+               "args": {"layer_type": lt, "layer_index": None if li < 0 else li, "module": mod,
+                        "step": None if st < 0 else st, "exclusive_ns": excl, "inclusive_ns": end - ts}}
+              for name, rank, lt, li, mod, st, ts, end, excl, t in zip(*cols, tid.tolist())]
+    meta = []
+    for r, t in sorted(set(zip(layers["rank"].tolist(), tid.tolist()))):
+        ti = t % OVERLAP_TID - LAYERS_TID
+        kind = "enclosing calls" if ti < 0 else ORDER[ti] if ti < len(ORDER) else "other"
+        name = f"layers · {kind}" + (" · overlap" if t >= OVERLAP_TID else "")
+        meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": t, "args": {"name": name}},
+                 {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": t, "args": {"sort_index": t}}]
+    return events, meta
 
 
 def _step_lanes(steps: list[dict]) -> list[int]:
@@ -87,9 +125,9 @@ def _partial_overlaps(rank, tid, start, end) -> np.ndarray:
     return out
 
 
-def _metadata(rank, tid, type_idx, stream, steps) -> list[dict]:
+def _metadata(rank, tid, type_idx, stream, steps, more_ranks=frozenset()) -> list[dict]:
     meta = []
-    ranks = sorted(set(rank.tolist()) | {w["rank"] for w in steps})
+    ranks = sorted(set(rank.tolist()) | {w["rank"] for w in steps} | set(more_ranks))
     for r in ranks:
         meta += [{"ph": "M", "name": "process_name", "pid": r, "tid": 0, "args": {"name": f"rank {r}"}},
                  {"ph": "M", "name": "process_sort_index", "pid": r, "tid": 0, "args": {"sort_index": r}}]
