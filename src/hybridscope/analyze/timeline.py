@@ -26,6 +26,8 @@ import numpy as np
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
 COMM_TYPES = ("moe_comm", "comm")
 
+# DuckDB's memory while the timeline tables live (a 10M-kernel report's sorts and tables spill past it)
+ANALYSIS_MEMORY_LIMIT = "1GB"
 # {(id(connection), run_id): Tables} of the `materialized` blocks open in this context
 _OPEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_tables", default=None)
 
@@ -68,17 +70,18 @@ def materialized(con, run_id: int):
         yield opened[key]
         return
     tables = Tables(run_id)
+    (limit,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
+    con.execute(f"SET memory_limit = '{ANALYSIS_MEMORY_LIMIT}'")  # beyond it DuckDB spills to its temp files
+    token = None
     try:
         _create(con, run_id, tables)
-    except BaseException:
-        tables.drop(con)
-        raise
-    token = _OPEN.set({**opened, key: tables})
-    try:
+        token = _OPEN.set({**opened, key: tables})
         yield tables
     finally:
-        _OPEN.reset(token)
+        if token is not None:
+            _OPEN.reset(token)
         tables.drop(con)
+        con.execute(f"SET memory_limit = '{limit}'")
 
 
 def on_timeline(fn):
