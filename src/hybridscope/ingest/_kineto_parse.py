@@ -1,27 +1,32 @@
-"""Kineto slices -> event columns, in a worker thread with its own in-memory DuckDB.
+"""Kineto slices -> event columns, on worker threads with their own in-memory DuckDBs.
 
 Contract: `parsed_ahead(slices, folder)` yields one `ParsedSlice` per slice of `EventSlices`, in
-order: a Parquet file of the `events` columns (all but run_id/rank) of the complete events of
-known categories, what was skipped (counts by reason) and thread/process names. Two threads work
-ahead of the caller, who inserts into the store meanwhile: one reads, decompresses, cuts and
-writes slices to files; one parses them (DuckDB's JSON reader, the mapping SQL below).
+order: an Arrow table of the `events` columns (all but run_id/rank; event_id counted from 0 in
+the slice) of the complete events of known categories, the slice's row count, what was skipped
+(counts by reason) and thread/process names. Threads work ahead of the caller, who inserts into
+the store meanwhile: one reads, decompresses, cuts and writes slices to files; PARSERS parse them
+(DuckDB's JSON reader, `ts`/`dur` read straight into DECIMAL(38, 3), the mapping SQL below).
 
-Why a separate in-memory DuckDB: the staging table is replaced for every slice; in the store's
+Why separate in-memory DuckDBs: the staging table is replaced for every slice; in the store's
 import transaction each replaced version would be kept until COMMIT (so a 5M-event trace ran out
-of memory), while here every slice commits on its own and its memory is freed at once.
+of memory), while here every slice commits on its own and its memory is freed at once. The rows
+travel as Arrow (a replacement scan in the store connection), not as Python objects.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-PARSER_MEMORY_LIMIT = "256MB"  # one slice's staging (spills to the slice folder beyond it)
+PARSER_MEMORY_LIMIT = "256MB"  # one slice's staging, per parser (spills to the slice folder beyond it)
+PARSERS = 2  # slices parsed at once (DuckDB's JSON reader runs most of an import)
 
 
 # Kineto category (lower case) -> (events.source, events.kind). Older traces spell some
@@ -63,7 +68,7 @@ COLUMN_ARGS = {"External id": "BIGINT", "correlation": "BIGINT", "device": "BIGI
 def _read_columns() -> str:
     args = ", ".join(f'"{k}" {t}' for k, t in {**COLUMN_ARGS, **KEPT_ARGS}.items())
     cols = {"ph": "VARCHAR", "cat": "VARCHAR", "name": "VARCHAR", "pid": "VARCHAR", "tid": "VARCHAR",
-            "ts": "VARCHAR", "dur": "VARCHAR", "args": f"STRUCT({args})"}
+            "ts": "DECIMAL(38, 3)", "dur": "DECIMAL(38, 3)", "args": f"STRUCT({args})"}
     return "{" + ", ".join(f"'{k}': '{v}'" for k, v in cols.items()) + "}"
 
 
@@ -86,9 +91,9 @@ SELECT *,
         WHEN cat IS NULL THEN 'complete events without a category'
         WHEN lower(cat) NOT IN ({_KNOWN}) THEN 'category ' || cat
         WHEN TRY_CAST(pid AS BIGINT) IS NULL THEN 'complete events with a non-numeric pid'
-        WHEN ts_txt IS NULL OR dur_txt IS NULL THEN 'complete events without ts or dur'
+        WHEN ts_us IS NULL OR dur_us IS NULL THEN 'complete events without ts or dur'
     END AS skip
-FROM (SELECT ph, cat, name, pid, tid, ts AS ts_txt, dur AS dur_txt, args
+FROM (SELECT ph, cat, name, pid, tid, ts AS ts_us, dur AS dur_us, args
       FROM read_json(?, format = 'array', records = true, columns = {_read_columns()},
                      maximum_object_size = 33554432))
 """
@@ -112,7 +117,7 @@ END"""
 
 # the events' columns but run_id and rank, which the store connection adds
 EVENTS_SQL = f"""
-SELECT $base + row AS event_id, source,
+SELECT row AS event_id, source,
        CASE WHEN source = 'cuda_api' AND regexp_matches(name, '{SYNC_NAME}') THEN 'sync' ELSE kind END AS kind,
        coalesce(name, '') AS name,
        CASE WHEN on_gpu THEN coalesce(args.device, TRY_CAST(pid AS BIGINT)) END AS device,
@@ -124,8 +129,7 @@ SELECT $base + row AS event_id, source,
 FROM (
     SELECT *, rowid AS row, {_category_case(0)} AS source, {_category_case(1)} AS kind,
            source = 'cuda' OR lower(cat) = 'cuda_sync' AS on_gpu,
-           CAST(round(CAST(ts_txt AS DECIMAL(38, 9)) * 1000) AS BIGINT) AS ts_ns,
-           CAST(round(CAST(dur_txt AS DECIMAL(38, 9)) * 1000) AS BIGINT) AS dur_ns
+           CAST(ts_us * 1000 AS BIGINT) AS ts_ns, CAST(dur_us * 1000 AS BIGINT) AS dur_ns
     FROM _hs_stage WHERE skip IS NULL
 )
 """
@@ -133,10 +137,12 @@ FROM (
 
 @dataclass
 class ParsedSlice:
-    """One slice's events as a Parquet file (all `events` columns but run_id and rank), and what
-    was not an event. The file is the caller's to read and delete."""
+    """One slice's events as an Arrow table (all `events` columns but run_id and rank; event_id
+    from 0 within the slice), its row count (events, then skipped records), and what was not an
+    event."""
 
-    events: Path
+    events: object  # pyarrow.Table
+    n_rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     threads: dict[str, str] = field(default_factory=dict)
 
@@ -146,8 +152,8 @@ class SliceRejected(Exception):
 
 
 def parsed_ahead(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator[ParsedSlice]:
-    """Yield each slice parsed (see the module docstring). Two threads work ahead of the caller:
-    one reads, decompresses and writes slices to files, one parses them; their exceptions are
+    """Yield each slice parsed (see the module docstring). Threads work ahead of the caller: one
+    reads, decompresses and writes slices to files, PARSERS parse them; their exceptions are
     re-raised here."""
     return _ahead(_parse_files(_ahead(_write_files(slices, folder)), folder))
 
@@ -163,20 +169,37 @@ def _write_files(slices: Iterable[bytes | memoryview], folder: Path) -> Iterator
 
 
 def _parse_files(paths: Iterable[Path], folder: Path) -> Iterator[ParsedSlice]:
-    mem = duckdb.connect(config={"memory_limit": PARSER_MEMORY_LIMIT, "temp_directory": str(folder)})
+    """Parse slices PARSERS at a time, each on a connection of its own; yield them in order."""
+    idle: queue.Queue = queue.Queue()
+    for _ in range(PARSERS):
+        idle.put(duckdb.connect(config={"memory_limit": PARSER_MEMORY_LIMIT, "temp_directory": str(folder)}))
+
+    def parse(path: Path) -> ParsedSlice:
+        mem = idle.get()
+        try:
+            return _parse(mem, path)
+        except duckdb.Error as e:
+            raise SliceRejected(_first_line(e)) from None
+        finally:
+            idle.put(mem)
+            path.unlink(missing_ok=True)
+
+    pending: collections.deque = collections.deque()
     try:
-        base = 0
-        for i, path in enumerate(paths):
+        with ThreadPoolExecutor(PARSERS, thread_name_prefix="hybridscope-parse") as pool:
             try:
-                parsed, n = _parse(mem, path, folder / f"events{i}.parquet", base)
-            except duckdb.Error as e:
-                raise SliceRejected(_first_line(e)) from None
+                for path in paths:
+                    pending.append(pool.submit(parse, path))
+                    if len(pending) >= PARSERS:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
             finally:
-                path.unlink(missing_ok=True)
-            base += n
-            yield parsed
+                for job in pending:
+                    job.cancel()
     finally:
-        mem.close()
+        while not idle.empty():
+            idle.get().close()
 
 
 def _ahead(items: Iterable, depth: int = 2) -> Iterator:
@@ -215,17 +238,11 @@ def _ahead(items: Iterable, depth: int = 2) -> Iterator:
         worker.join()
 
 
-def _parse(mem: duckdb.DuckDBPyConnection, path: Path, events: Path, base: int) -> tuple[ParsedSlice, int]:
+def _parse(mem: duckdb.DuckDBPyConnection, path: Path) -> ParsedSlice:
     mem.execute(STAGE_SQL, [str(path)])
-    # Parquet, not Python objects, carries the rows to the store connection: rows handed over
-    # as numpy object arrays stayed in the store's memory until COMMIT. (COPY takes no
-    # parameters: `base` is our own integer.)
-    mapped = EVENTS_SQL.replace("$base", str(int(base)))
-    mem.execute(f"COPY ({mapped}) TO '{events}' (FORMAT parquet, COMPRESSION snappy)")
-    out = ParsedSlice(events)
-    n = 0
+    out = ParsedSlice(mem.sql(EVENTS_SQL).to_arrow_table())
     for reason, count in mem.execute("SELECT skip, count(*) FROM _hs_stage GROUP BY skip").fetchall():
-        n += count
+        out.n_rows += count
         if reason is not None:
             out.skipped[reason] = count
     for kind, pid, tid, label in mem.execute(
@@ -233,7 +250,7 @@ def _parse(mem: duckdb.DuckDBPyConnection, path: Path, events: Path, base: int) 
         "WHERE ph = 'M' AND name IN ('process_name', 'thread_name') AND args.name IS NOT NULL LIMIT 10000"
     ).fetchall():
         out.threads[f"{pid}" if kind == "process_name" else f"{pid}/{tid}"] = label
-    return out, n
+    return out
 
 
 def _first_line(e: BaseException) -> str:

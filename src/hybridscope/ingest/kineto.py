@@ -7,8 +7,9 @@ Contract (see ingest/__init__.py for the transaction around it):
   inserts the previous slice's columns into the store.
 - Time: Chrome-trace `ts`/`dur` are microseconds whatever `displayTimeUnit` says (that key only
   tells a viewer how to DISPLAY time; HTA reads `ts` as µs too). Kineto's "ns resolution" writes
-  µs with three decimals. Values are read as text and converted exactly: ts_ns = round(µs * 1000),
-  half away from zero (only sub-ns digits are rounded). `baseTimeNanoseconds` (epoch offset of the
+  µs with three decimals. The JSON reader parses the number text straight into DECIMAL(38, 3)
+  (never a double) and ts_ns = that * 1000: exact, and only sub-ns digits are rounded (half away
+  from zero). `baseTimeNanoseconds` (epoch offset of the
   steady clock) is kept in run_ranks.base_time_ns; ts_ns stays on the trace's own clock.
 - Events are the complete ('X') events of known categories (_kineto_parse.CATEGORIES); the rest
   (metadata 'M', flows 's'/'f', instants, counters, 'Trace' spans with string pids, CUPTI
@@ -57,11 +58,13 @@ def _load_events(con, path: Path, ctx: ImportContext):
         skipped: dict[str, int] = {}
         threads: dict[str, str] = {}
         where = None
+        base = 0  # event ids count the trace's records, skipped ones included
         with tempfile.TemporaryDirectory(prefix="hybridscope-") as tmp:
             for part in parsed_ahead(slices, Path(tmp)):
                 if where is None:
                     where = _claim(con, path, slices.head_meta, ctx)
-                _insert(con, part.events, where)
+                _insert(con, part.events, where, base)
+                base += part.n_rows
                 for reason, n in part.skipped.items():
                     skipped[reason] = skipped.get(reason, 0) + n
                 threads.update(part.threads)
@@ -70,12 +73,12 @@ def _load_events(con, path: Path, ctx: ImportContext):
     return slices.meta, skipped, threads, where
 
 
-def _insert(con, events: Path, where: tuple[int, int]) -> None:
-    try:
-        con.execute(f"INSERT INTO events BY NAME SELECT $run AS run_id, $rank AS rank, * "
-                    f"FROM read_parquet('{events}')", {"run": where[0], "rank": where[1]})
-    finally:
-        events.unlink(missing_ok=True)
+def _insert(con, slice_events, where: tuple[int, int], base: int) -> None:
+    """Append one parsed slice (an Arrow table, read by DuckDB's replacement scan of this frame's
+    `slice_events`: registering it inside the transaction would keep every slice until COMMIT)."""
+    con.execute("INSERT INTO events BY NAME SELECT $run AS run_id, $rank AS rank,"
+                " * REPLACE ($base + event_id AS event_id) FROM slice_events",
+                {"run": where[0], "rank": where[1], "base": base})
 
 
 def _claim(con, path: Path, meta: dict, ctx: ImportContext) -> tuple[int, int]:
