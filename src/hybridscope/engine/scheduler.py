@@ -13,8 +13,8 @@ Each ``Engine.step``:
    gaps between a request's tokens; each step records its start, end and token counts.
 Finished requests free their slot at once; a new request resets the slot's recurrent state.
 
-Forward hooks do not run inside a CUDA graph replay: use ``cuda_graphs=False`` to capture with
-module hooks (kernels inside graphs still show up in Kineto traces).
+Forward hooks do not run inside a CUDA graph replay; a profiler that wants layer times inside the
+graphed decode has to see the capture (hybridscope's live capture wraps ``CUDAGraph`` for that).
 """
 
 from __future__ import annotations

@@ -77,12 +77,28 @@ class Armed:
         self.handles = [model.register_forward_pre_hook(self._root_pre, with_kwargs=True),
                         model.register_forward_hook(self._root_post, always_call=True)]
         self.model_class = type(model).__name__
+        self.model_ref = model
+        self.was_sampled: bool | None = None  # hooks' state when finish() began
+        self.step_graph: list | None = None  # [graph key, timed] when the open step is a replay
+        self.replay_insts: list[tuple[int, int, int]] = []  # (first instance, count, graph key)
+        self.graphs = None
+        if self.cuda:
+            from hybridscope.live.graphs import GraphWatch
+
+            with self.faults.guard("graphs.install"):
+                every = cap.graph_every or (1 if cap.window[1] == 1 else max(cap.window[1], 16))
+                self.graphs = GraphWatch(self, torch, cap.graph_timing, every, cap.graph_marks)
+                self.graphs.install()
         self.script = _script()  # now: `hybridscope trace` restores sys.argv before the run is written
 
     # -- steps ---------------------------------------------------------------------------------
     def _root_pre(self, module, args, kwargs):
         with self.faults.guard("hook.step"):
             self.root_depth += 1
+            if self.graphs is not None and (self.graphs.capturing is not None or self.graphs.busy):
+                if self.root_depth == 1 and not self.graphs.busy:
+                    self.graphs.root_call(args, kwargs, 1, _step_meta(args, kwargs))
+                return  # a model call captured into a CUDA graph is no step: its replays are
             if self.root_depth > 1 or self.explicit:
                 return
             now = time.perf_counter_ns()
@@ -96,6 +112,9 @@ class Armed:
     def _root_post(self, module, args, output):
         with self.faults.guard("hook.step"):
             self.root_depth = max(0, self.root_depth - 1)
+            if self.root_depth == 0 and self.graphs is not None and self.graphs.capturing is not None:
+                self.graphs.root_return(output)
+                return
             if self.root_depth == 0:
                 self.last_end = time.perf_counter_ns()
 
@@ -104,6 +123,25 @@ class Armed:
             self.explicit = True
             self.forward_seen = True
         self._boundary(time.perf_counter_ns(), closing=(phase, n_tokens, n_requests), following=(None,) * 3)
+
+    def replay_step(self, info) -> None:
+        """A CUDA-graph replay starts (live.graphs): a step boundary unless steps are explicit."""
+        now = time.perf_counter_ns()
+        meta = info.meta if info is not None else (None, None, None)
+        if not self.explicit:
+            if not self.forward_seen:
+                self.forward_seen, self.open_ts, self.open_meta = True, now, meta
+            else:
+                self._boundary(now, closing=self.open_meta, following=meta, replay=True)
+        self.step_graph = [info.key if info is not None else 0, False]
+        self.last_end = now
+
+    def step_timed(self, timed: bool) -> None:
+        if self.step_graph is not None:
+            self.step_graph[1] = timed
+
+    def take(self, res: Resolved) -> None:
+        self._take(res)
 
     def sampled(self, step: int) -> bool:
         """Steps recorded in full: the first k of every n (`cap.window` = (k, n)); step 0 always."""
@@ -119,15 +157,22 @@ class Armed:
             else:
                 self.hooks.remove()
 
-    def _boundary(self, now: int, closing: tuple, following: tuple) -> None:
+    def _boundary(self, now: int, closing: tuple, following: tuple, replay: bool = False) -> None:
+        """Close the open step at `now`, open the next; `replay`: the next is a CUDA-graph replay,
+        which runs no module hook, so none is installed for it (each install costs microseconds a
+        module)."""
         rec = self.recorder
-        self.steps.append((rec.step, self.open_ts + rec.offset, now - self.open_ts, *closing,
-                           self.hooks.installed))
+        self.steps.append(self._step_row(now, closing))
+        self.step_graph = None
         if self.observers.observers:
             self._observe_step(self.steps[-1])
         rec.step += 1
         self.open_ts, self.open_meta = now, following
-        if self.sampled(rec.step) != self.hooks.installed:
+        if replay:
+            if self.hooks.installed:
+                with self.faults.guard("hooks.toggle"):
+                    self.hooks.remove()
+        elif self.sampled(rec.step) != self.hooks.installed:
             self._toggle(rec.step)
         live = bool(self.observers.observers) and now - self.last_live >= LIVE_INTERVAL_NS
         if live:
@@ -136,6 +181,8 @@ class Armed:
             self.timer.step_boundary()
             with self.faults.guard("layers.resolve"):
                 self._take(self.timer.resolve(rec.parents, final=False, faults=self.faults, live=live))
+                if self.graphs is not None and self.graphs.pending:
+                    self.graphs.resolve()
         with self.faults.guard("routing"):
             self.routing.step_boundary(live=live)
         if self.observers.observers and len(self.routing.done) > self.routing_seen:
@@ -146,6 +193,18 @@ class Armed:
         if self.cap.limit_reached(len(self.steps)):
             self.open_ts = None  # the step just begun is not recorded: its hooks go now
             self.cap.stop()
+
+    def _step_row(self, end: int, closing: tuple) -> tuple:
+        """(step, ts, duration, phase, n_tokens, n_requests, sampled, graph replay) of the open step;
+        a replay step is sampled when it was timed (live.graphs)."""
+        g = self.step_graph
+        installed = self.hooks.installed if self.was_sampled is None else self.was_sampled
+        if g is None:
+            sampled = installed
+        else:  # a replay: timed (layers), or its kernels collected (kernels)
+            sampled = g[1] or (self.kernels is not None and self.kernels.collecting)
+        return (self.recorder.step, self.open_ts + self.recorder.offset, max(0, end - self.open_ts), *closing,
+                sampled, g is not None)
 
     def _take(self, res: Resolved) -> None:
         for name in ("inst", "ts_ns", "excl_ns", "incl_ns"):
@@ -158,7 +217,7 @@ class Armed:
         return {"scopes": self.recorder.drops, "routing": self.routing.drops, "samples": self.sampler.drops}
 
     def _observe_step(self, row: tuple) -> None:
-        step, start, dur, phase, n_tokens, n_requests, sampled = row
+        step, start, dur, phase, n_tokens, n_requests, sampled = row[:7]
         self.observers.on_step(StepTiming(self.rank, step, start, dur, phase, n_tokens, n_requests, sampled))
 
     def _observe_layers(self, res: Resolved) -> None:
@@ -181,7 +240,10 @@ class Armed:
     # -- the end -------------------------------------------------------------------------------
     def finish(self, summary) -> None:
         """Disarm, read everything back and write the run; fills `summary`."""
-        was_sampled = self.hooks.installed
+        self.was_sampled = self.hooks.installed
+        if self.graphs is not None:
+            with self.faults.guard("graphs.remove"):
+                self.graphs.remove()
         for h in self.handles:
             with self.faults.guard("disarm"):
                 h.remove()
@@ -196,11 +258,13 @@ class Armed:
         if self.open_ts is not None and self.forward_seen and (
                 not self.explicit or (rec.inst_step and rec.inst_step[-1] == rec.step)):
             end = self.last_end if not self.explicit else time.perf_counter_ns()
-            self.steps.append((rec.step, self.open_ts + rec.offset, max(0, end - self.open_ts), *self.open_meta,
-                               was_sampled))
+            self.steps.append(self._step_row(end, self.open_meta))
         if self.timer is not None:
             with self.faults.guard("layers.resolve"):
                 self._take(self.timer.resolve(rec.parents, final=True, faults=self.faults))
+            if self.graphs is not None:
+                with self.faults.guard("graphs.resolve"):
+                    self.graphs.resolve(final=True)
         tables, counts = self._tables()
         notes = self._notes()
         db = Path(str(self.cap.db).replace("{rank}", str(self.rank)))
@@ -227,7 +291,7 @@ class Armed:
         first += len(self.steps)
         dev = self.device.index if self.cuda else None
         layer = writer.layer_columns(self.resolved.columns(), rec, rank=self.rank, pid=pid, device=dev,
-                                     first_id=first)
+                                     first_id=first, replays=self.replay_insts)
         first += len(layer.get("event_id", ()))
         kern = {}
         if self.kernels is not None:
@@ -261,6 +325,8 @@ class Armed:
             "sampler": self.sampler.note or None, "window": list(self.cap.window),
             "sampling": self._sampling_note(),
         }
+        if self.graphs is not None:
+            notes["cuda_graphs"] = self.graphs.note()
         if self.kernels is not None:
             notes["kernel_clock_offset_ns"] = self.kernels.clock_offset_ns
             if getattr(self, "tid_remapped", None) is not None:
@@ -277,7 +343,7 @@ class Armed:
     def _sampling_note(self) -> dict:
         k, n = self.cap.window
         return {"sample_steps": k, "sample_every": n, "steps": len(self.steps),
-                "sampled_steps": sum(1 for s in self.steps if s[-1]), "hook_installs": self.hooks.installs,
+                "sampled_steps": sum(1 for s in self.steps if s[6]), "hook_installs": self.hooks.installs,
                 "covers": ("layer times, scopes, routing counts" + (" and kernels" if self.kernels else "")
                            + " come from sampled steps only (steps.sampled); step latency from every step")}
 

@@ -121,6 +121,20 @@ class KernelBackend:
             self.prof.toggle_collection_dynamic(on, self.acts)
         self.collecting = on
 
+    def force_collect(self, on: bool | None) -> None:
+        """CUDA collection on for a CUDA-graph capture (`on=True`), then back as the window wants
+        (`None`): the capture phase maps the replays (live.graphs). Only with 'toggle' windows or
+        one session; with 'schedule' windows a capture outside a window is not recorded."""
+        if self.prof is None or self.strategy not in ("toggle", "session"):
+            return
+        if on:
+            self._forced = not self.collecting
+            if self._forced:
+                self._collect(True)
+        elif getattr(self, "_forced", False):
+            self._forced = False
+            self._collect(False)
+
     def stop(self) -> None:
         """Stop the profiler; torch.profiler hands a window still recording to `_keep`."""
         if self.prof is None:

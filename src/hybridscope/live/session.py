@@ -26,6 +26,15 @@ model is one step, from its start to the next call's start (the last: to its own
 token count are read from its inputs when they say it (a 2-D `input_ids` of width 1 is decode,
 wider is prefill; an argument with a boolean `decode` attribute says it directly).
 
+CUDA graphs (live.graphs): on a CUDA model every `CUDAGraph.replay()` is a step. `kernels` mode
+records each graph's capture phase, so attribution maps the replays' kernels to their layers.
+`layers` mode, `graph_timing='variant'` (default): each graph captured while armed gets an
+instrumented twin, replayed instead of it one step in `graph_every` (default: max(sample_every,
+16); 1 with sample_every=1); 'inline': timing events in the program's own graph, every replay
+timed; 'off'. `graph_marks='blocks'` (default) times the top-level hooked modules only (decoder
+blocks, embedding, LM head: each timing event costs microseconds inside a graph), 'all' every
+module the eager steps time. Graphs captured before arming are counted, not timed (`runs.notes...cuda_graphs`).
+
 Limits: `steps=N` and `duration=seconds` stop recording at the first step boundary past them:
 hooks are removed, the profiler and sampler stop and the run is written then; the workload goes on.
 Nothing in capture can take the workload down (live.faults): failures are counted and reported,
@@ -91,7 +100,8 @@ class Summary:
 def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layers", label: str | None = None,
             steps: int | None = None, duration: float | None = None, sample_every: int | None = None,
             sample_steps: int | None = None, sampler_interval: float = 0.5, max_events: int = 1_000_000,
-            quiet: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> Capture:
+            quiet: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+            graph_timing: str = "variant", graph_every: int | None = None, graph_marks: str = "blocks") -> Capture:
     """A capture session (a context manager). `model` may be given later with `cap.attach(model)`.
     `metrics_port`: also serve live per-layer-type metrics for Prometheus on metrics_host:port (+ the
     process's LOCAL_RANK) while capture is armed (live.metrics; docs/capture.md, "Watch it live").
@@ -99,7 +109,14 @@ def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layer
     Raises UsageError (one line) for arguments that do not fit; nothing else escapes it."""
     if mode not in MODES:
         raise UsageError(f"capture mode must be one of {', '.join(MODES)}, not {mode!r}")
-    for name, value in (("steps", steps), ("sample_every", sample_every), ("max_events", max_events)):
+    from hybridscope.live.graphs import MARKS, TIMINGS
+
+    if graph_timing not in TIMINGS:
+        raise UsageError(f"graph_timing must be one of {', '.join(TIMINGS)}, not {graph_timing!r}")
+    if graph_marks not in MARKS:
+        raise UsageError(f"graph_marks must be one of {', '.join(MARKS)}, not {graph_marks!r}")
+    for name, value in (("steps", steps), ("sample_every", sample_every), ("max_events", max_events),
+                        ("graph_every", graph_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be a positive integer, not {value!r}")
     if duration is not None and not duration > 0:
@@ -115,7 +132,8 @@ def capture(db: str | os.PathLike = "run.duckdb", model=None, mode: str = "layer
         raise UsageError(f"metrics_port must be a TCP port (1-65535), not {metrics_port!r}")
     window = (k, n)
     cap = Capture(Path(db), mode=mode, label=label, steps=steps, duration=duration, window=window,
-                  sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=None)
+                  sampler_interval=sampler_interval, max_events=max_events, quiet=quiet, model=None,
+                  graph_timing=graph_timing, graph_every=graph_every, graph_marks=graph_marks)
     cap.metrics = (metrics_host, metrics_port, False) if metrics_port is not None else None
     cap._pending_model = model
     return cap
@@ -125,8 +143,9 @@ class Capture:
     """One capture session; see the module docstring. Use through `capture(...)`."""
 
     def __init__(self, db: Path, *, mode, label, steps, duration, window, sampler_interval, max_events,
-                 quiet, model=None):
+                 quiet, model=None, graph_timing="variant", graph_every=None, graph_marks="blocks"):
         self.db, self.mode, self.label = db, mode, label
+        self.graph_timing, self.graph_every, self.graph_marks = graph_timing, graph_every, graph_marks
         self.max_steps, self.duration, self.window = steps, duration, window
         self.sampler_interval, self.max_events, self.quiet = sampler_interval, max_events, quiet
         self.faults = Faults()

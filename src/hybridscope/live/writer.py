@@ -36,8 +36,10 @@ class RunMeta:
 
 
 def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, device: int | None,
-                  first_id: int) -> dict:
-    """`layers` mode rows: one per resolved instance, exclusive device time (see live.layers)."""
+                  first_id: int, replays: list[tuple[int, int, int]] = ()) -> dict:
+    """`layers` mode rows: one per resolved instance, exclusive device time (see live.layers).
+    `replays`: (first instance, count, graph key) of instances timed inside CUDA-graph replays
+    (live.graphs): their rows carry `graph_id` and `"replay":true` in args."""
     inst = res["inst"]
     n = len(inst)
     if n == 0:
@@ -46,6 +48,11 @@ def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, 
     sp = recorder.specs
     excl = res["excl_ns"]
     index = recorder.instance_index()[inst]
+    graph = np.full(len(recorder.inst_spec), -1, np.int64)
+    for base, k, key in replays:
+        graph[base:base + k] = key
+    graph = graph[inst]
+    replay = [',"replay":true' if g >= 0 else "" for g in graph.tolist()]
     return {
         "rank": np.full(n, rank, np.int32), "event_id": first_id + np.arange(n, dtype=np.int64),
         "source": ["layer"] * n, "kind": ["layer"] * n,
@@ -53,7 +60,8 @@ def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, 
         "device": [device] * n, "pid": np.full(n, pid, np.int64),
         "tid": np.full(n, recorder.tid, np.int64),
         "ts_ns": res["ts_ns"], "duration_ns": excl, "duration_us": excl / 1000.0,
-        "args": [f'{{"inclusive_ns":{v}}}' for v in res["incl_ns"].tolist()],
+        "args": [f'{{"inclusive_ns":{v}{r}}}' for v, r in zip(res["incl_ns"].tolist(), replay)],
+        "graph_id": [g if g >= 0 else None for g in graph.tolist()],
         "layer_type": [sp[s].layer_type for s in spec],
         "layer_index": [None if i < 0 else int(i) for i in index],
         "module": [sp[s].path for s in spec],
@@ -64,15 +72,15 @@ def layer_columns(res: dict[str, np.ndarray], recorder, *, rank: int, pid: int, 
 
 def step_tables(steps: list[tuple], *, rank: int, pid: int, tid: int, first_id: int) -> tuple[dict, dict, dict]:
     """(steps rows, 'step#k' annotation events, step_ms / tokens_per_s samples) from closed steps
-    given as (step, ts_ns, duration_ns, phase, n_tokens, n_requests, sampled)."""
+    given as (step, ts_ns, duration_ns, phase, n_tokens, n_requests, sampled, graph_replay)."""
     if not steps:
         return {}, {}, {}
-    step, ts, dur, phase, n_tokens, n_requests, sampled = (list(c) for c in zip(*steps))
+    step, ts, dur, phase, n_tokens, n_requests, sampled, replay = (list(c) for c in zip(*steps))
     n = len(step)
     ts_a, dur_a = np.asarray(ts, np.int64), np.asarray(dur, np.int64)
     rows = {"rank": np.full(n, rank, np.int32), "step": np.asarray(step, np.int32), "ts_ns": ts_a,
             "duration_ns": dur_a, "phase": phase, "n_tokens": n_tokens, "n_requests": n_requests,
-            "sampled": np.asarray(sampled, bool)}
+            "sampled": np.asarray(sampled, bool), "graph_replay": np.asarray(replay, bool)}
     ann = {"rank": np.full(n, rank, np.int32), "event_id": first_id + np.arange(n, dtype=np.int64),
            "source": ["annotation"] * n, "kind": ["user_annotation"] * n,
            "name": [f"step#{s}" for s in step], "pid": np.full(n, pid, np.int64),

@@ -113,6 +113,8 @@ CREATE TABLE IF NOT EXISTS steps (
     sampled       BOOLEAN                -- capture: layer times/scopes/routing recorded for this step; NULL: import
 );
 ALTER TABLE steps ADD COLUMN IF NOT EXISTS sampled BOOLEAN;  -- stores created before the column
+-- capture: the step was a CUDA-graph replay (live.graphs); NULL: import or older store
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS graph_replay BOOLEAN;
 
 -- MoE routing: tokens per expert, per MoE layer and step.
 CREATE TABLE IF NOT EXISTS routing (

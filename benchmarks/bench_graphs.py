@@ -1,0 +1,269 @@
+"""CUDA-graph decode under capture, on a GPU: attribution agreement, layer-time accuracy, overhead.
+
+    python benchmarks/bench_graphs.py --out bench_graphs.json [--rounds 12] [--budget-s 300]
+
+Model: the engine's `nemotron3-nano-mini` preset (52 layers, bf16), `cuda_graphs=True` (dense decode
+replayed from one CUDA graph per batch bucket), greedy.
+1. kernels mode (every step), the same 8 requests served eagerly and graphed: per decode step, the
+   share of kernel time per (layer index, layer type), and per kernel name the share of its time per
+   (layer index, layer type); agreement = sum of min(share eager, share graphed) (1.0: identical).
+   Also the graphed run's GPU time per attribution method.
+2. layers mode (graph_timing 'variant', graph_every 4), batch 1 and 8: per timed replay the sum of
+   the layer rows' exclusive times, against the replay time of the instrumented variant and of the
+   program's own graph (CUDA events around 50 replays each, after the run).
+3. overhead, batch 1 and 8: decode-step latency (the engine's step records, steps past the first 8)
+   of an uncaptured engine U and of captured ones: layers with the default graph_every (16), with
+   graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
+   rotated); a variant's paired overhead = its median step / mean(median of the U runs just before
+   and after) - 1; median over rounds with a bootstrap 90 % interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import torch
+
+import hybridscope
+
+PRESET = "nemotron3-nano-mini"
+
+
+def build():
+    from hybridscope.engine.config import EngineConfig
+    from hybridscope.engine.model import build_model
+
+    return build_model(EngineConfig.from_preset(PRESET, max_batch=8, max_seq_len=1024), device="cuda")
+
+
+def requests(n: int, prompt: int, gen: int):
+    from hybridscope.engine.scheduler import Request
+
+    return [Request(rid=i, prompt=[(7 * i + j) % 30000 + 10 for j in range(prompt)], max_new_tokens=gen)
+            for i in range(n)]
+
+
+def serve(model, reqs, graphs: bool = True):
+    from hybridscope.engine.scheduler import Engine
+
+    engine = Engine(model, cuda_graphs=graphs)
+    engine.run(reqs)
+    torch.cuda.synchronize()
+    return engine
+
+
+# ------------------------------------------------------------------------------------- agreement
+def agreement(model, tmp: Path) -> dict:
+    shares, methods = {}, {}
+    for graphs in (False, True):
+        db = tmp / f"agree_{graphs}.duckdb"
+        with hybridscope.capture(db=db, model=model, mode="kernels", sample_every=1, quiet=True) as cap:
+            serve(model, requests(8, 64, 12), graphs)
+        con = duckdb.connect(str(db), read_only=True)
+        run = cap.summary.run_id
+        decode = ("run_id = $run AND source = 'cuda' AND kind IN ('kernel', 'memcpy', 'memset') AND step IN "
+                  "(SELECT step FROM steps WHERE run_id = $run AND phase = 'decode')")
+        rows = con.execute(f"SELECT name, layer_index, layer_type, attr_method, duration_ns FROM events WHERE {decode}",
+                           {"run": run}).fetchall()
+        con.close()
+        shares[graphs] = rows
+        by = {}
+        for r in rows:
+            by[r[3]] = by.get(r[3], 0) + r[4]
+        total = sum(by.values()) or 1
+        methods[graphs] = {k: round(v / total, 4) for k, v in by.items()}
+        methods[f"faults_{graphs}"] = cap.summary.faults
+    return {"per_layer": _layer_agreement(shares[False], shares[True]),
+            "per_kernel_per_layer": _kernel_agreement(shares[False], shares[True]),
+            "methods_eager": methods[False], "methods_graphed": methods[True],
+            "faults": {"eager": methods["faults_False"], "graphed": methods["faults_True"]}}
+
+
+def _layer_agreement(eager, graphed) -> float:
+    def share(rows):
+        tot = sum(r[4] for r in rows) or 1
+        out = {}
+        for r in rows:
+            out[(r[1], r[2])] = out.get((r[1], r[2]), 0) + r[4] / tot
+        return out
+
+    e, g = share(eager), share(graphed)
+    return round(sum(min(v, g.get(k, 0.0)) for k, v in e.items()), 5)
+
+
+def _kernel_agreement(eager, graphed) -> float:
+    """Per kernel name, the (layer, type) split of its time; weighted by the graphed time of each name."""
+    def split(rows):
+        out: dict = {}
+        for name, i, t, _, ns in rows:
+            out.setdefault(name, {}).setdefault((i, t), 0)
+            out[name][(i, t)] += ns
+        return out
+
+    e, g = split(eager), split(graphed)
+    total = sum(sum(v.values()) for v in g.values()) or 1
+    agree = 0.0
+    for name, parts in g.items():
+        tg = sum(parts.values())
+        te = sum(e.get(name, {}).values()) or 1
+        agree += tg * sum(min(ns / tg, e.get(name, {}).get(k, 0) / te) for k, ns in parts.items())
+    return round(agree / total, 5)
+
+
+# ---------------------------------------------------------------------------------- layer times
+def _replay_ms(graph, iters: int = 50) -> float:
+    for _ in range(3):
+        graph.replay()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(iters):
+        graph.replay()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / iters
+
+
+def layer_accuracy(model, tmp: Path, batch: int) -> dict:
+    db = tmp / f"layers_b{batch}.duckdb"
+    cap = hybridscope.capture(db=db, model=model, graph_every=4, quiet=True)
+    cap.__enter__()
+    engine = serve(model, requests(batch, 32, 64))
+    infos = [i for i in cap._armed.graphs.graphs.values() if i.variant is not None]
+    cap.__exit__(None, None, None)
+    con = duckdb.connect(str(db), read_only=True)
+    run = cap.summary.run_id
+    sums = [r[0] for r in con.execute(
+        "SELECT sum(duration_ns) FROM events WHERE run_id = ? AND source = 'layer' AND graph_id IS NOT NULL "
+        "GROUP BY step", [run]).fetchall()]
+    n_steps = con.execute("SELECT count(*), count(*) FILTER (WHERE graph_replay), count(*) FILTER (WHERE graph_replay "
+                          "AND sampled) FROM steps WHERE run_id = ?", [run]).fetchall()[0]
+    rows_per = con.execute("SELECT count(*) / count(DISTINCT step) FROM events WHERE run_id = ? AND source = 'layer' "
+                           "AND graph_id IS NOT NULL", [run]).fetchall()[0][0]
+    note = con.execute("SELECT notes->'$.ranks.\"0\".cuda_graphs' FROM runs WHERE run_id = ?", [run]).fetchall()
+    con.close()
+    out = {"batch": batch, "steps": n_steps[0], "replay_steps": n_steps[1], "timed_replays": n_steps[2],
+           "layer_rows_per_timed_replay": rows_per, "graphs": len(infos),
+           "events_per_variant": [len(i.marks) for i in infos], "faults": cap.summary.faults,
+           "cuda_graphs_note": json.loads(note[0][0]) if note and note[0][0] else None}
+    if sums and infos:
+        info = max(infos, key=lambda i: i.timed)
+        med = statistics.median(sums) / 1e6
+        plain, variant = _replay_ms(info.graph), _replay_ms(info.variant)
+        out.update({"layer_sum_ms_median": round(med, 4), "variant_replay_ms": round(variant, 4),
+                    "plain_replay_ms": round(plain, 4), "sum_vs_variant": round(med / variant, 4),
+                    "sum_vs_plain": round(med / plain, 4),
+                    "event_cost_us": round(1000 * (variant - plain) / max(1, len(info.marks)), 3)})
+    del engine
+    return out
+
+
+# ------------------------------------------------------------------------------------- overhead
+def _decode_median(engine) -> float:
+    lat = [s.latency for s in engine.steps if s.kind == "decode"][8:]
+    return statistics.median(lat)
+
+
+def _run(model, batch, gen, variant, tmp):
+    reqs = requests(batch, 32, gen)
+    gc.collect()
+    if variant is None:
+        return _decode_median(serve(model, reqs))
+    kw = dict(variant)
+    with hybridscope.capture(db=tmp / "ovh.duckdb", model=model, quiet=True, **kw):
+        engine = serve(model, reqs)
+    return _decode_median(engine)
+
+
+VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_inline": {"graph_timing": "inline"}}
+
+
+def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: int = 160) -> dict:
+    names = list(VARIANTS)
+    for v in [None, *VARIANTS.values()]:
+        _run(model, batch, 24, v, tmp)  # warm-up, not counted
+    paired = {k: [] for k in names}
+    untraced = []
+    for rnd in range(rounds):
+        if time.monotonic() > deadline and rnd >= 3:
+            break
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        before = _run(model, batch, gen, None, tmp)
+        untraced.append(before)
+        for k in order:
+            t = _run(model, batch, gen, VARIANTS[k], tmp)
+            after = _run(model, batch, gen, None, tmp)
+            untraced.append(after)
+            paired[k].append(100.0 * (t / (0.5 * (before + after)) - 1.0))
+            before = after
+    out = {"batch": batch, "rounds": len(paired[names[0]]), "untraced_step_ms": round(1e3 * statistics.median(untraced), 4),
+           "untraced_spread_pct": round(100 * (max(untraced) - min(untraced)) / statistics.median(untraced), 2)}
+    for k, xs in paired.items():
+        out[k] = {"overhead_pct": round(statistics.median(xs), 3), "ci90": _ci(xs), "all": [round(x, 3) for x in xs]}
+    return out
+
+
+def _ci(xs, n=2000):
+    rng = np.random.default_rng(0)
+    a = np.asarray(xs)
+    meds = np.median(a[rng.integers(0, len(a), (n, len(a)))], axis=1)
+    return [round(float(v), 3) for v in np.percentile(meds, [5, 95])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_graphs.json")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--only", default="agreement,layers,overhead")
+    args = ap.parse_args()
+    start = time.monotonic()
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "date": time.strftime("%Y-%m-%d"), "preset": PRESET}
+    model = build()
+    only = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as d, torch.inference_mode():
+        tmp = Path(d)
+        serve(model, requests(2, 16, 4))  # allocator, Triton autotuning
+        if "agreement" in only:
+            res["agreement"] = agreement(model, tmp)
+            _dump(args.out, res)
+        if "layers" in only:
+            res["layers"] = [layer_accuracy(model, tmp, b) for b in (1, 8)]
+            _dump(args.out, res)
+        if "overhead" in only:
+            left = args.budget_s - (time.monotonic() - start)
+            res["overhead"] = [overhead(model, tmp, b, args.rounds, time.monotonic() + left * share)
+                               for b, share in ((1, 0.5), (8, 1.0))]
+            _dump(args.out, res)
+    report(res)
+
+
+def _dump(path, res) -> None:
+    Path(path).write_text(json.dumps(res, indent=1, default=str))
+
+
+def report(res: dict) -> None:
+    print(f"\n{res['device']}, torch {res['torch']}, CUDA {res['cuda']}, {res['date']}, {res['preset']}")
+    if "agreement" in res:
+        a = res["agreement"]
+        print(f"graphed vs eager decode (kernels mode): per-layer agreement {a['per_layer']:.4f}, "
+              f"per kernel per layer {a['per_kernel_per_layer']:.4f}; methods graphed {a['methods_graphed']}")
+    for r in res.get("layers", []):
+        print(f"layers b{r['batch']}: {r['replay_steps']} replay steps, {r['timed_replays']} timed, "
+              f"sum/variant {r.get('sum_vs_variant')}, sum/plain {r.get('sum_vs_plain')}, "
+              f"event {r.get('event_cost_us')} us, faults {r['faults']}, note {r['cuda_graphs_note']}")
+    for r in res.get("overhead", []):
+        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in VARIANTS)
+        print(f"overhead b{r['batch']} ({r['rounds']} rounds, step {r['untraced_step_ms']} ms): {parts}")
+
+
+if __name__ == "__main__":
+    main()
