@@ -181,8 +181,8 @@ class Armed:
             self.timer.step_boundary()
             with self.faults.guard("layers.resolve"):
                 self._take(self.timer.resolve(rec.parents, final=False, faults=self.faults, live=live))
-                if self.graphs is not None and self.graphs.pending:
-                    self.graphs.resolve()
+                if self.graphs is not None and self.graphs.times.pending:
+                    self.graphs.times.resolve()
         with self.faults.guard("routing"):
             self.routing.step_boundary(live=live)
         if self.observers.observers and len(self.routing.done) > self.routing_seen:
@@ -264,7 +264,7 @@ class Armed:
                 self._take(self.timer.resolve(rec.parents, final=True, faults=self.faults))
             if self.graphs is not None:
                 with self.faults.guard("graphs.resolve"):
-                    self.graphs.resolve(final=True)
+                    self.graphs.times.resolve(final=True)
         tables, counts = self._tables()
         notes = self._notes()
         db = Path(str(self.cap.db).replace("{rank}", str(self.rank)))

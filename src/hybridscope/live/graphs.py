@@ -30,12 +30,11 @@ undone at disarm):
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hybridscope.live.layers import Resolved, exclusive_times
+from hybridscope.live.graph_times import ReplayTimes
 
 TIMINGS = ("variant", "inline", "off")
 MARKS = ("blocks", "all")
@@ -96,10 +95,7 @@ class GraphWatch:
         self.busy = False              # capturing our own variant
         self.unknown: set[int] = set()
         self.unknown_replays = 0
-        self.pending: deque = deque()  # (info, pre event, first instance id, step)
-        self.free: list = []           # plain timing events for `pre`
-        self.anchor, self.anchor_ns = (armed.timer.ref, armed.timer.ref_ns) if self.layers else (None, 0)
-        self.drops = 0
+        self.times = ReplayTimes(armed, torch) if self.layers else None
         self.saved: dict = {}
         self.mode = None
 
@@ -327,7 +323,7 @@ class GraphWatch:
 
     def _guard_replay(self, info: GraphInfo, replay, graph):
         try:
-            pre = self._arm_replay(info)
+            pre = self.times.arm(info)
         except Exception as e:  # noqa: BLE001
             self.armed.faults.record("graphs.replay", e)
             return replay(graph)
@@ -337,60 +333,6 @@ class GraphWatch:
         info.timed += 1
         self.armed.step_timed(True)
         return out
-
-    def _arm_replay(self, info: GraphInfo):
-        """Before a timed replay: read the last one of this graph, new instances, the `pre` event."""
-        for item in list(self.pending):
-            if item[0] is info:
-                self.resolve(until=item)
-        rec = self.armed.recorder
-        k = len(info.specs)
-        if len(rec.inst_spec) + k > rec.capacity:
-            self.drops += 1
-            return None
-        base = len(rec.inst_spec)
-        rec.inst_spec.extend(info.specs.tolist())
-        rec.inst_parent.extend(np.where(info.parents >= 0, info.parents + base, -1).tolist())
-        rec.inst_step.extend([rec.step] * k)
-        self.armed.replay_insts.append((base, k, info.key))
-        pre = self.free.pop() if self.free else self.torch.cuda.Event(enable_timing=True)
-        pre.record()
-        self.pending.append((info, pre, base, rec.step))
-        return pre
-
-    def resolve(self, until=None, final: bool = False) -> Resolved:
-        """Read back timed replays: those complete (lazy), or up to `until` / all (`final`), in
-        order; the results go to the armed capture (`_take`)."""
-        out = Resolved()
-        parent = None
-        while self.pending:
-            info, pre, base, _ = item = self.pending[0]
-            last = info.marks[-1][0]
-            forced = final or until is not None
-            if not forced and not last.query():
-                break
-            if forced:
-                last.synchronize()
-            self.pending.popleft()
-            if parent is None:
-                parent = self.armed.recorder.parents()
-            self._resolve_one(info, pre, base, parent, out)
-            if item is until:
-                break
-        self.armed.take(out)
-        return out
-
-    def _resolve_one(self, info: GraphInfo, pre, base: int, parent: np.ndarray, out: Resolved) -> None:
-        base_ns = self.anchor_ns + round(self.anchor.elapsed_time(pre) * 1e6)
-        if self.anchor is not self.armed.timer.ref:
-            self.free.append(self.anchor)
-        self.anchor, self.anchor_ns = pre, base_ns
-        rel = np.fromiter((pre.elapsed_time(m[0]) for m in info.marks), np.float64, len(info.marks))
-        t = base_ns + np.round(rel * 1e6).astype(np.int64)
-        inst = base + np.fromiter((m[1] for m in info.marks), np.int64, len(info.marks))
-        is_start = np.fromiter((m[2] for m in info.marks), bool, len(info.marks))
-        ids, st, ex, inc = exclusive_times(t, inst, is_start, parent)
-        out.inst.append(ids), out.ts_ns.append(st), out.excl_ns.append(ex), out.incl_ns.append(inc)
 
     def note(self) -> dict:
         infos = list(self.graphs.values())
@@ -404,7 +346,8 @@ class GraphWatch:
                 "not_instrumented": reasons, "replays": sum(i.replays for i in infos),
                 "timed_replays": sum(i.timed for i in infos),
                 "graphs_captured_before_arming": len(self.unknown),
-                "replays_of_graphs_captured_before_arming": self.unknown_replays, "dropped_replays": self.drops}
+                "replays_of_graphs_captured_before_arming": self.unknown_replays,
+                "dropped_replays": self.times.drops if self.times else 0}
 
 
 def _tensors(out) -> list | None:

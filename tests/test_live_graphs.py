@@ -1,6 +1,6 @@
 """live.graphs on the CPU with a fake CUDA (events on a fake clock, graphs that re-record their
 events at each replay): replays as steps, the instrumented variant and inline timing, what is
-counted when a graph cannot be instrumented. The real thing runs in test_capture_graphs.py (GPU)."""
+counted when a graph cannot be instrumented. The real thing runs in test_live_graphs_gpu.py (GPU)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from capture_models import latest_run, rows
-from test_capture_graphs import ToyModel
+from test_live_graphs_gpu import ToyModel
 
 import hybridscope
 from hybridscope.live import arm
