@@ -133,3 +133,27 @@ def test_bad_arguments_give_one_line(args, message, tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize("text, seconds", [("60s", 60), ("2m", 120), ("500ms", 0.5), ("1.5", 1.5), ("1h", 3600)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_kernels_mode_on_a_cpu_says_what_it_recorded_and_what_the_analyses_can_use(tmp_path, capsys):
+    """On a CPU the profiler records CPU operators, not GPU kernels: the summary counts them apart and
+    says the analyses have nothing to decompose; decompose's note says what the run holds instead."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the profiler records kernels")
+    script = _script(tmp_path, ENGINE_SCRIPT)
+    db = tmp_path / "k.duckdb"
+    code, _, err = _cli(["trace", "--mode", "kernels", "--sample-every", "1", "--db", str(db), "--", "python",
+                         str(script), "2"], capsys)
+    assert code == 0, err
+    con, run = latest_run(db)
+    (n_cpu,) = rows(con, "SELECT count(*) FROM events WHERE run_id = ? AND source = 'cpu' AND kind = 'cpu_op'",
+                    [run])[0]
+    con.close()
+    assert n_cpu > 100
+    assert f"profiler: 0 GPU kernel/memcpy/memset, {n_cpu} CPU op" in err
+    assert "recorded: no GPU kernels" in err and "CPU operators are not GPU kernels" in err
+    assert "--mode layers" in err
+    code, out, _ = _cli(["decompose", "--db", str(db)], capsys)
+    assert code == 0 and f"the run holds {n_cpu:,} CPU operators, which are not GPU kernels" in " ".join(out.split())

@@ -135,7 +135,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
 
     notes = []
     if all_raw[-4] == 0:
-        notes.append("no GPU events (kernel, memcpy, memset) in this selection")
+        notes.append("no GPU events (kernel, memcpy, memset) in this selection" + _cpu_only(con, run_id))
     if measure == "layers":
         notes.append("layers-mode capture: per-module time per call (CUDA events on a GPU, the host clock "
                      "on CPU), not kernels")
@@ -193,6 +193,14 @@ def _order(by: str, groups: list[tuple]) -> list[tuple]:
         return sorted(groups, key=lambda g: (g[1] is None, g[1] if g[1] is not None else 0,
                                              type_rank.get(g[2], last), g[2]))
     return sorted(groups, key=lambda g: (-g[-1], g[1]))  # module, kernel: GPU time, largest first
+
+
+def _cpu_only(con, run_id: int) -> str:
+    """What a run without GPU events holds instead, when it is CPU operators (kernels mode on a CPU)."""
+    n = con.execute("SELECT count(*) FROM events WHERE run_id = ? AND source = 'cpu' AND kind = 'cpu_op'",
+                    [run_id]).fetchall()[0][0]
+    return (f": the run holds {n:,} CPU operators, which are not GPU kernels (a CPU-only profile); on a CPU, "
+            "`hybridscope trace --mode layers` records layer timings to decompose" if n else "")
 
 
 def _largest(groups: list[tuple], top: int) -> list[tuple]:

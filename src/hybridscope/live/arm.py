@@ -310,6 +310,7 @@ class Armed:
         samples = writer.merge(self.sampler.columns(self.rank), step_samples)
         events = writer.merge(ann, step_ann, layer, kern)
         counts = {"events": _n(events), "layer_events": _n(layer), "kernel_events": _n(kern),
+                  "gpu_events": _n_gpu(kern), "cpu_ops": _n_where(kern, "source", "cpu"),
                   "scopes": _n(ann) + _n(step_ann), "steps": _n(steps), "routing_rows": _n(routing),
                   "samples": _n(samples)}
         return {"events": events, "steps": steps, "routing": routing, "samples": samples}, counts
@@ -415,3 +416,17 @@ def _rank() -> tuple[int, int]:
 
 def _script() -> str:
     return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "<python>"
+
+
+def _n_where(cols: dict, column: str, value: str) -> int:
+    """Rows of the column table `cols` whose `column` equals `value`."""
+    return sum(1 for v in cols.get(column, ()) if v == value)
+
+
+def _n_gpu(cols: dict) -> int:
+    """GPU events (store.db.GPU_EVENTS: source 'cuda', kind kernel / memcpy / memset) among the
+    profiler's rows: what decompose and the report read."""
+    from hybridscope.store.db import GPU_KINDS
+
+    return sum(1 for src, kind in zip(cols.get("source", ()), cols.get("kind", ()))
+               if src == "cuda" and kind in GPU_KINDS)

@@ -69,7 +69,9 @@ class Summary:
     mode: str
     events: int = 0
     layer_events: int = 0
-    kernel_events: int = 0
+    kernel_events: int = 0  # the profiler's rows (kernels mode): GPU events, CPU ops, runtime calls
+    gpu_events: int = 0  # of those, GPU kernels / memcpy / memset: what the analyses decompose
+    cpu_ops: int = 0  # of those, CPU operators (source 'cpu')
     scopes: int = 0
     steps: int = 0
     sampled_steps: int = 0
@@ -85,10 +87,18 @@ class Summary:
         where = f"run {self.run_id} in {self.db}" if self.run_id is not None else "nothing written"
         k, n = self.window or (1, 1)
         sampled = f" ({self.sampled_steps} recorded in full: {k} of every {n})" if n > 1 else ""
+        profiler = (f"; profiler: {self.gpu_events} GPU kernel/memcpy/memset, {self.cpu_ops} CPU op, "
+                    f"{self.kernel_events - self.gpu_events - self.cpu_ops} other"
+                    if self.mode == "kernels" else "")
         out = [f"hybridscope capture ({self.mode}): {where}",
-               (f"  {self.steps} steps{sampled}, {self.events} events ({self.layer_events} layer, "
-                f"{self.kernel_events} kernel/op), {self.scopes} scopes, {self.routing_rows} routing rows, "
-                f"{self.samples} samples; flush {self.flush_s:.2f} s")]
+               (f"  {self.steps} steps{sampled}, {self.events} events ({self.layer_events} layer{profiler}), "
+                f"{self.scopes} scopes, {self.routing_rows} routing rows, {self.samples} samples; "
+                f"flush {self.flush_s:.2f} s")]
+        if self.mode == "kernels" and self.run_id is not None and not self.gpu_events:
+            out.append(f"  recorded: no GPU kernels (no GPU, or none ran): {self.cpu_ops} CPU operators and their "
+                       "scopes. CPU operators are not GPU kernels: decompose, report, overlap and check have "
+                       "nothing to decompose in this run (`hybridscope query` reads the operators: events WHERE "
+                       "source = 'cpu'). On a CPU, --mode layers records per-layer timings they all use.")
         drops = {k: v for k, v in self.drops.items() if v}
         out.append("  drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) if drops else "none"))
         out.append("  faults: " + (", ".join(f"{k} {v['count']} ({v['first']})" for k, v in self.faults.items())
