@@ -171,3 +171,55 @@ def test_attribution_cli_with_a_pattern_or_config(tmp_path, capsys):
     assert _cli(["attribution", "--db", str(path), "--pattern", "MX"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
     assert _cli(["attribution", "--db", str(path), "--pattern", "M*", "--model-config", str(config)]) == 2
+
+
+# -- end to end: Kineto traces with graph replays, through `hybridscope import` -------------------
+def _kineto(tmp_path, name, capture: bool):
+    from test_ingest_kineto import ev, kernel, launch, write_trace
+
+    def ann(n, t0, t1):
+        return ev("user_annotation", n, f"{t0}.000", f"{t1 - t0}.000", pid=100, tid=100)
+
+    events = [ann("step#0", 1000, 1900)]
+    if capture:  # torch.profiler around the capture, as vLLM's capture traces hold it
+        events += [launch("1005.000", "1.000", 1, "cudaStreamBeginCapture"),
+                   ann("layers.0", 1010, 1100), ann("mamba", 1011, 1099),
+                   launch("1020.000", "1.000", 2), launch("1030.000", "1.000", 3),
+                   ann("layers.1", 1110, 1200), ann("attention", 1111, 1199),
+                   launch("1120.000", "1.000", 4, "cuLaunchKernel"),
+                   launch("1210.000", "1.000", 5, "cudaStreamEndCapture")]
+    names = ["rms_norm_kernel", "_chunk_scan_fwd_kernel", "flash_fwd_kernel"]
+    events += [ann("step#1", 2000, 2900), launch("2001.000", "5.000", 9, "cudaGraphLaunch")]
+    events += [kernel(f"{2010 + 10 * i}.000", "5.000", 9, name=n) for i, n in enumerate(names)]
+    return write_trace(tmp_path / f"{name}.pt.trace.json", events)
+
+
+def test_imported_trace_with_its_capture_phase_maps_replays(tmp_path, capsys):
+    db = tmp_path / "k.duckdb"
+    assert _cli(["import", str(_kineto(tmp_path, "cap", True)), "--db", str(db), "--no-progress"]) == 0
+    con = db_connect(db)
+    got = con.execute("SELECT name, layer_type, attr_method, layer_index, step FROM events "
+                      "WHERE source = 'cuda' ORDER BY ts_ns").fetchall()
+    assert got == [("rms_norm_kernel", "mamba", "graph_map", 0, 1),
+                   ("_chunk_scan_fwd_kernel", "mamba", "graph_map", 0, 1),
+                   ("flash_fwd_kernel", "attention", "graph_map", 1, 1)]
+
+
+def test_imported_replays_without_capture_cut_by_the_pattern_given_at_import(tmp_path, capsys):
+    db = tmp_path / "p.duckdb"
+    trace = _kineto(tmp_path, "seq", False)
+    assert _cli(["import", str(trace), "--db", str(db), "--no-progress", "--pattern", "M*"]) == 0
+    con = db_connect(db)
+    got = con.execute("SELECT name, layer_type, attr_method, layer_index FROM events "
+                      "WHERE source = 'cuda' ORDER BY ts_ns").fetchall()
+    # no norm kernel after the Mamba layer: the boundary falls between the two anchors, which is sure
+    assert got == [("rms_norm_kernel", "mamba", "sequence", 0), ("_chunk_scan_fwd_kernel", "mamba", "sequence", 0),
+                   ("flash_fwd_kernel", "attention", "sequence", 1)]
+    assert _cli(["attribution", "--db", str(db)]) == 0
+    assert "1 segmented, 0 not" in capsys.readouterr().out.replace("\n", " ")
+
+
+def db_connect(path):
+    import duckdb
+
+    return duckdb.connect(str(path), read_only=True)
