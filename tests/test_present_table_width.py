@@ -50,6 +50,7 @@ COMMANDS = {
     "report": (["report", "--run", "1"], None),
     "check": (["check", "--run", "1", "--baseline", "main"], ["--format", "json"]),
     "diff": (["diff", "1", "1"], ["--format", "json"]),
+    "diff-kernel": (["diff", "2", "2", "--by", "kernel"], ["--format", "json"]),
     "ranks": (["ranks", "--run", "1"], ["--format", "json"]),
     "attribution": (["attribution", "--run", "2"], ["--format", "json"]),
     "runs": (["runs"], ["--format", "json"]),

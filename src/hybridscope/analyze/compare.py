@@ -26,6 +26,8 @@ Definitions (docs/analyses.md, "compare"):
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from hybridscope.analyze import warmup as warmup_mod
@@ -279,7 +281,17 @@ def check_run(con, run_id: int, base: Samples, *, limits: dict[str, float], meta
     (unless `force`)."""
     new = require_samples(run_samples(con, run_id, by=by, rank=rank, warmup=warmup), f"run {run_id}")
     notes = require_like(base.info, new.info, what_a=baseline, what_b=f"run {run_id}", force=force)
-    return check_table(base, new, limits=limits, meta=meta, allow_missing=allow_missing, notes=notes)
+    return kernel_groups(check_table(base, new, limits=limits, meta={**meta, "by": by},
+                                     allow_missing=allow_missing, notes=notes))
+
+
+def kernel_groups(table: Table) -> Table:
+    """With meta['by'] == 'kernel' the groups are kernel names: the `group` column's kind is 'kernel'
+    (the terminal shortens them, JSON/CSV keep them whole)."""
+    if table.meta.get("by") != "kernel":
+        return table
+    cols = tuple(dataclasses.replace(c, kind="kernel") if c.name == "group" else c for c in table.columns)
+    return Table(table.name, cols, table.rows, table.meta)
 
 
 
@@ -340,7 +352,7 @@ def diff_table(a: Samples, b: Samples, *, meta: dict, alpha: float = 0.05, seed:
         a.throughput_unit == b.throughput_unit else None
     verdict = _verdict(table, thr, a.throughput_unit)
     wu = [f"run {w['run_id']}: {warmup_mod.describe(w)}" for s in (a, b) for w in (s.info.get("warmup") or [])]
-    return table.with_rows(table.rows, verdict=verdict, throughput_a=a.throughput, throughput_b=b.throughput,
+    return kernel_groups(table).with_rows(table.rows, verdict=verdict, throughput_a=a.throughput, throughput_b=b.throughput,
                            throughput_unit=a.throughput_unit, throughput_change_pct=thr, alpha=alpha,
                            warmup_a=a.info.get("warmup"), warmup_b=b.info.get("warmup"),
                            notes=[*wu, *(notes or []), verdict])

@@ -40,7 +40,7 @@ def diff(
         con.close()
     notes = require_like(a.info, b.info, what_a=f"run {a_id}", what_b=f"run {b_id}", force=force)
     table = diff_table(a, b, notes=notes, meta={"title": f"run {a_id} → run {b_id} · by {by.replace('_', ' ')}",
-                                                "run_a": a_id, "run_b": b_id})
+                                                "by": by, "run_a": a_id, "run_b": b_id})
     print_table(table, fmt)  # the verdict is the table's last note
 
 
