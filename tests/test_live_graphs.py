@@ -171,3 +171,22 @@ def test_graphs_captured_before_arming_are_counted(fake_cuda, tmp_path):
     assert note["graphs_captured_before_arming"] == 1 and note["replays_of_graphs_captured_before_arming"] == 3
     assert rows(con, "SELECT count(*) FROM steps WHERE run_id = ? AND graph_replay AND NOT sampled", [run]) == [(3,)]
     assert torch.cuda.CUDAGraph.replay is FakeGraph.__dict__["replay"]  # disarmed: the class is as it was
+
+
+def test_a_variant_that_fails_to_replay_is_dropped_and_the_program_graph_runs(fake_cuda, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    plain = FakeGraph.replay
+
+    def flaky(self):
+        calls["n"] += 1
+        if len(self.events) and calls["n"] == 1:  # the variant (it holds the events): fails once
+            raise RuntimeError("replay failed")
+        plain(self)
+
+    monkeypatch.setattr(FakeGraph, "replay", flaky)
+    summary, con, run, note, graph, out, model, x = _captured(tmp_path, "f", _model_only(4), graph_every=2)
+    assert graph.replays == 4 and note["instrumented"] == 0
+    assert note["not_instrumented"] == {"variant replay failed: RuntimeError": 1}
+    assert summary.faults["graphs.variant_replay"]["count"] == 1
+    assert rows(con, "SELECT count(*) FROM events WHERE run_id = ? AND source = 'layer'", [run]) == [(0,)]
+    torch.testing.assert_close(out, model(x))

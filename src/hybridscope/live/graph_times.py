@@ -44,6 +44,11 @@ class ReplayTimes:
         self.pending.append((info, pre, base, rec.step))
         return pre
 
+    def forget(self, info) -> None:
+        """Drop the pending readback of `info` armed last (its replay did not run)."""
+        if self.pending and self.pending[-1][0] is info:
+            self.free.append(self.pending.pop()[1])
+
     def resolve(self, until=None, final: bool = False) -> Resolved:
         """Read back timed replays: those complete (lazy), or up to `until` / all (`final`), in
         order; the results go to the armed capture (`_take`)."""

@@ -329,7 +329,16 @@ class GraphWatch:
             return replay(graph)
         if pre is None:
             return replay(graph)
-        out = replay(info.variant)  # the unwrapped replay: the variant is no step of its own
+        if info.variant is graph:  # inline: the program's own graph carries the events
+            out = replay(graph)
+        else:
+            try:
+                out = replay(info.variant)  # the unwrapped replay: the variant is no step of its own
+            except Exception as e:  # noqa: BLE001 - the variant is ours: drop it, run the program's graph
+                self.armed.faults.record("graphs.variant_replay", e)
+                self.times.forget(info)
+                info.variant, info.reason = None, f"variant replay failed: {type(e).__name__}"
+                return replay(graph)
         info.timed += 1
         self.armed.step_timed(True)
         return out
