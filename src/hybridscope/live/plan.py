@@ -183,14 +183,15 @@ def _shared_prefixes(model) -> list[str]:
 
 
 def _shared_experts(found: list) -> list:
-    """A dense MLP beside an MoE container under the same block is the layer's shared expert."""
-    blocks = [p for p, _, info in found if info.role == "block"]
+    """A dense MLP inside an MoE container, or beside one under the same block, is the layer's
+    shared expert."""
+    roles = {p: info.role for p, _, info in found}
     out = []
     for path, module, info in found:
         if info.role == "mlp":
             parent = path.rsplit(".", 1)[0]
             siblings = [i for p, _, i in found if p.rsplit(".", 1)[0] == parent and p != path]
-            if parent in blocks and any(i.role == "moe" for i in siblings):
+            if roles.get(parent) == "moe" or (roles.get(parent) == "block" and any(i.role == "moe" for i in siblings)):
                 info = ModuleInfo("moe_experts", info.layer_index, "experts", info.family, info.module_class,
                                   info.module_path)
         out.append((path, module, info))
