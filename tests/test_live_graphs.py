@@ -123,6 +123,7 @@ def test_variant_replayed_one_step_in_n_and_timed_per_block(fake_cuda, tmp_path)
     summary, con, run, note, graph, out, model, x = _captured(tmp_path, "v", _model_only(6), graph_every=3)
     assert summary.faults == {}, summary.faults
     assert note["instrumented"] == 1 and note["replays"] == 6 and note["timed_replays"] == 2
+    assert note["events_per_timed_replay"] == {"1": 4}  # 3 blocks: one event per boundary
     assert graph.replays == 4  # the other two ran the variant
     torch.testing.assert_close(out, model(x))  # the variant wrote the program's output tensor
     assert rows(con, "SELECT step, sampled, graph_replay FROM steps WHERE run_id = ? ORDER BY step", [run]) == [
@@ -137,6 +138,7 @@ def test_inline_times_every_replay_with_every_module(fake_cuda, tmp_path):
     summary, con, run, note, graph, *_ = _captured(tmp_path, "i", _model_only(3), graph_timing="inline",
                                                     graph_marks="all")
     assert summary.faults == {} and graph.replays == 3 and note["timed_replays"] == 3
+    assert note["events_per_timed_replay"] == {"1": 6}  # 'all': a start and an end event per module
     per = rows(con, "SELECT step, module, duration_ns FROM events WHERE run_id = ? AND source = 'layer' "
                     "ORDER BY step, ts_ns", [run])
     # layers mode hooks a block, not its only mixer (hooks.plan): one tick per block, every replay

@@ -76,7 +76,9 @@ class ReplayTimes:
         if self.anchor is not self.armed.timer.ref:
             self.free.append(self.anchor)
         self.anchor, self.anchor_ns = pre, base_ns
-        rel = np.fromiter((pre.elapsed_time(m[0]) for m in info.marks), np.float64, len(info.marks))
+        seen: dict[int, float] = {}  # a boundary's event serves an end and the next start: read once
+        rel = np.fromiter((seen[id(m[0])] if id(m[0]) in seen else seen.setdefault(id(m[0]), pre.elapsed_time(m[0]))
+                           for m in info.marks), np.float64, len(info.marks))
         t = base_ns + np.round(rel * 1e6).astype(np.int64)
         inst = base + np.fromiter((m[1] for m in info.marks), np.int64, len(info.marks))
         is_start = np.fromiter((m[2] for m in info.marks), bool, len(info.marks))

@@ -68,7 +68,9 @@ _NO_WORK = frozenset({"empty", "empty_strided", "empty_like", "detach", "alias",
 
 class _Marks:
     """A timer for the hooks during an instrumented capture: external events into the graph.
-    `blocks`: only top-level hooked modules (decoder blocks, embedding, LM head) are timed."""
+    `blocks`: only top-level hooked modules (decoder blocks, embedding, LM head) are timed, and a
+    block's start shares the event of the end just before it (one event per boundary: whatever
+    runs between two blocks outside any module is counted in the second)."""
 
     def __init__(self, torch, out: list, parents: list | None):
         self.torch, self.out, self.parents = torch, out, parents
@@ -77,8 +79,12 @@ class _Marks:
         return True
 
     def mark(self, inst: int, is_start: bool) -> None:
-        if self.parents is not None and self.parents[inst] >= 0:
-            return
+        if self.parents is not None:
+            if self.parents[inst] >= 0:
+                return
+            if is_start and self.out and not self.out[-1][2]:
+                self.out.append((self.out[-1][0], inst, True))
+                return
         ev = self.torch.cuda.Event(enable_timing=True, external=True)
         ev.record()
         self.out.append((ev, inst, is_start))
@@ -356,7 +362,8 @@ class GraphWatch:
                 "timed_replays": sum(i.timed for i in infos),
                 "graphs_captured_before_arming": len(self.unknown),
                 "replays_of_graphs_captured_before_arming": self.unknown_replays,
-                "dropped_replays": self.times.drops if self.times else 0}
+                "dropped_replays": self.times.drops if self.times else 0,
+                "events_per_timed_replay": {str(i.key): len({id(m[0]) for m in i.marks}) for i in infos if i.marks}}
 
 
 def _tensors(out) -> list | None:
