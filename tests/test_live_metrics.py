@@ -135,17 +135,41 @@ def test_sampler_reads_sm_activity_beside_utilization_on_gpu():
     assert sm and all(0.0 <= v <= 100.0 for v in sm)
 
 
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def test_cpu_utilization_is_a_reading_over_a_real_span():
-    """psutil's cpu_percent(None) is utilization since the previous call: the loop's first reading,
-    right after the reference point, would read 0 or 100. It gives no row; later ones do."""
+    """psutil's cpu_percent(None) is utilization since the calling thread's previous call: the first
+    call only sets the reference (it reads 0.0) and a span of microseconds reads 0 or 100. Neither
+    gives a row; a reading over a busy span of this process reads more than 0."""
     pytest.importorskip("psutil")
     from hybridscope.live.faults import Faults
     from hybridscope.live.sampler import MIN_CPU_SPAN_S, Sampler
 
     s = Sampler(0.05, Faults())
     read = s._open_psutil()
-    assert [m for _d, m, _v in read()] == ["proc_rss_mib"]  # microseconds after the reference
-    time.sleep(MIN_CPU_SPAN_S + 0.05)
+    assert [m for _d, m, _v in read()] == ["proc_rss_mib"]  # the reference
+    assert [m for _d, m, _v in read()] == ["proc_rss_mib"]  # microseconds after it
+    _busy(MIN_CPU_SPAN_S + 0.1)
     cpu = [v for _d, m, v in read() if m == "cpu_util_pct"]
-    assert len(cpu) == 1 and 0.0 <= cpu[0] <= 100.0
-    assert [m for _d, m, _v in read()] == ["proc_rss_mib"]  # the span starts again at each reading
+    assert len(cpu) == 1 and 0.0 < cpu[0] <= 100.0  # this thread kept a core busy
+
+
+def test_the_sampler_thread_reads_cpu_utilization_of_a_busy_span():
+    """The same through the sampler's own thread (psutil's reference is per thread: a reference
+    taken on another thread made the first reading 0.0)."""
+    pytest.importorskip("psutil")
+    from hybridscope.live.faults import Faults
+    from hybridscope.live.sampler import Sampler
+
+    s = Sampler(0.3, Faults())
+    s.start()
+    _busy(1.0)
+    s.stop()
+    if s.source != "psutil":
+        pytest.skip(f"this machine samples {s.source}, not psutil")
+    cpu = [v for _d, _t, m, v in s.rows if m == "cpu_util_pct"]
+    assert cpu and all(v > 0.0 for v in cpu), cpu

@@ -118,16 +118,19 @@ class Sampler:
             self.note += "; psutil is not installed either: no samples"
             return None
         proc = psutil.Process()
-        psutil.cpu_percent(None)  # the first call only sets the reference point
-        since = [time.monotonic()]
+        since: list[float | None] = [None]
         self.source = "psutil"
 
         def read():
-            # cpu_percent(None) is the utilization since the previous call: over a span shorter than a
-            # few clock ticks (the loop's first reading comes right after the reference) it reads 0 or
-            # 100, not a utilization. Such a span gives no cpu_util_pct row.
+            # cpu_percent(None) is the utilization since the previous call *of the calling thread*
+            # (psutil keeps the reference per thread): the first call of the sampler's thread only sets
+            # it (it reads 0.0), and a span shorter than a few clock ticks reads 0 or 100. Neither
+            # gives a cpu_util_pct row.
             rows = [(-1, "proc_rss_mib", proc.memory_info().rss / 2**20)]
-            if time.monotonic() - since[0] >= MIN_CPU_SPAN_S:
+            if since[0] is None:
+                psutil.cpu_percent(None)
+                since[0] = time.monotonic()
+            elif time.monotonic() - since[0] >= MIN_CPU_SPAN_S:
                 rows.insert(0, (-1, "cpu_util_pct", psutil.cpu_percent(None)))
                 since[0] = time.monotonic()
             return rows
