@@ -173,3 +173,8 @@ def test_the_sampler_thread_reads_cpu_utilization_of_a_busy_span():
         pytest.skip(f"this machine samples {s.source}, not psutil")
     cpu = [v for _d, _t, m, v in s.rows if m == "cpu_util_pct"]
     assert cpu and all(v > 0.0 for v in cpu), cpu
+    short = Sampler(5.0, Faults())  # a window shorter than one interval: the reading at stop
+    short.start()
+    _busy(0.3)
+    short.stop()
+    assert [m for _d, _t, m, _v in short.rows].count("cpu_util_pct") == 1
