@@ -18,13 +18,15 @@ record written at exit), for three children that never build a model:
 Each round runs the child plain and armed, in alternating order, from this process (so the
 difference is the hook, not fork/exec or machine drift); reported for wall time and for the child's
 CPU time (user + system, from rusage: far less disturbed by other load on the machine): the median
-of the armed - plain differences [quartiles], and the median plain time. The load average before
+of the armed - plain differences [quartiles], and the median plain time. hybridscope's bytecode is
+compiled first, as an installed package has it. The load average before
 and after is recorded. Results go to stdout and --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -88,6 +90,10 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
+    # the bytecode an installed package has (pip compiles it at install); this machine may set
+    # PYTHONDONTWRITEBYTECODE, and compiling follow.py at every start would be measured instead
+    src = Path(family.__file__).resolve().parents[1]
+    compileall.compile_dir(str(src), quiet=1)
     results = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
                "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "load_before": os.getloadavg(),
                "children": {}}

@@ -232,7 +232,9 @@ class Session:
             "store": summary.db if summary is not None and summary.run_id is not None else None,
             "run_id": summary.run_id if summary is not None else None,
             "lines": summary.lines()[1:] if summary is not None and summary.run_id is not None else [],
-            "metrics_port": self.port, "notes": self.notes, "errors": self.errors,
+            "metrics_port": self.port, "notes": self.notes,
+            "errors": self.errors + ([f"capture {place}: {f['first']} ({f['count']}x)" for place, f in summary.faults.items()]
+                                     if summary is not None and summary.run_id is None else []),
         }
 
     def abandon(self, child: Session) -> None:
