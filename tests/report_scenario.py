@@ -146,8 +146,8 @@ def expected_marks(report) -> dict[str, tuple[str, int]]:
     return {
         "cdf": ("path.series", len(set(report["latency_cdf"].column("layer_type")))),
         "layers": ("rect.bar", sum(1 for r in report["decompose_layer"].to_records()
-                                   if r["layer_type"] != "all" and r["layer_index"] is not None)
-                   or sum(1 for m in report["decompose_module"].column("module") if m != "all")),
+                                   if r["layer_type"] not in ("all", "warm-up") and r["layer_index"] is not None)
+                   or sum(1 for m in report["decompose_module"].column("module") if m not in ("all", "warm-up"))),
         "steps": ("rect.bar", len(report["step_stack_bins"])),
         "experts": ("rect.cell", len(set(report["expert_load"].column("layer_index")))
                     * len(set(report["expert_load"].column("expert")))),

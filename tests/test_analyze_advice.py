@@ -61,11 +61,26 @@ def load(cfs):
     return tab("expert_load", layer_index=[1] * len(cfs), expert=list(range(len(cfs))), capacity_factor_p99=cfs)
 
 
-def test_capacity_factor():
-    a = adv.capacity_factor(load([1.0, 1.6, 2.3, 1.2]), threshold=1.5)
-    assert a.numbers["capacity_factors"] == {"1/2": 2.5, "1/1": 1.75}
-    assert a.at_stake_ns is None
-    assert adv.capacity_factor(load([1.0, 1.4, 1.2]), threshold=1.5) is None
+def tail(rows):
+    """expert_tail rows (layer, expert, cf_p99, tail_load, other_load, layer_gain_ns, moves)."""
+    cols = dict(zip(("layer_index", "expert", "capacity_factor_p99", "tail_load", "other_load", "layer_gain_ns",
+                     "moves_tail"), zip(*rows)))
+    cols["load_ratio"] = [t / o for t, o in zip(cols["tail_load"], cols["other_load"])]
+    return tab("expert_tail", **{k: list(v) for k, v in cols.items()})
+
+
+def test_capacity_factor_only_for_experts_that_move_their_layers_tail():
+    t = tail([(1, 0, 2.3, 3.0, 1.5, 400, "yes"), (1, 1, 1.6, 2.0, 1.0, 400, "yes"),
+              (2, 5, 3.0, 1.0, 2.0, 900, "no"),  # hot, but lighter in its layer's slow steps
+              (3, 2, 1.2, 2.0, 1.0, 700, "yes")])  # moves the tail, below the threshold
+    a = adv.capacity_factor(t, threshold=1.5)
+    assert a.numbers["capacity_factors"] == {"1/0": 2.5, "1/1": 1.75}
+    assert a.at_stake_ns == 400  # layer 1's tail time, once for its two experts
+    many = tail([(li, 0, 2.0, 2.0, 1.0, 100 * li, "yes") for li in range(1, 9)])
+    a = adv.capacity_factor(many, threshold=1.5, max_listed=5)
+    assert a.recommendation.endswith("layer 4 expert 0: 2 and 3 more.") and "layer 8 expert 0" in a.recommendation
+    assert a.at_stake_ns == sum(100 * li for li in range(1, 9))
+    assert adv.capacity_factor(tail([(1, 0, 2.3, 1.0, 1.5, 400, "no")]), threshold=1.5) is None
 
 
 def bound(verdicts, phases):
@@ -113,11 +128,26 @@ def test_host_stall():
     assert two.at_stake_ns == 100 and two.numbers["share"] == pytest.approx(10.0)
 
 
-def test_advice_ranks_by_time_at_stake():
-    t = adv.advice({"expert_steps": SKEWED, "conflict_pairs": pairs(total=2_000), "expert_load": load([2.3]),
-                    "overlap": ov(19.0)}, wall_ns=10_000)
-    assert t.column("rule") == ["stream_pairing", "routing_penalty", "comm_overlap", "capacity_factor"]  # 2000, 1530, 190, -
+def test_advice_ranks_by_gain_and_keeps_only_material_gains():
+    moe = {"expert_steps": SKEWED, "conflict_pairs": pairs(total=2_000),
+           "expert_tail": tail([(1, 0, 2.3, 3.0, 1.5, 500, "yes")]), "overlap": ov(19.0)}
+    t = adv.advice(moe, wall_ns=10_000)
+    assert t.column("rule") == ["stream_pairing", "routing_penalty", "capacity_factor", "comm_overlap"]  # 2000, 1530, 500, 190
     assert t.column("rank") == [1, 2, 3, 4]
     assert t.record(rule="comm_overlap")["at_stake_pct"] == pytest.approx(1.9)
+    assert "MoE communication" in t.record(rule="comm_overlap")["recommendation"]
     assert set(t.meta["numbers"]) == set(t.column("rule"))
+    assert all(v is not None for v in t.column("at_stake_ns"))  # every item names its expected gain
+    big = adv.advice(moe, wall_ns=100_000)  # 500 ns and 190 ns are 0.5 % and 0.19 % of it: not material
+    assert big.column("rule") == ["stream_pairing", "routing_penalty"]
+    assert big.meta["not_material"] == ["capacity_factor", "comm_overlap"]
+    assert adv.advice(moe, wall_ns=None).rows == ()  # no window: materiality unknown, nothing claimed
     assert len(adv.advice({}, wall_ns=10_000)) == 0
+
+
+def test_moe_advice_needs_moe_layers():
+    dp = {"expert_steps": SKEWED, "conflict_pairs": pairs(total=2_000), "overlap": ov(19.0),
+          "decompose_layer_type": tab("decompose_layer_type", layer_type=["all", "comm", "mlp"])}
+    t = adv.advice(dp, wall_ns=10_000)
+    assert t.column("rule") == ["comm_overlap"] and not t.meta["moe"]
+    assert "MoE" not in t.record(rule="comm_overlap")["recommendation"]

@@ -54,9 +54,10 @@ class Store:
         analysis = catalog.get(name)
         return analysis.run(self.con, self.run_id(run), **options)
 
-    def report(self, run: int | None = None) -> Report:
-        """Every table of the report (analyze/report.py SECTIONS) of run `run`, computed once."""
-        return build_report(self.con, self.run_id(run))
+    def report(self, run: int | None = None, *, warmup: int | None = None) -> Report:
+        """Every table of the report (analyze/report.py SECTIONS) of run `run`, computed once;
+        `warmup`: the warm-up left out of its tails (analyze/warmup.py: None the rule, N steps, 0 none)."""
+        return build_report(self.con, self.run_id(run), warmup=warmup)
 
     def sql(self, query: str, *, max_rows: int | None = None) -> Table:
         """One read-only SQL statement (SELECT, WITH, DESCRIBE, ...) over the store (docs/schema.md)."""

@@ -41,11 +41,12 @@ class Decomposition:
         try:
             return self.table.record(layer_type=layer_type)
         except KeyError:
-            known = [v for v in self.table.column("layer_type") if v != "all"]
+            known = self.layer_types()
             raise AssertionError(f"no {layer_type!r} row in the decomposition (rows: {known})") from None
 
     def layer_types(self) -> list[str]:
-        return [v for v in self.table.column("layer_type") if v != "all"]
+        """The layer types measured (not the `all` row, nor the `warm-up` row left out of it)."""
+        return [v for v in self.table.column("layer_type") if v not in ("all", "warm-up")]
 
     def n(self, layer_type: str) -> int:
         return self._row(layer_type)["n"]

@@ -10,8 +10,10 @@ fires only when its evidence is present and passes its threshold (docs/analyses.
   steps beyond the p50 of the lower group's.
 - stream_pairing: colliding moe_comm collectives (conflicts). Fires when any pair exists; names the
   pair of modules / streams with the most time at stake.
-- capacity_factor: experts whose capacity_factor_p99 >= `cf_threshold`: recommends that factor
-  (rounded up to 0.25) per tail-heavy expert. No time estimate (none is measured).
+- capacity_factor: experts whose capacity_factor_p99 >= `cf_threshold` AND whose load moves their
+  layer's tail (experts.expert_tail: mean capacity factor over the layer's slowest 10% of steps
+  >= 1.1x over its other steps): recommends that factor (rounded up to 0.25) per such expert. At
+  stake: per layer with such an expert, its time above its median step over its tail steps.
 - cuda_graphs: phases that launch_bound judged launch-bound, decode (or unknown phase) only.
   At stake: the idle time before the phase's kernels, on the rank where it is largest.
 - comm_overlap: exposed communication >= `exposed_pct` % of a rank's window. At stake: exposed time.
@@ -19,7 +21,12 @@ fires only when its evidence is present and passes its threshold (docs/analyses.
   time per rank holds >= `stall_pct` % of the wall-clock window and its mean gap is >= 2x the mean
   gap of all sites (a stall that stands out; idle spread over every gap is launch-bound work, the
   cuda_graphs rule's case). At stake: that idle time per rank.
-Advice is ranked by time at stake (largest first; rules without a time estimate last).
+Every rule states its expected gain, the time at stake (an upper bound: what the change could win
+back), and fires only when that gain is material: >= `min_gain_pct` % (1 %) of the wall-clock
+window. MoE rules (routing_penalty, stream_pairing, capacity_factor) need MoE layers in the run
+(a moe_* layer type in the decomposition, or routing counts); comm_overlap speaks of MoE
+communication only then, of collectives otherwise. Lists are capped to the `max_listed` (5) with
+the most at stake, "and N more". Advice is ranked by time at stake, largest first.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ import numpy as np
 
 from hybridscope.table import Column, Table
 from hybridscope.units import format_ns
+
+MOE_TYPES = ("moe_router", "moe_experts", "moe_comm")
+
+MOE_TYPES = ("moe_router", "moe_experts", "moe_comm")
 
 
 @dataclass(frozen=True)
@@ -44,29 +55,44 @@ class Advice:
 
 def advice(tables: dict[str, Table], *, wall_ns: int | None = None, n_ranks: int = 1, jump: float = 1.5, min_rho: float = 0.3,
            min_group: int = 3, cf_threshold: float = 1.5, exposed_pct: float = 5.0,
-           stall_pct: float = 5.0) -> Table:
-    """Run every rule on `tables` (keyed by Table.name: expert_steps, expert_correlation,
-    conflict_pairs, expert_load, launch_bound, overlap, gap_sites); missing tables skip their rules.
+           stall_pct: float = 5.0, min_gain_pct: float = 1.0, max_listed: int = 5) -> Table:
+    """Run every rule on `tables` (keyed by Table.name: decompose_layer_type, expert_steps,
+    conflict_pairs, expert_tail, launch_bound, overlap, gap_sites); missing tables skip their rules.
     `wall_ns` is the run's wall-clock window (the longest rank window); `n_ranks` turns the pooled
-    idle time of gap_sites into time per rank."""
+    idle time of gap_sites into time per rank. Only advice whose gain is >= `min_gain_pct` % of
+    `wall_ns` is kept (none without a window: materiality cannot be judged)."""
+    moe = has_moe(tables)
     found = [
-        routing_penalty(tables.get("expert_steps"), jump=jump, min_rho=min_rho, min_group=min_group),
-        stream_pairing(tables.get("conflict_pairs")),
-        capacity_factor(tables.get("expert_load"), threshold=cf_threshold),
+        routing_penalty(tables.get("expert_steps"), jump=jump, min_rho=min_rho, min_group=min_group) if moe else None,
+        stream_pairing(tables.get("conflict_pairs")) if moe else None,
+        capacity_factor(tables.get("expert_tail"), threshold=cf_threshold, max_listed=max_listed) if moe else None,
         cuda_graphs(tables.get("launch_bound")),
-        comm_overlap(tables.get("overlap"), exposed_pct=exposed_pct),
+        comm_overlap(tables.get("overlap"), exposed_pct=exposed_pct, moe=moe),
         host_stall(tables.get("gap_sites"), wall_ns, n_ranks=n_ranks, stall_pct=stall_pct),
     ]
-    found = sorted((a for a in found if a is not None),
-                   key=lambda a: (a.at_stake_ns is None, -(a.at_stake_ns or 0)))
-    rows = [(i + 1, a.rule, a.recommendation, a.evidence, a.at_stake_ns,
-             100.0 * a.at_stake_ns / wall_ns if a.at_stake_ns is not None and wall_ns else None)
-            for i, a in enumerate(found)]
+    fired = [a for a in found if a is not None]
+    kept = [a for a in fired if a.at_stake_ns is not None and wall_ns and 100.0 * a.at_stake_ns / wall_ns >= min_gain_pct]
+    kept.sort(key=lambda a: -a.at_stake_ns)
+    rows = [(i + 1, a.rule, a.recommendation, a.evidence, a.at_stake_ns, 100.0 * a.at_stake_ns / wall_ns)
+            for i, a in enumerate(kept)]
     cols = (Column("rank", "int", "1 = most time at stake", "#"), Column("rule", "str"),
-            Column("recommendation", "str"), Column("evidence", "str", "the numbers behind it"),
-            Column("at_stake_ns", "ns", "time the change could win back (upper bound)", "at stake"),
-            Column("at_stake_pct", "pct", "at stake / wall time", "% wall"))
-    return Table("advice", cols, rows, {"title": "What to change", "numbers": {a.rule: a.numbers for a in found}})
+            Column("recommendation", "str", "what to change"),
+            Column("evidence", "str", "the numbers behind it"),
+            Column("at_stake_ns", "ns", "expected gain: time the change could win back (upper bound)", "gain"),
+            Column("at_stake_pct", "pct", "expected gain / wall time", "% wall"))
+    below = [a.rule for a in fired if a not in kept]
+    notes = [f"not material (gain < {min_gain_pct:g}% of wall time): {', '.join(below)}"] if below else []
+    return Table("advice", cols, rows, {"title": "What to change", "numbers": {a.rule: a.numbers for a in kept},
+                                        "moe": moe, "min_gain_pct": min_gain_pct, "not_material": below,
+                                        "notes": notes})
+
+
+def has_moe(tables: dict[str, Table]) -> bool:
+    """Whether the run has MoE layers: a moe_* layer type in the decomposition, or routing counts."""
+    dec = tables.get("decompose_layer_type")
+    if dec is not None and any(v in MOE_TYPES for v in dec.column(dec.columns[0].name)):
+        return True
+    return any(tables.get(name) is not None and len(tables[name]) for name in ("expert_load", "expert_tail"))
 
 
 def routing_penalty(t: Table | None, *, jump: float, min_rho: float, min_group: int) -> Advice | None:
@@ -142,24 +168,29 @@ def stream_pairing(t: Table | None) -> Advice | None:
                    "stream_a": top["stream_a"], "stream_b": top["stream_b"], "total_ns": top["total_ns"]})
 
 
-def capacity_factor(t: Table | None, *, threshold: float) -> Advice | None:
+def capacity_factor(t: Table | None, *, threshold: float, max_listed: int = 5) -> Advice | None:
+    """From experts.expert_tail: experts at >= `threshold` x an even share at p99 whose load moves
+    their layer's tail; at stake, the tail time of each such layer once."""
     if t is None:
         return None
-    heavy = [r for r in t.to_records() if (r["capacity_factor_p99"] or 0) >= threshold]
+    heavy = [r for r in t.to_records() if r["moves_tail"] == "yes" and (r["capacity_factor_p99"] or 0) >= threshold]
     if not heavy:
         return None
-    heavy.sort(key=lambda r: -r["capacity_factor_p99"])
-    shown = heavy[:5]
+    stake_of = {r["layer_index"]: r["layer_gain_ns"] for r in heavy}
+    heavy.sort(key=lambda r: (-r["layer_gain_ns"], -(r["load_ratio"] or 0)))
+    shown = heavy[:max_listed]
     cf = {f"{r['layer_index']}/{r['expert']}": math.ceil(r["capacity_factor_p99"] * 4) / 4 for r in heavy}
     listing = ", ".join(f"layer {r['layer_index']} expert {r['expert']}: "
                         f"{math.ceil(r['capacity_factor_p99'] * 4) / 4:g}" for r in shown)
-    more = f" (+{len(heavy) - len(shown)} more)" if len(heavy) > len(shown) else ""
+    more = f" and {len(heavy) - len(shown)} more" if len(heavy) > len(shown) else ""
+    top = shown[0]
     return Advice(
         "capacity_factor",
-        f"Raise the capacity factor of tail-heavy experts: {listing}{more}.",
-        f"{len(heavy)} experts needed ≥ {threshold:g}× an even share at p99 of steps; worst "
-        f"{shown[0]['capacity_factor_p99']:.2f}× (layer {shown[0]['layer_index']} expert {shown[0]['expert']})",
-        None, {"capacity_factors": cf})
+        f"Raise the capacity factor of the experts whose load drives their layer's slowest steps: {listing}{more}.",
+        f"{len(heavy)} experts needed ≥ {threshold:g}× an even share at p99 of steps and carried more of it in "
+        f"their layer's slowest 10% of steps; e.g. layer {top['layer_index']} expert {top['expert']}: "
+        f"{top['tail_load']:.2f}× an even share there vs {top['other_load']:.2f}× otherwise",
+        float(sum(stake_of.values())), {"capacity_factors": cf, "layers": sorted(stake_of)})
 
 
 def cuda_graphs(t: Table | None) -> Advice | None:
@@ -181,17 +212,20 @@ def cuda_graphs(t: Table | None) -> Advice | None:
                       "median_kernel_ns": r["median_kernel_ns"], "median_gap_ns": r["median_gap_ns"]})
 
 
-def comm_overlap(t: Table | None, *, exposed_pct: float) -> Advice | None:
+def comm_overlap(t: Table | None, *, exposed_pct: float, moe: bool = True) -> Advice | None:
     if t is None:
         return None
     hit = [r for r in t.to_records() if (r["exposed_wall_pct"] or 0) >= exposed_pct]
     if not hit:
         return None
     r = max(hit, key=lambda r: r["exposed_ns"])
+    rec = ("Overlap MoE communication with compute (e.g. split each batch in two micro-batches so one's "
+           "all-to-all runs under the other's experts, or a dedicated comm stream)." if moe else
+           "Overlap communication with compute (e.g. bucket gradients / tensors so collectives start while "
+           "compute continues, on a dedicated comm stream).")
     return Advice(
         "comm_overlap",
-        "Overlap MoE communication with compute (e.g. split each batch in two micro-batches so one's "
-        "all-to-all runs under the other's experts, or a dedicated comm stream).",
+        rec,
         f"rank {r['rank']}: {format_ns(r['exposed_ns'])} of {format_ns(r['comm_ns'])} communication exposed "
         f"({r['exposed_comm_pct']:.0f}% of comm, {r['exposed_wall_pct']:.1f}% of wall time)",
         float(r["exposed_ns"]), {"rank": r["rank"], "exposed_ns": r["exposed_ns"],

@@ -66,7 +66,7 @@ def run_samples(con, run_id: int, *, by: str = "layer_type", rank: int | None = 
     if rank is not None:
         rank_sql, params["rank"] = "AND rank = $rank", rank
     rows = con.execute(
-        f"""WITH {warmup_mod.events_cte(predicate)}
+        f"""WITH {warmup_mod.events_cte(predicate, first_calls=wu.first_calls)}
             SELECT {_GROUP_SQL[by]} AS g, list(duration_ns ORDER BY duration_ns, cluster) AS d,
                    list(cluster ORDER BY duration_ns, cluster) AS c
             FROM ev WHERE NOT warm {rank_sql}
@@ -173,7 +173,7 @@ def _compare_one(base: Samples, new: Samples, g, stat, limit, level, alpha, rng,
         return (g, stat, len(b), len(n), base_q, new_q, _pct(new_q, base_q), None, None,
                 None, None, None, None, lim, "too few")
     ex = exceedance_test(b, n, q)
-    hi_bound, lo_bound = _noise_bounds(base, g, q, alpha, min_n)
+    hi_bound, lo_bound = _noise_bounds(base, g, q, alpha)
     noise = _pct(hi_bound, base_q) if hi_bound is not None else None
     point, lo, hi = ratio_ci_blocks(b, base.cluster(g), n, new.cluster(g), q, alpha=alpha, b=BOOTSTRAP, rng=rng)
     status, p = "ok", min(ex["p_high"], ex["p_low"])
@@ -186,13 +186,14 @@ def _compare_one(base: Samples, new: Samples, g, stat, limit, level, alpha, rng,
             ex["k"], ex["expected"], p, noise, lim, status)
 
 
-def _noise_bounds(base: Samples, g: str, q: float, alpha: float, min_n: int) -> tuple[float | None, float | None]:
+def _noise_bounds(base: Samples, g: str, q: float, alpha: float) -> tuple[float | None, float | None]:
     """(upper, lower) run-to-run bounds of group g's q-quantile from the baseline's runs
     (stats.noise_bound; the lower one mirrors it); (None, None) with one run."""
     if base.n_runs < 2:
         return None, None
     x, part = base.groups[g], base.part(g)
-    per_run = [quantile_cont(x[part == j], q) for j in range(base.n_runs) if (part == j).sum() >= min_n]
+    # every run's own quantile, however few its samples: a new run of that size varies as much
+    per_run = [quantile_cont(x[part == j], q) for j in range(base.n_runs) if (part == j).any()]
     hi = noise_bound(per_run, alpha)
     lo = noise_bound([1.0 / v for v in per_run if v > 0], alpha) if hi is not None else None
     return hi, (1.0 / lo if lo else None)

@@ -152,7 +152,7 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
     wall and GPU time, and its share of the calls (n / n of the `all` row); beside it the `all` row's
     tail ratio, the single aggregate a dashboard would show.
     """
-    from hybridscope.analyze.decompose import decompose
+    from hybridscope.analyze.decompose import WARMUP, decompose
 
     dash = dash if dash is not None else dashboard(con, run_id)
     dec = decomposition if decomposition is not None else decompose(con, run_id, by="layer_type")
@@ -160,7 +160,7 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
             if v is not None and k in _KIND]
     recs = dec.to_records()
     everything = next((r for r in recs if r["layer_type"] == "all"), None)
-    groups = [r for r in recs if r["layer_type"] != "all" and r["tail_ratio"] is not None]
+    groups = [r for r in recs if r["layer_type"] not in ("all", WARMUP) and r["tail_ratio"] is not None]
     named = [r for r in groups if r["layer_type"] not in ("other", "unattributed")] or groups
     big = [r for r in named if (r["gpu_pct"] or 0) >= min_gpu_pct] or named
     tail = max(big, key=lambda r: (r["tail_ratio"], r["gpu_ns"]), default=None)

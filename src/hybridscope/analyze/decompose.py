@@ -26,12 +26,17 @@ docs/analyses.md, with a worked example):
 - With no rank, every statistic pools the ranks' events (the `all` row's p99 is over all ranks).
 - meta['warnings']: for a kernels run, the line `coverage.coverage_warning` gives when less than
   90 % of the GPU time is attributed (renderers show it first).
+- Warm-up (analyze/warmup.py; `warmup` None = the rule, N = first N steps per rank, 0 = none) is
+  left out of the `all` row and the groups, and shown as its own last row `warm-up` (count,
+  percentiles, max, time; no shares: it is outside the window). A rank's window then starts where
+  its warm-up ends. meta['warmup'] says what was left out.
 """
 
 from __future__ import annotations
 
 from hybridscope.analyze import timeline
 from hybridscope.analyze.coverage import coverage_warning
+from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_EVENTS, GPU_KINDS
@@ -56,6 +61,7 @@ def measure_of(con, run_id: int) -> str:
 UNATTRIBUTED = "unattributed"
 NO_MODULE = "(no module)"
 ALL = "all"
+WARMUP = "warm-up"  # the label of the warm-up row
 LEVELS: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 
 # by -> (key columns of the result, the events columns grouped on, the label of a NULL key).
@@ -96,7 +102,7 @@ STAT_COLUMNS: tuple[Column, ...] = (
 
 
 def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = None,
-              top: int | None = None) -> Table:
+              top: int | None = None, warmup: int | None = None) -> Table:
     """The decomposition of run `run_id` (which must exist), optionally for one rank.
 
     `top` keeps the `top` groups with the most GPU time, for every `by`, listed in the `by`'s order
@@ -112,6 +118,8 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         known = ", ".join(str(r) for r in sorted(windows)) or "none"
         raise NotFound(f"run {run_id} has no rank {rank} (ranks: {known})")
     chosen = sorted(windows) if rank is None else [rank]
+    wu = warmup_mod.detect(con, run_id, warmup=warmup)
+    windows = {r: (min(max(lo, wu.cutoffs.get(r, lo)), hi), hi) for r, (lo, hi) in windows.items()}
     wall_ns = sum(windows[r][1] - windows[r][0] for r in chosen)
 
     measure = measure_of(con, run_id)
@@ -119,11 +127,14 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     if by_operation:
         by = "kernel"
     key_cols, key_sql, null_labels = _KEYS[by]
-    raw = _aggregate(con, run_id, rank, key_sql, MEASURES[measure])
-    all_raw = next(r for r in raw if r[0] == 1)
+    raw = _aggregate(con, run_id, rank, key_sql, MEASURES[measure], wu)
+    all_raw = next((r[:1] + r[2:] for r in raw if r[0] == 1 and not r[1]), None)
+    if all_raw is None:  # everything is warm-up, or nothing measured
+        all_raw = (1, *(None,) * len(key_sql), 0, None, None, 0)
+    warm_raw = next((r[:1] + r[2:] for r in raw if r[0] == 1 and r[1]), None)
     k = len(key_cols)
-    groups = _order(by, [(0, *(lb if v is None else v for v, lb in zip(r[1:1 + k], null_labels)), *r[1 + k:])
-                         for r in raw if r[0] == 0])
+    groups = _order(by, [(0, *(lb if v is None else v for v, lb in zip(r[2:2 + k], null_labels)), *r[2 + k:])
+                         for r in raw if r[0] == 0 and not r[1]])
     n_groups = len(groups)
     if top is not None:
         groups = _largest(groups, top)
@@ -132,6 +143,11 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     all_keys = tuple(ALL if c.kind in TEXT_KINDS else None for c in key_cols)
     rows = [_row(all_keys, all_raw, total, wall_ns)]
     rows += [_row(tuple(g[1:1 + len(key_cols)]), g, total, wall_ns) for g in groups]
+    left_out = warmup_mod.summary(wu, warm_raw[-4] if warm_raw else 0, warm_raw[-1] if warm_raw else 0,
+                                  all_raw[-4] + (warm_raw[-4] if warm_raw else 0), rank=rank)
+    if warm_raw is not None:
+        warm_keys = tuple(WARMUP if c.kind in TEXT_KINDS else None for c in key_cols)
+        rows.append(_row(warm_keys, warm_raw, 0, 0))
 
     notes = []
     if all_raw[-4] == 0:
@@ -142,6 +158,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
     if measure == "host_api":
         notes.append("host API timings (Ingero uprobes), not GPU kernels" +
                      (": they carry no layer, grouped by operation" if by_operation else ""))
+    notes.append(warmup_mod.describe(left_out))
     if top is not None and n_groups > top:
         notes.append(f"showing the top {top} of {n_groups} groups by GPU time; 'all' covers every group")
     warning = coverage_warning(con, run_id, rank=rank) if measure == "kernels" else None
@@ -162,24 +179,36 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         "gpu_kinds": list(GPU_KINDS),
         "measure": measure,
         "warnings": [warning] if warning else [],
+        "warmup": left_out,
+        "warmup_rows": 1 if warm_raw is not None else 0,
     }
     return Table(f"decompose_{by}", key_cols + STAT_COLUMNS, rows, meta)
 
 
-def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str) -> list[tuple]:
-    """Rows (is_all, *keys, n, [p50, p90, p99, p999], max, sum) for every group and the total."""
+def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str,
+               wu: warmup_mod.WarmUp) -> list[tuple]:
+    """Rows (is_all, warm, *keys, n, [p50, p90, p99, p999], max, sum) for every group and the total,
+    of the steady state (warm false) and of the warm-up (warm true); one scan."""
     keys = ", ".join(key_sql)
     levels = ", ".join(repr(q) for q in LEVELS)
     rank_filter = "AND rank = $rank" if rank is not None else ""
-    sql = f"""
-        SELECT grouping({key_sql[0]}) AS is_all, {keys}, count(*) AS n,
+    params: dict = {"run": run_id}
+    if wu.setting == "none":
+        source = f"(SELECT *, false AS warm FROM events WHERE run_id = $run AND {predicate}) AS ev"
+        prefix = ""
+    else:
+        prefix, source = f"WITH {warmup_mod.events_cte(predicate, first_calls=wu.first_calls, clusters=False)}", "ev"
+        params.update(wu.params())
+    sql = f"""{prefix}
+        SELECT grouping({key_sql[0]}) AS is_all, warm, {keys}, count(*) AS n,
                quantile_cont(duration_ns, [{levels}]) AS q, max(duration_ns) AS mx,
                coalesce(sum(duration_ns), 0)::BIGINT AS gpu
-        FROM events
-        WHERE run_id = $run AND {predicate} {rank_filter}
-        GROUP BY GROUPING SETS (({keys}), ())
+        FROM {source}
+        WHERE true {rank_filter}
+        GROUP BY GROUPING SETS ((warm, {keys}), (warm))
     """
-    params = {"run": run_id} if rank is None else {"run": run_id, "rank": rank}
+    if rank is not None:
+        params["rank"] = rank
     return con.execute(sql, params).fetchall()
 
 
@@ -213,7 +242,7 @@ def _row(keys: tuple, raw: tuple, total: int, wall_ns: int) -> tuple:
     n, q, mx, gpu = raw[-4], raw[-3], raw[-2], int(raw[-1])
     p50, p90, p99, p999 = (plain(v) for v in q) if q is not None else (None,) * 4
     tail = p99 / p50 if p50 else None
-    gpu_pct = 100.0 * gpu / total if total else None
+    gpu_pct = 100.0 * gpu / total if total else None  # the warm-up row (total 0): no share
     wall_pct = 100.0 * gpu / wall_ns if wall_ns else None
     return (*keys, int(n), p50, p90, p99, p999, plain(mx), tail, gpu, gpu_pct, wall_pct)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from hybridscope.analyze import timeline
+from hybridscope.analyze.stats import quantile_cont
 from hybridscope.table import Column, Table, plain
 
 _ROUTED = """
@@ -143,3 +144,78 @@ def rankdata(a: np.ndarray) -> np.ndarray:
     ranks = np.empty(a.size, dtype=np.float64)
     ranks[order] = avg[group]
     return ranks
+
+
+def layer_step_times(con, run_id: int) -> dict[tuple[int, int], int]:
+    """{(step, layer index): the MoE layer's time in the step}: its moe_experts and moe_comm events
+    summed per rank, max over ranks (the slowest rank sets the pace). Kernels with their step from
+    the timeline; a layers-mode capture's layer timings carry their step."""
+    k = timeline.kernels(con, run_id)
+    out: dict[tuple[int, int, int], int] = {}
+    if len(k["step"]):
+        keep = np.isin(k["layer_type"], ("moe_experts", "moe_comm")) & (k["step"] >= 0) & (k["layer_index"] >= 0)
+        for r, s, li, d in zip(k["rank"][keep], k["step"][keep], k["layer_index"][keep], k["duration_ns"][keep]):
+            out[(int(r), int(s), int(li))] = out.get((int(r), int(s), int(li)), 0) + int(d)
+    else:
+        for r, s, li, ns in con.execute(
+                """SELECT rank, step, layer_index, sum(duration_ns)::BIGINT FROM events
+                   WHERE run_id = ? AND source = 'layer' AND layer_type IN ('moe_experts', 'moe_comm')
+                     AND step IS NOT NULL AND layer_index IS NOT NULL GROUP BY ALL""", [run_id]).fetchall():
+            out[(r, s, li)] = int(ns)
+    per: dict[tuple[int, int], int] = {}
+    for (_r, s, li), ns in out.items():
+        per[(s, li)] = max(per.get((s, li), 0), ns)
+    return per
+
+
+def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, moves: float = 1.1,
+                min_steps: int = 5, load: Table | None = None) -> Table:
+    """Per (layer, expert) whose capacity factor reached `threshold` at p99 of steps: does its load
+    move its layer's tail? The layer's tail steps are those whose MoE time (layer_step_times) is
+    >= its continuous `tail` quantile over steps; the expert's mean capacity factor over the tail
+    steps vs over the others; it `moves` the tail when the first is >= `moves` x the second.
+    layer_gain_ns = sum over the tail steps of the layer's time above its median step: what evening
+    the load could win back in that layer at most (docs/analyses.md, "experts"). Layers with fewer
+    than `min_steps` timed steps are left out. `load`: expert_load's table when already computed."""
+    times = layer_step_times(con, run_id)
+    load = load if load is not None else expert_load(con, run_id)
+    cf = {(r["layer_index"], r["expert"]): r["capacity_factor_p99"] for r in load.to_records()}
+    routed = con.execute(
+        """WITH r AS (SELECT step, layer_index, expert, sum(tokens) AS tokens FROM routing WHERE run_id = $run
+                      GROUP BY ALL),
+                ne AS (SELECT layer_index, max(expert) + 1 AS n FROM r GROUP BY layer_index),
+                tot AS (SELECT step, layer_index, sum(tokens) AS total FROM r GROUP BY ALL)
+           SELECT r.layer_index, r.expert, r.step, (r.tokens / (tot.total / ne.n))::DOUBLE
+           FROM r JOIN ne USING (layer_index) JOIN tot USING (step, layer_index) WHERE tot.total > 0""",
+        {"run": run_id}).fetchall()
+    factor: dict[tuple[int, int], dict[int, float]] = {}
+    for li, e, step, f in routed:
+        factor.setdefault((li, e), {})[step] = f
+    out = []
+    for li in sorted({li for _s, li in times}):
+        steps = sorted(s for s, layer in times if layer == li)
+        if len(steps) < min_steps:
+            continue
+        t = np.array([times[(s, li)] for s in steps], dtype=np.float64)
+        st = np.sort(t)
+        is_tail = t >= quantile_cont(st, tail)
+        gain = float((t[is_tail] - quantile_cont(st, 0.5)).clip(0).sum())
+        for (layer, e), per in sorted(factor.items()):
+            if layer != li or (cf.get((li, e)) or 0) < threshold:
+                continue
+            f = np.array([per.get(s, 0.0) for s in steps])
+            in_tail, other = float(f[is_tail].mean()), float(f[~is_tail].mean()) if (~is_tail).any() else None
+            ratio = in_tail / other if other else None
+            out.append((li, e, cf[(li, e)], in_tail, other, ratio, gain,
+                        "yes" if ratio is not None and ratio >= moves else "no"))
+    out.sort(key=lambda r: (r[7] != "yes", -r[6], -(r[5] or 0)))
+    cols = (Column("layer_index", "int", "", "layer"), Column("expert", "int"),
+            Column("capacity_factor_p99", "ratio", "p99 over steps of tokens / even share", "cf p99"),
+            Column("tail_load", "ratio", "mean capacity factor in the layer's tail steps", "load, tail"),
+            Column("other_load", "ratio", "mean capacity factor in its other steps", "load, other"),
+            Column("load_ratio", "ratio", "tail / other", "tail/other"),
+            Column("layer_gain_ns", "ns", "the layer's time above its median step, over its tail steps",
+                   "layer gain"),
+            Column("moves_tail", "str", f"tail/other >= {moves:g}", "moves tail"))
+    return Table("expert_tail", cols, out, {"title": "Do hot experts move their layer's tail?", "run_id": run_id,
+                                            "threshold": threshold, "tail": tail})

@@ -17,6 +17,7 @@ import numpy as np
 
 from hybridscope.analyze import advice as advice_mod
 from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, steps, timeline
+from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.decompose import MEASURES, decompose, measure_of
 from hybridscope.table import Column, Table, plain
 
@@ -53,17 +54,19 @@ class Report:
         return list(t.meta.get("warnings") or []) if t is not None else []
 
 
-def latency_cdf(con, run_id: int) -> Table:
+def latency_cdf(con, run_id: int, *, warmup: int | None = None) -> Table:
     """Per layer type, the continuous quantile of durations at each of CDF_LEVELS: of GPU kernels,
-    or of the layer timings of a layers-mode capture (`decompose.measure_of`; meta['measure'])."""
+    or of the layer timings of a layers-mode capture (`decompose.measure_of`; meta['measure']); the
+    run's warm-up left out (analyze/warmup.py)."""
     measure = measure_of(con, run_id)
+    wu = warmup_mod.detect(con, run_id, warmup=warmup)
     got = con.execute(
-        f"""
+        f"""WITH {warmup_mod.events_cte(MEASURES[measure], first_calls=wu.first_calls, clusters=False)}
         SELECT coalesce(layer_type, 'unattributed') AS lt, count(*), quantile_cont(duration_ns, $levels)
-        FROM events WHERE run_id = $run AND {MEASURES[measure]}
+        FROM ev WHERE NOT warm
         GROUP BY lt ORDER BY lt
         """,
-        {"run": run_id, "levels": list(CDF_LEVELS)},
+        {"run": run_id, "levels": list(CDF_LEVELS), **wu.params()},
     ).fetchall()
     rows = [(lt, int(n), q, float(v)) for lt, n, qs in got for q, v in zip(CDF_LEVELS, qs)]
     cols = (Column("layer_type", "str", "", "layer type"), Column("n", "int", "events of the layer type"),
@@ -126,6 +129,7 @@ class Context:
     run_id: int
     run: dict
     tables: dict[str, Table] = field(default_factory=dict)
+    warmup: int | None = None  # analyze/warmup.py: None the rule, N first steps, 0 keep everything
 
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
@@ -190,7 +194,7 @@ def _multi_rank(ctx: Context):
     """The per-rank view and the collectives, for runs with several ranks."""
     if not ctx.multi_rank:
         return None
-    return (per_rank(ctx.con, ctx.run_id, ctx.run["ranks"]), collectives.rank_waits(ctx.con, ctx.run_id),
+    return (per_rank(ctx.con, ctx.run_id, ctx.run["ranks"], warmup=ctx.warmup), collectives.rank_waits(ctx.con, ctx.run_id),
             collectives.stragglers(ctx.con, ctx.run_id), collectives.traffic(ctx.con, ctx.run_id))
 
 
@@ -206,7 +210,7 @@ def advice_of(tables: dict[str, Table], **options) -> Table:
 # of the steps before it); advice comes last, over everything.
 SECTIONS: tuple[Section, ...] = (
     Section(None, (
-        lambda c: decompose(c.con, c.run_id, by="layer_type"),
+        lambda c: decompose(c.con, c.run_id, by="layer_type", warmup=c.warmup),
         lambda c: dashboard.dashboard(c.con, c.run_id),
         lambda c: dashboard.contrast(c.con, c.run_id, dash=c["dashboard"], decomposition=c["decompose_layer_type"]),
         lambda c: dashboard.duty_cycle(c.con, c.run_id),
@@ -217,22 +221,23 @@ SECTIONS: tuple[Section, ...] = (
             html=(table("decompose_layer_type"), table("per_rank", 12), table("rank_waits", 12),
                   table("stragglers", 12), table("traffic", 12))),
     Section("Latency per layer type and per layer", (
-        lambda c: decompose(c.con, c.run_id, by="layer"),
-        lambda c: decompose(c.con, c.run_id, by="module", top=24),
-        lambda c: latency_cdf(c.con, c.run_id),
+        lambda c: decompose(c.con, c.run_id, by="layer", warmup=c.warmup),
+        lambda c: decompose(c.con, c.run_id, by="module", top=24, warmup=c.warmup),
+        lambda c: latency_cdf(c.con, c.run_id, warmup=c.warmup),
     ), html=((chart("latency_cdf"), chart("decompose_layer")),)),
     Section("Steps", (
         lambda c: steps.steps(c.con, c.run_id),
         lambda c: steps.step_stack(c.con, c.run_id),
         lambda c: steps.step_stack_bins(c.con, c.run_id),
-        lambda c: steps.phases(c.con, c.run_id),
-        lambda c: steps.slow_steps(c.con, c.run_id),
+        lambda c: steps.phases(c.con, c.run_id, warmup=c.warmup),
+        lambda c: steps.slow_steps(c.con, c.run_id, warmup=c.warmup),
     ), terminal=(table("phases"), table("slow_steps"), sentence("slow_steps")),
        html=(chart("step_stack_bins"), (table("phases"), table("slow_steps")), sentence("slow_steps"))),
     Section("Experts", (
         lambda c: experts.expert_steps(c.con, c.run_id),
         lambda c: experts.expert_correlation(c.con, c.run_id, c["expert_steps"]),
         lambda c: experts.expert_load(c.con, c.run_id),
+        lambda c: experts.expert_tail(c.con, c.run_id, load=c["expert_load"]),
     ), terminal=(table("expert_correlation"),),
        html=((chart("expert_load"), chart("expert_steps")), table("expert_correlation"))),
     Section("Overlap and gaps", (
@@ -251,22 +256,24 @@ SECTIONS: tuple[Section, ...] = (
 )
 
 
-def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS) -> Report:
-    """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run)."""
+def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS, *,
+                 warmup: int | None = None) -> Report:
+    """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run);
+    its tails without the run's warm-up (`warmup`: analyze/warmup.py)."""
     with timeline.materialized(con, run_id):  # the kernel timeline is computed once for all analyses
-        ctx = Context(con, run_id, run_info(con, run_id))
+        ctx = Context(con, run_id, run_info(con, run_id), warmup=warmup)
         for section in sections:
             for step in section.analyses:
                 ctx.add(step(ctx))
         return Report(run_id, ctx.run, ctx.tables, tuple(sections))
 
 
-def per_rank(con, run_id: int, ranks: list[int] | None = None) -> Table:
+def per_rank(con, run_id: int, ranks: list[int] | None = None, *, warmup: int | None = None) -> Table:
     """The per-layer-type decomposition of each rank (`ranks`: all of the run's), stacked: rank
-    first, `all` row per rank."""
+    first, `all` row per rank (and its `warm-up` row)."""
     if ranks is None:
         ranks = sorted(timeline.rank_windows(con, run_id))
-    parts = [decompose(con, run_id, by="layer_type", rank=r) for r in ranks]
+    parts = [decompose(con, run_id, by="layer_type", rank=r, warmup=warmup) for r in ranks]
     cols = (Column("rank", "int"),) + parts[0].columns
     rows = [(r, *row) for r, p in zip(ranks, parts) for row in p.rows]
     return Table("per_rank", cols, rows, {"title": "Per rank", "run_id": run_id, "ranks": ranks})

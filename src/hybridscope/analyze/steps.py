@@ -90,10 +90,25 @@ def step_stack_bins(con, run_id: int, *, max_bars: int = 300) -> Table:
                                                  "n_steps": len(order), "n_bins": n_bins})
 
 
-def phases(con, run_id: int) -> Table:
-    """Per phase: steps, latency p50/p99/max, mean GPU time per step."""
+def steady_windows(con, run_id: int, warmup: int | None = None) -> tuple[list[dict], int]:
+    """The step windows after the run's warm-up (analyze/warmup.py), and how many were left out."""
+    from hybridscope.analyze import warmup as warmup_mod
+
+    ws = timeline.step_windows(con, run_id)
+    cut = warmup_mod.detect(con, run_id, warmup=warmup).cutoffs
+    kept = [w for w in ws if w["ts_ns"] >= cut.get(w["rank"], w["ts_ns"])]
+    return kept, len(ws) - len(kept)
+
+
+def _warm_note(n: int) -> list[str]:
+    return [f"{n} warm-up step(s) left out (--warmup 0 keeps them)"] if n else []
+
+
+def phases(con, run_id: int, *, warmup: int | None = None) -> Table:
+    """Per phase: steps, latency p50/p99/max, mean GPU time per step; warm-up steps left out."""
     by_phase: dict[str, list[tuple[int, int | None]]] = {}
-    for w in timeline.step_windows(con, run_id):  # every step has a latency; only sampled ones a GPU time
+    kept, n_warm = steady_windows(con, run_id, warmup)
+    for w in kept:  # every step has a latency; only sampled ones a GPU time
         by_phase.setdefault(w["phase"] or "unknown", []).append(
             (w["end_ns"] - w["ts_ns"], w["gpu_ns"] if w["sampled"] else None))
     rows = []
@@ -106,20 +121,23 @@ def phases(con, run_id: int) -> Table:
             Column("p50_ns", "ns", "step latency p50", "p50"), Column("p99_ns", "ns", "step latency p99", "p99"),
             Column("max_ns", "ns", "slowest step", "max"),
             Column("gpu_mean_ns", "ns", "mean GPU time per step", "GPU/step"))
-    return Table("phases", cols, rows, {"title": "Prefill vs decode", "run_id": run_id})
+    return Table("phases", cols, rows, {"title": "Prefill vs decode", "run_id": run_id, "warmup_steps": n_warm,
+                                        "notes": _warm_note(n_warm)})
 
 
-def slow_steps(con, run_id: int, *, quantile: float = 0.99) -> Table:
+def slow_steps(con, run_id: int, *, quantile: float = 0.99, warmup: int | None = None) -> Table:
     """Which layer type dominates (and which grew in) the slowest steps (module doc). Only steps
-    with a breakdown count (a capture's sampled steps)."""
-    windows = [w for w in timeline.step_windows(con, run_id) if w["sampled"]]
+    with a breakdown count (a capture's sampled steps), warm-up steps left out."""
+    kept, n_warm = steady_windows(con, run_id, warmup)
+    windows = [w for w in kept if w["sampled"]]
     cols = (Column("layer_type", "str", "", "layer type"),
             Column("slow_mean_ns", "ns", "mean time per slow step", "slow steps"),
             Column("typical_mean_ns", "ns", "mean time per other step", "other steps"),
             Column("growth_ns", "ns", "slow - typical", "growth"),
             Column("slow_share_pct", "pct", "share of the slow steps' GPU time", "slow share"),
             Column("typical_share_pct", "pct", "share of the other steps' GPU time", "other share"))
-    meta = {"title": f"Slowest {100 * (1 - quantile):g}% of steps", "run_id": run_id, "quantile": quantile}
+    meta = {"title": f"Slowest {100 * (1 - quantile):g}% of steps", "run_id": run_id, "quantile": quantile,
+            "warmup_steps": n_warm}
     if not windows:
         return Table("slow_steps", cols, (), {**meta, "n_slow": 0, "notes": ["no steps in this run"]})
     lat = np.array([w["end_ns"] - w["ts_ns"] for w in windows], dtype=np.float64)

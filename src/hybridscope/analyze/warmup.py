@@ -7,12 +7,12 @@ The rule (docs/analyses.md, "warm-up"), per rank:
   at most FACTOR x that layer type's reference time per step of the phase; a reference is the
   median (quantile_cont 0.5) over the phase's steps in the second half of the rank's steps (over
   all of the phase's steps when none is there). The warm-up is the steps before the first RUN
-  consecutive settled steps, at most half of the rank's steps; it ends where the first kept step
-  starts, and everything of the rank before that is warm-up.
-- First calls: after the warm-up steps, the leading calls of each (rank, event name) that take
-  more than FIRST_CALL_FACTOR x the median of that name's calls on the rank, up to the first call
-  that does not (a first NCCL call of 40 ms beside 200 us ones; a prefill kernel a few times a
-  decode one is not warm-up).
+  consecutive settled steps, when such a run starts within the first half of the rank's steps
+  (else the rule cannot tell, and there is none); it ends where the first kept step starts, and
+  everything of the rank before that is warm-up.
+- First calls: after the warm-up steps, the first call of each (rank, event name) when it takes
+  more than FIRST_CALL_FACTOR x the median of that name's calls on the rank (a first NCCL call of
+  40 ms beside 200 us ones; a prefill kernel a few times a decode one is not warm-up).
 `--warmup N` replaces the rule by exactly the first N steps of each rank (no first-call rule);
 `--warmup 0` keeps everything.
 """
@@ -44,10 +44,13 @@ class WarmUp:
     first_calls: bool = False
 
     def params(self) -> dict:
-        """The SQL parameters of `events_cte` (ranks with a cut-off; a sentinel keeps lists typed)."""
+        """The SQL parameters of `events_cte(first_calls=self.first_calls)` (ranks with a cut-off; a
+        sentinel keeps the lists typed)."""
         ranks = sorted(self.cutoffs)
-        return {"wu_ranks": [-1] + ranks, "wu_cuts": [_NO_CUT] + [self.cutoffs[r] for r in ranks],
-                "wu_first": self.first_calls, "wu_factor": FIRST_CALL_FACTOR}
+        out = {"wu_ranks": [-1] + ranks, "wu_cuts": [_NO_CUT] + [self.cutoffs[r] for r in ranks]}
+        if self.first_calls:  # events_cte(first_calls=self.first_calls) names these only then
+            out.update(wu_first=True, wu_factor=FIRST_CALL_FACTOR)
+        return out
 
 
 def parse(text: str | None) -> int | None:
@@ -69,7 +72,7 @@ def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
     if warmup == 0:
         return WarmUp("none")
     by_rank: dict[int, list[dict]] = {}
-    for w in timeline.step_windows(con, run_id):
+    for w in (timeline.step_windows(con, run_id) if has_steps(con, run_id) else []):
         by_rank.setdefault(w["rank"], []).append(w)
     for ws in by_rank.values():
         ws.sort(key=lambda w: w["ts_ns"])
@@ -111,42 +114,55 @@ def warm_steps(ws: list[dict], per_type: dict[tuple[int, int], dict[str, int]], 
     settled = [lat[i] <= FACTOR * ref_lat[phase[i]]
                and all(ns <= FACTOR * ref_type.get((phase[i], lt), np.inf) for lt, ns in types[i].items())
                for i in range(len(ws))]
-    cap = len(ws) // 2
-    for j in range(cap + 1):
+    for j in range(min(len(ws) // 2, len(ws) - RUN) + 1):
         if all(settled[j:j + RUN]):
             return j
-    return cap
+    return 0
 
 
 def _median(values: list[int]) -> float:
     return quantile_cont(np.sort(np.asarray(values, dtype=np.float64)), 0.5)
 
 
-def events_cte(predicate: str) -> str:
+def events_cte(predicate: str, *, first_calls: bool = True, clusters: bool = True) -> str:
     """SQL CTEs ending in `ev`: the run's events of `predicate` (our constant, never user input),
-    each with `warm` (true when warm-up) and `cluster` (rank * 2^32 + step of the step window it
-    starts in; -1 outside steps). Parameters: $run and WarmUp.params()."""
-    return f"""
-    {timeline.STEP_WINDOWS_SQL},
-    wu_cut AS (SELECT unnest($wu_ranks) AS rank, unnest($wu_cuts) AS cut_ns),
+    each with `warm` (true when warm-up) and, with `clusters`, `cluster` (rank * 2^32 + step of the
+    event, or of the step window it starts in; -1 outside steps). `first_calls` False leaves the
+    first-call rule out of the SQL (for a WarmUp without it). Parameters: $run and WarmUp.params()."""
+    first = """
+    e1 AS (SELECT rank, name, quantile_cont(duration_ns, 0.5) AS med, arg_min(event_id, ts_ns) AS first_id,
+                  arg_min(duration_ns, ts_ns) AS first_ns
+           FROM e0 WHERE NOT in_warm_steps GROUP BY rank, name),
+    e1_warm AS (SELECT rank, first_id AS event_id FROM e1 WHERE $wu_first AND med > 0 AND first_ns > $wu_factor * med),
+    e2 AS (SELECT e0.*, e0.in_warm_steps OR w.event_id IS NOT NULL AS warm
+           FROM e0 LEFT JOIN e1_warm w ON e0.rank = w.rank AND e0.event_id = w.event_id)""" if first_calls else """
+    e2 AS (SELECT e0.*, e0.in_warm_steps AS warm FROM e0)"""
+    tail = """
     wu_w AS (SELECT rank, step, ts_ns, end_ns FROM windows),
+    ev AS (SELECT e2.*, CASE WHEN e2.step IS NOT NULL THEN e2.rank * 4294967296 + e2.step
+                             WHEN s.step IS NOT NULL AND e2.ts_ns < s.end_ns THEN e2.rank * 4294967296 + s.step
+                             ELSE -1 END AS cluster
+           FROM e2 ASOF LEFT JOIN wu_w s ON e2.rank = s.rank AND e2.ts_ns >= s.ts_ns)""" if clusters else """
+    ev AS (SELECT * FROM e2)"""
+    steps = f"{timeline.STEP_WINDOWS_SQL}," if clusters else ""
+    return f"""{steps}
+    wu_cut AS (SELECT unnest($wu_ranks) AS rank, unnest($wu_cuts) AS cut_ns),
     e0 AS (SELECT e.*, e.ts_ns < coalesce(c.cut_ns, {_NO_CUT}) AS in_warm_steps
            FROM events e LEFT JOIN wu_cut c ON e.rank = c.rank
-           WHERE e.run_id = $run AND {predicate}),
-    e1 AS (SELECT rank, event_id, name, duration_ns,
-                  row_number() OVER (PARTITION BY rank, name ORDER BY ts_ns, event_id) AS k,
-                  quantile_cont(duration_ns, 0.5) OVER (PARTITION BY rank, name) AS med
-           FROM e0 WHERE NOT in_warm_steps),
-    e1_ok AS (SELECT rank, name, min(k) AS k0 FROM e1 WHERE duration_ns <= $wu_factor * med GROUP BY rank, name),
-    e1_warm AS (SELECT e1.rank, e1.event_id FROM e1 JOIN e1_ok ON e1.rank = e1_ok.rank AND e1.name = e1_ok.name
-                WHERE $wu_first AND e1.k < e1_ok.k0),
-    e2 AS (SELECT e0.*, e0.in_warm_steps OR w.event_id IS NOT NULL AS warm
-           FROM e0 LEFT JOIN e1_warm w ON e0.rank = w.rank AND e0.event_id = w.event_id),
-    ev AS (SELECT e2.*, CASE WHEN s.step IS NOT NULL AND e2.ts_ns < s.end_ns
-                             THEN e2.rank * 4294967296 + coalesce(e2.step, s.step)
-                             WHEN e2.step IS NOT NULL THEN e2.rank * 4294967296 + e2.step
-                             ELSE -1 END AS cluster
-           FROM e2 ASOF LEFT JOIN wu_w s ON e2.rank = s.rank AND e2.ts_ns >= s.ts_ns)"""
+           WHERE e.run_id = $run AND {predicate}),{first},{tail}"""
+
+
+def has_steps(con, run_id: int) -> bool:
+    """Whether the run has steps (recorded, or step ranges of an import): one cheap query."""
+    return bool(con.execute(f"WITH {timeline.STEP_WINDOWS_SQL} SELECT count(*) FROM windows",
+                            {"run": run_id}).fetchall()[0][0])
+
+
+def summary(w: WarmUp, n: int, time_ns: int, n_total: int, *, rank: int | None = None) -> dict:
+    """What the warm-up left out, as a dict for a table's meta and `describe`, from counts already made."""
+    steps = {r: s for r, s in w.steps.items() if rank is None or r == rank}
+    return {"setting": w.setting, "events": int(n), "events_total": int(n_total), "time_ns": int(time_ns),
+            "steps": {str(r): s for r, s in sorted(steps.items())}}
 
 
 def left_out(con, run_id: int, predicate: str, w: WarmUp, *, rank: int | None = None) -> dict:
@@ -157,18 +173,18 @@ def left_out(con, run_id: int, predicate: str, w: WarmUp, *, rank: int | None = 
     if rank is not None:
         rank_sql, params["rank"] = "AND rank = $rank", rank
     n, ns, n_all = con.execute(
-        f"WITH {events_cte(predicate)} SELECT count(*) FILTER (WHERE warm), "
+        f"WITH {events_cte(predicate, first_calls=w.first_calls, clusters=False)} SELECT count(*) FILTER (WHERE warm), "
         f"coalesce(sum(duration_ns) FILTER (WHERE warm), 0)::BIGINT, count(*) FROM ev WHERE true {rank_sql}",
         params).fetchall()[0]
-    steps = {r: s for r, s in w.steps.items() if rank is None or r == rank}
-    return {"setting": w.setting, "events": int(n), "events_total": int(n_all), "time_ns": int(ns),
-            "steps": {str(r): s for r, s in sorted(steps.items())}}
+    return summary(w, n, ns, n_all, rank=rank)
 
 
 def describe(info: dict) -> str:
     """One line: what the warm-up left out ('warm-up kept' for --warmup 0)."""
     if info["setting"] == "none":
         return "warm-up kept (--warmup 0): every event counts"
+    if not info["events"]:
+        return f"no warm-up found ({info['setting']}): every event counts"
     steps = sorted(set(info["steps"].values()))
     per = (f"{steps[0]} step(s) per rank" if len(steps) == 1 else
            "steps per rank " + ", ".join(f"{r}: {s}" for r, s in info["steps"].items())) if steps else "no steps"

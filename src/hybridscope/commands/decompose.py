@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, print_table
+from hybridscope.commands._common import (
+    DbOption,
+    FormatOption,
+    RunOption,
+    WarmupOption,
+    check_format,
+    print_table,
+)
 
 RankOption = Annotated[int | None, typer.Option("--rank", help="Only this rank (default: all ranks pooled).")]
 ByOption = Annotated[str, typer.Option("--by", help="layer_type, layer (index and type), module or kernel.")]
@@ -19,17 +26,21 @@ def decompose(
     rank: RankOption = None,
     by: ByOption = "layer_type",
     top: TopOption = None,
+    warmup: WarmupOption = "auto",
     fmt: FormatOption = "table",
 ) -> None:
     """Per layer type: n, p50, p90, p99, p99.9, max, p99/p50, GPU time, % of GPU time, % of wall time.
 
-    The first row, `all`, is the aggregate a dashboard would show. Definitions: docs/analyses.md.
+    The first row, `all`, is the aggregate a dashboard would show; the run's warm-up is left out of
+    it and shown as the last row, `warm-up` (--warmup). Definitions: docs/analyses.md.
     """
     check_format(fmt)
     from hybridscope import api
+    from hybridscope.analyze import warmup as warmup_mod
 
+    n_warm = warmup_mod.parse(warmup)
     with api.open(db) as store:
-        table = store.analyze("decompose", run=run, by=by, rank=rank, top=top)
+        table = store.analyze("decompose", run=run, by=by, rank=rank, top=top, warmup=n_warm)
     print_table(table, fmt)
 
 

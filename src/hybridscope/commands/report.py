@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, RunOption, out, table_width, wrote
+from hybridscope.commands._common import DbOption, RunOption, WarmupOption, out, table_width, wrote
 
 HtmlOption = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")
@@ -18,19 +18,23 @@ JsonOption = Annotated[
 ]
 
 
-def report(db: DbOption, run: RunOption = None, html: HtmlOption = None, json: JsonOption = None) -> None:
+def report(db: DbOption, run: RunOption = None, html: HtmlOption = None, json: JsonOption = None,
+           warmup: WarmupOption = "auto") -> None:
     """Print the report of one run: what a dashboard shows beside the per-layer-type decomposition,
     the per-rank view, steps, experts, overlap and gaps, stream conflicts, and ranked advice with the
-    numbers behind each recommendation. Definitions: docs/analyses.md; the report: docs/report.md.
+    numbers behind each recommendation; the tails without the run's warm-up, which has its own row
+    (--warmup). Definitions: docs/analyses.md; the report: docs/report.md.
     """
-    write_report(db, run, html=html, json=json)
+    from hybridscope.analyze.warmup import parse
+
+    write_report(db, run, html=html, json=json, warmup=parse(warmup))
 
 
 def write_report(db: Path, run: int | None = None, *, html: Path | None = None, json: Path | None = None,
-                 console=None):
+                 console=None, warmup: int | None = None):
     """Build the report of `run` (latest when None) in store `db`, print it on `console` (stdout by
     default) and, when `html` / `json` are given, write those files. Returns the `Report`.
-    `hybridscope demo` calls this.
+    `warmup`: analyze/warmup.py (None: the rule). `hybridscope demo` calls this.
     """
     from rich.console import Console
 
@@ -42,7 +46,7 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
         if target is not None and not Path(target).parent.is_dir():
             raise BadInput(f"cannot write {target}: no directory {Path(target).parent}")
     with api.open(db) as store:
-        rep = store.report(run)
+        rep = store.report(run, warmup=warmup)
     if console is None:
         # piped or captured: no terminal width to squeeze the tables into (as print_table does)
         console = out if out.is_terminal else Console(width=table_width(), highlight=False, soft_wrap=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from html import escape
 
+from hybridscope.analyze.decompose import WARMUP
 from hybridscope.analyze.report import Report, View
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.present import sentences, svg
@@ -175,7 +176,7 @@ def _what(report: Report) -> str:
 
 def _layer_bars(report: Report) -> str:
     t = report["decompose_layer"]
-    rows = [r for r in t.to_records() if r["layer_type"] != "all" and r["layer_index"] is not None]
+    rows = [r for r in t.to_records() if r["layer_type"] not in ("all", WARMUP) and r["layer_index"] is not None]
     if not rows:  # no layer indices (e.g. record_function scopes only): one bar per module instead
         return _module_bars(report)
     bars = [(str(r["layer_index"]), r["p99_ns"] or 0.0, COLOURS.get(r["layer_type"], "#999"),
@@ -193,7 +194,7 @@ def _module_bars(report: Report) -> str:
     bars = [(_short(r["module"]), r["p99_ns"] or 0.0, "#888",
              (f"{r['module']}: p50 {format_ns(r['p50_ns'] or 0)}, p99 {format_ns(r['p99_ns'] or 0)}, "
              f"GPU time {format_ns(r['gpu_ns'])}"))
-            for r in t.to_records() if r["module"] != "all"]
+            for r in t.to_records() if r["module"] not in ("all", WARMUP)]
     chart = svg.bar_chart(bars, y_label=f"{_what(report)} p99", fmt_y=format_ns)
     return _figure("layers", f"{_what(report).capitalize()} p99 per module (this run has no layer indices), largest GPU time first.",
                    chart)
@@ -274,16 +275,17 @@ def _gap_histogram(report: Report) -> str:
 
 
 def _advice(t: Table) -> str:
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in t.meta.get("notes") or [])
     if not len(t):
-        return "<p>No rule fired: no recommendation has data behind it in this run.</p>"
+        return "<p>No rule fired: no recommendation with a material gain has data behind it in this run.</p>" + notes
     items = []
     for r in t.to_records():
-        stake = (f" <b>At stake: {escape(format_ns(r['at_stake_ns']))} "
+        stake = (f" <b>Expected gain: up to {escape(format_ns(r['at_stake_ns']))} "
                  f"({escape(format_value(r['at_stake_pct'], 'pct'))} of wall time).</b>"
                  if r["at_stake_ns"] is not None else "")
         items.append(f'<li data-rule="{escape(r["rule"])}"><b>[{escape(r["rule"])}]</b> '
                      f'{escape(r["recommendation"])}{stake}<div class="evidence">{escape(r["evidence"])}</div></li>')
-    return '<ol class="advice">' + "".join(items) + "</ol>"
+    return '<ol class="advice">' + "".join(items) + "</ol>" + notes
 
 
 # The views that draw something of their own (analyze/report.py View kinds 'chart' and 'panel').

@@ -78,16 +78,17 @@ def _cut(table: Table, max_rows: int, width: int):
 
 
 def _advice(table: Table):
+    notes = [Text(n, style="dim") for n in table.meta.get("notes") or []]
     if not len(table):
-        return Panel("No rule fired: no recommendation has data behind it in this run.",
-                     title="advice", border_style="blue")
+        return Panel(Group(Text("No rule fired: no recommendation with a material gain has data behind it in "
+                                "this run."), *notes), title="advice", border_style="blue")
     parts = []
     for r in table.to_records():
-        stake = (f" — at stake {format_ns(r['at_stake_ns'])} ({format_value(r['at_stake_pct'], 'pct')} of wall)"
-                 if r["at_stake_ns"] is not None else "")
+        stake = (f" — expected gain up to {format_ns(r['at_stake_ns'])} "
+                 f"({format_value(r['at_stake_pct'], 'pct')} of wall time)" if r["at_stake_ns"] is not None else "")
         parts.append(Text.assemble((f"{r['rank']}. [{r['rule']}] ", "bold"), r["recommendation"], stake))
         parts.append(Text(f"   evidence: {r['evidence']}", style="dim"))
-    return Panel(Group(*parts), title="advice", border_style="blue")
+    return Panel(Group(*parts, *notes), title="advice", border_style="blue")
 
 
 PANELS = {"contrast": _contrast, "advice": _advice}
