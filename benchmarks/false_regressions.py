@@ -7,10 +7,10 @@ one-run baselines). Any 'regressed' row is a false regression: nothing changed b
 
 Per (group, statistic) it prints the false-regression rate over the checks, and the worst of
 them; docs/benchmarks.md records a run. Baselines, for run i (indices cyclic over the N runs):
-- spread: k = 5 runs spread over the session, i+1, i+5, i+9, i+13, i+17 (and i+3, i+7, ... for a
-  second check): a baseline saved from runs made at different times;
-- adjacent: k = 3 consecutive runs i+1..i+3 (and i+4..i+6): a baseline saved in one sitting;
-- single: one run, i+1 (and i+2): what `check` had before multi-run baselines.
+- spread: k = 5 runs spread over the session, i+1, i+5, i+9, i+13, i+17 (then i+2, i+6, ... and
+  i+3, i+7, ...: three checks per run): a baseline saved from runs made at different times;
+- adjacent: k = 3 consecutive runs i+1..i+3 (then i+4..i+6, i+7..i+9): saved in one sitting;
+- single: one run, i+1 (then i+2, i+3): what `check` had before multi-run baselines.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def make_runs(out: Path, n: int, requests: int, seed: int) -> tuple[Path, list[i
     return db, ids
 
 
-SCHEMES = {  # name -> (offsets of the first baseline, of the second)
-    "spread": ((1, 5, 9, 13, 17), (3, 7, 11, 15, 19)),
-    "adjacent": ((1, 2, 3), (4, 5, 6)),
-    "single": ((1,), (2,)),
+SCHEMES = {  # name -> the offsets (from the run checked) of each baseline it is checked against
+    "spread": ((1, 5, 9, 13, 17), (2, 6, 10, 14, 18), (3, 7, 11, 15, 19)),
+    "adjacent": ((1, 2, 3), (4, 5, 6), (7, 8, 9)),
+    "single": ((1,), (2,), (3,)),
 }
 
 

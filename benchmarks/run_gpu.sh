@@ -29,4 +29,6 @@ if [ "$gpus" -ge 2 ]; then
   rm -f "$OUT/ep/ep.duckdb.wal"
 fi
 timeout "${DEMO_S:-100}" python3 -m hybridscope demo --device cuda --requests 16 --out "$OUT/demo" 2>&1 | tail -60 > "$OUT/demo.log"
+# the report's tables as JSON (warm-up row and notes, tails without warm-up, advice with its gain): issue 15
+timeout 60 python3 -m hybridscope report --db "$OUT/demo/run.duckdb" --json "$OUT/demo/report.json" > /dev/null 2>&1
 ls -la "$OUT" "$OUT"/* | head -40

@@ -139,9 +139,9 @@ def compare_samples(
     `limits` maps 'p50'/'p99' to the allowed relative regression (0.10 = 10 %). The decision per
     (group, statistic), at level alpha / m (Bonferroni over the m pairs tested): REGRESSED when the
     exceedance count is significantly high AND the run's quantile exceeds the baseline's by more
-    than the limit AND (multi-run baseline) lies above the run-to-run noise bound; IMPROVED
-    symmetrically. The interval of the change (whole steps resampled, level 1 - alpha) is shown
-    beside it, not tested (docs/analyses.md, "compare").
+    than the limit AND (multi-run baseline) lies above the run-to-run noise bound at the same level
+    alpha / m; IMPROVED symmetrically. The interval of the change (whole steps resampled, 1 - alpha) is
+    shown beside it, not tested (docs/analyses.md, "compare").
     """
     unknown = set(limits) - set(STATS)
     if unknown:
@@ -173,7 +173,7 @@ def _compare_one(base: Samples, new: Samples, g, stat, limit, level, alpha, rng,
         return (g, stat, len(b), len(n), base_q, new_q, _pct(new_q, base_q), None, None,
                 None, None, None, None, lim, "too few")
     ex = exceedance_test(b, n, q)
-    hi_bound, lo_bound = _noise_bounds(base, g, q, alpha)
+    hi_bound, lo_bound = _noise_bounds(base, g, q, level)
     noise = _pct(hi_bound, base_q) if hi_bound is not None else None
     point, lo, hi = ratio_ci_blocks(b, base.cluster(g), n, new.cluster(g), q, alpha=alpha, b=BOOTSTRAP, rng=rng)
     status, p = "ok", min(ex["p_high"], ex["p_low"])
@@ -225,13 +225,18 @@ def check_table(base: Samples, new: Samples, *, limits: dict[str, float], meta: 
         verdict.append(f"{len(missing)} group(s) of the baseline missing from the run: {', '.join(missing[:5])}"
                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                        + (" (allowed)" if allow_missing else " (fails the check; --allow-missing lets it pass)"))
-    runs_note = (f"run-to-run noise from the baseline's {base.n_runs} runs" if base.n_runs > 1 else
+    runs_note = (f"run-to-run noise from the baseline's {base.n_runs} runs: a regression must also exceed the "
+                 "noise column (wide with few runs or a noisy machine: pool more runs)" if base.n_runs > 1 else
                  "run-to-run noise unknown: a one-run baseline (save it from several runs: "
                  "baseline save --run A --run B --run C)")
-    wu = [warmup_mod.describe(w) for w in (new.info.get("warmup") or [])]
+    wu = [f"run: {warmup_mod.describe(w)}" for w in (new.info.get("warmup") or [])]
     base_wu = base.info.get("warmup") or []
-    if base_wu:
-        wu.append("baseline: " + "; ".join(warmup_mod.describe(w) for w in base_wu))
+    if len(base_wu) == 1:
+        wu.append(f"baseline: {warmup_mod.describe(base_wu[0])}")
+    elif base_wu:
+        wu.append(f"baseline: warm-up left out of its {len(base_wu)} runs: "
+                  f"{sum(w['events'] for w in base_wu):,} of {sum(w['events_total'] for w in base_wu):,} events, "
+                  f"{sum(w['time_ns'] for w in base_wu) / 1e6:,.3f} ms of their time")
     return Table("check", CHECK_COLUMNS, rows, {
         **meta, "regressed": regressed, "missing": missing, "failed": failed, "alpha": alpha,
         "bootstrap": BOOTSTRAP, "baseline_runs": base.n_runs, "warmup": new.info.get("warmup"),
