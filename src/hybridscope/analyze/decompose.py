@@ -35,8 +35,8 @@ docs/analyses.md, with a worked example):
 from __future__ import annotations
 
 from hybridscope.analyze import timeline
-from hybridscope.analyze.coverage import coverage_warning
 from hybridscope.analyze import warmup as warmup_mod
+from hybridscope.analyze.coverage import coverage_warning
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_EVENTS, GPU_KINDS
