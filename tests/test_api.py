@@ -71,7 +71,7 @@ def test_mistakes_are_one_line_errors(scenario, tmp_path):
     with api.open(path) as store:
         with pytest.raises(UsageError, match=r"no analysis named 'decompse'; analyses: .*decompose"):
             store.analyze("decompse")
-        with pytest.raises(UsageError, match=r"no option 'bye' \(options: by, rank, top\)"):
+        with pytest.raises(UsageError, match=r"no option 'bye' \(options: by, rank, top, warmup\)"):
             store.analyze("decompose", bye="layer")
         with pytest.raises(NotFound):
             store.analyze("steps", run=99)
@@ -101,7 +101,8 @@ def test_a_parquet_set_opens_like_a_store(scenario, tmp_path):
 def test_analyses_lists_names_options_and_meanings():
     t = api.analyses()
     row = t.record(name="decompose")
-    assert row["options"] == "by='layer_type', rank=None, top=None" and row["defined_in"] == "decompose.decompose"
+    assert row["options"] == "by='layer_type', rank=None, top=None, warmup=None"
+    assert row["defined_in"] == "decompose.decompose"
     assert all(t.column("doc"))
 
 
