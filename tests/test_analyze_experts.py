@@ -87,3 +87,28 @@ def test_no_routing_no_correlation_rows(tmp_path):
     run = add_run(con)
     add_events(con, run, [10], layer_type="moe_comm")
     assert len(experts.expert_correlation(con, run)) == 0
+
+
+def test_expert_tail_hand_computed(tmp_path):
+    """Layer 1 (2 experts) takes 100 ns a step for 9 steps and 1000 ns at step 9, when expert 0 got
+    all 4 tokens (capacity factor 2.0) instead of 3 of 4 (1.5). Tail steps: time >= the continuous
+    p90 of [100 x 9, 1000] = 100 + 0.1 x 900 = 190, i.e. step 9; the layer's gain = 1000 - median 100."""
+    from hybridscope.analyze import advice
+
+    con = new_store(tmp_path / "t.duckdb")
+    run = add_run(con, source="capture")
+    add_steps(con, run, [10_000] * 10, phase="decode")
+    times = [100] * 9 + [1000]
+    add_events(con, run, times, source="layer", kind="layer", layer_type="moe_experts", layer_index=1,
+               step=list(range(10)), ts_ns=[s * 10_000 for s in range(10)])
+    tokens = np.array([[[3, 1]]] * 9 + [[[4, 0]]])  # [step, layer, expert]
+    add_routing(con, run, tokens, layers=[1])
+    t = experts.expert_tail(con, run)
+    rec = t.record(layer_index=1, expert=0)
+    assert rec["capacity_factor_p99"] == pytest.approx(1.5 + 0.91 * 0.5)  # h = 9 x 0.99 = 8.91
+    assert rec["tail_load"] == pytest.approx(2.0) and rec["other_load"] == pytest.approx(1.5)
+    assert rec["layer_gain_ns"] == 900 and rec["moves_tail"] == "yes"
+    assert [r["expert"] for r in t.to_records()] == [0]  # expert 1 (cf p99 0.5) is never hot
+    a = advice.capacity_factor(t, threshold=1.5)
+    assert a.numbers["capacity_factors"] == {"1/0": 2.0} and a.at_stake_ns == 900
+    con.close()

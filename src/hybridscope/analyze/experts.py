@@ -146,26 +146,23 @@ def rankdata(a: np.ndarray) -> np.ndarray:
     return ranks
 
 
+@timeline.on_timeline
 def layer_step_times(con, run_id: int) -> dict[tuple[int, int], int]:
-    """{(step, layer index): the MoE layer's time in the step}: its moe_experts and moe_comm events
-    summed per rank, max over ranks (the slowest rank sets the pace). Kernels with their step from
-    the timeline; a layers-mode capture's layer timings carry their step."""
-    k = timeline.kernels(con, run_id)
-    out: dict[tuple[int, int, int], int] = {}
-    if len(k["step"]):
-        keep = np.isin(k["layer_type"], ("moe_experts", "moe_comm")) & (k["step"] >= 0) & (k["layer_index"] >= 0)
-        for r, s, li, d in zip(k["rank"][keep], k["step"][keep], k["layer_index"][keep], k["duration_ns"][keep]):
-            out[(int(r), int(s), int(li))] = out.get((int(r), int(s), int(li)), 0) + int(d)
-    else:
-        for r, s, li, ns in con.execute(
-                """SELECT rank, step, layer_index, sum(duration_ns)::BIGINT FROM events
-                   WHERE run_id = ? AND source = 'layer' AND layer_type IN ('moe_experts', 'moe_comm')
-                     AND step IS NOT NULL AND layer_index IS NOT NULL GROUP BY ALL""", [run_id]).fetchall():
-            out[(r, s, li)] = int(ns)
-    per: dict[tuple[int, int], int] = {}
-    for (_r, s, li), ns in out.items():
-        per[(s, li)] = max(per.get((s, li), 0), ns)
-    return per
+    """{(step, layer index): the MoE layer's time in the step}: its moe_experts and moe_comm kernels
+    (with their step from the timeline) or, in a layers-mode capture, its layer timings, summed per
+    rank, max over ranks (the slowest rank sets the pace)."""
+    kernels = timeline.tables(con, run_id).kernels
+    rows = con.execute(
+        f"""WITH k AS (SELECT rank, step, layer_index, end_ns - ts_ns AS ns FROM {kernels}
+                       WHERE layer_type IN ('moe_experts', 'moe_comm') AND step >= 0 AND layer_index >= 0),
+                 l AS (SELECT rank, step, layer_index, duration_ns AS ns FROM events
+                       WHERE run_id = $run AND source = 'layer' AND kind = 'layer'
+                         AND layer_type IN ('moe_experts', 'moe_comm') AND step IS NOT NULL
+                         AND layer_index IS NOT NULL AND NOT EXISTS (SELECT 1 FROM k)),
+                 per AS (SELECT rank, step, layer_index, sum(ns) AS ns FROM (SELECT * FROM k UNION ALL SELECT * FROM l)
+                         GROUP BY ALL)
+            SELECT step, layer_index, max(ns)::BIGINT FROM per GROUP BY ALL""", {"run": run_id}).fetchall()
+    return {(int(s), int(li)): int(ns) for s, li, ns in rows}
 
 
 def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, moves: float = 1.1,
