@@ -86,7 +86,7 @@ def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
         return WarmUp(f"{warmup} steps", {r: warmup for r in by_rank},
                       {r: int(ws[warmup]["ts_ns"]) for r, ws in by_rank.items()})
     per_type: dict[tuple[int, int], dict[str, int]] = {}
-    for rank, step, lt, ns in timeline.step_sums(con, run_id):
+    for rank, step, lt, ns in (timeline.step_sums(con, run_id) if by_rank else []):
         per_type.setdefault((rank, step), {})[lt] = ns
     steps, cuts = {}, {}
     for rank, ws in by_rank.items():
