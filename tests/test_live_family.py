@@ -17,8 +17,8 @@ TYPES = {"M": {"mamba"}, "E": {"moe_router", "moe_experts"}, "*": {"attention"},
 STRONG = {"mamba", "attention", "moe_router", "moe_experts"}
 
 
-def _trace(db: Path, *command: str, timeout: int = 150) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hybridscope", "trace", "--db", str(db), "--", *command],
+def _trace(db: Path, *command: str, timeout: int = 150, options: tuple = ()) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "hybridscope", "trace", *options, "--db", str(db), "--", *command],
                           check=False, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -106,6 +106,8 @@ FORK_SCRIPT = textwrap.dedent("""
         reqs = [Request(rid=i, prompt=[1 + i, 2, 3, 4], max_new_tokens=new) for i in range(2)]
         return sorted(len(r.tokens) for r in Engine(model, cuda_graphs=False).run(reqs))
     print("parent", serve(2), flush=True)           # the tracer's process: armed on the model here
+    if sys.argv[1:] == ["--as-if-cuda"]:            # CPU stand-in for a parent that initialized CUDA
+        torch.cuda._initialized = True
     pid = os.fork()
     if pid == 0:
         print("child", serve(4), flush=True)        # the same model object, in the forked child
@@ -115,11 +117,16 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_fork_after_the_parent_armed_gives_the_child_its_own_rank(tmp_path):
+@pytest.mark.parametrize("mode, as_if_cuda", [("layers", False), ("kernels", False), ("kernels", True)])
+def test_fork_after_the_parent_armed_gives_the_child_its_own_rank(tmp_path, mode, as_if_cuda):
+    """kernels: the parent's profiler is running at the fork; as_if_cuda: the parent says it
+    initialized CUDA (torch.cuda._initialized, what the fork handler reads), so the child says so
+    and runs layers mode (the GPU test does it for real: test_live_family_gpu.py)."""
     script = tmp_path / "forks.py"
     script.write_text(FORK_SCRIPT)
     db = tmp_path / "fork.duckdb"
-    proc = _trace(db, "python", str(script))
+    proc = _trace(db, "python", str(script), *(["--as-if-cuda"] if as_if_cuda else []),
+                  options=("--mode", mode, "--sample-every", "1"))
     assert "child [4, 4]" in proc.stdout and "child status 0" in proc.stdout
     con, run = latest_run(db)
     notes = _notes(con, run)
@@ -128,7 +135,15 @@ def test_fork_after_the_parent_armed_gives_the_child_its_own_rank(tmp_path):
     # the parent recorded its own steps only (2 serves of 2 tokens: 2 prefill+decode rounds each), the child its own
     steps = dict(rows(con, "SELECT rank, count(*) FROM steps WHERE run_id = ? GROUP BY 1", [run]))
     assert steps[1] == 4 and steps[0] == 4
-    _assert_pattern(_types_by_rank(con, run)[1], ENGINE_PATTERN)
+    if as_if_cuda:
+        assert "after it initialized CUDA: CUDA cannot be used in this process" in proc.stderr
+        assert "kernels mode asked; layers here" in proc.stderr
+    if mode == "layers" or as_if_cuda:
+        _assert_pattern(_types_by_rank(con, run)[1], ENGINE_PATTERN)
+    else:  # the child's own profiler session: its CPU operators typed by the child's own scopes
+        typed = {t for (t,) in rows(con, "SELECT DISTINCT layer_type FROM events WHERE run_id = ? AND rank = 1 "
+                                         "AND source = 'cpu' AND layer_type IS NOT NULL", [run])}
+        assert {"mamba", "attention", "moe_router", "moe_experts", "mlp"} <= typed
     assert "forked from pid" in proc.stderr and "the parent's capture stays the parent's" in proc.stderr
 
 

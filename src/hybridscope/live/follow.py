@@ -134,6 +134,7 @@ class Session:
         self.pid, self.ppid, self.t_start = os.getpid(), os.getppid(), time.time()
         self.cap = self.finder = self._first = None
         self._named, self._checked = False, set()
+        self.cuda_forked = False  # forked from a process that had initialized CUDA
         self.done = False
         self.notes: list[str] = []
         self.errors: list[str] = []
@@ -190,8 +191,12 @@ class Session:
 
         self._mark("armed", {"t": time.time()})  # the tracer waits for armed processes to write
         o = self.options()
+        mode = o["mode"]
+        if self.cuda_forked and mode == "kernels":  # the profiler's CUDA side (CUPTI) is the parent's
+            mode = "layers"
+            self.notes.append("kernels mode asked; layers here: the profiler's CUDA state came from the parent")
         db = os.path.join(self.dir, f"pid{self.pid}-rank{{rank}}.duckdb")
-        self.cap = capture(db=db, mode=o["mode"], label=o["label"], steps=o["steps"], duration=o["duration"],
+        self.cap = capture(db=db, mode=mode, label=o["label"], steps=o["steps"], duration=o["duration"],
                            sample_every=o["sample_every"], sample_steps=o["sample_steps"], quiet=True)
         if o["metrics_port"] is not None:
             self.port = metrics_port(o["metrics_port"], self.dir)
@@ -252,6 +257,7 @@ class Session:
                                "the parent's capture stays the parent's")
         torch = sys.modules.get("torch")
         if torch is not None and getattr(torch.cuda, "_initialized", False):
+            child.cuda_forked = True
             child.notes.append(f"forked from pid {self.pid} after it initialized CUDA: CUDA cannot be used "
                                "in this process (torch raises); its capture, if any, is host-only")
 
