@@ -256,7 +256,7 @@ class Session:
             child.notes.append(f"forked from pid {self.pid} after its capture armed on {type(self.cap.model).__name__}: "
                                "the parent's capture stays the parent's")
         torch = sys.modules.get("torch")
-        if torch is not None and getattr(torch.cuda, "_initialized", False):
+        if torch is not None and _cuda_was_initialized(torch):
             child.cuda_forked = True
             child.notes.append(f"forked from pid {self.pid} after it initialized CUDA: CUDA cannot be used "
                                "in this process (torch raises); its capture, if any, is host-only")
@@ -289,6 +289,13 @@ def _dumps(value) -> str:
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     return repr(value)
+
+
+def _cuda_was_initialized(torch) -> bool:
+    """In a forked child: had the parent initialized CUDA? torch's flag (kept through the fork) or
+    its C-level bad-fork mark (set in fork's own child handler, before Python's handlers run)."""
+    bad_fork = getattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    return bool(getattr(torch.cuda, "_initialized", False) or bad_fork())
 
 
 def metrics_port(base: int, folder: str, limit: int = 256) -> int | None:
