@@ -7,8 +7,11 @@ and `load` without the attribution pass. HTA is `TraceAnalysis(trace_dir=...)` o
 holding only that file (HTA's documented way to load a trace), under a memory cap.
 
     pip install -e '.[bench]'
-    python benchmarks/bench_import.py --synthetic-events 5000000 --traces ../shared/traces
+    python benchmarks/bench_import.py --synthetic-events 5000000 --traces ../shared/traces --stages
 
+With --stages, each file is also run through the pipeline's stages one after another on one
+thread (read + gunzip + cut, DuckDB's read_json, mapping SQL to Arrow, the store INSERT), CPU
+seconds per stage: where an import's time goes, and each stage's limit in events/s per core.
 Prints a markdown table (paste into docs/benchmarks.md) and the machine it ran on.
 """
 
@@ -38,6 +41,35 @@ if mode == "hta":
     wall = time.perf_counter() - t
     rows = sum(len(df) for df in ta.t.traces.values())
     total = None
+elif mode == "stages":  # the pipeline's stages one after another on one thread, CPU seconds each
+    from pathlib import Path
+    import duckdb
+    from hybridscope.ingest import _kineto_parse as kp
+    from hybridscope.ingest._jsonchunks import EventSlices
+    from hybridscope.store import db
+    cpu = dict.fromkeys(("read+gunzip+cut", "read_json", "mapping to Arrow", "insert"), 0.0)
+    con, mem = db.open_store(work + "/stages.duckdb"), duckdb.connect(config={"memory_limit": kp.PARSER_MEMORY_LIMIT})
+    con.execute("BEGIN TRANSACTION")
+    slices, piece, base, total = iter(EventSlices(Path(path))), Path(work) / "slice.json", 0, 0
+    t = time.perf_counter()
+    while True:
+        c = time.process_time()
+        data = next(slices, None)
+        if data is None:
+            break
+        piece.write_bytes(b"[" + bytes(data) + b"]")
+        c, cpu["read+gunzip+cut"] = time.process_time(), cpu["read+gunzip+cut"] + time.process_time() - c
+        mem.execute(kp.STAGE_SQL, [str(piece)])
+        c, cpu["read_json"] = time.process_time(), cpu["read_json"] + time.process_time() - c
+        slice_events = mem.sql(kp.EVENTS_SQL).to_arrow_table()
+        c, cpu["mapping to Arrow"] = time.process_time(), cpu["mapping to Arrow"] + time.process_time() - c
+        con.execute("INSERT INTO events BY NAME SELECT 1 AS run_id, 0 AS rank, * REPLACE ($base + event_id AS event_id)"
+                    " FROM slice_events", {"base": base})
+        cpu["insert"] += time.process_time() - c
+        base += mem.execute("SELECT count(*) FROM _hs_stage").fetchall()[0][0]
+    con.execute("COMMIT")
+    wall, rows, total = time.perf_counter() - t, None, base
+    print(json.dumps({"stages": cpu}))
 else:
     import hybridscope.ingest as ingest
     if mode == "load":
@@ -68,7 +100,8 @@ def measure(mode: str, path: Path, *, mem_cap: int, timeout: int) -> dict:
         if p.returncode != 0:
             last = (p.stderr.strip().splitlines() or ["?"])[-1]
             return {"error": f"failed: {last[:80]}"}
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        lines = [json.loads(line) for line in p.stdout.strip().splitlines() if line.startswith("{")]
+        return {k: v for line in lines for k, v in line.items()}
 
 
 def synthetic(n: int, folder: Path) -> Path:
@@ -101,6 +134,8 @@ def main() -> None:
     ap.add_argument("--no-hta", action="store_true")
     ap.add_argument("--hta-mem-gib", type=float, default=12)
     ap.add_argument("--timeout", type=int, default=1200)
+    ap.add_argument("--stages", action="store_true",
+                    help="also time the pipeline's stages one after another (CPU s per stage, one thread)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     files = sorted(args.traces.glob("*.json.gz")) if args.traces.exists() else []
@@ -119,7 +154,21 @@ def main() -> None:
         print(f"| {path.name} | {path.stat().st_size / 1e6:.1f} | {ours.get('total', 0):,} | {ours.get('rows', 0):,} "
               f"| {_cell(ours, 'wall')} | {_cell(load, 'wall')} | {_fmt_rate(ours)} | {_cell(ours, 'peak')} "
               f"| {_cell(hta, 'wall')} | {_cell(hta, 'peak')} | {ratio} |", flush=True)
+    if args.stages:
+        print("\n| trace | " + " | ".join(STAGES) + " | sum | (CPU s; events/s per core) |\n|---" * 1
+              + "|---" * (len(STAGES) + 2) + "|")
+        for path in files:
+            r = measure("stages", path, mem_cap=0, timeout=args.timeout)
+            if "stages" not in r:
+                print(f"| {path.name} | {r.get('error', '?')} |")
+                continue
+            cpu = r["stages"]
+            cells = [f"{cpu[s]:.2f} s ({r['total'] / cpu[s] / 1e6:.2f} M/s)" if cpu[s] else "-" for s in STAGES]
+            print(f"| {path.name} | " + " | ".join(cells) + f" | {sum(cpu.values()):.2f} s | |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+STAGES = ("read+gunzip+cut", "read_json", "mapping to Arrow", "insert")
 
 
 def _machine() -> str:
