@@ -90,10 +90,14 @@ def _after_fork() -> None:
     if parent is None:
         return
     _abandoned.append(parent)
-    _session = Session(parent.dir, how="fork", name=f"fork of {parent.name or _process_name()}")
-    parent.abandon(_session)
-    if "torch" in sys.modules:
-        _session.torch_ready()
+    try:
+        _session = Session(parent.dir, how="fork", name=f"fork of {parent.name or _process_name()}")
+        parent.abandon(_session)
+        if "torch" in sys.modules:
+            _session.torch_ready()
+    except Exception as e:  # noqa: BLE001 - the child runs on, untraced; say so once
+        _session = None
+        print(f"hybridscope trace: pid {os.getpid()} (a fork) not traced: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 class _TorchWatcher:
