@@ -75,11 +75,14 @@ def test_spawned_and_subprocess_workers_are_one_run_a_rank_each(tmp_path):
 
 def test_torchrun_expert_parallel_ranks_keep_their_distributed_rank(tmp_path):
     db = tmp_path / "ep.duckdb"
-    proc = _trace(db, "torchrun", "--standalone", "--nproc-per-node", "2", str(WORKERS / "trace_ep.py"), "3")
-    assert "rank 0: [3, 3]" in proc.stdout and "rank 1: [3, 3]" in proc.stdout
+    proc = _trace(db, "torchrun", "--standalone", "--nproc-per-node", "2", str(WORKERS / "trace_ep.py"), "3",
+                  options=("--steps", "2", "--label", "ep2"))
+    assert "rank 0: [3, 3]" in proc.stdout and "rank 1: [3, 3]" in proc.stdout  # the workload ran on past --steps
     assert "rank 1 of 2 in its process group" in proc.stderr
     con, run = latest_run(db)
-    assert rows(con, "SELECT world_size FROM runs WHERE run_id = ?", [run]) == [(2,)]
+    assert rows(con, "SELECT world_size, label FROM runs WHERE run_id = ?", [run]) == [(2, "ep2")]
+    # the options reached both ranks: 3 steps served, 2 recorded in each
+    assert rows(con, "SELECT rank, count(*) FROM steps WHERE run_id = ? GROUP BY 1 ORDER BY 1", [run]) == [(0, 2), (1, 2)]
     by_rank = _types_by_rank(con, run)
     assert sorted(by_rank) == [0, 1]
     for rank in (0, 1):
