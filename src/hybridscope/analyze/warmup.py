@@ -2,7 +2,9 @@
 steady state (NCCL's first all-to-all, Triton compiling on first use, allocator growth).
 
 The rule (docs/analyses.md, "warm-up"), per rank:
-- Steps (recorded, or step ranges of an import), in time order. A step is *settled* when its
+- Steps (recorded, or step ranges of an import, as recorded: the CPU range of an imported step),
+  in time order; a layer type's time in a step sums the measured events that carry that step
+  (`events.step`, filled by capture and attribution). A step is *settled* when its
   latency is at most FACTOR x the reference latency of its phase, and every layer type's time in it
   at most FACTOR x that layer type's reference time per step of the phase; a reference is the
   median (quantile_cont 0.5) over the phase's steps in the second half of the rank's steps (over
@@ -72,7 +74,7 @@ def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
     if warmup == 0:
         return WarmUp("none")
     by_rank: dict[int, list[dict]] = {}
-    for w in (timeline.step_windows(con, run_id) if has_steps(con, run_id) else []):
+    for w in _windows(con, run_id):
         by_rank.setdefault(w["rank"], []).append(w)
     for ws in by_rank.values():
         ws.sort(key=lambda w: w["ts_ns"])
@@ -86,7 +88,7 @@ def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
         return WarmUp(f"{warmup} steps", {r: warmup for r in by_rank},
                       {r: int(ws[warmup]["ts_ns"]) for r, ws in by_rank.items()})
     per_type: dict[tuple[int, int], dict[str, int]] = {}
-    for rank, step, lt, ns in (timeline.step_sums(con, run_id) if by_rank else []):
+    for rank, step, lt, ns in (_step_sums(con, run_id) if by_rank else []):
         per_type.setdefault((rank, step), {})[lt] = ns
     steps, cuts = {}, {}
     for rank, ws in by_rank.items():
@@ -152,10 +154,24 @@ def events_cte(predicate: str, *, first_calls: bool = True, clusters: bool = Tru
            WHERE e.run_id = $run AND {predicate}),{first},{tail}"""
 
 
-def has_steps(con, run_id: int) -> bool:
-    """Whether the run has steps (recorded, or step ranges of an import): one cheap query."""
-    return bool(con.execute(f"WITH {timeline.STEP_WINDOWS_SQL} SELECT count(*) FROM windows",
-                            {"run": run_id}).fetchall()[0][0])
+def _windows(con, run_id: int) -> list[dict]:
+    """The run's steps (recorded, or step ranges of an import: timeline.STEP_WINDOWS_SQL) as they
+    were recorded, without the timeline's kernel pass: what the rule needs, cheaply."""
+    rows = con.execute(f"WITH {timeline.STEP_WINDOWS_SQL} SELECT rank, step, ts_ns, end_ns, phase, sampled "
+                       "FROM windows", {"run": run_id}).fetchall()
+    keys = ("rank", "step", "ts_ns", "end_ns", "phase", "sampled")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def _step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
+    """(rank, step, layer type, summed ns) of the run's measured events that carry their step
+    (capture and attribution fill `events.step`), in one aggregation."""
+    from hybridscope.analyze.decompose import MEASURES, measure_of  # decompose imports this module
+
+    return con.execute(
+        f"""SELECT rank, step, coalesce(layer_type, 'other'), sum(duration_ns)::BIGINT FROM events
+            WHERE run_id = $run AND {MEASURES[measure_of(con, run_id)]} AND step IS NOT NULL
+            GROUP BY ALL""", {"run": run_id}).fetchall()
 
 
 def summary(w: WarmUp, n: int, time_ns: int, n_total: int, *, rank: int | None = None) -> dict:
