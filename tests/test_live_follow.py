@@ -102,3 +102,17 @@ def test_capture_is_built_only_when_a_module_could_be_a_model(tmp_path):
     assert out.splitlines() == ["after a Linear: False False", "after a stack: True"]
     (record,) = [json.loads(p.read_text()) for p in trace.glob("proc-*.json")]
     assert record["torch"] is True and record["model"] is None and record["store"] is None
+
+
+def test_a_store_that_cannot_be_read_is_listed_not_raised(tmp_path):
+    """A process killed while writing leaves a broken store: the trace lists it and merges the rest."""
+    (tmp_path / "pid7-rank0.duckdb").write_bytes(b"not a database")
+    (tmp_path / "proc-7.start").write_text(json.dumps({"pid": 7, "ppid": 1, "how": "exec", "t": 1.0}))
+    (tmp_path / "proc-7.json").write_text(json.dumps({
+        "pid": 7, "name": "worker", "torch": True, "model": "HybridModel", "rank": 0, "world_size": 1,
+        "store": str(tmp_path / "pid7-rank0.duckdb"), "run_id": 1, "lines": [], "notes": [], "errors": []}))
+    result = family.gather(tmp_path, tmp_path / "out.duckdb", None)
+    assert result.run_id is None and not (tmp_path / "out.duckdb").exists()
+    (proc,) = result.processes
+    assert proc.rank is None and "its store could not be read" in proc.record["errors"][0]
+    assert any("error: its store could not be read" in line for line in result.lines("layers"))

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from hybridscope.errors import HybridscopeError
 from hybridscope.live.follow import ENV, command_line
 
 WAIT_S = 10.0  # how long the tracer waits, after the workload, for processes still writing
@@ -163,11 +164,19 @@ def gather(folder: Path, db: Path, label: str | None) -> Result:
     from hybridscope.store import merge
 
     procs = read(folder)
+    found = {}
+    for p in procs:
+        if p.captured:
+            try:
+                found[p.pid] = merge.inspect(Path(p.record["store"]), p.record["run_id"])
+            except HybridscopeError as e:  # a process killed while writing: the others still merge
+                p.record["errors"] = [*p.record.get("errors", []), f"its store could not be read: {e}"]
+                p.record["store"] = None
     assign_ranks(procs)
     captured = sorted((p for p in procs if p.captured), key=lambda p: p.rank)
     if not captured:
         return Result(None, None, procs)
-    sources = [replace(merge.inspect(Path(p.record["store"]), p.record["run_id"]), as_rank=p.rank) for p in captured]
+    sources = [replace(found[p.pid], as_rank=p.rank) for p in captured]
     models = list(dict.fromkeys(p.record["model"] for p in captured))
     con = store.open_store(db)
     try:
