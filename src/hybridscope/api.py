@@ -66,7 +66,7 @@ class Store:
         return run_query(self.con, query, max_rows=max_rows)
 
 
-def open(path: str | Path, *, locked: bool = False) -> Store:
+def open(path: str | Path, *, locked: bool = False, wait: float = store_db.LOCK_WAIT_S) -> Store:
     """Open the store at `path` read-only: a DuckDB file, or a folder holding a Parquet set
     (`hybridscope export --parquet`). `locked` (DuckDB files only) also locks the connection down
     for untrusted SQL (no file access, no extensions, no settings; store/query.py), as
@@ -75,12 +75,12 @@ def open(path: str | Path, *, locked: bool = False) -> Store:
     if locked:  # a DuckDB file only: a Parquet set's views need the file access the lock-down removes
         from hybridscope.store.query import open_query
 
-        return Store(open_query(path), path)
+        return Store(open_query(path, wait=wait), path)
     if path.is_dir():
         from hybridscope.store import parquet
 
         return Store(parquet.open_set(path), path)
-    return Store(store_db.open_readonly(path), path)
+    return Store(store_db.open_readonly(path, wait=wait), path)
 
 
 def analyze(path: str | Path, name: str, *, run: int | None = None, **options) -> Table:

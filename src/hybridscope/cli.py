@@ -74,6 +74,9 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; exits with the documented code."""
     _register()
+    from hybridscope.commands.query import sql_after_options
+
+    argv = sql_after_options(list(sys.argv[1:] if argv is None else argv))
     try:
         rv = app(args=argv, prog_name="hybridscope", standalone_mode=False)
     except HybridscopeError as e:
@@ -85,7 +88,34 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except BrokenPipeError:  # `hybridscope query ... | head`
         sys.exit(0)
+    except Exception as e:
+        known = _known_failure(e)
+        if known is None:
+            raise
+        _fail(*known)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_NO_SPACE = ("No space left on device", "File too large", "Disk quota exceeded")
+OUT_OF_SPACE = ("out of disk space writing the store or its temporary files: free some space and run it again "
+                "(nothing was stored)")
+
+
+def _known_failure(e: Exception) -> tuple[str, int] | None:
+    """(one line, exit code) for failures of the machine rather than of hybridscope: Ctrl-C
+    inside a DuckDB call (DuckDB raises its own interrupt error, not KeyboardInterrupt) and a
+    full disk. The transaction they interrupted was rolled back: the store is as it was."""
+    import errno
+
+    if type(e).__name__ == "InterruptException" or (isinstance(e, RuntimeError) and "interrupted" in str(e)):
+        return "interrupted", 130
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"out of disk space{where}: free some space and run it again (nothing was stored)", 1
+    text = str(e)
+    if any(m in text for m in _NO_SPACE) and type(e).__module__.lstrip("_").startswith("duckdb"):
+        return OUT_OF_SPACE, 1
+    return None
 
 
 def _fail(message: str, code: int) -> None:

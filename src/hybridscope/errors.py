@@ -31,6 +31,10 @@ class BadInput(HybridscopeError):
     exit_code = 1
 
 
+class StoreBusy(BadInput):
+    """The store is held by another process (an import, a capture) beyond the time we wait."""
+
+
 class NotFound(BadInput):
     """A run, baseline, file or table that does not exist."""
 

@@ -146,7 +146,7 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
     """The contrast header: what the dashboard says beside what the decomposition says.
 
     Dashboard side: the run-wide headline numbers that exist (dashboard meta['headline']).
-    Decomposition side: the layer type with the largest tail ratio (p99/p50) among those holding at
+    Decomposition side (by operation when the run holds only host API timings): the layer type with the largest tail ratio (p99/p50) among those holding at
     least `min_gpu_pct` % of GPU time (any layer type if none does; 'other' and 'unattributed' only
     when nothing was attributed): its tail ratio, p50, p99, share of
     wall and GPU time, and its share of the calls (n / n of the `all` row); beside it the `all` row's
@@ -158,14 +158,16 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
     dec = decomposition if decomposition is not None else decompose(con, run_id, by="layer_type")
     rows = [("dashboard", k, float(v), _KIND[k], None) for k, v in dash.meta["headline"].items()
             if v is not None and k in _KIND]
+    # the decomposition's group: the layer type, or the operation when it measured host API calls
+    key = dec.meta.get("keys", ["layer_type"])[-1]
     recs = dec.to_records()
-    everything = next((r for r in recs if r["layer_type"] == "all"), None)
-    groups = [r for r in recs if r["layer_type"] not in ("all", WARMUP) and r["tail_ratio"] is not None]
-    named = [r for r in groups if r["layer_type"] not in ("other", "unattributed")] or groups
+    everything = next((r for r in recs if r[key] == "all"), None)
+    groups = [r for r in recs if r[key] not in ("all", WARMUP) and r["tail_ratio"] is not None]
+    named = [r for r in groups if r[key] not in ("other", "unattributed")] or groups
     big = [r for r in named if (r["gpu_pct"] or 0) >= min_gpu_pct] or named
     tail = max(big, key=lambda r: (r["tail_ratio"], r["gpu_ns"]), default=None)
     if tail is not None and everything is not None:
-        lt = tail["layer_type"]
+        lt = tail[key]
         rows += [("decomposition", "tail_ratio", tail["tail_ratio"], "ratio", lt),
                  ("decomposition", "p50_ns", tail["p50_ns"], "ns", lt),
                  ("decomposition", "p99_ns", tail["p99_ns"], "ns", lt),
@@ -178,7 +180,7 @@ def contrast(con, run_id: int, *, dash: Table | None = None, decomposition: Tabl
             Column("layer_type", "str", "the layer type the decomposition item describes", "layer type"))
     return Table("contrast", cols, [r for r in rows if r[2] is not None],
                  {"title": "Dashboard vs decomposition", "run_id": run_id,
-                  "tail_layer_type": tail["layer_type"] if tail else None})
+                  "tail_layer_type": tail[key] if tail else None, "measure": dec.meta.get("measure")})
 
 
 _KIND = {"nvml_util_pct": "pct", "cpu_util_pct": "pct", "duty_cycle_pct": "pct", "step_p50_ns": "ns",

@@ -124,6 +124,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
 
     measure = measure_of(con, run_id)
     by_operation = measure == "host_api" and by == "layer_type"
+    name = f"decompose_{by}"  # the view asked for, also when host API calls are grouped by operation
     if by_operation:
         by = "kernel"
     key_cols, key_sql, null_labels = _KEYS[by]
@@ -182,7 +183,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         "warmup": left_out,
         "warmup_rows": 1 if warm_raw is not None else 0,
     }
-    return Table(f"decompose_{by}", key_cols + STAT_COLUMNS, rows, meta)
+    return Table(name, key_cols + STAT_COLUMNS, rows, meta)
 
 
 def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str,

@@ -14,6 +14,9 @@ DbOption = Annotated[Path, typer.Option("--db", help="The hybridscope DuckDB fil
 RunOption = Annotated[
     int | None, typer.Option("--run", help="Run id (see `hybridscope runs`); default: the latest run.")
 ]
+WaitOption = Annotated[float, typer.Option(
+    "--wait", help="Seconds to wait for a store another process holds (an import, a capture) before giving up.",
+    min=0)]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")]
 WarmupOption = Annotated[str, typer.Option(
     "--warmup", help="Warm-up to leave out: auto (the rule of docs/analyses.md), N first steps per rank, or 0 (keep all).")]

@@ -10,6 +10,7 @@ from hybridscope.commands._common import (
     DbOption,
     FormatOption,
     RunOption,
+    WaitOption,
     WarmupOption,
     check_format,
     print_table,
@@ -28,6 +29,7 @@ def decompose(
     top: TopOption = None,
     warmup: WarmupOption = "auto",
     fmt: FormatOption = "table",
+    wait: WaitOption = 5.0,
 ) -> None:
     """Per layer type: n, p50, p90, p99, p99.9, max, p99/p50, GPU time, % of GPU time, % of wall time.
 
@@ -39,7 +41,7 @@ def decompose(
     from hybridscope.analyze import warmup as warmup_mod
 
     n_warm = warmup_mod.parse(warmup)
-    with api.open(db) as store:
+    with api.open(db, wait=wait) as store:
         table = store.analyze("decompose", run=run, by=by, rank=rank, top=top, warmup=n_warm)
     print_table(table, fmt)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, RunOption, WarmupOption, out, table_width, wrote
+from hybridscope.commands._common import DbOption, RunOption, WaitOption, WarmupOption, out, table_width, wrote
 
 HtmlOption = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")
@@ -19,7 +19,7 @@ JsonOption = Annotated[
 
 
 def report(db: DbOption, run: RunOption = None, html: HtmlOption = None, json: JsonOption = None,
-           warmup: WarmupOption = "auto") -> None:
+           warmup: WarmupOption = "auto", wait: WaitOption = 5.0) -> None:
     """Print the report of one run: what a dashboard shows beside the per-layer-type decomposition,
     the per-rank view, steps, experts, overlap and gaps, stream conflicts, and ranked advice with the
     numbers behind each recommendation; the tails without the run's warm-up, which has its own row
@@ -27,11 +27,11 @@ def report(db: DbOption, run: RunOption = None, html: HtmlOption = None, json: J
     """
     from hybridscope.analyze.warmup import parse
 
-    write_report(db, run, html=html, json=json, warmup=parse(warmup))
+    write_report(db, run, html=html, json=json, warmup=parse(warmup), wait=wait)
 
 
 def write_report(db: Path, run: int | None = None, *, html: Path | None = None, json: Path | None = None,
-                 console=None, warmup: int | None = None):
+                 console=None, warmup: int | None = None, wait: float = 5.0):
     """Build the report of `run` (latest when None) in store `db`, print it on `console` (stdout by
     default) and, when `html` / `json` are given, write those files. Returns the `Report`.
     `warmup`: analyze/warmup.py (None: the rule). `hybridscope demo` calls this.
@@ -45,7 +45,7 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
     for target in (html, json):
         if target is not None and not Path(target).parent.is_dir():
             raise BadInput(f"cannot write {target}: no directory {Path(target).parent}")
-    with api.open(db) as store:
+    with api.open(db, wait=wait) as store:
         rep = store.report(run, warmup=warmup)
     if console is None:
         # piped or captured: no terminal width to squeeze the tables into (as print_table does)

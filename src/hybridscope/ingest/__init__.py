@@ -29,7 +29,8 @@ from hybridscope.errors import BadInput, NotFound
 from hybridscope.ingest._common import ImportContext, ImportResult, Progress, RetryFile, file_sha256
 from hybridscope.store.runs import find_duplicate
 
-__all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "Progress", "detect", "import_files", "iter_import"]
+__all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "Progress", "detect", "expand_paths", "import_files",
+           "iter_import"]
 
 # format name -> module (under hybridscope.ingest) exposing import_file()
 FORMATS: dict[str, str] = {
@@ -67,6 +68,38 @@ def detect(path: str | Path) -> str:
     return _sniff_json(path, head)
 
 
+def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], dict[str, int]]:
+    """The files to import: each file as given, and for each folder the trace files directly in it
+    (sorted by name; which files are traces is decided by `detect`, from their content).
+
+    Returns (files, {folder: files in it that are not traces}). Raises NotFound for a missing path
+    and BadInput for a folder that holds no trace.
+    """
+    files: list[Path] = []
+    left_out: dict[str, int] = {}
+    for path in map(Path, paths):
+        if not path.is_dir():
+            if not path.exists():
+                raise NotFound(f"{path}: no such file or folder")
+            files.append(path)
+            continue
+        found, other = [], 0
+        for child in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+            try:
+                detect(child)
+            except BadInput:
+                other += 1
+                continue
+            found.append(child)
+        if not found:
+            raise BadInput(f"{path}: a folder with no trace files in it (Kineto JSON, nsys SQLite exports, "
+                           "Ingero databases)")
+        files += found
+        if other:
+            left_out[str(path)] = other
+    return files, left_out
+
+
 def _gunzip_head(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as f:
@@ -84,8 +117,10 @@ def _sniff_json(path: Path, head: bytes) -> str:
 
 
 def _sniff_sqlite(path: Path) -> str:
+    from hybridscope.ingest._sqlite import connect_readonly
+
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = connect_readonly(path)  # read-only and immutable: nothing is ever written beside a source
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         finally:

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from hybridscope.errors import BadInput
+from hybridscope.store.db import unregister
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 CHUNK_ROWS = 1 << 18
@@ -41,7 +42,7 @@ class SqliteFile:
         if not head.startswith(SQLITE_MAGIC):
             raise BadInput(f"{self.path} is not an SQLite database, so not {what}")
         try:
-            self.con = _connect(self.path)
+            self.con = connect_readonly(self.path)
             self.tables = {
                 r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
@@ -131,7 +132,9 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """The source opened read-only and immutable: SQLite writes nothing beside it (no -wal or -shm
+    of a WAL-mode database such as Ingero's), so it imports from a read-only directory too."""
     uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro&immutable=1"
     return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
@@ -165,7 +168,7 @@ class EventWriter:
         try:
             self._insert(exprs, joins)
         finally:
-            self.con.unregister("c")
+            unregister(self.con, "c")
         lo, hi = int(ts.min()), int((ts + dur).max())
         self.t_start = lo if self.t_start is None else min(self.t_start, lo)
         self.t_end = hi if self.t_end is None else max(self.t_end, hi)
@@ -219,4 +222,4 @@ def lookup_table(con, keys: np.ndarray, view: str = "_hs_lookup", **values: np.n
     try:
         yield
     finally:
-        con.unregister(view)
+        unregister(con, view)

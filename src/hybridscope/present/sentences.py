@@ -30,12 +30,16 @@ def contrast_lines(contrast: Table) -> tuple[list[str], list[str]]:
         dash.append(f"{d['tokens_per_s']:,.0f} tokens/s")
     dec = []
     lt = contrast.meta.get("tail_layer_type")
+    host = contrast.meta.get("measure") == "host_api"  # Ingero: host-side API call timings, no kernels
     if lt and "tail_ratio" in x:
-        dec.append(f"{lt} p99 = {x['tail_ratio']:.0f}× its p50 ({format_ns(x['p50_ns'])} → {format_ns(x['p99_ns'])})")
-        dec.append(f"{x['wall_pct']:.0f}% of wall time, {x['gpu_pct']:.0f}% of GPU time, "
+        what = f"host API call {lt}" if host else lt
+        dec.append(f"{what} p99 = {x['tail_ratio']:.0f}× its p50 ({format_ns(x['p50_ns'])} → {format_ns(x['p99_ns'])})")
+        time_of = "of host API time" if host else "of GPU time"
+        dec.append(f"{x['wall_pct']:.0f}% of wall time, {x['gpu_pct']:.0f}% {time_of}, "
                    f"with {calls_fraction(x['calls_pct'])} of the calls")
     if "all_tail_ratio" in x:
-        dec.append(f"all kernels pooled: p99/p50 = {x['all_tail_ratio']:.1f}× (what one aggregate shows)")
+        pooled = "all host API calls" if host else "all kernels"
+        dec.append(f"{pooled} pooled: p99/p50 = {x['all_tail_ratio']:.1f}× (what one aggregate shows)")
     return dash, dec
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +223,42 @@ def to_csv(table: Table) -> str:
     for row in table.rows:
         writer.writerow([_csv_cell(v) for v in row])
     return buf.getvalue()
+
+
+def csv_chunks(columns, batches) -> Iterator[str]:
+    """`to_csv` of a table whose rows come in batches, as text chunks: one per batch (the header
+    first), so that a result of any size is written in constant memory."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([c.name for c in columns])
+    yield buf.getvalue()
+    for rows in batches:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerows([_csv_cell(v) for v in row] for row in rows)
+        yield buf.getvalue()
+
+
+def json_chunks(name: str, meta: dict, columns, batches) -> Iterator[str]:
+    """`to_json` of a table whose rows come in batches, as text chunks (the same document)."""
+    import orjson
+
+    opts = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    head = orjson.dumps({"name": name, "meta": dict(meta),
+                         "columns": [{"name": c.name, "kind": c.kind, "doc": c.doc} for c in columns],
+                         "rows": []}, option=opts, default=_json_default).decode()
+    assert head.endswith('"rows": []\n}')
+    yield head[: -len("[]\n}")]
+    names = [c.name for c in columns]
+    first = True
+    for rows in batches:
+        parts = []
+        for row in rows:
+            text = orjson.dumps(dict(zip(names, row)), option=opts, default=_json_default).decode()
+            parts.append(("[\n    " if first else ",\n    ") + text.replace("\n", "\n    "))
+            first = False
+        yield "".join(parts)
+    yield "[]\n}\n" if first else "\n  ]\n}\n"
 
 
 def _csv_cell(value: Any) -> Any:

@@ -8,6 +8,9 @@ use `open_readonly()`, which cannot write.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -15,9 +18,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from hybridscope.errors import BadInput, NotFound
+from hybridscope.errors import BadInput, NotFound, StoreBusy
 
 SCHEMA_VERSION = "1"
+LOCK_WAIT_S = 5.0  # how long a command waits for a store another process holds (--wait)
 
 # What the store calls a GPU event (docs/schema.md): the GPU timeline's kernels and memory
 # operations. One definition, used as an SQL predicate over `events` (our constant, never user input).
@@ -29,34 +33,34 @@ def schema_sql() -> str:
     return resources.files("hybridscope.store").joinpath("schema.sql").read_text()
 
 
-def open_store(path: str | Path, *, create: bool = True) -> duckdb.DuckDBPyConnection:
+def open_store(path: str | Path, *, create: bool = True, wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
     """Open (and, when `create`, initialise) a store for writing.
 
-    Raises BadInput when the file exists but is not a DuckDB database, or is locked by another
-    process; NotFound when it does not exist and `create` is false.
+    A store file another process holds is waited for up to `wait` seconds (then StoreBusy names
+    that process); a 0-byte file (a store whose creation never completed) is replaced. Raises
+    BadInput when the file is a trace or not a DuckDB database; NotFound when it does not exist
+    and `create` is false.
     """
     path = Path(path)
     if not create and not path.exists():
         raise NotFound(f"no database at {path}: import a trace or capture a run first")
-    try:
-        con = duckdb.connect(str(path))
-    except duckdb.IOException as e:
-        raise BadInput(f"cannot open {path} as a hybridscope database: {_first_line(e)}") from None
-    except duckdb.Error as e:
-        raise BadInput(f"cannot open {path}: {_first_line(e)}") from None
+    _check_not_a_trace(path)
+    _replace_unfinished(path)
+    con = _connect(path, read_only=False, wait=wait)
     _ensure_schema(con, path)
     return con
 
 
-def open_readonly(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A connection that cannot write: for analyses and user SQL."""
+def open_readonly(path: str | Path, *, wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """A connection that cannot write: for analyses and user SQL. Waits up to `wait` seconds for
+    a writer (an import) to finish."""
     path = Path(path)
     if not path.exists():
         raise NotFound(f"no database at {path}: import a trace or capture a run first")
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as e:
-        raise BadInput(f"cannot open {path} as a hybridscope database: {_first_line(e)}") from None
+    _check_not_a_trace(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInput(f"{path} is empty (a store whose creation never completed): import a trace into it again")
+    con = _connect(path, read_only=True, wait=wait)
     try:
         version = _one(con, "SELECT value FROM meta WHERE key = 'schema_version'")
     except duckdb.CatalogException:
@@ -67,6 +71,98 @@ def open_readonly(path: str | Path) -> duckdb.DuckDBPyConnection:
         found = version[0] if version else "none"
         raise BadInput(f"{path} has store schema version {found}; this hybridscope reads {SCHEMA_VERSION}")
     return con
+
+
+def _connect(path: Path, *, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried while another process holds the file's lock, for up to `wait` s."""
+    deadline = time.monotonic() + max(wait, 0.0)
+    pause = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            holder = _lock_holder(str(e))
+            if holder is None:
+                raise BadInput(f"cannot open {path} as a hybridscope database: {_first_line(e)}") from None
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"{path} is busy: {holder} holds it; waited {wait:g} s "
+                                "(try again when it has finished, or give --wait SECONDS)") from None
+        except duckdb.Error as e:
+            raise BadInput(f"cannot open {path}: {_first_line(e)}") from None
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(pause * 2, 0.5)
+
+
+_LOCK_HELD = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
+
+
+def _lock_holder(message: str) -> str | None:
+    """'process 1234 (hybridscope import ...)' from DuckDB's lock error, None for other errors."""
+    if "Could not set lock" not in message:
+        return None
+    m = _LOCK_HELD.search(message)
+    if m is None:
+        return "another process"
+    pid, exe = int(m.group(2)), m.group(1)
+    try:
+        cmd = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+    except OSError:
+        cmd = ""
+    cmd = cmd or exe
+    cmd = cmd if len(cmd) <= 80 else cmd[:77] + "..."
+    return f"process {pid} ({cmd})"
+
+
+# The first bytes of files people mistake for a store, and what to do with them.
+_NOT_A_STORE: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "a gzip file (a Kineto trace?)"),
+    (b"SQLite format 3\x00", "an SQLite file (an nsys export or Ingero database?)"),
+    (b"{", "a JSON file (a Kineto trace?)"),
+    (b"[", "a JSON file (a Chrome trace?)"),
+)
+
+
+def _check_not_a_trace(path: Path) -> None:
+    """BadInput when `path` is a trace or another non-DuckDB file given as --db."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except IsADirectoryError:
+        raise BadInput(f"{path} is a directory, not a hybridscope store (a .duckdb file)") from None
+    except OSError:
+        return  # missing (created later) or unreadable (DuckDB says why)
+    if head[8:12] == b"DUCK":  # DuckDB's magic (the first 8 bytes are a checksum: any value)
+        return
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    for magic, what in _NOT_A_STORE:
+        if text.startswith(magic):
+            raise BadInput(f"{path} is {what}, not a hybridscope store: import it with "
+                           f"`hybridscope import {path} --db STORE.duckdb`")
+    if len(head) >= 12:
+        raise BadInput(f"cannot open {path}: not a DuckDB file, so not a hybridscope store")
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a store file and its WAL (a store this process created and left empty)."""
+    for p in (Path(path), Path(f"{path}.wal")):
+        p.unlink(missing_ok=True)
+
+
+def _replace_unfinished(path: Path) -> None:
+    """Remove a 0-byte store file (and its WAL) that no process holds: a creation that never
+    completed (killed, or out of disk space) is replaced instead of failing every later import."""
+    try:
+        if not path.is_file() or path.stat().st_size != 0:
+            return
+        with open(path, "rb+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # DuckDB locks the same way
+            except OSError:
+                return  # another process is creating it right now
+            path.unlink()
+        Path(f"{path}.wal").unlink(missing_ok=True)
+    except OSError:
+        return  # DuckDB's own error will say what is wrong
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -92,7 +188,10 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     try:
         yield con
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # already rolled back by DuckDB (an interrupt, a failed write)
+            pass
         raise
     con.execute("COMMIT")
 
@@ -130,7 +229,16 @@ def insert_columns(
         cols = ", ".join(f'"{n}"' for n in names)
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _hs_insert")
     finally:
-        con.unregister("_hs_insert")
+        unregister(con, "_hs_insert")
+
+
+def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """`con.unregister(name)` for a `finally`: after a failed statement DuckDB refuses it (the
+    transaction is aborted), and that second error must not hide the first one's clean message."""
+    try:
+        con.unregister(name)
+    except duckdb.Error:
+        pass
 
 
 def sql_path(path: str | Path) -> str:

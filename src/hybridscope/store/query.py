@@ -18,7 +18,12 @@ with one line saying why. `run_query` returns an `hybridscope.table.Table`.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -33,6 +38,7 @@ LOCKDOWN: tuple[tuple[str, object], ...] = (
     ("autoload_known_extensions", False),
     ("allow_community_extensions", False),
     ("python_enable_replacements", False),
+    ("enable_progress_bar", False),  # DuckDB would draw it on stdout, inside the CSV/JSON
     ("lock_configuration", True),  # last: nothing can be SET after it
 )
 
@@ -56,9 +62,9 @@ _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
 _ZONED = "WITH TIME ZONE"  # fetching these needs pytz; they are shown as text instead
 
 
-def open_query(path: str | Path) -> duckdb.DuckDBPyConnection:
+def open_query(path: str | Path, *, wait: float = db.LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
     """A read-only, locked-down connection to the store at `path` (see the module doc)."""
-    con = db.open_readonly(path)
+    con = db.open_readonly(path, wait=wait)
     for name, value in LOCKDOWN:
         con.execute(f"SET {name} = {'true' if value else 'false'}")  # our constants
     return con
@@ -92,24 +98,100 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int | None 
     With `max_rows`, at most that many rows are fetched and meta['truncated'] says whether more
     existed. Raises BadInput with DuckDB's first line for any SQL error or refusal.
     """
+    result = stream_query(con, sql, batch_rows=max_rows + 1 if max_rows is not None else BATCH_ROWS)
+    rows: list[tuple] = []
+    for batch in result.batches:
+        rows += batch
+        if max_rows is not None:
+            break  # one batch of max_rows + 1 says whether more existed
+    truncated = max_rows is not None and len(rows) > max_rows
+    rows = rows[:max_rows] if truncated else rows
+    notes = [f"showing the first {max_rows} rows; raise --max-rows or use --format csv for all"] if truncated else []
+    return Table("query", result.columns, rows, {"sql": sql, "truncated": truncated, "notes": notes})
+
+
+BATCH_ROWS = 10_000  # rows fetched at a time: what a streamed result holds in Python
+
+
+@dataclass
+class QueryStream:
+    """The columns of a checked statement and its rows, `batch_rows` tuples at a time, fetched as
+    they are consumed (constant memory whatever the result size). `batches` raises BadInput for
+    an SQL error met while running."""
+
+    columns: tuple[Column, ...]
+    batches: Iterator[list[tuple]]
+
+
+def stream_query(con: duckdb.DuckDBPyConnection, sql: str, *, batch_rows: int = BATCH_ROWS) -> QueryStream:
+    """Check and start one read-only statement (see run_query for the column kinds)."""
     check_sql(con, sql)
-    try:
+    with _sql_errors():
         rel = con.sql(sql)
         names, types = _unique(rel.columns), [str(t) for t in rel.types]
-        if any(_ZONED in t for t in types):
-            rel = rel.project(", ".join(
-                f"CAST(#{i + 1} AS VARCHAR)" if _ZONED in t else f"#{i + 1}" for i, t in enumerate(types)))
-        rows = (rel.limit(max_rows + 1) if max_rows is not None else rel).fetchall()
+        if any(_ZONED in t for t in types):  # user SQL in a subquery: only SELECTs have such columns
+            sql = "SELECT " + ", ".join(f"CAST(#{i + 1} AS VARCHAR)" if _ZONED in t else f"#{i + 1}"
+                                        for i, t in enumerate(types)) + f" FROM ({sql}) AS q"
+        cursor = con.execute(sql)  # a streaming result: rows are produced as they are fetched
+    columns = tuple(Column(n, _kind(t), t) for n, t in zip(names, types))
+    return QueryStream(columns, _batches(cursor, batch_rows))
+
+
+def _batches(cursor: duckdb.DuckDBPyConnection, n: int) -> Iterator[list[tuple]]:
+    while True:
+        with _sql_errors():
+            rows = cursor.fetchmany(n)
+        if not rows:
+            return
+        yield [tuple(_value(v) for v in r) for r in rows]
+
+
+@contextlib.contextmanager
+def _sql_errors() -> Iterator[None]:
+    """DuckDB's errors as one-line BadInput (an interrupt passes through: cli.main and `deadline`
+    tell Ctrl-C from --timeout)."""
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise
     except duckdb.PermissionException as e:
         raise BadInput(f"refused: {_message(e)} (hybridscope query reads only the store)") from None
     except duckdb.Error as e:
         raise BadInput(f"SQL error: {_message(e)}") from None
-    truncated = max_rows is not None and len(rows) > max_rows
-    rows = rows[:max_rows] if truncated else rows
-    columns = tuple(Column(n, _kind(t), t) for n, t in zip(names, types))
-    notes = [f"showing the first {max_rows} rows; raise --max-rows or use --format csv for all"] if truncated else []
-    return Table("query", columns, [tuple(_value(v) for v in r) for r in rows],
-                 {"sql": sql, "truncated": truncated, "notes": notes})
+
+
+class _Late(Exception):
+    """Raised by the --timeout alarm; DuckDB turns it into its own interrupt."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Stop the DuckDB work inside the block after `seconds` (None: no limit) with one BadInput.
+
+    A SIGALRM timer: DuckDB checks Python's signals while it runs, so the alarm's exception
+    interrupts a running query (a thread calling con.interrupt() would wait for the GIL that a
+    fetch holds). Only in the main thread; elsewhere the block runs without a limit.
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = threading.Event()
+
+    def alarm(signum, frame):
+        fired.set()
+        raise _Late()
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    except (_Late, duckdb.InterruptException, RuntimeError) as e:
+        if not fired.is_set() or (isinstance(e, RuntimeError) and "interrupted" not in str(e)):
+            raise
+        raise BadInput(f"the query ran longer than --timeout {seconds:g} s and was stopped") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> Table:
