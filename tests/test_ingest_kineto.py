@@ -310,6 +310,22 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     return out
 
 
+def test_values_beyond_the_border_are_skipped_and_counted(tmp_path, db_path):
+    """A negative dur, a ts beyond 2^62 ns, a dur beyond 2^53 ns and a
+    device id beyond INTEGER are skipped with their reason in the notes; the good kernel stays."""
+    path = write_trace(tmp_path / "t.json", [
+        kernel("1.000", "1.000", 1), kernel("3.000", "-5", 3),
+        kernel("4611686018427387.904", "1.000", 4), kernel("5.000", "9007199254740.993", 5),
+        kernel("6.000", "1.000", 6, device=2**32)])
+    (res,) = run_import(db_path, path)
+    assert res.n_events == 1
+    assert res.skipped == {"complete events with a negative dur": 1,
+                           "complete events with ts or dur out of range": 2,
+                           "GPU events with a device id out of range": 1}
+    assert notes(db_path)["skipped"] == res.skipped
+    assert rows(db_path, "SELECT min(duration_ns) FROM events")[0][0] == 1000
+
+
 def test_each_bad_file_is_one_bad_input_and_leaves_the_store_as_it_was(tmp_path, db_path):
     run_import(db_path, write_trace(tmp_path / "first.json", [kernel("5.000", "1.000", 1)]))
     before = counts(db_path)

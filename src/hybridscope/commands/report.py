@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, RunOption, WaitOption, WarmupOption, out, table_width, wrote
+from hybridscope.commands._common import (
+    DbOption,
+    RunOption,
+    WaitOption,
+    WarmupOption,
+    out,
+    table_width,
+    wrote,
+)
 
 HtmlOption = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")

@@ -19,9 +19,14 @@ from typing import Protocol
 
 import duckdb
 
+from hybridscope.errors import BadInput
 from hybridscope.store.db import next_run_id
 
 HASH_CHUNK = 1 << 20
+# The border every importer checks (docs/import.md, "Values at the border"):
+MAX_RANK = 2**31 - 2  # ranks and world sizes are INTEGER columns
+MAX_TS_NS = 2**62  # |ts_ns| beyond this is no clock reading (ts + duration then never overflows BIGINT)
+MAX_DURATION_NS = 2**53  # ~104 days: a longer "duration" is a corrupt record (and exact in a double)
 
 Advance = Callable[[int], None]  # advance(done): `done` bytes or rows of the file read so far
 
@@ -110,6 +115,22 @@ class ImportContext:
         if job_key not in self.jobs or self.jobs[job_key][0] != run_id:
             self.jobs[job_key] = (run_id, set())
         self.jobs[job_key][1].add(rank)
+
+
+def checked_int(path: Path, name: str, value, lo: int, hi: int) -> int:
+    """`value` as an integer in [lo, hi], else BadInput naming the field (a bool, a fraction, text
+    that is not a number, or a number out of range refuses the file)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadInput(f"{path}: {name} is not an integer ({value!r:.40})")
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (ValueError, OverflowError):
+        number = None
+    if number is None:
+        raise BadInput(f"{path}: {name} is not an integer ({value!r:.40})")
+    if not lo <= number <= hi:
+        raise BadInput(f"{path}: {name} = {number} is out of range ({lo} to {hi})")
+    return number
 
 
 def file_sha256(path: Path) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import queue
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+
+from hybridscope.ingest._common import MAX_DURATION_NS, MAX_TS_NS
 
 PARSER_MEMORY_LIMIT = "256MB"  # one slice's staging, per parser (spills to the slice folder beyond it)
 PARSERS = 2  # slices parsed at once (DuckDB's JSON reader runs most of an import)
@@ -78,6 +81,10 @@ def _category_case(pick: int) -> str:
 
 
 _KNOWN = ", ".join(f"'{c}'" for c in CATEGORIES)
+_ON_GPU = ", ".join(f"'{c}'" for c, (source, _) in CATEGORIES.items() if source == "cuda") + ", 'cuda_sync'"
+# the border of ingest._common, in µs: |ts| and dur beyond are skipped and counted
+MAX_TS_US = MAX_TS_NS // 1000
+MAX_DUR_US = MAX_DURATION_NS // 1000
 STAGE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _hs_stage AS
 SELECT *,
@@ -92,6 +99,11 @@ SELECT *,
         WHEN lower(cat) NOT IN ({_KNOWN}) THEN 'category ' || cat
         WHEN TRY_CAST(pid AS BIGINT) IS NULL THEN 'complete events with a non-numeric pid'
         WHEN ts_us IS NULL OR dur_us IS NULL THEN 'complete events without ts or dur'
+        WHEN dur_us < 0 THEN 'complete events with a negative dur'
+        WHEN abs(ts_us) > {MAX_TS_US} OR dur_us > {MAX_DUR_US} THEN 'complete events with ts or dur out of range'
+        WHEN lower(cat) IN ({_ON_GPU}) AND TRY_CAST(coalesce(args.device, TRY_CAST(pid AS BIGINT)) AS INTEGER) IS NULL
+             AND coalesce(args.device, TRY_CAST(pid AS BIGINT)) IS NOT NULL
+            THEN 'GPU events with a device id out of range'
     END AS skip
 FROM (SELECT ph, cat, name, pid, tid, ts AS ts_us, dur AS dur_us, args
       FROM read_json(?, format = 'array', records = true, columns = {_read_columns()},
@@ -179,7 +191,7 @@ def _parse_files(paths: Iterable[Path], folder: Path) -> Iterator[ParsedSlice]:
         try:
             return _parse(mem, path)
         except duckdb.Error as e:
-            raise SliceRejected(_first_line(e)) from None
+            raise SliceRejected(_rejected(mem, path, e)) from None
         finally:
             idle.put(mem)
             path.unlink(missing_ok=True)
@@ -251,6 +263,35 @@ def _parse(mem: duckdb.DuckDBPyConnection, path: Path) -> ParsedSlice:
     ).fetchall():
         out.threads[f"{pid}" if kind == "process_name" else f"{pid}/{tid}"] = label
     return out
+
+
+_IN_FILE = re.compile(r' in file "[^"]*"')
+
+
+def _rejected(mem: duckdb.DuckDBPyConnection, path: Path, e: duckdb.Error) -> str:
+    """Why DuckDB refused a slice, in one line: the event field of the wrong type when it is `ts`,
+    `dur` or one of the typed args (DuckDB's message does not name it), without the slice's file."""
+    why = _IN_FILE.sub("", _first_line(e))
+    if "JSON transform error" not in why:
+        return why
+    typed = [("ts", "ts", "DECIMAL(38, 3)", "a number of µs"), ("dur", "dur", "DECIMAL(38, 3)", "a number of µs")]
+    typed += [("args", f'$."{k}"', "BIGINT", "a 64-bit integer") for k, t in {**COLUMN_ARGS, **KEPT_ARGS}.items()
+              if t == "BIGINT"]
+    for column, key, kind, what in typed:
+        value = f"json_extract_string({column}, ?)" if column == "args" else f"json_extract_string({column}, '$')"
+        params = [key, str(path), key, key] if column == "args" else [str(path)]
+        present = f"json_extract({column}, ?) IS NOT NULL" if column == "args" else f"{column} IS NOT NULL"
+        try:
+            bad = mem.execute(
+                f"SELECT any_value({value}) FROM read_json(?, format = 'array', columns = {{'{column}': 'JSON'}}, "
+                f"maximum_object_size = 33554432) WHERE {present} AND TRY_CAST({value} AS {kind}) IS NULL",
+                params).fetchall()[0][0]
+        except duckdb.Error:
+            return why
+        if bad is not None:
+            name = f"args.{key[3:-1]}" if column == "args" else key
+            return f"an event's {name} is not {what} ({bad[:40]})"
+    return why
 
 
 def _first_line(e: BaseException) -> str:

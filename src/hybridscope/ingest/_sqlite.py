@@ -84,7 +84,8 @@ class SqliteFile:
 
     def lookup(self, sql: str, params: Sequence = ()) -> tuple[np.ndarray, np.ndarray]:
         """(sorted int64 keys, object values) from a two-column (id, text) query: a lookup table."""
-        rows = sorted(self.query_rows(sql, params), key=lambda r: r[0])
+        rows = sorted((r for r in self.query_rows(sql, params)  # a damaged key (text, REAL, NULL) finds nothing
+                       if isinstance(r[0], int) and -(2**63) < r[0] < 2**63), key=lambda r: r[0])
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         values = np.empty(len(rows), dtype=object)
         values[:] = ["" if r[1] is None else str(r[1]) for r in rows]  # damaged rows may hold NULL/blobs
@@ -140,6 +141,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
 
 
 PROGRESS_MIN_ROWS = 200_000  # below this an import is too quick for a bar to help
+DEVICE_COLUMNS = frozenset({"device", "gpu"})  # chunk columns that become events.device
 EVENT_COLUMNS = ("source", "kind", "name", "device", "stream", "pid", "tid", "correlation", "graph_id", "args")
 
 
@@ -162,6 +164,11 @@ class EventWriter:
         if m == 0:
             return 0
         ts, dur = frame["ts"], frame["dur"]
+        for col in DEVICE_COLUMNS & frame.keys():  # events.device is an INTEGER
+            bad = (frame[col] != NULL_INT) & ((frame[col] < -(2**31)) | (frame[col] >= 2**31))
+            if bad.any():
+                raise BadInput(f"{self.path}: a GPU device id out of range ({int(frame[col][bad][0])}); "
+                               "nothing was imported")
         frame = {**frame, "eid": np.arange(self.n, self.n + m, dtype=np.int64)}
         exprs = ", ".join(select.get(c, "NULL") for c in EVENT_COLUMNS)
         self.con.register("c", frame)

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import ImportContext, ImportResult
+from hybridscope.ingest._common import (
+    MAX_DURATION_NS,
+    MAX_RANK,
+    MAX_TS_NS,
+    ImportContext,
+    ImportResult,
+    checked_int,
+)
 from hybridscope.ingest._sqlite import EventWriter, SqliteFile, lookup_table, nn
 from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank
 
@@ -37,6 +44,7 @@ KIND_BY_SOURCE = {"CUDA": "runtime", "DRIVER": "driver"}
 SNAPSHOT_METRICS = {"cpu_pct": "host_cpu_util_pct", "mem_pct": "host_mem_used_pct",
                     "mem_avail": "host_mem_avail_mb", "swap_mb": "host_swap_used_mb", "load_avg": "host_load_avg_1m"}
 MAX_CHAINS = 20
+MAX_OFFSET_NS = 2**62  # |timestamp - first event's| beyond this is no clock reading (and would overflow)
 
 
 def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> ImportResult:
@@ -53,15 +61,16 @@ def import_file(con, path: Path, *, content_hash: str, ctx: ImportContext) -> Im
                        world_size=meta["world_size"], device_name=meta["device"], versions=meta["versions"],
                        distributed_info=None)
         rows = sq.count("events")
-        base = sq.query_rows("SELECT min(timestamp) FROM events")[0][0] or 0
+        base = sq.query_rows("SELECT min(timestamp) FROM events WHERE typeof(timestamp) = 'integer' "
+                             f"AND timestamp BETWEEN 0 AND {MAX_TS_NS - 1}")[0][0] or 0
         out = EventWriter(con, run_id, rank, path)
         with out.progress(ctx, rows, path.name):
             _write_events(sq, out, base)
-        n_samples = _samples(con, sq, run_id, rank, base)
+        skipped = {SKIPPED_EVENTS: rows - out.n} if rows != out.n else {}
+        n_samples = _samples(con, sq, run_id, rank, base, skipped)
         insert_run_rank(con, run_id, rank, path=path, content_hash=content_hash, host=meta["host"],
                         device_name=meta["device"], versions=meta["versions"], distributed_info=None,
                         base_time_ns=base, n_events=out.n, t_start_ns=out.t_start, t_end_ns=out.t_end)
-        skipped = {"events rows without timestamp/duration": rows - out.n} if rows != out.n else {}
         notes = {"format": FORMAT, "events_table_rows": rows, "events_stored": out.n, "samples": n_samples,
                  "timing": "host-side API/tracepoint durations (eBPF), not GPU kernel executions: "
                            "stored as source='host_api'", **meta["notes"], **skipped}
@@ -115,8 +124,18 @@ def _write_events(sq: SqliteFile, out: EventWriter, base: int) -> None:
     src_kinds = np.array([src_kind[k] for k in src_keys.tolist()], dtype=object)
     with lookup_table(out.con, op_keys, "_hs_ops", name=op_names, kind=op_kinds), \
             lookup_table(out.con, src_keys, "_hs_src", name=src_names, kind=src_kinds):
-        for frame in sq.column_chunks("events", ints, texts, "timestamp IS NOT NULL AND duration >= 0"):
+        for frame in sq.column_chunks("events", ints, texts, _valid_event(base)):
             out.write(frame, select, joins)
+
+
+SKIPPED_EVENTS = ("events rows without an integer timestamp (within 2^62 ns of the first) and duration "
+                  "(0 to 2^53 ns)")
+
+
+def _valid_event(base: int) -> str:
+    """SQLite condition of the events rows that are stored (the others are counted as SKIPPED_EVENTS)."""
+    return (f"typeof(timestamp) = 'integer' AND typeof(duration) = 'integer' AND duration BETWEEN 0 AND "
+            f"{MAX_DURATION_NS} AND timestamp BETWEEN {int(base)} AND {int(base) + MAX_TS_NS - 1}")
 
 
 def _kind(source_kind: str, op: str) -> str:
@@ -126,9 +145,12 @@ def _kind(source_kind: str, op: str) -> str:
     return "sync" if op in SYNC_OPS or "Synchronize" in op else source_kind
 
 
-def _samples(con, sq: SqliteFile, run_id: int, rank: int, base: int) -> int:
+def _samples(con, sq: SqliteFile, run_id: int, rank: int, base: int, skipped: dict[str, int]) -> int:
     """system_snapshots -> samples (one row per metric and snapshot; a small table), on the
-    events' clock (ns since `base`)."""
+    events' clock (ns since `base`). A snapshot whose timestamp is not an integer near the events',
+    or a value that is not a finite number, is skipped and counted in `skipped`."""
+    import math
+
     from hybridscope.store.db import insert_columns
 
     cols = [c for c in SNAPSHOT_METRICS if c in sq.columns("system_snapshots")]
@@ -136,13 +158,26 @@ def _samples(con, sq: SqliteFile, run_id: int, rank: int, base: int) -> int:
         return 0
     rows = sq.query_rows(f"SELECT timestamp, {', '.join(cols)} FROM system_snapshots "
                          "WHERE timestamp IS NOT NULL ORDER BY timestamp")
-    ts = np.array([r[0] - base for r in rows], dtype=np.int64)
+    kept = [r for r in rows if _is_int(r[0]) and abs(r[0] - base) < MAX_OFFSET_NS]
+    if len(kept) < len(rows):
+        skipped["system_snapshots rows with a timestamp that is not an integer near the events'"] = len(rows) - len(kept)
+    ts = np.array([r[0] - base for r in kept], dtype=np.int64)
+    n = 0
     for i, col in enumerate(cols, start=1):
+        ok = [j for j, r in enumerate(kept) if isinstance(r[i], (int, float)) and not isinstance(r[i], bool)
+              and math.isfinite(r[i]) and abs(r[i]) < 1e300]
+        if len(ok) < len(kept):
+            skipped[f"system_snapshots.{col} values that are not finite numbers"] = len(kept) - len(ok)
         insert_columns(con, "samples", {
-            "run_id": np.full(len(rows), run_id, dtype=np.int64), "rank": np.full(len(rows), rank, dtype=np.int64),
-            "ts_ns": ts, "metric": np.full(len(rows), SNAPSHOT_METRICS[col], dtype=object),
-            "value": np.array([r[i] for r in rows], dtype=np.float64)})
-    return len(rows) * len(cols)
+            "run_id": np.full(len(ok), run_id, dtype=np.int64), "rank": np.full(len(ok), rank, dtype=np.int64),
+            "ts_ns": ts[ok], "metric": np.full(len(ok), SNAPSHOT_METRICS[col], dtype=object),
+            "value": np.array([kept[j][i] for j in ok], dtype=np.float64)})
+        n += len(ok)
+    return n
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _metadata(sq: SqliteFile) -> dict:
@@ -150,16 +185,17 @@ def _metadata(sq: SqliteFile) -> dict:
     notes: dict = {}
     sessions = _rows(sq, "sessions", ("gpu_model", "gpu_driver", "cuda_ver", "python_ver", "ingero_ver", "node",
                                       "flags", "pid_filter", "started_at", "stopped_at"))
-    gpus = sorted({s["gpu_model"].split(",")[0].strip() for s in sessions if s.get("gpu_model")})
-    nodes = sorted({s["node"] for s in sessions if s.get("node")})
+    gpus = sorted({s["gpu_model"].split(",")[0].strip() for s in sessions if _text(s.get("gpu_model"))})
+    nodes = sorted({s["node"] for s in sessions if _text(s.get("node"))})
     if "node" in sq.columns("events"):
-        nodes = sorted(set(nodes) | {r[0] for r in sq.query_rows("SELECT DISTINCT node FROM events") if r[0]})
-    versions = {k: sorted({s[c] for s in sessions if s.get(c)}) for k, c in
+        nodes = sorted(set(nodes) | {r[0] for r in sq.query_rows("SELECT DISTINCT node FROM events")
+                                     if _text(r[0])})
+    versions = {k: sorted({str(s[c]) for s in sessions if s.get(c)}) for k, c in
                 (("ingero", "ingero_ver"), ("cuda", "cuda_ver"), ("driver", "gpu_driver"), ("python", "python_ver"))}
     versions = {k: (v[0] if len(v) == 1 else v) for k, v in versions.items() if v}
     if "value" in sq.columns("schema_info"):
         row = sq.query_rows("SELECT value FROM schema_info WHERE key = 'version'")
-        if row:
+        if row and isinstance(row[0][0], str):
             versions["ingero_schema"] = row[0][0]
     if sessions:
         notes["ingero_sessions"] = [{k: s.get(k) for k in ("node", "started_at", "stopped_at", "flags", "pid_filter")
@@ -170,7 +206,8 @@ def _metadata(sq: SqliteFile) -> dict:
     if {"rank", "world_size"} <= set(sq.columns("events")):
         found = sq.query_rows("SELECT DISTINCT rank, world_size FROM events WHERE rank IS NOT NULL")
         if len(found) == 1:
-            rank, world = found[0][0], found[0][1] or 1
+            rank = checked_int(sq.path, "events.rank", found[0][0], 0, MAX_RANK)
+            world = checked_int(sq.path, "events.world_size", found[0][1] or 1, 1, MAX_RANK + 1)
         elif found:
             notes["ranks"] = f"{len(found)} distinct (rank, world_size) values in events: stored as one rank"
     notes.update(_recorder_notes(sq))
@@ -193,8 +230,15 @@ def _recorder_notes(sq: SqliteFile) -> dict:
     return notes
 
 
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _rows(sq: SqliteFile, table: str, wanted: tuple[str, ...]) -> list[dict]:
+    """The `wanted` columns of `table` as dicts; values that are neither text nor integers (a
+    damaged cell: a BLOB, a REAL) become None."""
     cols = [c for c in wanted if c in sq.columns(table)]
     if not cols:
         return []
-    return [dict(zip(cols, r)) for r in sq.query_rows(f"SELECT {', '.join(cols)} FROM {table}")]
+    return [dict(zip(cols, (v if isinstance(v, (str, int)) else None for v in r)))
+            for r in sq.query_rows(f"SELECT {', '.join(cols)} FROM {table}")]

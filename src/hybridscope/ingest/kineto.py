@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import ImportContext, ImportResult, RetryFile
+from hybridscope.ingest._common import MAX_RANK, ImportContext, ImportResult, RetryFile, checked_int
 from hybridscope.ingest._jsonchunks import EventSlices
 from hybridscope.ingest._kineto_parse import SliceRejected, parsed_ahead
 from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank, to_json
@@ -124,13 +124,10 @@ def _run_info(path: Path, meta: dict, ctx: ImportContext) -> dict:
     if dist is not None and not isinstance(dist, dict):
         raise BadInput(f"{path}: distributedInfo is not an object")
     dist = dist or {}
-    try:
-        trace_rank = int(dist.get("rank", 0))
-        world = int(dist.get("world_size", 1))
-        base = meta.get("baseTimeNanoseconds")
-        base = int(base) if base is not None else None
-    except (TypeError, ValueError):
-        raise BadInput(f"{path}: distributedInfo rank/world_size or baseTimeNanoseconds is not an integer") from None
+    trace_rank = checked_int(path, "distributedInfo.rank", dist.get("rank", 0), 0, MAX_RANK)
+    world = checked_int(path, "distributedInfo.world_size", dist.get("world_size", 1), 1, MAX_RANK + 1)
+    base = meta.get("baseTimeNanoseconds")
+    base = checked_int(path, "baseTimeNanoseconds", base, 0, 2**63 - 1) if base is not None else None
     rank = ctx.rank if ctx.rank is not None else trace_rank
     world = max(world, rank + 1)
     job = None

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import ImportContext, ImportResult
+from hybridscope.ingest._common import MAX_DURATION_NS, MAX_TS_NS, ImportContext, ImportResult
 from hybridscope.ingest._sqlite import EventWriter, SqliteFile, lookup_table, nn
 from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank
 
@@ -317,7 +317,7 @@ def _read(rep: NsysReport, out: EventWriter, table: str, ints: dict[str, str], s
     if table != NVTX:  # NVTX rows that are not ranges are counted by _nvtx
         bad = rep.sq.count(table) - n
         if bad:
-            rep.skipped[f"{table}: no valid start/end"] = bad
+            rep.skipped[f"{table}: start/end missing, not integers, reversed or out of range"] = bad
 
 
 def _gpu_ints(rep: NsysReport, cols: list[str]) -> dict[str, str]:
@@ -343,7 +343,9 @@ def _c(cols: list[str], name: str) -> str:
 
 
 def _valid_time() -> str:
-    return 'start IS NOT NULL AND "end" IS NOT NULL AND "end" >= start'
+    """Rows with integer start/end, end >= start, within the limits of ingest._common."""
+    return (f"typeof(start) = 'integer' AND typeof(\"end\") = 'integer' AND start BETWEEN {-MAX_TS_NS} AND "
+            f"{MAX_TS_NS} AND \"end\" BETWEEN start AND start + {MAX_DURATION_NS}")
 
 
 def _pid(cols: list[str], gcol: str) -> str:
@@ -400,22 +402,28 @@ def _processes(rep: NsysReport) -> set[int]:
     return {r[0] for r in rep.sq.query_rows(" UNION ".join(parts)) if r[0] is not None}
 
 
+def _text(value) -> str | None:
+    """A non-empty text cell, else None (a damaged export can hold a BLOB or a number anywhere)."""
+    return value if isinstance(value, str) and value else None
+
+
 def _read_target_info(rep: NsysReport) -> None:
     sq = rep.sq
     if "utcEpochNs" in sq.columns(START_TIME):
         rows = sq.query_rows(f"SELECT utcEpochNs FROM {START_TIME} LIMIT 1")
-        rep.base_time_ns = rows[0][0] if rows else None
+        epoch = rows[0][0] if rows else None
+        rep.base_time_ns = epoch if isinstance(epoch, int) and 0 <= epoch < 2**63 else None
     if rep.base_time_ns is None:
         rep.notes["clock"] = f"no {START_TIME}.utcEpochNs: times are session-relative, epoch unknown"
     env = sq.columns("TARGET_INFO_SYSTEM_ENV")
     if "name" in env and "value" in env:
         rows = sq.query_rows("SELECT value FROM TARGET_INFO_SYSTEM_ENV WHERE name = 'Hostname' LIMIT 1")
-        rep.host = rows[0][0] if rows else None
+        rep.host = _text(rows[0][0]) if rows else None
     if "name" in sq.columns("TARGET_INFO_GPU"):
-        names = sorted({r[0] for r in sq.query_rows("SELECT name FROM TARGET_INFO_GPU") if r[0]})
+        names = sorted({r[0] for r in sq.query_rows("SELECT name FROM TARGET_INFO_GPU") if _text(r[0])})
         rep.device_name = ", ".join(names) or None
     meta = sq.columns("META_DATA_EXPORT")
     if "name" in meta and "value" in meta:
         rows = sq.query_rows("SELECT value FROM META_DATA_EXPORT WHERE name = 'EXPORT_SCHEMA_VERSION'")
-        if rows:
+        if rows and _text(rows[0][0]):
             rep.versions["nsys_export_schema"] = rows[0][0]
