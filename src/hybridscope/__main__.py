@@ -1,3 +1,9 @@
-from hybridscope.cli import main
+import sys
+
+try:
+    from hybridscope.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python is still loading the command
+    print("hybridscope: error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 main()

@@ -7,6 +7,7 @@ one line on stderr, the exit code the error carries (see `hybridscope.errors`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sql_after_options(list(sys.argv[1:] if argv is None else argv))
     try:
-        rv = app(args=argv, prog_name="hybridscope", standalone_mode=False)
+        with _ctrl_c_stops_duckdb():
+            rv = app(args=argv, prog_name="hybridscope", standalone_mode=False)
     except HybridscopeError as e:
         _fail(e.message, e.exit_code)
     except _USAGE_ERRORS as e:  # usage errors: bad flag, missing argument
@@ -93,7 +95,33 @@ def main(argv: list[str] | None = None) -> None:
         if known is None:
             raise
         _fail(*known)
+    if rv == 130:  # typer turns a KeyboardInterrupt into this return value, silently
+        _fail("interrupted", 130)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_duckdb():
+    """Ctrl-C interrupts the DuckDB statement running on a store (store.db.interrupt_all) and
+    raises KeyboardInterrupt, instead of waiting for the statement to end."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        interrupt_all = getattr(sys.modules.get("hybridscope.store.db"), "interrupt_all", None)
+        if interrupt_all is not None:  # (None while the module is still being imported)
+            interrupt_all()
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 _NO_SPACE = ("No space left on device", "File too large", "Disk quota exceeded")

@@ -36,7 +36,7 @@ def query(sql: SqlArgument, db: DbOption, fmt: FormatOption = "table", max_rows:
         raise UsageError(f"--max-rows must be 0 or more, not {max_rows}")
     if max_rows is None and fmt == "table":
         max_rows = 1000
-    with api.open(db, locked=True, wait=wait) as store, deadline(timeout):
+    with api.open(db, locked=True, wait=wait) as store, deadline(timeout, store.con):
         if max_rows is None:  # csv/json, every row: streamed
             _stream(store.con, sql, fmt)
             return

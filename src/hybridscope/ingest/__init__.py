@@ -26,7 +26,14 @@ from pathlib import Path
 import duckdb
 
 from hybridscope.errors import BadInput, NotFound
-from hybridscope.ingest._common import ImportContext, ImportResult, Progress, RetryFile, file_sha256
+from hybridscope.ingest._common import (
+    ImportContext,
+    ImportResult,
+    Progress,
+    RetryFile,
+    file_sha256,
+    remove_stale_temp,
+)
 from hybridscope.store.runs import find_duplicate
 
 __all__ = ["FORMATS", "SQLITE_FORMATS", "ImportResult", "Progress", "detect", "expand_paths", "import_files",
@@ -160,6 +167,7 @@ def iter_import(
         from hybridscope.attribute.rules import load_rules
 
         load_rules(ctx.rules_path)
+    remove_stale_temp()  # slice folders of imports that were killed
     with _memory_capped(con):
         for path in paths:
             yield _import_one(con, Path(path), ctx)
@@ -174,7 +182,10 @@ def _memory_capped(con: duckdb.DuckDBPyConnection):
     try:
         yield
     finally:
-        con.execute(f"SET memory_limit = '{old}'")
+        try:
+            con.execute(f"SET memory_limit = '{old}'")
+        except duckdb.Error:  # after an interrupt: the error that got us here is the one to show
+            pass
 
 
 def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) -> ImportResult:

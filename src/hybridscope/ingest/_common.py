@@ -117,6 +117,47 @@ class ImportContext:
         self.jobs[job_key][1].add(rank)
 
 
+TEMP_PREFIX = "hybridscope-import-"  # + "<pid>-": a folder of slice files, removed on every exit path
+
+
+def temp_folder():
+    """A temporary folder for one file's slices (a context manager; removed when it exits, whatever
+    the exit). Named after this process, so that `remove_stale_temp` can tell a killed run's."""
+    import os
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def remove_stale_temp() -> int:
+    """Remove the slice folders that killed imports (SIGKILL, power loss) left in the temporary
+    directory: those whose process is gone. Returns how many were removed."""
+    import os
+    import shutil
+    import tempfile
+
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = folder.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def checked_int(path: Path, name: str, value, lo: int, hi: int) -> int:
     """`value` as an integer in [lo, hi], else BadInput naming the field (a bool, a fraction, text
     that is not a number, or a number out of range refuses the file)."""

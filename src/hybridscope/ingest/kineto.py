@@ -19,13 +19,19 @@ Contract (see ingest/__init__.py for the transaction around it):
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import duckdb
 
 from hybridscope.errors import BadInput
-from hybridscope.ingest._common import MAX_RANK, ImportContext, ImportResult, RetryFile, checked_int
+from hybridscope.ingest._common import (
+    MAX_RANK,
+    ImportContext,
+    ImportResult,
+    RetryFile,
+    checked_int,
+    temp_folder,
+)
 from hybridscope.ingest._jsonchunks import EventSlices
 from hybridscope.ingest._kineto_parse import SliceRejected, parsed_ahead
 from hybridscope.store.runs import finish_rank, insert_run, insert_run_rank, to_json
@@ -59,7 +65,7 @@ def _load_events(con, path: Path, ctx: ImportContext):
         threads: dict[str, str] = {}
         where = None
         base = 0  # event ids count the trace's records, skipped ones included
-        with tempfile.TemporaryDirectory(prefix="hybridscope-") as tmp:
+        with temp_folder() as tmp:
             for part in parsed_ahead(slices, Path(tmp)):
                 if where is None:
                     where = _claim(con, path, slices.head_meta, ctx)

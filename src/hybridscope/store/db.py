@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import re
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -79,7 +80,9 @@ def _connect(path: Path, *, read_only: bool, wait: float) -> duckdb.DuckDBPyConn
     pause = 0.05
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only)
+            _OPEN.add(con)
+            return con
         except duckdb.IOException as e:
             holder = _lock_holder(str(e))
             if holder is None:
@@ -91,6 +94,20 @@ def _connect(path: Path, *, read_only: bool, wait: float) -> duckdb.DuckDBPyConn
             raise BadInput(f"cannot open {path}: {_first_line(e)}") from None
         time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
         pause = min(pause * 2, 0.5)
+
+
+# The store connections this process has open, for `interrupt_all` (Ctrl-C).
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+def interrupt_all() -> None:
+    """Interrupt the statement every open store connection is running: DuckDB does not stop for a
+    Python exception raised in a signal handler (Ctrl-C would wait for the statement to end)."""
+    for con in list(_OPEN):
+        try:
+            con.interrupt()
+        except duckdb.Error:  # closed
+            pass
 
 
 _LOCK_HELD = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")

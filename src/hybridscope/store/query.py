@@ -165,12 +165,13 @@ class _Late(Exception):
 
 
 @contextlib.contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Stop the DuckDB work inside the block after `seconds` (None: no limit) with one BadInput.
+def deadline(seconds: float | None, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Stop what `con` runs inside the block after `seconds` (None: no limit) with one BadInput.
 
-    A SIGALRM timer: DuckDB checks Python's signals while it runs, so the alarm's exception
-    interrupts a running query (a thread calling con.interrupt() would wait for the GIL that a
-    fetch holds). Only in the main thread; elsewhere the block runs without a limit.
+    A SIGALRM timer whose handler interrupts `con` (DuckDB does not stop a statement for a Python
+    exception raised in a signal handler; `con.interrupt()` stops it) and raises, for the case
+    where the block is in Python code at that moment. Only in the main thread; elsewhere the
+    block runs without a limit.
     """
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
@@ -179,6 +180,7 @@ def deadline(seconds: float | None) -> Iterator[None]:
 
     def alarm(signum, frame):
         fired.set()
+        con.interrupt()
         raise _Late()
 
     old = signal.signal(signal.SIGALRM, alarm)
