@@ -194,3 +194,18 @@ def test_ingero_imports_from_a_read_only_folder_and_reports(tmp_path, name):
     assert "host API call" in rep.stdout and "all host API calls pooled" in rep.stdout
     assert "host API timings (Ingero uprobes), not GPU kernels" in rep.stdout
     assert "Decomposition" in db.with_suffix(".html").read_text()
+
+
+def test_nsys_import_reports(tmp_path):
+    """An nsys export (kernels, runtime API calls, NVTX ranges) imports and reports without a traceback."""
+    from nsys_fixtures import write
+
+    export = write(tmp_path / "run.sqlite", hybrid_model())
+    db = tmp_path / "s.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "hybridscope", "import", str(export), "--db", str(db), "--no-progress"],
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rep = _quiet_report(db)
+    assert rep.returncode == 0 and "Traceback" not in rep.stderr, rep.stderr
+    assert "all kernels pooled" in rep.stdout
