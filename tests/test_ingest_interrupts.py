@@ -56,13 +56,12 @@ def test_ctrl_c_during_an_import_is_one_line_and_leaves_the_store_unchanged(stor
     """SIGINT at several moments of a large import (reading, parsing, inserting, attributing)."""
     before = _counts(store)
     interrupted = 0
-    for delay in (0.5, 1.5, 3.0, 5.0):
+    for delay in (0.5, 1.0, 1.5, 2.5, 4.0):
         proc = _cli("import", BIG, "--db", store, "--no-progress", tmp=tmp_path)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
-        if proc.returncode == 0:  # finished before the signal: nothing to check at this delay
-            assert "run 2 rank 0" in out
+        if "run 2 rank 0" in out:  # the file was committed before the signal: the store holds it
             break
         interrupted += 1
         assert proc.returncode == 130, err

@@ -290,7 +290,7 @@ def _rejected(mem: duckdb.DuckDBPyConnection, path: Path, e: duckdb.Error) -> st
             return why
         if bad is not None:
             name = f"args.{key[3:-1]}" if column == "args" else key
-            return f"an event's {name} is not {what} ({bad[:40]})"
+            return f"an event's {name} is not {what} ({' '.join(bad.split())[:40]})"
     return why
 
 
