@@ -37,27 +37,12 @@ from __future__ import annotations
 from hybridscope.analyze import timeline
 from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.coverage import coverage_warning
+from hybridscope.analyze.measures import MEASURES, measure_of
 from hybridscope.attribute.vocab import ORDER
 from hybridscope.errors import NotFound, UsageError
-from hybridscope.store.db import GPU_EVENTS, GPU_KINDS
+from hybridscope.store.db import GPU_KINDS
 from hybridscope.table import TEXT_KINDS, Column, Table, plain
 
-# What a decomposition measures -> the events predicate (our constants, never user input).
-MEASURES: dict[str, str] = {
-    "kernels": GPU_EVENTS,
-    "layers": "source = 'layer' AND kind = 'layer'",
-    "host_api": "source = 'host_api'",
-}
-
-
-def measure_of(con, run_id: int) -> str:
-    """'kernels' when the run has GPU events, else 'layers' (capture's layer timings), else 'host_api'."""
-    for measure in ("kernels", "layers", "host_api"):
-        n = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE run_id = ? AND {MEASURES[measure]} LIMIT 1)",
-                        [run_id]).fetchall()[0][0]
-        if n:
-            return measure
-    return "kernels"
 UNATTRIBUTED = "unattributed"
 NO_MODULE = "(no module)"
 ALL = "all"

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hybridscope.analyze import timeline
+from hybridscope.analyze.measures import MEASURES, measure_of
 from hybridscope.analyze.stats import quantile_cont
 from hybridscope.errors import UsageError
 
@@ -166,8 +167,6 @@ def _windows(con, run_id: int) -> list[dict]:
 def _step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
     """(rank, step, layer type, summed ns) of the run's measured events that carry their step
     (capture and attribution fill `events.step`), in one aggregation."""
-    from hybridscope.analyze.decompose import MEASURES, measure_of  # decompose imports this module
-
     return con.execute(
         f"""SELECT rank, step, coalesce(layer_type, 'other'), sum(duration_ns)::BIGINT FROM events
             WHERE run_id = $run AND {MEASURES[measure_of(con, run_id)]} AND step IS NOT NULL
