@@ -38,7 +38,7 @@ from hybridscope import demo
 
 HOT = (0, 1, 2, 3)
 # per device: (prompt tokens, new tokens, prompt tokens per step, requests per rank, overrides)
-GEOMETRY = {"cpu": (64, 1, 256, 96, {"d_expert": 1024}), "cuda": (1024, 1, 4096, 256, {})}
+GEOMETRY = {"cpu": (64, 1, 512, 192, {"d_expert": 1024}), "cuda": (1024, 1, 4096, 256, {})}
 
 
 def workload(device: str, ranks: int, skew: float, seed: int, requests: int | None) -> dict:
