@@ -1,4 +1,4 @@
-"""Quantiles and their bootstrap confidence intervals, exact and O(B) per quantile.
+"""Quantiles and their bootstrap confidence intervals, exact and cheap per quantile.
 
 The project's one quantile definition is the continuous quantile (linear interpolation between
 order statistics, numpy's default 'linear', docs/analyses.md): DuckDB's `quantile_cont` in SQL,
@@ -140,13 +140,92 @@ def cluster_ids(clusters: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def block_bootstrap_quantile(sorted_x: np.ndarray, clusters: np.ndarray, q: float, b: int,
-                             rng: np.random.Generator, *, chunk: int = 64) -> np.ndarray:
+                             rng: np.random.Generator, *, chunk: int = 64,
+                             half_width: int | None = None) -> np.ndarray:
     """`b` replicates of quantile_cont over resamples of whole clusters (steps), with replacement.
 
     A resample draws C clusters out of C; each value counts as often as its cluster was drawn, and
     the continuous quantile is read from the value-sorted sample with those weights. Without
     clusters (every value its own) this is the ordinary bootstrap: bootstrap_quantile does it in O(b).
+
+    Cost O(n + b (C + w)), not O(b n): the quantile of a resample lies almost always among a window
+    [i0, i1) of w values around rank q (n - 1). `before[c]`, the number of values of cluster c among
+    the first i0, is counted once; a replicate's weight before the window is then counts . before
+    (O(C)) and the cumulative weight is built inside the window only. A replicate whose quantile
+    position falls outside the window (weight before it above the position, or the window's weight
+    not reaching it) is recomputed over all n values (`_quantile_from_counts`), so the result is
+    exactly that of the full method with the same draws. The window's half-width is WINDOW_SDS
+    standard deviations of the weight before rank q (sqrt(sum_c (before_c - q size_c)^2), the
+    multinomial's) plus WINDOW_MIN values; `half_width` overrides it (tests).
     """
+    ids, c = cluster_ids(clusters)
+    if c == len(sorted_x):
+        return bootstrap_quantile(sorted_x, q, b, rng)
+    return _block_bootstrap_window(np.asarray(sorted_x, dtype=np.float64), ids, c, q, b, rng,
+                                   chunk=chunk, half_width=half_width)[0]
+
+
+WINDOW_SDS = 8.0  # half-width of the window in sds of the resampled rank (fallback: docs/benchmarks.md)
+WINDOW_MIN = 256
+
+
+def _window_bounds(ids: np.ndarray, c: int, q: float, half_width: int | None) -> tuple[int, int]:
+    """[i0, i1): the values around rank q (n - 1) that a replicate's quantile falls among."""
+    n = len(ids)
+    k = round(q * (n - 1))
+    if half_width is None:
+        size = np.bincount(ids, minlength=c)
+        dev = np.bincount(ids[:k], minlength=c) - (k / n) * size
+        half_width = int(np.ceil(WINDOW_SDS * np.sqrt(float(dev @ dev)))) + WINDOW_MIN
+    return max(0, k - half_width), min(n, k + half_width + 2)
+
+
+def _block_bootstrap_window(x: np.ndarray, ids: np.ndarray, c: int, q: float, b: int,
+                            rng: np.random.Generator, *, chunk: int = 64,
+                            half_width: int | None = None) -> tuple[np.ndarray, int]:
+    """(replicates, how many fell outside the window and were recomputed in full)."""
+    n = len(x)
+    i0, i1 = _window_bounds(ids, c, q, half_width)
+    size = np.bincount(ids, minlength=c)
+    before = np.bincount(ids[:i0], minlength=c)
+    inside = ids[i0:i1]
+    out = np.empty(b)
+    fallback = 0
+    for s in range(0, b, chunk):
+        m = min(chunk, b - s)
+        counts = rng.multinomial(c, np.full(c, 1.0 / c), size=m)  # [m, C]
+        total = counts @ size
+        h = np.maximum(total - 1, 0) * q
+        lo = np.floor(h)
+        top = np.minimum(lo + 1, total - 1)
+        w0 = counts @ before  # weight of the first i0 values
+        cum = w0[:, None] + np.cumsum(counts[:, inside], axis=1)  # [m, w]
+        i_lo = np.minimum(i0 + (cum <= lo[:, None]).sum(axis=1), n - 1)
+        i_hi = np.minimum(i0 + (cum <= top[:, None]).sum(axis=1), n - 1)
+        rep = x[i_lo] + (h - lo) * (x[i_hi] - x[i_lo])
+        outside = (w0 > lo) | ((cum[:, -1] <= top) & (i1 < n))
+        if outside.any():
+            rep[outside] = _quantile_from_counts(x, ids, counts[outside], q)
+            fallback += int(outside.sum())
+        out[s:s + m] = rep
+    return out, fallback
+
+
+def _quantile_from_counts(x: np.ndarray, ids: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
+    """quantile_cont of each resample (row of cluster counts) over all n values: O(m n)."""
+    cum = np.cumsum(counts[:, ids], axis=1)  # [m, n] weight of the first i+1 values
+    total = cum[:, -1]
+    h = np.maximum(total - 1, 0) * q
+    lo = np.floor(h)
+    # 0-based position p of the expanded resample lies in value i where cum[i-1] <= p < cum[i]
+    i_lo = np.minimum((cum <= lo[:, None]).sum(axis=1), len(x) - 1)
+    i_hi = np.minimum((cum <= np.minimum(lo + 1, total - 1)[:, None]).sum(axis=1), len(x) - 1)
+    return x[i_lo] + (h - lo) * (x[i_hi] - x[i_lo])
+
+
+def _block_bootstrap_full(sorted_x: np.ndarray, clusters: np.ndarray, q: float, b: int,
+                          rng: np.random.Generator, *, chunk: int = 64) -> np.ndarray:
+    """The reference: block_bootstrap_quantile with the full [m, n] cumulative weight per chunk."""
     ids, c = cluster_ids(clusters)
     if c == len(sorted_x):
         return bootstrap_quantile(sorted_x, q, b, rng)
@@ -154,15 +233,7 @@ def block_bootstrap_quantile(sorted_x: np.ndarray, clusters: np.ndarray, q: floa
     out = np.empty(b)
     for s in range(0, b, chunk):
         m = min(chunk, b - s)
-        counts = rng.multinomial(c, np.full(c, 1.0 / c), size=m)  # [m, C]
-        cum = np.cumsum(counts[:, ids], axis=1)  # [m, n] weight of the first i+1 values
-        total = cum[:, -1]
-        h = np.maximum(total - 1, 0) * q
-        lo = np.floor(h)
-        # 0-based position p of the expanded resample lies in value i where cum[i-1] <= p < cum[i]
-        i_lo = np.minimum((cum <= lo[:, None]).sum(axis=1), len(x) - 1)
-        i_hi = np.minimum((cum <= np.minimum(lo + 1, total - 1)[:, None]).sum(axis=1), len(x) - 1)
-        out[s:s + m] = x[i_lo] + (h - lo) * (x[i_hi] - x[i_lo])
+        out[s:s + m] = _quantile_from_counts(x, ids, rng.multinomial(c, np.full(c, 1.0 / c), size=m), q)
     return out
 
 
