@@ -26,13 +26,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def _work(span: tuple[int, int]) -> list[tuple[str, str, str, str, list[str]]]:
-    """Run cases [start, start + n) in one store; (format, seed, result, detail, mutations) each."""
+def _work(span: tuple[int, int, str | None]) -> list[tuple[str, str, str, str, list[str]]]:
+    """Run cases [start, start + n) in one store; (format, seed, result, detail, mutations) each,
+    also appended as JSON lines to `log` (when given) as they finish."""
     from fuzzing import Seeds, run_case
 
     from hybridscope.store.db import open_store
 
-    start, n = span
+    start, n, log = span
+    sink = open(log, "a") if log else None  # noqa: SIM115 - closed below
     seeds = Seeds()
     out = []
     with tempfile.TemporaryDirectory(prefix="hybridscope-fuzz-") as tmp:
@@ -41,8 +43,13 @@ def _work(span: tuple[int, int]) -> list[tuple[str, str, str, str, list[str]]]:
             for case in seeds.cases(n, start):
                 o = run_case(con, seeds, case, Path(tmp))
                 out.append((case.fmt, case.seed, o.result, o.detail, list(o.mutations)))
+                if sink:
+                    sink.write(json.dumps([case.number, *out[-1]]) + "\n")
+                    sink.flush()
         finally:
             con.close()
+            if sink:
+                sink.close()
     return out
 
 
@@ -52,10 +59,13 @@ def main() -> int:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each with its own store)")
     ap.add_argument("--json", type=Path, help="write every outcome here")
+    ap.add_argument("--log", help="append each outcome as a JSON line as it finishes (PART-<start>.jsonl per worker)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     per = -(-args.cases // args.jobs)
-    spans = [(args.start + i * per, min(per, args.cases - i * per)) for i in range(args.jobs) if args.cases > i * per]
+    spans = [(args.start + i * per, min(per, args.cases - i * per),
+              f"{args.log}-{args.start + i * per}.jsonl" if args.log else None)
+             for i in range(args.jobs) if args.cases > i * per]
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             parts = pool.map(_work, spans)
