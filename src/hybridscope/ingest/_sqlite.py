@@ -191,7 +191,7 @@ class EventWriter:
                 f"INSERT INTO events (run_id, rank, event_id, ts_ns, duration_ns, duration_us, "
                 f"{', '.join(EVENT_COLUMNS)}) SELECT $run, $rank, c.eid, c.ts, c.dur, c.dur / 1000.0, {exprs} "
                 f"FROM c {joins}", {"run": self.run_id, "rank": self.rank})
-        except duckdb.ConversionException as e:  # values no export writes (a damaged file)
+        except (duckdb.ConversionException, duckdb.OutOfRangeException) as e:  # values no export writes
             raise BadInput(f"{self.path} holds values that cannot be events ({str(e).splitlines()[0]}); "
                            "nothing was imported") from None
 

@@ -179,7 +179,7 @@ def _kernels(rep: NsysReport, out: EventWriter) -> None:
         ("grid", "[c.gridX, c.gridY, c.gridZ]", ("gridX", "gridY", "gridZ")),
         ("block", "[c.blockX, c.blockY, c.blockZ]", ("blockX", "blockY", "blockZ")),
         ("registers", "c.registersPerThread", ("registersPerThread",)),
-        ("shared_mem", "c.staticSharedMemory + c.dynamicSharedMemory", ("staticSharedMemory", "dynamicSharedMemory")),
+        ("shared_mem", "c.staticSharedMemory::HUGEINT + c.dynamicSharedMemory", ("staticSharedMemory", "dynamicSharedMemory")),
         ("graph_node", nn("graphNodeId"), ("graphNodeId",)),
     ], ints)
     # graph_id: the CUDA graph a kernel was replayed from (Kineto's "graph id"); the node id
