@@ -45,14 +45,16 @@ class WarmUp:
     steps: dict[int, int] = field(default_factory=dict)
     cutoffs: dict[int, int] = field(default_factory=dict)
     first_calls: bool = False
+    first: tuple[tuple[int, int], ...] = ()  # (rank, event_id) of the first calls that are warm-up
 
     def params(self) -> dict:
-        """The SQL parameters of `events_cte(first_calls=self.first_calls)` (ranks with a cut-off; a
-        sentinel keeps the lists typed)."""
+        """The SQL parameters of `events_cte(first_calls=self.first_calls)` (ranks with a cut-off,
+        the first calls found; a sentinel keeps the lists typed)."""
         ranks = sorted(self.cutoffs)
         out = {"wu_ranks": [-1] + ranks, "wu_cuts": [_NO_CUT] + [self.cutoffs[r] for r in ranks]}
         if self.first_calls:  # events_cte(first_calls=self.first_calls) names these only then
-            out.update(wu_first=True, wu_factor=FIRST_CALL_FACTOR)
+            out.update(wu_first_ranks=[-1] + [r for r, _ in self.first],
+                       wu_first_ids=[_NO_CUT] + [e for _, e in self.first])
         return out
 
 
@@ -88,57 +90,100 @@ def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
                              f"(it has {len(by_rank[short[0]])})")
         return WarmUp(f"{warmup} steps", {r: warmup for r in by_rank},
                       {r: int(ws[warmup]["ts_ns"]) for r, ws in by_rank.items()})
-    per_type: dict[tuple[int, int], dict[str, int]] = {}
-    for rank, step, lt, ns in (_step_sums(con, run_id) if by_rank else []):
-        per_type.setdefault((rank, step), {})[lt] = ns
+    sums = _step_sums(con, run_id) if by_rank else None
     steps, cuts = {}, {}
     for rank, ws in by_rank.items():
-        n = warm_steps(ws, per_type, rank)
+        mine = sums["rank"] == rank
+        n = warm_steps(ws, sums["step"][mine], sums["lt"][mine], sums["ns"][mine])
         steps[rank] = n
         if n:
             cuts[rank] = int(ws[n]["ts_ns"])
-    return WarmUp("auto", steps, cuts, first_calls=True)
+    return WarmUp("auto", steps, cuts, first_calls=True, first=_first_calls(con, run_id, cuts))
 
 
-def warm_steps(ws: list[dict], per_type: dict[tuple[int, int], dict[str, int]], rank: int) -> int:
-    """How many leading steps of one rank (`ws` in time order) are warm-up (module doc)."""
-    if len(ws) < 2:
+def warm_steps(ws: list[dict], step: np.ndarray, lt: np.ndarray, ns: np.ndarray) -> int:
+    """How many leading steps of one rank (`ws` in time order) are warm-up (module doc); `step`,
+    `lt`, `ns`: the rank's summed time per (step, layer type), as _step_sums gives them."""
+    n = len(ws)
+    if n < 2:
         return 0
-    lat = [w["end_ns"] - w["ts_ns"] for w in ws]
-    phase = [w["phase"] or "unknown" for w in ws]
-    types = [per_type.get((rank, w["step"]), {}) if w["sampled"] else {} for w in ws]
-    late = range(len(ws) // 2, len(ws))
-    ref_lat, ref_type = {}, {}
-    for ph in set(phase):
-        idx = [i for i in late if phase[i] == ph] or [i for i in range(len(ws)) if phase[i] == ph]
-        ref_lat[ph] = _median([lat[i] for i in idx])
-        for lt in {t for i in idx for t in types[i]}:
-            ref_type[(ph, lt)] = _median([types[i][lt] for i in idx if lt in types[i]])
-    settled = [lat[i] <= FACTOR * ref_lat[phase[i]]
-               and all(ns <= FACTOR * ref_type.get((phase[i], lt), np.inf) for lt, ns in types[i].items())
-               for i in range(len(ws))]
-    for j in range(min(len(ws) // 2, len(ws) - RUN) + 1):
-        if all(settled[j:j + RUN]):
-            return j
-    return 0
+    lat = np.array([w["end_ns"] - w["ts_ns"] for w in ws], dtype=np.int64)
+    _, ph = np.unique([w["phase"] or "unknown" for w in ws], return_inverse=True)
+    ph = ph.reshape(-1)
+    late = np.arange(n) >= n // 2
+    # a phase's reference steps: its steps in the second half, or all of them when none is there
+    in_ref = late | (np.bincount(ph[late], minlength=ph.max() + 1) == 0)[ph]
+    ref_lat = np.array([_median(lat[(ph == p) & in_ref]) for p in range(ph.max() + 1)])
+    win, rows = _step_rows(ws, step)
+    _, code = np.unique(lt[rows].astype(str), return_inverse=True)
+    key = ph[win] * (code.max(initial=0) + 1) + code.reshape(-1)  # (phase, layer type) of each pair
+    ref = np.full(len(key), np.inf)
+    for k in np.unique(key[in_ref[win]]):
+        ref[key == k] = _median(ns[rows][(key == k) & in_ref[win]])
+    bad = np.bincount(win[~(ns[rows] <= FACTOR * ref)], minlength=n)
+    settled = (lat <= FACTOR * ref_lat[ph]) & (bad == 0)
+    last = min(n // 2, n - RUN)
+    if last < 0:
+        return 0
+    runs = np.convolve(settled.astype(np.int64), np.ones(RUN, dtype=np.int64), "valid")[:last + 1]
+    hits = np.flatnonzero(runs == RUN)
+    return int(hits[0]) if hits.size else 0
+
+
+def _step_rows(ws: list[dict], step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(window index, row index) pairs: every sampled window of `ws` with each row of `step` that
+    carries its step number."""
+    order = np.argsort(step, kind="stable")
+    sorted_steps = step[order]
+    known = np.array([w["sampled"] and w["step"] is not None for w in ws], dtype=bool)
+    wsteps = np.array([w["step"] if k else 0 for w, k in zip(ws, known)], dtype=np.int64)
+    a = np.searchsorted(sorted_steps, wsteps, "left")
+    cnt = np.where(known, np.searchsorted(sorted_steps, wsteps, "right") - a, 0)
+    win = np.repeat(np.arange(len(ws)), cnt)
+    offset = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return win, order[np.repeat(a, cnt) + offset]
 
 
 def _median(values: list[int]) -> float:
     return quantile_cont(np.sort(np.asarray(values, dtype=np.float64)), 0.5)
 
 
+_FIRST_CALLS_SQL = """
+    e1 AS (SELECT rank, name, quantile_cont(duration_ns, 0.5) AS med, arg_min(event_id, ts_ns) AS first_id,
+                  arg_min(duration_ns, ts_ns) AS first_ns
+           FROM e0 WHERE NOT in_warm_steps GROUP BY rank, name),
+    e1_warm AS (SELECT rank, first_id AS event_id FROM e1 WHERE med > 0 AND first_ns > $wu_factor * med)"""
+
+
+def _first_calls(con, run_id: int, cuts: dict[int, int]) -> tuple[tuple[int, int], ...]:
+    """(rank, event_id) of the first calls the first-call rule (module doc) finds after the warm-up
+    steps `cuts`, among the run's measured events: found once here, handed to events_cte as values."""
+    w = WarmUp("auto", cutoffs=cuts)
+    sql = f"""WITH {_cut_sql(MEASURES[measure_of(con, run_id)])},{_FIRST_CALLS_SQL}
+              SELECT rank, event_id FROM e1_warm"""
+    rows = con.execute(sql, {"run": run_id, **w.params(), "wu_factor": FIRST_CALL_FACTOR}).fetchall()
+    return tuple((int(r), int(e)) for r, e in rows)
+
+
+def _cut_sql(predicate: str) -> str:
+    """CTEs wu_cut and e0: the run's events of `predicate`, `in_warm_steps` before their rank's cut-off."""
+    return f"""
+    wu_cut AS (SELECT unnest($wu_ranks) AS rank, unnest($wu_cuts) AS cut_ns),
+    e0 AS (SELECT e.*, e.ts_ns < coalesce(c.cut_ns, {_NO_CUT}) AS in_warm_steps
+           FROM events e LEFT JOIN wu_cut c ON e.rank = c.rank
+           WHERE e.run_id = $run AND {predicate})"""
+
+
 def events_cte(predicate: str, *, first_calls: bool = True, clusters: bool = True) -> str:
     """SQL CTEs ending in `ev`: the run's events of `predicate` (our constant, never user input),
     each with `warm` (true when warm-up) and, with `clusters`, `cluster` (rank * 2^32 + step of the
     event, or of the step window it starts in; -1 outside steps). `first_calls` False leaves the
-    first-call rule out of the SQL (for a WarmUp without it). Parameters: $run and WarmUp.params()."""
+    first-call rule out of the SQL (for a WarmUp without it); with it, the first calls detect found
+    (WarmUp.first) are warm-up. Parameters: $run and WarmUp.params()."""
     first = """
-    e1 AS (SELECT rank, name, quantile_cont(duration_ns, 0.5) AS med, arg_min(event_id, ts_ns) AS first_id,
-                  arg_min(duration_ns, ts_ns) AS first_ns
-           FROM e0 WHERE NOT in_warm_steps GROUP BY rank, name),
-    e1_warm AS (SELECT rank, first_id AS event_id FROM e1 WHERE $wu_first AND med > 0 AND first_ns > $wu_factor * med),
+    wu_first AS (SELECT unnest($wu_first_ranks) AS rank, unnest($wu_first_ids) AS event_id),
     e2 AS (SELECT e0.*, e0.in_warm_steps OR w.event_id IS NOT NULL AS warm
-           FROM e0 LEFT JOIN e1_warm w ON e0.rank = w.rank AND e0.event_id = w.event_id)""" if first_calls else """
+           FROM e0 LEFT JOIN wu_first w ON e0.rank = w.rank AND e0.event_id = w.event_id)""" if first_calls else """
     e2 AS (SELECT e0.*, e0.in_warm_steps AS warm FROM e0)"""
     tail = """
     wu_w AS (SELECT rank, step, ts_ns, end_ns FROM windows),
@@ -148,11 +193,7 @@ def events_cte(predicate: str, *, first_calls: bool = True, clusters: bool = Tru
            FROM e2 ASOF LEFT JOIN wu_w s ON e2.rank = s.rank AND e2.ts_ns >= s.ts_ns)""" if clusters else """
     ev AS (SELECT * FROM e2)"""
     steps = f"{timeline.STEP_WINDOWS_SQL}," if clusters else ""
-    return f"""{steps}
-    wu_cut AS (SELECT unnest($wu_ranks) AS rank, unnest($wu_cuts) AS cut_ns),
-    e0 AS (SELECT e.*, e.ts_ns < coalesce(c.cut_ns, {_NO_CUT}) AS in_warm_steps
-           FROM events e LEFT JOIN wu_cut c ON e.rank = c.rank
-           WHERE e.run_id = $run AND {predicate}),{first},{tail}"""
+    return f"""{steps}{_cut_sql(predicate)},{first},{tail}"""
 
 
 def _windows(con, run_id: int) -> list[dict]:
@@ -164,13 +205,15 @@ def _windows(con, run_id: int) -> list[dict]:
     return [dict(zip(keys, r)) for r in rows]
 
 
-def _step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
-    """(rank, step, layer type, summed ns) of the run's measured events that carry their step
-    (capture and attribution fill `events.step`), in one aggregation."""
-    return con.execute(
-        f"""SELECT rank, step, coalesce(layer_type, 'other'), sum(duration_ns)::BIGINT FROM events
+def _step_sums(con, run_id: int) -> dict[str, np.ndarray]:
+    """Columns rank, step, lt (layer type), ns (summed) of the run's measured events that carry
+    their step (capture and attribution fill `events.step`), in one aggregation, as numpy."""
+    got = con.execute(
+        f"""SELECT rank::BIGINT AS rank, step::BIGINT AS step, coalesce(layer_type, 'other') AS lt,
+                   sum(duration_ns)::BIGINT AS ns FROM events
             WHERE run_id = $run AND {MEASURES[measure_of(con, run_id)]} AND step IS NOT NULL
-            GROUP BY ALL""", {"run": run_id}).fetchall()
+            GROUP BY ALL""", {"run": run_id}).fetchnumpy()
+    return {k: np.asarray(v) for k, v in got.items()}
 
 
 def summary(w: WarmUp, n: int, time_ns: int, n_total: int, *, rank: int | None = None) -> dict:
