@@ -39,11 +39,25 @@ class DemoOptions:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # EngineConfig fields over the preset's
     jitter: bool = True    # lengths drawn from [half, full] of prompt_len / gen_len; False: exactly those
+    burst: float = 1.0     # share of steps whose routing is skewed (hot spots that come and go); 1: every step
+    step_tokens: int | None = None  # prompt tokens per step (the engine's max_prefill_tokens); None: its default
+    workload: str = "decode"
+
+
+WORKLOADS = ("decode", "hotspots")
 
 
 def default_options(*, device: str | None = None, ranks: int | None = None, requests: int | None = None,
-                    skew: float = 2.0, mode: str = "layers", seed: int = 0) -> DemoOptions:
-    """CPU: tiny preset, 2 gloo ranks. GPU: nemotron3-nano-mini, 2 NCCL ranks when 2 GPUs, else 1."""
+                    skew: float = 2.0, mode: str = "layers", seed: int = 0, workload: str = "decode") -> DemoOptions:
+    """CPU: tiny preset, 2 gloo ranks. GPU: nemotron3-nano-mini, 2 NCCL ranks when 2 GPUs, else 1.
+
+    Workloads: 'decode' (requests arriving over time, short prompts, routing skewed every step) and
+    'hotspots' (compute-bound prefill, every request at t=0 with a fixed-length prompt, a fixed number
+    of prompt tokens per step, and routing skewed toward experts 0-3, all on rank 0, in 30% of the
+    steps, drawn from one seeded sequence: the hot spots come and go, so the rank holding the hot
+    experts is the straggler of some steps only; CPU: experts widened to 1024 so that their GEMMs
+    weigh in the step as on a GPU). `hotspots` is the A/B workload of the engine fixes
+    (benchmarks/fix_ab.py, README "Close the loop")."""
     try:
         import torch
     except ImportError:
@@ -58,6 +72,14 @@ def default_options(*, device: str | None = None, ranks: int | None = None, requ
     world = ranks if ranks is not None else (2 if device == "cpu" or gpus >= 2 else 1)
     if world < 1 or (device == "cuda" and world > gpus):
         raise UsageError(f"--ranks {world} does not fit this machine ({gpus} GPU(s) on {device})")
+    if workload not in WORKLOADS:
+        raise UsageError(f"--workload must be one of {', '.join(WORKLOADS)}, not {workload!r}")
+    if workload == "hotspots":
+        if device == "cpu":
+            return DemoOptions("tiny", "cpu", world, requests or 192, 64, 1, 0.0, skew, (0, 1, 2, 3), mode, seed,
+                               {"d_expert": 1024}, False, 0.3, 512, workload)
+        return DemoOptions("nemotron3-nano-mini", "cuda", world, requests or 256, 1024, 1, 0.0, skew, (0, 1, 2, 3),
+                           mode, seed, {}, False, 0.3, 4096, workload)
     if device == "cpu":
         return DemoOptions("tiny", "cpu", world, requests or 12, 24, 12, 400.0, skew, (0, 1), mode, seed)
     return DemoOptions("nemotron3-nano-mini", "cuda", world, requests or 32, 256, 32, 200.0, skew, (0, 1), mode, seed)
@@ -91,8 +113,9 @@ def run_demo(out_dir: Path, opts: DemoOptions) -> tuple[Path, int]:
             from hybridscope.engine.config import FIX_KNOBS
 
             fixes = " +fixes" if any(k in opts.overrides for k in FIX_KNOBS) else ""
+            kind = "" if opts.workload == "decode" else f" {opts.workload}"
             run_id = merge.merge(con, [merge.inspect(p) for p in parts],
-                                 label=f"demo {opts.preset} x{opts.world} skew {opts.skew:g}{fixes}")
+                                 label=f"demo {opts.preset} x{opts.world}{kind} skew {opts.skew:g}{fixes}")
             write_engine_notes(con, run_id, opts, sorted(work.glob("engine.rank*.json")))
         finally:
             con.close()
@@ -145,8 +168,10 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     from hybridscope.live.session import capture
 
     model, cfg = prepare_rank(rank, world, port, o)
+    if o["burst"] < 1.0:
+        skew_in_bursts(model, o)
     # graphed decode on a GPU, as served in production: capture times the replays (live.graphs)
-    engine = Engine(model, seed=o["seed"] + rank)
+    engine = Engine(model, seed=o["seed"] + rank, max_prefill_tokens=o["step_tokens"] or 4096)
     requests = requests_for(o, rank, cfg.vocab_size)
     db = Path(work) / "demo.duckdb"
     # every step: the demo is short and shows the distribution (capture's default samples 1 step in 8)
@@ -161,6 +186,27 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+def skew_in_bursts(model, o: dict) -> None:
+    """Routing skewed by o['skew'] toward o['skew_experts'] in a share o['burst'] of the model's calls
+    (one call = one engine step), drawn from a sequence seeded by o['seed'] alone: every rank, and
+    every run with the same seed, skews the same steps (ranks run their steps in lockstep)."""
+    import numpy as np
+
+    from hybridscope.engine.moe import Router
+
+    routers = [m for m in model.modules() if isinstance(m, Router)]
+    skewed = np.random.default_rng(o["seed"]).random(1 << 16) < o["burst"]
+    calls = [0]
+
+    def set_skew(module, args):
+        s = o["skew"] if skewed[calls[0] % skewed.size] else 0.0
+        for r in routers:
+            r.set_skew(s, o["skew_experts"])
+        calls[0] += 1
+
+    model.register_forward_pre_hook(set_skew)
 
 
 def requests_for(o: dict, rank: int, vocab: int):

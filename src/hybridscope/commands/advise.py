@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, print_table, wrote
+from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, err, print_table, wrote
 
 
 def advise(
@@ -37,6 +37,9 @@ def advise(
         con.close()
     table = report["advice"]
     print_table(table, fmt)
+    if not len(table):
+        why = "; ".join(table.meta.get("notes") or []) or "no rule found its evidence in this run"
+        err.print(f"No advice for run {run_id}: {why} (the rules: docs/analyses.md, \"advice\").", markup=False)
     if emit is not None:
         label = report.run.get("label") or "no label"
         header = [f"hybridscope advise: engine fixes for run {run_id} ({label}) of {db}"]

@@ -20,6 +20,9 @@ def demo(
     skew: Annotated[float, typer.Option("--skew", help="Routing skew toward experts 0 and 1, in logit std units (0 = balanced).")] = 2.0,
     mode: Annotated[str, typer.Option("--mode", help="Capture mode: layers (light) or kernels (deep).")] = "layers",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model and the requests.")] = 0,
+    workload: Annotated[str, typer.Option(
+        "--workload", help="decode (requests over time, skewed every step) or hotspots (compute-bound prefill, "
+        "skewed in 30% of the steps: the engine fixes' A/B workload).")] = "decode",
     fixes: Annotated[Path | None, typer.Option(
         "--fixes", help="Engine fixes to serve with (a TOML file from `hybridscope advise --emit`).")] = None,
 ) -> None:
@@ -34,12 +37,14 @@ def demo(
 
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
-    opts = default_options(device=device, ranks=ranks, requests=requests, skew=skew, mode=mode, seed=seed)
+    opts = default_options(device=device, ranks=ranks, requests=requests, skew=skew, mode=mode, seed=seed,
+                           workload=workload)
     if fixes is not None:
         opts = replace(opts, overrides={**opts.overrides, **read_fixes(fixes)})
     err.print(f"[bold]hybridscope demo[/bold]: engine preset {opts.preset} on {opts.device}, "
               f"{opts.world} rank(s){' expert-parallel' if opts.world > 1 else ''}, {opts.requests} requests per rank, "
-              f"routing skew {opts.skew:g} toward experts {', '.join(map(str, opts.skew_experts))}; capture mode {opts.mode}")
+              f"routing skew {opts.skew:g} toward experts {', '.join(map(str, opts.skew_experts))}"
+              f"{'' if opts.burst >= 1 else f' in {100 * opts.burst:g}% of the steps'}; capture mode {opts.mode}")
     t0 = time.perf_counter()
     with err.status("serving requests under capture…"):
         db, run_id = run_demo(out, opts)
