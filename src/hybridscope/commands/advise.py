@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from hybridscope.commands._common import DbOption, FormatOption, RunOption, check_format, err, print_table, wrote
+from hybridscope.commands._common import (
+    DbOption,
+    FormatOption,
+    RunOption,
+    check_format,
+    err,
+    print_table,
+    wrote,
+)
 
 
 def advise(
