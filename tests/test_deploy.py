@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,7 @@ from factories import add_events, add_run, new_store
 
 from hybridscope.analyze.stats import quantile_cont
 from hybridscope.cli import main
+from hybridscope.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -58,15 +58,10 @@ def test_promtool_checks_the_alert_rules():
     assert "SUCCESS: 4 rules found" in got.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the prometheus server (Debian 'prometheus')")
 def test_every_dashboard_query_parses_in_prometheus(tmp_path):
-    web = _free_port()
+    web = free_port()
     (tmp_path / "p.yml").write_text("global:\n  scrape_interval: 15s\n")
     prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'p.yml'}", f"--storage.tsdb.path={tmp_path / 'db'}",
                              f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,13 +4,13 @@ store it writes."""
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 
 import numpy as np
 import pytest
 
+from hybridscope.demo import free_port
 from hybridscope.live.metrics import BUCKETS_S, Hist, PrometheusExporter
 from hybridscope.live.observers import LayerTimes, RoutingCounts, StepTiming
 
@@ -73,11 +73,6 @@ def test_exporter_numbers_from_hand_made_observations():
                    'hybridscope_hot_expert_tokens{expert="1",layer="5",rank="1"}': 1.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_engine_under_capture_serves_what_the_store_holds(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
@@ -92,7 +87,7 @@ def test_engine_under_capture_serves_what_the_store_holds(tmp_path, monkeypatch)
     torch.manual_seed(0)
     model = build_model(EngineConfig.from_preset("tiny"))
     reqs = [Request(i, list(range(1, 12)), max_new_tokens=6, arrival=0.0) for i in range(4)]
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "run.duckdb"
     with hybridscope.capture(db=db, model=model, sample_every=1, metrics_port=port, quiet=True) as cap:
         Engine(model, cuda_graphs=False).run(reqs)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+
+from hybridscope.demo import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="needs the prometheus server (Debian package 'prometheus')")
@@ -45,11 +46,6 @@ SERVE = textwrap.dedent("""
     """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
@@ -61,7 +57,7 @@ def test_prometheus_p99_by_layer_type_matches_the_store(tmp_path):
     from hybridscope.analyze.stats import quantile_cont
     from hybridscope.store import db as store
 
-    exporter, web = _free_port(), _free_port()
+    exporter, web = free_port(), free_port()
     (tmp_path / "prometheus.yml").write_text(
         f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hybridscope\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridscope.demo import free_port
 from hybridscope.engine.config import EngineConfig, load_fixes
 from hybridscope.engine.model import Batch, build_model
 from hybridscope.engine.moe import MoE, cap_choices, cap_rows, moe_ref
@@ -141,11 +141,6 @@ def test_bad_cap_refused():
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     from hybridscope.engine.ep import AllToAllCombine, AllToAllDispatch, AllToAllWait, apply_ep
@@ -179,7 +174,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 def test_separate_streams_no_two_consecutive_all_to_alls_share_a_communicator(tmp_path):
     """And the overlapped dispatch (shared expert while the rows travel) gives the same outputs."""
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
     for r in range(WORLD):
         res = torch.load(tmp_path / f"r{r}.pt")
         one, sep = res[False]["order"], res[True]["order"]
