@@ -164,6 +164,7 @@ def prepare_rank(rank: int, world: int, port: int, o: dict):
 
 def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     """One rank: serve the requests under capture, write the requests table."""
+    from hybridscope.engine.moe import reset_routing_counters, routing_counters
     from hybridscope.engine.scheduler import Engine
     from hybridscope.live.session import capture
 
@@ -175,10 +176,10 @@ def _rank_main(rank: int, world: int, port: int, work: str, o: dict) -> None:
     requests = requests_for(o, rank, cfg.vocab_size)
     db = Path(work) / "demo.duckdb"
     # every step: the demo is short and shows the distribution (capture's default samples 1 step in 8)
-    reset_fix_counters(model)  # the warm-up routed too
+    reset_routing_counters(model)  # the warm-up routed too
     with capture(db=db, model=model, mode=o["mode"], label=f"demo rank {rank}", sample_every=1, quiet=True) as cap:
         done = engine.run(requests)
-    (Path(work) / f"engine.rank{rank}.json").write_text(json.dumps(fix_counters(model)))
+    (Path(work) / f"engine.rank{rank}.json").write_text(json.dumps(routing_counters(model)))
     summary = cap.summary
     if rank == 0 and summary is not None and summary.run_id is not None:
         write_requests(Path(summary.db), summary.run_id, engine.t0, done)
@@ -251,24 +252,6 @@ def write_requests(db: Path, run_id: int, t0: float, done) -> None:
             })
     finally:
         con.close()
-
-
-def reset_fix_counters(model) -> None:
-    from hybridscope.engine.moe import MoE
-
-    for moe in (m for m in model.modules() if isinstance(m, MoE)):
-        moe.router.rerouted_rows.zero_()
-        moe.router.routed_rows.zero_()
-
-
-def fix_counters(model) -> dict:
-    """What the engine's routing fix did on this rank: (token, expert) rows routed and re-routed to a
-    second choice, summed over MoE layers (the engine's own counters)."""
-    from hybridscope.engine.moe import MoE
-
-    moes = [m for m in model.modules() if isinstance(m, MoE)]
-    return {"routed_rows": sum(int(m.router.routed_rows) for m in moes),
-            "rerouted_rows": sum(int(m.router.rerouted_rows) for m in moes)}
 
 
 def write_engine_notes(con, run_id: int, opts: DemoOptions, files: list[Path]) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from .config import PRESETS, EngineConfig, load_fixes
 from .model import build_model
-from .moe import MoE
+from .moe import reset_routing_counters, routing_counters
 from .scheduler import Engine, Request, summarize
 
 
@@ -111,12 +111,9 @@ def run(args: argparse.Namespace) -> dict:
         )
     eng.run(warm)
     eng.steps, eng.finished = [], []
-    routers = [m.router for m in model.modules() if isinstance(m, MoE)]
-    for r in routers:  # the warm-up routed too
-        r.rerouted_rows.zero_()
-        r.routed_rows.zero_()
+    reset_routing_counters(model)  # the warm-up routed too
     done = eng.run(reqs)
-    routed = sum(int(r.routed_rows) for r in routers)
+    routing = routing_counters(model)
     peak = max(eng.steps, key=lambda s: sum(s.cached_tokens))
     out = {
         "preset": cfg.name,
@@ -131,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         "peak_live_requests": len(peak.cached_tokens),
         "peak_cached_tokens": sum(peak.cached_tokens),
         "fixes": {k: getattr(cfg, k) for k in ("route_imbalance_cap", "a2a_separate_streams")},
-        "rerouted_share": sum(int(r.rerouted_rows) for r in routers) / routed if routed else None,
+        "rerouted_share": (routing["rerouted_rows"] / routing["routed_rows"]) if routing["routed_rows"] else None,
     }
     if eng.device.type == "cuda":
         out["memory"]["cuda_max_allocated"] = torch.cuda.max_memory_allocated(eng.device)

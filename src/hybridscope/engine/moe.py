@@ -287,6 +287,21 @@ class MoE(nn.Module):
         return out if residual is None else self.ops.add(residual, out)
 
 
+
+def reset_routing_counters(model: nn.Module) -> None:
+    """Zero every router's routed / re-routed row counters (e.g. after a warm-up)."""
+    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+        moe.router.rerouted_rows.zero_()
+        moe.router.routed_rows.zero_()
+
+
+def routing_counters(model: nn.Module) -> dict:
+    """(token, expert) rows routed and re-routed to a second choice by the imbalance cap, summed over
+    the model's MoE layers since build or the last reset."""
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    return {"routed_rows": sum(int(m.router.routed_rows) for m in moes),
+            "rerouted_rows": sum(int(m.router.rerouted_rows) for m in moes)}
+
 @torch.no_grad()
 def moe_ref(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     """Naive float32 reference of ``MoE.forward`` (single process): a Python loop over experts and
