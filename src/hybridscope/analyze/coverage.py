@@ -32,6 +32,7 @@ column holds the whole names (kind 'kernel': the terminal shortens them).
 
 from __future__ import annotations
 
+from hybridscope.analyze import timeline
 from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_EVENTS
 from hybridscope.table import Column, Table, plain
@@ -73,18 +74,13 @@ def _check_rank(con, run_id: int, rank: int | None) -> None:
 def coverage(con, run_id: int, *, rank: int | None = None) -> Table:
     """Per attribution method: events, GPU time and its share (see the module doc)."""
     _check_rank(con, run_id, rank)
-    rows = con.execute(
-        f"""
-        SELECT coalesce(attr_method, 'unattributed') AS method, count(*) AS n,
-               sum(duration_ns)::BIGINT AS gpu_ns,
-               (sum(duration_ns) FILTER (WHERE layer_type IS NOT NULL AND layer_type <> 'other'))::BIGINT,
-               (sum(duration_ns) FILTER (WHERE layer_index IS NOT NULL))::BIGINT
-        FROM events
-        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND {_GPU}
-        GROUP BY ALL
-        """,
-        {"run": run_id, "rank": rank},
-    ).fetchall()
+    rows: dict[str, list] = {}
+    for r, method, *sums in _method_sums(con, run_id):
+        if rank is None or r == rank:
+            acc = rows.setdefault(method, [method, 0, 0, 0, 0])
+            for i, v in enumerate(sums, 1):
+                acc[i] += int(v or 0)
+    rows = list(rows.values())
     by = {r[0]: r for r in rows}
     total = sum(int(r[2] or 0) for r in rows)
     out = []
@@ -106,6 +102,24 @@ def coverage(con, run_id: int, *, rank: int | None = None) -> Table:
         "run_id": run_id, "rank": rank, "gpu_ns": total, "attributed_pct": _pct(explained, total),
         "notes": notes,
     })
+
+
+@timeline.once
+def _method_sums(con, run_id: int) -> list[tuple]:
+    """(rank, method, n, gpu_ns, typed_ns, with_layer_ns) of the run's GPU events, in one scan
+    (found once per report: `decompose` asks for the run and each rank)."""
+    return con.execute(
+        f"""
+        SELECT rank, coalesce(attr_method, 'unattributed') AS method, count(*) AS n,
+               sum(duration_ns)::BIGINT AS gpu_ns,
+               (sum(duration_ns) FILTER (WHERE layer_type IS NOT NULL AND layer_type <> 'other'))::BIGINT,
+               (sum(duration_ns) FILTER (WHERE layer_index IS NOT NULL))::BIGINT
+        FROM events
+        WHERE run_id = $run AND {_GPU}
+        GROUP BY ALL
+        """,
+        {"run": run_id},
+    ).fetchall()
 
 
 def coverage_warning(con, run_id: int, *, rank: int | None = None) -> str | None:

@@ -33,6 +33,7 @@ DASHBOARD_COLUMNS = (
 )
 
 
+@timeline.once
 @timeline.on_timeline
 def duty_cycle(con, run_id: int) -> Table:
     """Per (rank, device): wall-time window, busy time (union of kernel intervals), duty cycle."""

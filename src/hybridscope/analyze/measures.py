@@ -6,6 +6,7 @@ measure to its `events` predicate (our constants, never user input); `measure_of
 
 from __future__ import annotations
 
+from hybridscope.analyze.timeline import once
 from hybridscope.store.db import GPU_EVENTS
 
 MEASURES: dict[str, str] = {
@@ -15,6 +16,7 @@ MEASURES: dict[str, str] = {
 }
 
 
+@once
 def measure_of(con, run_id: int) -> str:
     """'kernels' when the run has GPU events, else 'layers' (capture's layer timings), else 'host_api'."""
     for measure in ("kernels", "layers", "host_api"):

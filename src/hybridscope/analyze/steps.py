@@ -164,6 +164,7 @@ def slow_steps(con, run_id: int, *, quantile: float = 0.99, warmup: int | None =
     return Table("slow_steps", cols, rows, meta)
 
 
+@timeline.once
 def _stack(con, run_id: int) -> dict[tuple[int, int], dict[str, int]]:
     """{(rank, step): {layer_type: summed kernel ns}} for kernels with a known step."""
     out: dict[tuple[int, int], dict[str, int]] = {}

@@ -43,6 +43,7 @@ class Tables:
         self.steps = f"_hs_steps_{int(run_id)}"
         self.sums = f"_hs_step_sums_{int(run_id)}"
         self.types: list[str] = []
+        self.memo: dict = {}  # `once` results of this block
 
     def drop(self, con) -> None:
         for name in (self.base, self.derived, self.kernels, self.steps, self.sums):
@@ -91,6 +92,25 @@ def on_timeline(fn):
     def wrapper(con, run_id: int, *args, **options):
         with materialized(con, run_id):
             return fn(con, run_id, *args, **options)
+
+    return wrapper
+
+
+def once(fn):
+    """Within a `materialized` block, `fn(con, run_id, **options)` is computed once per set of
+    options and its result handed to every later caller: what a report's analyses all ask (the rank
+    windows, the warm-up, the step windows) is found once, not a dozen times. Outside a block it
+    runs every time. Callers treat the result as read-only."""
+
+    @functools.wraps(fn)
+    def wrapper(con, run_id: int, **options):
+        block = (_OPEN.get() or {}).get((id(con), int(run_id)))
+        if block is None:
+            return fn(con, run_id, **options)
+        key = (fn.__module__, fn.__qualname__, tuple(sorted(options.items())))
+        if key not in block.memo:
+            block.memo[key] = fn(con, run_id, **options)
+        return block.memo[key]
 
     return wrapper
 
@@ -276,6 +296,7 @@ def layer_timings(con, run_id: int) -> dict[str, np.ndarray]:
     return {k: _plain(v) for k, v in con.execute(sql, {"run": run_id}).fetchnumpy().items()}
 
 
+@once
 @on_timeline
 def step_windows(con, run_id: int) -> list[dict]:
     """One dict per (rank, step): rank, step, ts_ns, end_ns, phase, n_tokens, n_requests, recorded,
@@ -297,6 +318,7 @@ def step_windows(con, run_id: int) -> list[dict]:
     return out
 
 
+@once
 @on_timeline
 def step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
     """(rank, step, layer_type, summed ns) for kernels with a known step, grouped in SQL.
@@ -340,6 +362,7 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     return con.execute(sql, {"run": run_id}).fetchall()
 
 
+@once
 def rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
     """Each rank's wall-time window (start_ns, end_ns), for every rank the run stored (`run_ranks`)
     or has events of: the `run_ranks` window where it is known, else the span of the rank's

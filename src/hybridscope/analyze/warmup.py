@@ -71,6 +71,7 @@ def parse(text: str | None) -> int | None:
     return n
 
 
+@timeline.once
 def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
     """The warm-up of run `run_id`: the module's rule (warmup=None), the first `warmup` steps of
     each rank, or nothing (warmup=0). UsageError when `warmup` steps leave a rank nothing."""
