@@ -29,6 +29,8 @@ def test_routing_penalty_fires_at_the_jump():
     assert (n["n_above"], n["n_below"]) == (3, 5)
     assert n["p99_above_ns"] == pytest.approx(np.percentile([600, 650, 580], 99))
     assert n["p99_below_ns"] == pytest.approx(np.percentile([100, 110, 100, 105, 100], 99))
+    assert (n["p50_above_ns"], n["p50_below_ns"]) == (600, 100) and n["jump"] == pytest.approx(6.0)
+    assert (n["slowest_above"], n["slowest"]) == (1, 1)  # p90 of the 8 steps: 1 step at or above it
     # at stake: the upper group's comm beyond the lower group's p50 (100)
     assert a.at_stake_ns == pytest.approx(500 + 550 + 480)
     assert "1.20" in a.recommendation
@@ -41,6 +43,43 @@ def test_routing_penalty_silent_without_a_jump_or_data():
     no_comm = expert_steps([1.1] * 4 + [4.0] * 4, [None] * 8)
     assert adv.routing_penalty(no_comm, jump=1.5, min_rho=0.3, min_group=3) is None
     assert adv.routing_penalty(None, jump=1.5, min_rho=0.3, min_group=3) is None
+
+
+def test_routing_penalty_judges_the_groups_by_their_medians():
+    # the lower group's one noisy step (450: a descheduled host) makes its p99 450, so a p99 ratio
+    # would be 1.4x and the rule would come and go with that one step; the medians (600 vs 100) are
+    # the workload's. The steps hand-computed: lower = the 8 at imbalance <= 1.3, upper = the 4 at >= 3.9
+    lower_imb = [1.1, 1.2, 1.1, 1.15, 1.1, 1.3, 1.25, 1.2]
+    lower_comm = [100, 110, 90, 450, 100, 105, 95, 100]
+    t = expert_steps(lower_imb + [4.0, 4.2, 3.9, 4.1], lower_comm + [600, 650, 580, 600])
+    a = adv.routing_penalty(t, jump=1.5, min_rho=0.3, min_group=3)
+    assert a is not None
+    n = a.numbers
+    assert (n["threshold"], n["next_level"]) == (1.3, 3.9)
+    assert n["p50_below_ns"] == pytest.approx(100) and n["p50_above_ns"] == pytest.approx(600)
+    assert n["p99_below_ns"] / n["p50_below_ns"] > 4  # the noisy step is in the lower group's p99
+    assert "p50 600 ns vs 100 ns" in a.evidence and "p99" in a.evidence
+
+
+def test_routing_penalty_split_is_not_pulled_by_one_extreme_step():
+    # one 1-second step among the balanced ones: least squares (on times or their logs) cuts right
+    # after it to give it a group of its own; least absolute deviations keep the cut between the
+    # two routing regimes
+    imb = [1.1, 1.2, 1.12, 1.15, 1.1, 1.3, 1.25, 1.2, 1.28, 4.0, 4.2, 3.9, 4.1]
+    comm = [100, 110, 90, 1_000_000_000, 100, 95, 95, 100, 105, 600, 650, 580, 600]
+    a = adv.routing_penalty(expert_steps(imb, comm), jump=1.5, min_rho=0.3, min_group=3)
+    assert a is not None and (a.numbers["threshold"], a.numbers["next_level"]) == (1.3, 3.9)
+    order = np.argsort(imb, kind="stable")
+    ly = np.log(np.array(comm, dtype=float))[order]
+    sse = {k: ly[:k].var() * k + ly[k:].var() * (13 - k) for k in (4, 9)}  # cut after 1.15 / after 1.3
+    assert sse[4] < sse[9]  # what a least-squares cut would have picked
+
+
+def test_routing_penalty_silent_when_only_the_tail_moves_by_chance():
+    # upper group: one slow step among typical ones -> its median is the lower group's: no advice
+    imb = [1.1, 1.2, 1.1, 1.15, 1.1, 1.3, 4.0, 4.2, 3.9, 4.1]
+    comm = [100, 110, 90, 105, 100, 95, 100, 105, 900, 98]
+    assert adv.routing_penalty(expert_steps(imb, comm), jump=1.5, min_rho=0.0, min_group=3) is None
 
 
 def pairs(kind="overlap", n=3, total=5_000):

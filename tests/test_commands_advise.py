@@ -76,3 +76,17 @@ def test_advise_cli_emits_the_scenarios_fixes(tmp_path, capsys):
     assert _cli(["advise", "--db", str(db), "--emit", str(out)]) == 2
     assert "will not overwrite without --force" in capsys.readouterr().err
     assert _cli(["advise", "--db", str(db), "--emit", str(out), "--force"]) == 0
+
+
+def test_advise_prints_each_item_with_its_gain_in_80_columns(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "run.duckdb"
+    con, _ = report_scenario.build(db)
+    con.close()
+    monkeypatch.setenv("COLUMNS", "80")
+    assert _cli(["advise", "--db", str(db)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80
+    items = [line for line in lines if "[routing_penalty]" in line or "[capacity_factor]" in line]
+    assert items  # one paragraph per item, each naming its expected gain in words
+    assert text.count("expected gain up to") == text.count("evidence:") >= len(items)

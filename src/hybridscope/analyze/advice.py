@@ -4,10 +4,13 @@ Each rule reads the result tables of the other analyses and returns one `Advice`
 fires only when its evidence is present and passes its threshold (docs/analyses.md, "advice"):
 
 - routing_penalty: steps with routing and moe_comm time, split in two by imbalance where moe_comm
-  changes most (`best_split`, at least `min_group` steps per side); t = the lower group's largest
-  imbalance. Fires when p99(moe_comm | upper) / p99(moe_comm | lower) >= `jump` and
-  Spearman(imbalance, moe_comm) >= `min_rho`. At stake: the moe_comm time of the upper group's
-  steps beyond the p50 of the lower group's.
+  changes most (`best_split`: L1 on log moe_comm, at least `min_group` steps per side); t = the
+  lower group's largest imbalance. Fires when p50(moe_comm | upper) / p50(moe_comm | lower) >=
+  `jump` and Spearman(imbalance, moe_comm) >= `min_rho`: medians, because the lower group's p99 is
+  its one or two noisiest steps (a descheduled host, a late peer), and a rule that moves with them
+  comes and goes between two runs of one workload. The evidence adds both groups' p99 and how many
+  of the run's slowest 10% of steps (by moe_comm) the upper group holds. At stake: the moe_comm time
+  of the upper group's steps beyond the p50 of the lower group's.
 - stream_pairing: colliding moe_comm collectives (conflicts). Fires when any pair exists; names the
   pair of modules / streams with the most time at stake.
 - capacity_factor: experts whose capacity_factor_p99 >= `cf_threshold` AND whose load moves their
@@ -38,8 +41,6 @@ import numpy as np
 
 from hybridscope.table import Column, Table
 from hybridscope.units import format_ns
-
-MOE_TYPES = ("moe_router", "moe_experts", "moe_comm")
 
 MOE_TYPES = ("moe_router", "moe_experts", "moe_comm")
 
@@ -112,38 +113,46 @@ def routing_penalty(t: Table | None, *, jump: float, min_rho: float, min_group: 
         return None
     lo_x, hi_x = cut
     above, below = y[x >= hi_x], y[x <= lo_x]
-    p99_a, p99_b, p50_b = quantile(above, 0.99), quantile(below, 0.99), quantile(below, 0.5)
-    ratio = p99_a / p99_b if p99_b > 0 else math.inf
+    p50_a, p50_b = quantile(above, 0.5), quantile(below, 0.5)
+    ratio = p50_a / p50_b if p50_b > 0 else math.inf
     if ratio < jump:
         return None
+    p99_a, p99_b = quantile(above, 0.99), quantile(below, 0.99)
+    slow = y >= quantile(y, 0.9)  # the run's slowest 10% of steps by moe_comm
+    n_slow, slow_above = int(slow.sum()), int((slow & (x >= hi_x)).sum())
     stake = float(np.clip(above - p50_b, 0, None).sum())
     return Advice(
         "routing_penalty",
         f"Penalize routing for batches whose expert imbalance (max/mean) exceeds {lo_x:.2f}: "
         "re-route or defer their overflow tokens before the all-to-all.",
-        f"{above.size} of {x.size} steps at imbalance ≥ {hi_x:.2f}: moe_comm p99 {format_ns(p99_a)} vs "
-        f"{format_ns(p99_b)} at ≤ {lo_x:.2f} ({ratio:.1f}×); Spearman ρ(imbalance, moe_comm) = {rho:.2f}",
+        f"{above.size} of {x.size} steps at imbalance ≥ {hi_x:.2f}: moe_comm p50 {format_ns(p50_a)} vs "
+        f"{format_ns(p50_b)} at ≤ {lo_x:.2f} ({ratio:.1f}×), p99 {format_ns(p99_a)} vs {format_ns(p99_b)}; "
+        f"they hold {slow_above} of the {n_slow} slowest steps; Spearman ρ(imbalance, moe_comm) = {rho:.2f}",
         stake,
-        {"threshold": lo_x, "next_level": hi_x, "jump": ratio, "p99_above_ns": p99_a, "p99_below_ns": p99_b,
+        {"threshold": lo_x, "next_level": hi_x, "jump": ratio, "p50_above_ns": p50_a, "p50_below_ns": p50_b,
+         "p99_above_ns": p99_a, "p99_below_ns": p99_b, "slowest_above": slow_above, "slowest": n_slow,
          "rho": rho, "n_above": int(above.size), "n_below": int(below.size)})
 
 
-def best_split(x: np.ndarray, y: np.ndarray, min_group: int) -> tuple[float, float] | None:
+def best_split(x: np.ndarray, y: np.ndarray, min_group: int, max_cuts: int = 256) -> tuple[float, float] | None:
     """The imbalance level where moe_comm changes most: the split of the steps sorted by x into a
     lower and an upper group (each >= min_group steps, cut between distinct x values) that
-    minimizes the summed squared deviation of y from each group's mean (a one-split regression
-    tree). Returns (largest x of the lower group, smallest x of the upper group)."""
+    minimizes the summed absolute deviation of log y from each group's median (a one-split
+    regression tree in L1 on log times: one extreme step counts by its distance, not its square,
+    so it cannot pull the cut; the log matches the rule's test, a ratio of medians). At most
+    `max_cuts` cuts, evenly spaced over the candidates, are tried. Returns (largest x of the lower
+    group, smallest x of the upper group)."""
     order = np.argsort(x, kind="stable")
-    xs, ys = x[order], y[order]
+    xs, ly = x[order], np.log(np.maximum(y[order], 1.0))
     n = xs.size
-    c1, c2 = np.cumsum(ys), np.cumsum(ys * ys)
     i = np.arange(min_group, n - min_group + 1)  # lower group = first i steps
     i = i[xs[i - 1] < xs[i]] if i.size else i
     if i.size == 0:
         return None
-    sse_lo = c2[i - 1] - c1[i - 1] ** 2 / i
-    sse_hi = (c2[-1] - c2[i - 1]) - (c1[-1] - c1[i - 1]) ** 2 / (n - i)
-    k = int(i[np.argmin(sse_lo + sse_hi)])
+    if i.size > max_cuts:
+        i = np.unique(i[np.linspace(0, i.size - 1, max_cuts).round().astype(np.int64)])
+    cost = [np.abs(ly[:k] - np.median(ly[:k])).sum() + np.abs(ly[k:] - np.median(ly[k:])).sum() for k in i]
+    k = int(i[int(np.argmin(cost))])
     return float(xs[k - 1]), float(xs[k])
 
 

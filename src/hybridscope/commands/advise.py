@@ -13,7 +13,9 @@ from hybridscope.commands._common import (
     RunOption,
     check_format,
     err,
+    out,
     print_table,
+    table_width,
     wrote,
 )
 
@@ -44,8 +46,16 @@ def advise(
     finally:
         con.close()
     table = report["advice"]
-    print_table(table, fmt)
-    if not len(table):
+    if fmt == "table":  # prose: the report's advice panel, wrapped to the terminal, gain in each item
+        from rich.console import Console
+
+        from hybridscope.present.terminal import advice_panel
+
+        console = out if out.is_terminal else Console(width=table_width(), highlight=False, soft_wrap=False)
+        console.print(advice_panel(table))
+    else:
+        print_table(table, fmt)
+    if not len(table) and fmt != "table":  # the panel says it in a terminal
         why = "; ".join(table.meta.get("notes") or []) or "no rule found its evidence in this run"
         err.print(f"No advice for run {run_id}: {why} (the rules: docs/analyses.md, \"advice\").", markup=False)
     if emit is not None:

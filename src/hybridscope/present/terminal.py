@@ -77,7 +77,9 @@ def _cut(table: Table, max_rows: int, width: int):
     return to_rich(table.with_rows(table.rows[:max_rows], notes=notes), width=width)
 
 
-def _advice(table: Table):
+def advice_panel(table: Table) -> Panel:
+    """The advice, one item a paragraph: rule, recommendation, its expected gain, the evidence
+    (prose wraps to the terminal; `report` and `advise` both print it)."""
     notes = [Text(n, style="dim") for n in table.meta.get("notes") or []]
     if not len(table):
         return Panel(Group(Text("No rule fired: no recommendation with a material gain has data behind it in "
@@ -91,4 +93,4 @@ def _advice(table: Table):
     return Panel(Group(*parts, *notes), title="advice", border_style="blue")
 
 
-PANELS = {"contrast": _contrast, "advice": _advice}
+PANELS = {"contrast": _contrast, "advice": advice_panel}
