@@ -1,5 +1,7 @@
 """Each advice rule fires on its evidence and stays silent without it."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ def expert_steps(imb, comm):
                latency_ns=[0] * len(imb))
 
 
-SKEWED = expert_steps([1.1, 1.2, 1.1, 1.15, 1.1, 4.0, 4.2, 3.9], [100, 110, 100, 105, 100, 600, 650, 580])
+SKEWED = expert_steps([1.1, 1.2, 1.1, 1.15, 1.1, 4.0, 4.2, 3.9], [110, 100, 100, 105, 100, 600, 650, 580])
 
 
 def test_routing_penalty_fires_at_the_jump():
@@ -63,8 +65,8 @@ def test_routing_penalty_judges_the_groups_by_their_medians():
 
 def test_routing_penalty_split_is_not_pulled_by_one_extreme_step():
     # one 1-second step among the balanced ones: least squares (on times or their logs) cuts right
-    # after it to give it a group of its own; least absolute deviations keep the cut between the
-    # two routing regimes
+    # after it to give it a group of its own; on ranks it is one slow step, and the cut stays
+    # between the two routing regimes
     imb = [1.1, 1.2, 1.12, 1.15, 1.1, 1.3, 1.25, 1.2, 1.28, 4.0, 4.2, 3.9, 4.1]
     comm = [100, 110, 90, 1_000_000_000, 100, 95, 95, 100, 105, 600, 650, 580, 600]
     a = adv.routing_penalty(expert_steps(imb, comm), jump=1.5, min_rho=0.3, min_group=3)
@@ -73,6 +75,31 @@ def test_routing_penalty_split_is_not_pulled_by_one_extreme_step():
     ly = np.log(np.array(comm, dtype=float))[order]
     sse = {k: ly[:k].var() * k + ly[k:].var() * (13 - k) for k in (4, 9)}  # cut after 1.15 / after 1.3
     assert sse[4] < sse[9]  # what a least-squares cut would have picked
+
+
+def test_best_split_is_the_largest_mann_whitney_z():
+    # hand-computed: y ranks by x order [1, 3, 2, 5, 4, 6]; cut after 3 steps: U = (5+4+6) - 6 = 9
+    # (all 9 pairs), z = (9 - 4.5) / sqrt(9 * 7 / 12) = 1.964; after 2: U = 17 - 10 = 7 of 8,
+    # z = 3 / sqrt(8 * 7 / 12) = 1.389; after 4: U = 10 - 3 = 7 of 8, same 1.389
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y = np.array([10.0, 30.0, 20.0, 50.0, 40.0, 60.0])
+    assert adv.best_split(x, y, 2) == (3.0, 4.0)
+    assert adv.best_split(x, y, 3) == (3.0, 4.0)
+    assert adv.best_split(np.array([1.0, 1.0, 1.0, 1.0]), y[:4], 1) is None  # no distinct x to cut between
+
+
+def test_routing_penalty_cuts_a_real_hotspots_run_between_its_regimes():
+    # a real run A of benchmarks/fix_ab.py (tests/fixtures/hotspots_seed0_steps.csv): 72 balanced
+    # steps at imbalance 1.29-1.50, 24 skewed ones at 2.14-2.48, some of which waited no longer than
+    # balanced steps (moe_comm is bimodal there). The cut belongs in the gap: cutting inside the
+    # skewed steps (2.22, what least absolute deviations on log times chose) capped nothing useful
+    path = Path(__file__).parent / "fixtures" / "hotspots_seed0_steps.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines() if line[:1].isdigit()]
+    imb, comm = [float(a) for a, _ in rows], [int(b) for _, b in rows]
+    a = adv.routing_penalty(expert_steps(imb, comm), jump=1.5, min_rho=0.3, min_group=3)
+    assert a is not None
+    assert a.numbers["threshold"] == max(v for v in imb if v < 2) and a.numbers["next_level"] == min(v for v in imb if v > 2)
+    assert (a.numbers["n_below"], a.numbers["n_above"]) == (72, 24)
 
 
 def test_routing_penalty_silent_when_only_the_tail_moves_by_chance():

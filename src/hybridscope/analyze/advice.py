@@ -3,9 +3,9 @@
 Each rule reads the result tables of the other analyses and returns one `Advice` or None; a rule
 fires only when its evidence is present and passes its threshold (docs/analyses.md, "advice"):
 
-- routing_penalty: steps with routing and moe_comm time, split in two by imbalance where moe_comm
-  changes most (`best_split`: L1 on log moe_comm, at least `min_group` steps per side); t = the
-  lower group's largest imbalance. Fires when p50(moe_comm | upper) / p50(moe_comm | lower) >=
+- routing_penalty: steps with routing and moe_comm time, split in two at the imbalance above which
+  moe_comm rises (`best_split`: the cut with the largest Mann-Whitney z, at least `min_group` steps
+  per side); t = the lower group's largest imbalance. Fires when p50(moe_comm | upper) / p50(moe_comm | lower) >=
   `jump` and Spearman(imbalance, moe_comm) >= `min_rho`: medians, because the lower group's p99 is
   its one or two noisiest steps (a descheduled host, a late peer), and a rule that moves with them
   comes and goes between two runs of one workload. The evidence adds both groups' p99 and how many
@@ -134,25 +134,29 @@ def routing_penalty(t: Table | None, *, jump: float, min_rho: float, min_group: 
          "rho": rho, "n_above": int(above.size), "n_below": int(below.size)})
 
 
-def best_split(x: np.ndarray, y: np.ndarray, min_group: int, max_cuts: int = 256) -> tuple[float, float] | None:
-    """The imbalance level where moe_comm changes most: the split of the steps sorted by x into a
-    lower and an upper group (each >= min_group steps, cut between distinct x values) that
-    minimizes the summed absolute deviation of log y from each group's median (a one-split
-    regression tree in L1 on log times: one extreme step counts by its distance, not its square,
-    so it cannot pull the cut; the log matches the rule's test, a ratio of medians). At most
-    `max_cuts` cuts, evenly spaced over the candidates, are tried. Returns (largest x of the lower
-    group, smallest x of the upper group)."""
+def best_split(x: np.ndarray, y: np.ndarray, min_group: int) -> tuple[float, float] | None:
+    """The imbalance level above which moe_comm rises: of the splits of the steps sorted by x into a
+    lower and an upper group (each >= min_group steps, cut between distinct x values), the one whose
+    upper group's y stands highest above the lower group's by the Mann-Whitney statistic,
+    z = (U - n_lo n_hi / 2) / sqrt(n_lo n_hi (n + 1) / 12), U counting (upper, lower) pairs where the
+    upper step is slower (ties half). On ranks, so one extreme step counts as one step and cannot
+    pull the cut; z weighs the group sizes, so a few slow steps do not win over a whole regime.
+    O(n log n): every cut's rank sum from one cumulative sum. Returns (largest x of the lower group,
+    smallest x of the upper group)."""
+    from hybridscope.analyze.experts import rankdata
+
     order = np.argsort(x, kind="stable")
-    xs, ly = x[order], np.log(np.maximum(y[order], 1.0))
+    xs, r = x[order], rankdata(y[order])
     n = xs.size
     i = np.arange(min_group, n - min_group + 1)  # lower group = first i steps
     i = i[xs[i - 1] < xs[i]] if i.size else i
     if i.size == 0:
         return None
-    if i.size > max_cuts:
-        i = np.unique(i[np.linspace(0, i.size - 1, max_cuts).round().astype(np.int64)])
-    cost = [np.abs(ly[:k] - np.median(ly[:k])).sum() + np.abs(ly[k:] - np.median(ly[k:])).sum() for k in i]
-    k = int(i[int(np.argmin(cost))])
+    c = np.cumsum(r)
+    n_lo, n_hi = i.astype(np.float64), (n - i).astype(np.float64)
+    u = (c[-1] - c[i - 1]) - n_hi * (n_hi + 1) / 2  # upper group's rank sum -> U
+    z = (u - n_lo * n_hi / 2) / np.sqrt(n_lo * n_hi * (n + 1) / 12)
+    k = int(i[int(np.argmax(z))])
     return float(xs[k - 1]), float(xs[k])
 
 
