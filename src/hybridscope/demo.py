@@ -56,7 +56,8 @@ def default_options(*, device: str | None = None, ranks: int | None = None, requ
     of prompt tokens per step, and routing skewed toward experts 0-3, all on rank 0, in 30% of the
     steps, drawn from one seeded sequence: the hot spots come and go, so the rank holding the hot
     experts is the straggler of some steps only; CPU: experts widened to 1024 so that their GEMMs
-    weigh in the step as on a GPU). `hotspots` is the A/B workload of the engine fixes
+    weigh in the step as on a GPU, 768 requests a rank = 96 steps of 512 prompt tokens, ~10 s on
+    2 cores: enough steps for `diff`'s whole-step test to see a change of the moe_comm p99). `hotspots` is the A/B workload of the engine fixes
     (benchmarks/fix_ab.py, README "Close the loop")."""
     try:
         import torch
@@ -76,7 +77,7 @@ def default_options(*, device: str | None = None, ranks: int | None = None, requ
         raise UsageError(f"--workload must be one of {', '.join(WORKLOADS)}, not {workload!r}")
     if workload == "hotspots":
         if device == "cpu":
-            return DemoOptions("tiny", "cpu", world, requests or 192, 64, 1, 0.0, skew, (0, 1, 2, 3), mode, seed,
+            return DemoOptions("tiny", "cpu", world, requests or 768, 64, 1, 0.0, skew, (0, 1, 2, 3), mode, seed,
                                {"d_expert": 1024}, False, 0.3, 512, workload)
         return DemoOptions("nemotron3-nano-mini", "cuda", world, requests or 256, 1024, 1, 0.0, skew, (0, 1, 2, 3),
                            mode, seed, {}, False, 0.3, 4096, workload)
