@@ -1,6 +1,7 @@
 """Close the loop: skewed workload -> capture -> advice -> the engine fixes -> the same workload -> diff.
 
     python benchmarks/fix_ab.py --out DIR [--ranks 2] [--device cpu|cuda] [--repeat 3] [--seed 0] [--skew 10]
+                                          [--requests N] [--control]
 
 One repetition is the README's five commands ("Close the loop"), in process:
   A. `hybridscope demo --workload hotspots`: expert-parallel ranks (gloo on CPU, NCCL on GPUs) prefill
@@ -13,6 +14,9 @@ One repetition is the README's five commands ("Close the loop"), in process:
   B. The same workload and seeds, served with those knobs (`demo --fixes`) -> run B.
   diff. `hybridscope diff A B --format json` (run as a user runs it): per layer type the p50/p99
      change with its interval and significance, the throughput change, the verdict line.
+  control (--control). Run A again, unchanged, after B, and `diff A A'`: what two runs of one
+     workload differ by on this machine (identical runs' throughput differed by -8% ... +28% on the
+     2-core VM), so that the fix's change is read beside the noise.
 Printed per repetition: moe_comm p99 of A and B, diff's interval and significance, the throughput
 change, the share of (token, expert) rows the routing fix re-routed, the knobs. Results:
 DIR/fix_ab.json and a table on stdout.
@@ -69,20 +73,31 @@ def engine_notes(db: Path, run_id: int) -> dict:
     return json.loads(n or "{}").get("engine", {})
 
 
-def one(opts: demo.DemoOptions, out: Path, i: int) -> dict:
+def one(opts: demo.DemoOptions, out: Path, i: int, control: bool = False) -> dict:
     db, a = demo.run_demo(out, opts)
     knobs = advise(db, a, out / f"fixes.{i}.toml")
     _, b = demo.run_demo(out, replace(opts, overrides={**opts.overrides, **knobs}))
-    return {"rep": i, "seed": opts.seed, "run_a": a, "run_b": b, "knobs": {k: str(v) for k, v in knobs.items()},
-            "diff": diff(db, a, b), "rerouted_share": engine_notes(db, b).get("rerouted_share")}
+    got = {"rep": i, "seed": opts.seed, "run_a": a, "run_b": b, "knobs": {k: str(v) for k, v in knobs.items()},
+           "diff": diff(db, a, b), "rerouted_share": engine_notes(db, b).get("rerouted_share")}
+    if control:
+        _, a2 = demo.run_demo(out, opts)
+        got.update(run_control=a2, control=diff(db, a, a2))
+    return got
 
 
 def summary(r: dict) -> dict:
-    """The numbers of one repetition that docs/benchmarks.md quotes."""
-    row = next((x for x in r["diff"]["rows"] if x.get("group") == "moe_comm"), None)
-    meta = r["diff"]["meta"]
-    out = {"rep": r["rep"], "knobs": r["knobs"], "rerouted_share": r["rerouted_share"],
-           "throughput_change_pct": meta.get("throughput_change_pct"), "verdict": meta.get("verdict")}
+    """The numbers of one repetition that docs/benchmarks.md quotes (`control`: the same of A vs A')."""
+    out = {"rep": r["rep"], "knobs": r["knobs"], "rerouted_share": r["rerouted_share"], **moe_comm_change(r["diff"])}
+    if "control" in r:
+        out["control"] = moe_comm_change(r["control"])
+    return out
+
+
+def moe_comm_change(d: dict) -> dict:
+    """moe_comm's p50/p99 change, interval and significance, and the throughput change, of one diff."""
+    row = next((x for x in d["rows"] if x.get("group") == "moe_comm"), None)
+    meta = d["meta"]
+    out = {"throughput_change_pct": meta.get("throughput_change_pct"), "verdict": meta.get("verdict")}
     if row:
         out.update(p99_a_ns=row["p99_a_ns"], p99_b_ns=row["p99_b_ns"], p99_change_pct=row["p99_change_pct"],
                    ci=(row.get("p99_ci_lo_pct"), row.get("p99_ci_hi_pct")), p50_a_ns=row["p50_a_ns"],
@@ -111,7 +126,28 @@ def render(results: list[dict]) -> str:
         knobs = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "none (no advice fired)"
         lines.append(f"     knobs: {knobs}")
         lines.append(f"     diff: {r['verdict']}")
+        if "control" in r:
+            lines.append(f"     control, A again: {r['control']['verdict']}")
+    if len(results) > 1:
+        lines += medians(results)
     return "\n".join(lines)
+
+
+def medians(results: list[dict]) -> list[str]:
+    """Median over the repetitions of the fix's changes, and of the control's."""
+    import statistics
+
+    out = []
+    for label, key in (("fix (A -> B)", None), ("control (A -> A')", "control")):
+        rows = [s[key] if key else s for s in map(summary, results) if not key or key in s]
+        p99 = [x["p99_change_pct"] for x in rows if x.get("p99_change_pct") is not None]
+        thr = [x["throughput_change_pct"] for x in rows if x.get("throughput_change_pct") is not None]
+        if p99 and thr:
+            sig = sum(bool(x.get("p99_significant")) for x in rows)
+            out.append(f"median of {len(rows)}, {label}: moe_comm p99 {statistics.median(p99):+.1f}% "
+                       f"(significant in {sig}), throughput {statistics.median(thr):+.1f}% "
+                       f"(range {min(thr):+.1f}% … {max(thr):+.1f}%)")
+    return out
 
 
 def main(argv=None) -> int:
@@ -123,13 +159,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skew", type=float, default=10.0, help="skew of a hot step, logit-std units")
     p.add_argument("--requests", type=int, default=None, help="requests per rank (default per device)")
+    p.add_argument("--control", action="store_true", help="also run A again unchanged and diff A A' (the noise)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for i in range(args.repeat):
         opts = demo.default_options(device=args.device, ranks=args.ranks, requests=args.requests, skew=args.skew,
                                     seed=args.seed + i, workload="hotspots")
-        results.append(one(opts, args.out, i))
+        results.append(one(opts, args.out, i, control=args.control))
         print(render(results[-1:]), flush=True)
     (args.out / "fix_ab.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                       "summary": [summary(r) for r in results],
