@@ -4,7 +4,11 @@
 #   the compute-bound prefill scenario first, then the demo's decode workload) on as many GPUs as the
 #   machine has (2 or more), then the demo on the GPU.
 # Carry .whl (the wheels the machine lacks); results land under $OUT.
+# STAGES picks what runs (default: tests,ep,demo); also: graphs (the CUDA-graph tests and
+# benchmarks/bench_graphs.py, issue 14), metrics (the exporter's overhead, issue 21).
 set -uo pipefail
+STAGES=",${STAGES:-tests,ep,demo},"
+on() { [[ "$STAGES" == *",$1,"* ]]; }
 OUT=${OUT:-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
@@ -14,6 +18,19 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 date -u | tee -a "$OUT/device.txt"
 gpus=$(nvidia-smi -L | wc -l)
 
+if on graphs; then
+  timeout "${GRAPHS_TESTS_S:-200}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider -o addopts="" \
+    tests/test_live_graphs_gpu.py tests/test_live_family_gpu.py tests/test_live_metrics.py 2>&1 \
+    | tail -30 | tee "$OUT/graphs-tests.log"
+  timeout "${GRAPHS_BENCH_S:-260}" python3 benchmarks/bench_graphs.py --out "$OUT/bench_graphs.json" \
+    --only "${GRAPHS_ONLY:-layers,overhead}" --rounds 12 --budget-s "${GRAPHS_BUDGET_S:-200}" 2>&1 \
+    | tail -40 | tee "$OUT/bench_graphs.log"
+fi
+if on metrics; then
+  timeout "${METRICS_S:-200}" python3 benchmarks/bench_capture.py --out "$OUT/bench_capture_metrics.json" \
+    --variants layers,layers_metrics --skip-micro --budget-s 150 2>&1 | tail -30 | tee "$OUT/bench_capture.log"
+fi
+if on tests; then
 # the prefill-under-CUDA-graph test runs in its own process: an illegal access there (seen once)
 # would poison the CUDA context of every later test
 GRAPH_TEST=tests/engine/test_kernels.py::test_prefill_kernels_capture_in_cuda_graph
@@ -21,14 +38,17 @@ timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -o add
   | tail -40 | tee "$OUT/gpu-tests.log"
 CUDA_LAUNCH_BLOCKING=1 timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" "$GRAPH_TEST" 2>&1 \
   | tail -25 | tee -a "$OUT/gpu-tests.log"
-if [ "$gpus" -ge 2 ]; then
+fi
+if on ep && [ "$gpus" -ge 2 ]; then
   # ep.duckdb (4 runs, every kernel) may exceed the 16 MiB a file from $OUT may have (the 2-run one
   # did not come back): the results are in ep/ep_skew.json (written after each scenario) and the log
   timeout "${EP_S:-240}" python3 benchmarks/ep_skew.py --out "$OUT/ep" --ranks "$gpus" --skew 3 \
     --scenario prefill,decode --requests 16 2>&1 | grep -v "^USDT\|profiler_st" | tail -60 | tee "$OUT/ep_skew.log"
   rm -f "$OUT/ep/ep.duckdb.wal"
 fi
+if on demo; then
 timeout "${DEMO_S:-100}" python3 -m hybridscope demo --device cuda --requests 16 --out "$OUT/demo" 2>&1 | tail -60 > "$OUT/demo.log"
 # the report's tables as JSON (warm-up row and notes, tails without warm-up, advice with its gain): issue 15
 timeout 60 python3 -m hybridscope report --db "$OUT/demo/run.duckdb" --json "$OUT/demo/report.json" > /dev/null 2>&1
+fi
 ls -la "$OUT" "$OUT"/* | head -40
