@@ -1,18 +1,20 @@
 """One pass over each device's kernels in time order, in bounded memory: the running maxima that the
 interval analyses (duty cycle, overlap, gaps, launch-bound, conflicts) are sums over.
 
-Input: a temp table of kernels sorted by (rank, device, ts_ns, end_ns, ev), so that its rowid is
-that order (timeline.materialized builds it). Output: a temp table with one row per input row, in
-the same order (read side by side with POSITIONAL JOIN):
+Input: a query over the store's tables (not temp tables: it streams through a second connection
+of the same database) whose rows are the kernels, columns KERNEL_COLUMNS, sorted by (rank, device,
+ts_ns, end_ns, ev). Output: a temp table holding those rows in that order, `pos` (0, 1, ...: the
+order) first, and after them, per row:
 - prev_max: the latest end among the earlier kernels of the device (NULL for its first kernel);
 - prev_compute / prev_comm / prev_phase: the same among earlier compute kernels (layer type not in
-  timeline.COMM_TYPES) / communication kernels / kernels of the same phase;
-- holder, holder_code: input rowid and layer type code of the latest earlier kernel whose end is
+  the communication types) / communication kernels / kernels of the same phase;
+- holder, holder_code: pos and layer type code of the latest earlier kernel whose end is
   prev_max (the kernel before an idle gap, when this kernel starts one);
 - next_start: for moe_comm kernels, the first start of any kernel of the device at or after
   this kernel's end (NULL when none).
-The kernels are read CHUNK_ROWS at a time as numeric columns (layer type and phase as dictionary
-codes), the running state carried from chunk to chunk: memory holds one chunk whatever the run.
+The rows stream through Python CHUNK_ROWS at a time as Arrow (text columns never become Python
+objects; layer type and phase as dictionary codes for the numpy pass), the running state carried
+from chunk to chunk and reset at each device: memory holds one chunk whatever the run.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.compute as pc
 
-NONE = int(np.iinfo(np.int64).min)  # "no earlier kernel": NULL once read back through the view
+NONE = int(np.iinfo(np.int64).min)  # "no earlier kernel": NULL once inserted
 CHUNK_ROWS = 1 << 20
+KERNEL_COLUMNS = (("ev", "BIGINT"), ("rank", "INTEGER"), ("device", "INTEGER"), ("stream", "BIGINT"),
+                  ("ts_ns", "BIGINT"), ("end_ns", "BIGINT"), ("layer_type", "VARCHAR"), ("layer_index", "INTEGER"),
+                  ("step", "INTEGER"), ("phase", "VARCHAR"), ("correlation", "BIGINT"))
 COLUMNS = ("prev_max", "prev_compute", "prev_comm", "prev_phase", "holder", "holder_code", "next_start")
 
 
@@ -36,45 +42,103 @@ class _Carry:
     phase_max: dict[int, int] = field(default_factory=dict)
     holder: int = NONE
     holder_code: int = 0
-    pending: list[tuple[int, int]] = field(default_factory=list)  # (rowid, end) of moe_comm kernels
+    pending: list[tuple[int, int]] = field(default_factory=list)  # (pos, end) of moe_comm kernels
 
 
-def sweep(con, source: str, target: str, types: list[str], phases: list[str | None],
-          comm_types: tuple[str, ...]) -> None:
-    """Create `target` from `source` (module doc). `types` / `phases`: the distinct layer types and
-    phases of `source`; codes are 1-based positions in them."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {target} (prev_max BIGINT, prev_compute BIGINT, prev_comm BIGINT,"
-                " prev_phase BIGINT, holder BIGINT, holder_code INTEGER, next_start BIGINT)")
-    comm = np.array([i + 1 for i, t in enumerate(types) if t in comm_types], dtype=np.int64)
-    moe = types.index("moe_comm") + 1 if "moe_comm" in types else -1
-    late: list[tuple[int, int]] = []
-    devices = con.execute(f"SELECT min(rowid), max(rowid) + 1 FROM {source} GROUP BY rank, device ORDER BY 1")
-    for lo, hi in devices.fetchall():
-        carry = _Carry()
-        for a in range(lo, hi, CHUNK_ROWS):
-            cols = con.execute(
-                f"SELECT ts_ns, end_ns, list_position($types, layer_type) AS code,"
-                f" coalesce(list_position($phases, phase), 0) AS phase FROM {source}"
-                f" WHERE rowid >= $a AND rowid < $b",
-                {"types": types, "phases": [p for p in phases if p is not None], "a": a,
-                 "b": min(a + CHUNK_ROWS, hi)}).fetchnumpy()
-            out = _chunk(a, cols, carry, comm, moe, late)
-            con.register("_hs_sweep", out)
+class _Codes:
+    """Dictionary codes of a text column, 1-based in order of first appearance (0: NULL)."""
+
+    def __init__(self):
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def encode(self, column) -> np.ndarray:
+        """The codes of an Arrow string column (its chunk's dictionary mapped to ours)."""
+        enc = pc.dictionary_encode(column)
+        local = enc.dictionary.to_pylist()
+        to_global = np.array([0] + [self._index.setdefault(v, len(self._index) + 1) for v in local], np.int64)
+        self.values = list(self._index)
+        return to_global[enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1]
+
+    def code(self, value: str) -> int:
+        return self._index.get(value, -1)
+
+
+@dataclass
+class _State:
+    """The pass so far: codes, the device being swept and its carry, the rows done."""
+
+    types: _Codes = field(default_factory=_Codes)
+    phases: _Codes = field(default_factory=_Codes)
+    device: tuple[int, int] | None = None
+    carry: _Carry = field(default_factory=_Carry)
+    pos: int = 0
+    late: list[tuple[int, int]] = field(default_factory=list)  # (pos, next_start) found in a later chunk
+
+
+def sweep(con, query: str, params: dict, target: str, comm_types: tuple[str, ...]) -> list[str]:
+    """Create `target` from the rows of `query` (module doc); returns the layer types, holder_code
+    being a 1-based position in that list."""
+    cols = ", ".join(f"{name} {kind}" for name, kind in KERNEL_COLUMNS)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {target} (pos BIGINT, {cols}, prev_max BIGINT, prev_compute BIGINT,"
+                " prev_comm BIGINT, prev_phase BIGINT, holder BIGINT, holder_code INTEGER, next_start BIGINT)")
+    names = ", ".join(name for name, _ in KERNEL_COLUMNS)
+    insert = (f"INSERT INTO {target} SELECT pos, {names}, "
+              + ", ".join(c if c == "holder_code" else f"nullif({c}, {NONE})" for c in COLUMNS) + " FROM _hs_sweep")
+    state = _State()
+    reader = con.cursor()  # the rows stream from this second connection while `con` writes the target
+    try:
+        for batch in reader.sql(query, params=params).to_arrow_reader(CHUNK_ROWS):
+            if not batch.num_rows:
+                continue
+            con.register("_hs_sweep", _with(batch, state.pos, _batch(batch, state, comm_types)))
             try:
-                con.execute(f"INSERT INTO {target} SELECT {', '.join(COLUMNS)} FROM _hs_sweep")
+                con.execute(insert)
             finally:
                 con.unregister("_hs_sweep")
-    if late:  # moe_comm kernels whose next start lay in a later chunk
-        rows, values = zip(*late)
+            state.pos += batch.num_rows
+    finally:
+        reader.close()
+    if state.late:  # moe_comm kernels whose next start lay in a later chunk
+        rows, values = zip(*state.late)
         con.execute(f"UPDATE {target} SET next_start = u.v FROM (SELECT unnest($r) AS r, unnest($v) AS v) u"
                     f" WHERE {target}.rowid = u.r", {"r": list(rows), "v": list(values)})
+    return state.types.values
 
 
-def _chunk(a: int, cols: dict, carry: _Carry, comm: np.ndarray, moe: int, late: list) -> dict[str, np.ndarray]:
-    """The output columns of one chunk (input rows a, a+1, ...), updating `carry`."""
-    ts, end = np.asarray(cols["ts_ns"], np.int64), np.asarray(cols["end_ns"], np.int64)
-    code, phase = np.asarray(cols["code"], np.int64), np.asarray(cols["phase"], np.int64)
-    is_comm = np.isin(code, comm)
+def _batch(batch, state: _State, comm_types: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The running maxima of one chunk of rows, device by device (the carry restarts at each)."""
+    n = batch.num_rows
+    code = state.types.encode(batch.column("layer_type"))
+    is_comm = np.isin(code, [state.types.code(t) for t in comm_types])
+    is_moe = code == state.types.code("moe_comm")
+    phase = state.phases.encode(batch.column("phase"))
+    ts, end = batch.column("ts_ns").to_numpy(), batch.column("end_ns").to_numpy()
+    rank, dev = batch.column("rank").to_numpy(), batch.column("device").to_numpy()
+    out = {c: np.empty(n, np.int64) for c in COLUMNS}
+    cuts = np.flatnonzero((rank[1:] != rank[:-1]) | (dev[1:] != dev[:-1])) + 1
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, n].tolist()):
+        if (int(rank[a]), int(dev[a])) != state.device:
+            state.device, state.carry = (int(rank[a]), int(dev[a])), _Carry()
+        part = _chunk(state.pos + a, ts[a:b], end[a:b], code[a:b], phase[a:b], is_comm[a:b], is_moe[a:b],
+                      state.carry, state.late)
+        for c in COLUMNS:
+            out[c][a:b] = part[c]
+    return out
+
+
+def _with(batch, pos: int, out: dict[str, np.ndarray]):
+    """The chunk as an Arrow table: its kernel columns, pos, and the running maxima."""
+    import pyarrow as pa
+
+    arrays = [pa.array(np.arange(pos, pos + batch.num_rows, dtype=np.int64))] + list(batch.columns)
+    arrays += [pa.array(out[c]) for c in COLUMNS]
+    return pa.Table.from_arrays(arrays, names=["pos", *batch.schema.names, *COLUMNS])
+
+
+def _chunk(a: int, ts: np.ndarray, end: np.ndarray, code: np.ndarray, phase: np.ndarray, is_comm: np.ndarray,
+           is_moe: np.ndarray, carry: _Carry, late: list) -> dict[str, np.ndarray]:
+    """The output columns of one device's rows a, a+1, ... of a chunk, updating `carry`."""
     prev_max, carry.run_max = _earlier_max(end, None, carry.run_max)
     prev_compute, carry.compute_max = _earlier_max(end, ~is_comm, carry.compute_max)
     prev_comm, carry.comm_max = _earlier_max(end, is_comm, carry.comm_max)
@@ -86,7 +150,7 @@ def _chunk(a: int, cols: dict, carry: _Carry, comm: np.ndarray, moe: int, late: 
     holder, holder_code = _holders(a, end, code, prev_max, carry)
     return {"prev_max": prev_max, "prev_compute": prev_compute, "prev_comm": prev_comm, "prev_phase": prev_phase,
             "holder": holder, "holder_code": holder_code,
-            "next_start": _next_starts(a, ts, end, code == moe, carry, late)}
+            "next_start": _next_starts(a, ts, end, is_moe, carry, late)}
 
 
 def _earlier_max(end: np.ndarray, mask: np.ndarray | None, before: int) -> tuple[np.ndarray, int]:

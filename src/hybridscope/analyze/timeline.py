@@ -37,8 +37,6 @@ class Tables:
     hold), and the run's distinct layer types (`types`: holder_code is a 1-based position in it)."""
 
     def __init__(self, run_id: int):
-        self.base = f"_hs_base_{int(run_id)}"
-        self.derived = f"_hs_sweep_{int(run_id)}"
         self.kernels = f"_hs_kernels_{int(run_id)}"
         self.steps = f"_hs_steps_{int(run_id)}"
         self.sums = f"_hs_step_sums_{int(run_id)}"
@@ -46,7 +44,7 @@ class Tables:
         self.memo: dict = {}  # `once` results of this block
 
     def drop(self, con) -> None:
-        for name in (self.base, self.derived, self.kernels, self.steps, self.sums):
+        for name in (self.kernels, self.steps, self.sums):
             with contextlib.suppress(duckdb.Error):  # an aborted transaction drops them itself
                 con.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -176,13 +174,15 @@ _KERNELS = f"""
         FROM kl ASOF LEFT JOIN windows w ON kl.rank = w.rank AND kl.launch_ns >= w.ts_ns
     )"""
 
-# The length of the union of a group's kernel intervals, summed over its rows in (ts_ns, end_ns)
-# order: each kernel adds the part of [ts, end) past the latest end before it (`prev_max`: every
-# point between its start and that end is covered by the kernel holding it). Zero-length and
-# inverted intervals add nothing, as intervals.union drops them.
 # The kernels of `_KERNELS` for the report's tables: a kernel whose step is known, and whose phase
 # is known or could not be found (no step window has one), keeps them without the launch lookup
-# (capture and attribution fill them: the join with every launch is then skipped).
+# (capture and attribution fill them: the join with every launch is then skipped). `_STORED`: the
+# same when no kernel of the run needs the lookup (the plain scan).
+_STORED = f"""
+        SELECT rowid AS ev, rank, coalesce(device, -1) AS device, coalesce(stream, -1) AS stream, ts_ns,
+               ts_ns + duration_ns AS end_ns, coalesce(layer_type, 'other') AS layer_type, layer_index, step,
+               phase, correlation
+        FROM events WHERE run_id = $run AND {KERNEL_FILTER}"""
 _KERNELS_FAST = f"""
     k0 AS (
         SELECT rowid AS ev, rank, coalesce(device, -1) AS device, coalesce(stream, -1) AS stream, ts_ns,
@@ -229,19 +229,16 @@ def _create(con, run_id: int, t: Tables) -> None:
     """The temp tables of `materialized` (its doc says what they hold)."""
     from hybridscope.analyze import sweep
 
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {t.base} AS
-        WITH {_STEP_SCOPES}, {_KERNELS_FAST}
-        SELECT ev, rank, device, stream, ts_ns, end_ns, layer_type, layer_index, step, phase, correlation
-        FROM ks ORDER BY rank, device, ts_ns, end_ns, ev""", {"run": run_id})
-    t.types = [v for (v,) in con.execute(f"SELECT DISTINCT layer_type FROM {t.base} ORDER BY 1").fetchall()]
-    phases = [v for (v,) in con.execute(f"SELECT DISTINCT phase FROM {t.base} ORDER BY 1").fetchall()]
-    sweep.sweep(con, t.base, t.derived, t.types, phases, COMM_TYPES)
-    running = ", ".join(f"nullif(d.{c}, {sweep.NONE}) AS {c}" for c in sweep.COLUMNS if c != "holder_code")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {t.kernels} AS SELECT b.rowid AS pos, b.*, {running}, d.holder_code"
-                f" FROM {t.base} b POSITIONAL JOIN {t.derived} d")
-    con.execute(f"DROP TABLE {t.derived}")
-    con.execute(f"DROP TABLE {t.base}")
+    params = {"run": run_id}
+    # the launch lookup (_KERNELS_FAST) only when a kernel needs it: else the kernels as stored
+    (look_up,) = con.execute(f"""WITH {_STEP_SCOPES}
+        SELECT EXISTS (SELECT 1 FROM events WHERE run_id = $run AND {KERNEL_FILTER} AND (step IS NULL OR
+                       (phase IS NULL AND EXISTS (SELECT 1 FROM windows WHERE phase IS NOT NULL))))""",
+                             params).fetchall()[0]
+    source = f"WITH {_STEP_SCOPES}, {_KERNELS_FAST} SELECT * FROM ks" if look_up else f"SELECT * FROM ({_STORED})"
+    columns = ", ".join(name for name, _ in sweep.KERNEL_COLUMNS)
+    t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY rank, device, ts_ns, end_ns, ev",
+                          params, t.kernels, COMM_TYPES)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {t.steps} AS
         WITH {_STEP_SCOPES},
