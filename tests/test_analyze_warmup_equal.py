@@ -38,7 +38,7 @@ def _reference_warm_steps(ws, per_type, rank):
     phase = [w["phase"] or "unknown" for w in ws]
     types = [per_type.get((rank, w["step"]), {}) if w["sampled"] else {} for w in ws]
     late = range(len(ws) // 2, len(ws))
-    med = lambda v: quantile_cont(np.sort(np.asarray(v, dtype=np.float64)), 0.5)
+    med = lambda v: quantile_cont(np.sort(np.asarray(v, dtype=np.float64)), warmup.REF_Q)  # the reference quantile
     ref_lat, ref_type = {}, {}
     for ph in set(phase):
         idx = [i for i in late if phase[i] == ph] or [i for i in range(len(ws)) if phase[i] == ph]
