@@ -5,10 +5,10 @@ fires only when its evidence is present and passes its threshold (docs/analyses.
 
 - routing_penalty: steps with routing and moe_comm time, split in two at the imbalance above which
   moe_comm rises (`best_split`: the cut with the largest Mann-Whitney z, at least `min_group` steps
-  per side); t = the lower group's largest imbalance. Fires when p50(moe_comm | upper) / p50(moe_comm | lower) >=
-  `jump` and Spearman(imbalance, moe_comm) >= `min_rho`: medians, because the lower group's p99 is
-  its one or two noisiest steps (a descheduled host, a late peer), and a rule that moves with them
-  comes and goes between two runs of one workload. The evidence adds both groups' p99 and how many
+  per side); t = the lower group's largest imbalance. Fires when p50(moe_comm | upper) /
+  p50(moe_comm | lower) >= `jump` and Spearman(imbalance, moe_comm) >= `min_rho`: medians, because
+  the lower group's p99 is its one or two noisiest steps (a descheduled host, a late peer), and a
+  rule that moves with them comes and goes between two runs of one workload. The evidence adds both groups' p99 and how many
   of the run's slowest 10% of steps (by moe_comm) the upper group holds. At stake: the moe_comm time
   of the upper group's steps beyond the p50 of the lower group's.
 - stream_pairing: colliding moe_comm collectives (conflicts). Fires when any pair exists; names the
