@@ -138,6 +138,9 @@ def test_diff_verdict_reports_moe_comm_tail_and_throughput(tmp_path, capsys):
     assert table.record(group="mamba")["significant"] == ""
     assert table.meta["verdict"].startswith("p99 of moe_comm +")
     assert "throughput" in table.meta["verdict"]
+    # one run a side: the table says its intervals hold no run-to-run noise, just before the verdict
+    assert table.meta["notes"][-2].startswith("one run a side: the intervals resample steps within each run")
+    assert table.meta["notes"][-1] == table.meta["verdict"]
     con.close()
     with pytest.raises(SystemExit) as e:
         main(["diff", str(a), str(b), "--db", str(path), "--format", "json"])

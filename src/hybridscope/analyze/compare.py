@@ -358,10 +358,13 @@ def diff_table(a: Samples, b: Samples, *, meta: dict, alpha: float = 0.05, seed:
         a.throughput_unit == b.throughput_unit else None
     verdict = _verdict(table, thr, a.throughput_unit)
     wu = [f"run {w['run_id']}: {warmup_mod.describe(w)}" for s in (a, b) for w in (s.info.get("warmup") or [])]
+    noise = ("one run a side: the intervals resample steps within each run, so two identical runs can "
+             "differ beyond them; repeat the A/B beside an unchanged re-run of A, or `check` against a "
+             "baseline saved from several runs")
     return kernel_groups(table).with_rows(table.rows, verdict=verdict, throughput_a=a.throughput, throughput_b=b.throughput,
                            throughput_unit=a.throughput_unit, throughput_change_pct=thr, alpha=alpha,
                            warmup_a=a.info.get("warmup"), warmup_b=b.info.get("warmup"),
-                           notes=[*wu, *(notes or []), verdict])
+                           notes=[*wu, *(notes or []), noise, verdict])
 
 
 def _verdict(table: Table, thr_change: float | None, unit: str | None) -> str:
