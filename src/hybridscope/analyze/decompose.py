@@ -34,6 +34,8 @@ docs/analyses.md, with a worked example):
 
 from __future__ import annotations
 
+import numpy as np
+
 from hybridscope.analyze import timeline
 from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.coverage import coverage_warning
@@ -48,6 +50,10 @@ NO_MODULE = "(no module)"
 ALL = "all"
 WARMUP = "warm-up"  # the label of the warm-up row
 LEVELS: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+# Levels of the report's latency CDF: every percent, then finer in the tail where the story is
+# (LEVELS among them).
+CDF_LEVELS: tuple[float, ...] = tuple(np.round(np.r_[np.arange(0, 100) / 100, 0.991 + np.arange(9) / 1000,
+                                                     0.9995, 1.0], 6).tolist())
 
 # by -> (key columns of the result, the events columns grouped on, the label of a NULL key).
 # Grouping on the raw columns and labelling NULL afterwards saves a string expression per event.
@@ -174,24 +180,89 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
 def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str,
                wu: warmup_mod.WarmUp) -> list[tuple]:
     """Rows (is_all, warm, *keys, n, [p50, p90, p99, p999], max, sum) for every group and the total,
-    of the steady state (warm false) and of the warm-up (warm true); one scan."""
+    of the steady state (warm false) and of the warm-up (warm true); one scan. Inside a report
+    (`timeline.materialized`) one scan serves every rank: the per-rank view asks for each."""
+    if rank is None and key_sql in _POOLED_SETS:
+        rows = pooled(con, run_id, predicate, wu, CDF_LEVELS)
+        if rows is not None:
+            return _from_pooled(rows, key_sql)
+    open_ = timeline.block(con, run_id) if rank is not None else None
+    if open_ is not None:
+        key = ("decompose.ranks", key_sql, predicate, *_warm_key(wu))
+        if key not in open_.memo:
+            by_rank: dict[int, list[tuple]] = {}
+            for r, *row in _query(con, run_id, None, key_sql, predicate, wu, by_rank=True):
+                by_rank.setdefault(r, []).append(tuple(row))
+            open_.memo[key] = by_rank
+        return open_.memo[key].get(rank, [])
+    return _query(con, run_id, rank, key_sql, predicate, wu)
+
+
+# The report's pooled decompositions (by layer type, layer, module) and its latency CDF (every level
+# of `levels`, LEVELS among them) come from one scan: GROUPING(layer_type, layer_index, module) of
+# each grouping set.
+_POOLED_SETS = {("layer_type",): 3, ("layer_index", "layer_type"): 1, ("module",): 6}
+_POOLED_ALL = 7
+
+
+def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp, levels: tuple[float, ...]) -> list[tuple] | None:
+    """Inside a report (`timeline.materialized`): rows (grouping, warm, layer_type, layer_index,
+    module, n, [quantiles at `levels`], max, sum) of the grouping sets of _POOLED_SETS and the
+    total, found once; None outside a report."""
+    open_ = timeline.block(con, run_id)
+    if open_ is None:
+        return None
+    key = ("decompose.pooled", predicate, levels, *_warm_key(wu))
+    if key not in open_.memo:
+        prefix, source, params = _source(run_id, predicate, wu)
+        open_.memo[key] = con.execute(f"""{prefix}
+            SELECT GROUPING(layer_type, layer_index, module) AS g, warm, layer_type, layer_index, module, count(*),
+                   quantile_cont(duration_ns, $levels), max(duration_ns), coalesce(sum(duration_ns), 0)::BIGINT
+            FROM {source}
+            GROUP BY GROUPING SETS ((warm, layer_type), (warm, layer_index, layer_type), (warm, module), (warm))""",
+            {**params, "levels": list(levels)}).fetchall()
+    return open_.memo[key]
+
+
+def _warm_key(wu: warmup_mod.WarmUp) -> tuple:
+    return wu.setting, tuple(sorted(wu.cutoffs.items())), wu.first_calls, wu.first
+
+
+def _source(run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> tuple[str, str, dict]:
+    """(WITH prefix, FROM source, parameters): the run's events of `predicate` with `warm`."""
+    if wu.setting == "none":
+        return "", f"(SELECT *, false AS warm FROM events WHERE run_id = $run AND {predicate}) AS ev", {"run": run_id}
+    return (f"WITH {warmup_mod.events_cte(predicate, first_calls=wu.first_calls, clusters=False)}", "ev",
+            {"run": run_id, **wu.params()})
+
+
+def _from_pooled(rows: list[tuple], key_sql: tuple[str, ...]) -> list[tuple]:
+    """_aggregate's rows for `key_sql` out of `pooled`'s (CDF_LEVELS cut to LEVELS)."""
+    at = [CDF_LEVELS.index(q) for q in LEVELS]
+    cols = {"layer_type": 2, "layer_index": 3, "module": 4}
+    out = []
+    for r in rows:
+        if r[0] in (_POOLED_SETS[key_sql], _POOLED_ALL):
+            q = None if r[6] is None else [r[6][i] for i in at]
+            out.append((int(r[0] == _POOLED_ALL), r[1], *(r[cols[k]] for k in key_sql), r[5], q, r[7], r[8]))
+    return out
+
+
+def _query(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predicate: str, wu: warmup_mod.WarmUp,
+           *, by_rank: bool = False) -> list[tuple]:
+    """_aggregate's rows, of one rank or pooled; with `by_rank`, each of every rank, rank first."""
     keys = ", ".join(key_sql)
     levels = ", ".join(repr(q) for q in LEVELS)
     rank_filter = "AND rank = $rank" if rank is not None else ""
-    params: dict = {"run": run_id}
-    if wu.setting == "none":
-        source = f"(SELECT *, false AS warm FROM events WHERE run_id = $run AND {predicate}) AS ev"
-        prefix = ""
-    else:
-        prefix, source = f"WITH {warmup_mod.events_cte(predicate, first_calls=wu.first_calls, clusters=False)}", "ev"
-        params.update(wu.params())
+    prefix, source, params = _source(run_id, predicate, wu)
+    by = "rank, " if by_rank else ""
     sql = f"""{prefix}
-        SELECT grouping({key_sql[0]}) AS is_all, warm, {keys}, count(*) AS n,
+        SELECT {by}grouping({key_sql[0]}) AS is_all, warm, {keys}, count(*) AS n,
                quantile_cont(duration_ns, [{levels}]) AS q, max(duration_ns) AS mx,
                coalesce(sum(duration_ns), 0)::BIGINT AS gpu
         FROM {source}
         WHERE true {rank_filter}
-        GROUP BY GROUPING SETS ((warm, {keys}), (warm))
+        GROUP BY GROUPING SETS (({by}warm, {keys}), ({by}warm))
     """
     if rank is not None:
         params["rank"] = rank

@@ -94,6 +94,11 @@ def on_timeline(fn):
     return wrapper
 
 
+def block(con, run_id: int) -> Tables | None:
+    """The open `materialized` block of (con, run_id), None outside one."""
+    return (_OPEN.get() or {}).get((id(con), int(run_id)))
+
+
 def once(fn):
     """Within a `materialized` block, `fn(con, run_id, **options)` is computed once per set of
     options and its result handed to every later caller: what a report's analyses all ask (the rank
@@ -102,13 +107,13 @@ def once(fn):
 
     @functools.wraps(fn)
     def wrapper(con, run_id: int, **options):
-        block = (_OPEN.get() or {}).get((id(con), int(run_id)))
-        if block is None:
+        open_ = block(con, run_id)
+        if open_ is None:
             return fn(con, run_id, **options)
         key = (fn.__module__, fn.__qualname__, tuple(sorted(options.items())))
-        if key not in block.memo:
-            block.memo[key] = fn(con, run_id, **options)
-        return block.memo[key]
+        if key not in open_.memo:
+            open_.memo[key] = fn(con, run_id, **options)
+        return open_.memo[key]
 
     return wrapper
 

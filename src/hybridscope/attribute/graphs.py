@@ -54,7 +54,8 @@ class GraphStats:
 def graph_tables(con, params: dict, pattern: LayerPattern | None) -> GraphStats:
     """Build `_hs_attr_gmap` and `_hs_attr_seq` for the run (see the module docstring).
 
-    Needs `_hs_attr_active`, `_hs_attr_sc` (scopes) and `_hs_attr_rules` (name rules)."""
+    Needs `_hs_attr_active`, `_hs_attr_sc` (scopes), `_hs_attr_rules` (name rules) and
+    `_hs_attr_cc` / `_hs_attr_launch` (resolve.py: kernels and launch per correlation)."""
     stats = GraphStats()
     _replay_kernels(con, params)
     _captures(con, params)
@@ -87,21 +88,16 @@ def _replay_kernels(con, params: dict) -> None:
         WITH gpu AS (
             SELECT rank, event_id, name, kind, ts_ns, coalesce(stream, -1) AS stream,
                    nullif(correlation, 0) AS correlation, graph_id
-            FROM events WHERE {_RUN} AND {GPU_EVENTS}),
-        cc AS (SELECT rank, correlation, count(*) FILTER (WHERE kind = 'kernel') AS n FROM gpu
-               WHERE correlation IS NOT NULL GROUP BY rank, correlation),
-        gl AS (SELECT rank, correlation, bool_or(name ILIKE '%graphlaunch%') AS graph_launch FROM events
-               WHERE {_RUN} AND source = 'cuda_api' AND correlation IS NOT NULL AND correlation <> 0
-               GROUP BY rank, correlation)
+            FROM events WHERE {_RUN} AND {GPU_EVENTS})
         SELECT g.rank, g.event_id, g.correlation, g.name, g.ts_ns,
                CASE g.kind WHEN 'kernel' THEN 'k' WHEN 'memcpy' THEN 'c' ELSE 's' END AS node_kind,
                r.rule_type,
                (row_number() OVER (PARTITION BY g.rank, g.correlation ORDER BY g.ts_ns, g.stream, g.event_id)
                 - 1)::INTEGER AS pos
-        FROM gpu g JOIN cc ON cc.rank = g.rank AND cc.correlation = g.correlation
-        LEFT JOIN gl ON gl.rank = g.rank AND gl.correlation = g.correlation
+        FROM gpu g JOIN _hs_attr_cc cc ON cc.rank = g.rank AND cc.correlation = g.correlation
+        LEFT JOIN _hs_attr_launch gl ON gl.rank = g.rank AND gl.correlation = g.correlation
         LEFT JOIN _hs_attr_rules r ON r.name = g.name AND r.kind = g.kind
-        WHERE g.graph_id IS NOT NULL OR cc.n > 1 OR coalesce(gl.graph_launch, FALSE)
+        WHERE g.graph_id IS NOT NULL OR cc.n_kernels > 1 OR coalesce(gl.graph_launch, FALSE)
         """,
         params,
     )

@@ -45,6 +45,7 @@ def resolve(con: duckdb.DuckDBPyConnection, run_id: int, rank: int | None, rules
     """
     params = {"run": run_id, "rank": rank}
     _name_rules(con, rules, params)
+    _per_correlation(con, params)
     stats = graph_tables(con, params, pattern)
     con.execute(
         f"""
@@ -66,6 +67,22 @@ def _name_rules(con, rules: Sequence[Rule], params: dict) -> None:
     )
     if pairs:
         insert_columns(con, "_hs_attr_rules", match_table(rules, pairs))
+
+
+def _per_correlation(con, params: dict) -> None:
+    """What graph_tables reads, aggregated once per (rank, correlation): the GPU events' kernel
+    count (`_hs_attr_cc`) and whether a launch call is a graph launch (`_hs_attr_launch`)."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _hs_attr_cc AS
+        SELECT rank, nullif(correlation, 0) AS correlation, count(*) FILTER (WHERE kind = 'kernel') AS n_kernels
+        FROM events WHERE {_GPU} AND nullif(correlation, 0) IS NOT NULL GROUP BY ALL""", params)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _hs_attr_launch AS
+        SELECT rank, correlation, bool_or(name ILIKE '%graphlaunch%') AS graph_launch
+        FROM events
+        WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND source = 'cuda_api'
+          AND correlation IS NOT NULL AND correlation <> 0
+        GROUP BY rank, correlation""", params)
 
 
 _STRONG = "('mamba', 'attention', 'moe_router', 'moe_experts', 'moe_comm')"
