@@ -32,6 +32,7 @@ def test_format_ns(ns, text):
 
 @pytest.mark.parametrize("value, kind, text", [
     (None, "ns", "-"), (float("nan"), "float", "-"), (42.25, "pct", "42.2%"), (0.256, "pct", "0.26%"),
+    (999.94, "pct", "999.9%"), (1772.2, "pct", "1,772%"), (-26310052.5, "pct", "-26,310,052%"),
     (69.0, "ratio", "69.0×"), (1.0234, "ratio", "1.02×"), (150.0, "ratio", "150×"), (1234567, "int", "1,234,567"),
     ("mamba", "str", "mamba"), (96.16, "float", "96.16"), (3, "float", "3"),
 ])

@@ -2,7 +2,7 @@
 
 Shared by the analyses that write sentences (advice) and every renderer (present/), so both say
 '12.3 µs' the same way. 'ns' is scaled per value to ns / µs / ms / s with three significant digits,
-'pct' gets %, 'ratio' ×, 'int' thousands separators, None (and NaN) '-'. A 'kernel' name is
+'pct' gets % (from 1,000% on with thousands separators and no decimal), 'ratio' ×, 'int' thousands separators, None (and NaN) '-'. A 'kernel' name is
 shortened one way everywhere (`short_kernel_name`): C++ parameter lists and nested templates go.
 """
 
@@ -21,6 +21,8 @@ def format_value(value: Any, kind: str) -> str:
     if kind == "ns":
         return format_ns(value)
     if kind == "pct":
+        if abs(value) >= 1000:  # thousands separators, no decimal: '26,310,052%'
+            return f"{value:,.0f}%"
         return f"{value:.2f}%" if abs(value) < 1 else f"{value:.1f}%"
     if kind == "ratio":
         return _sig3(value) + "×"
