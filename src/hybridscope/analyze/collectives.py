@@ -71,6 +71,20 @@ def _matched_sql(pred: str) -> str:
     """
 
 
+def _matched(con, run_id: int) -> tuple[str, dict]:
+    """(a FROM-able relation of `_matched_sql`'s rows but `args`, its parameters): inside a report
+    (`timeline.materialized`) a temp table computed once for rank_waits and stragglers."""
+    sql, params = f"SELECT * EXCLUDE (args) FROM ({_matched_sql(_predicate(con, run_id))})", {"run": run_id}
+    open_ = timeline.block(con, run_id)
+    if open_ is None:
+        return f"({sql})", params
+    name = f"_hs_collectives_{int(run_id)}"
+    if name not in open_.extra:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", params)
+        open_.extra.append(name)
+    return name, {}
+
+
 COLLECTIVE_COLUMNS = (
     Column("pg", "str", "process group"),
     Column("seq", "int", "ordinal of the collective in its group"),
@@ -111,10 +125,11 @@ RANK_COLUMNS = (
 
 def rank_waits(con, run_id: int) -> Table:
     """Per rank: how long it sat in collectives, how much of that was waiting, how often it was last."""
+    matched, params = _matched(con, run_id)
     rows = con.execute(f"""
         SELECT rank, count(*), sum(end_ns - start_ns), sum(wait_ns), count(*) FILTER (WHERE is_straggler),
                quantile_cont(wait_ns, 0.99)
-        FROM ({_matched_sql(_predicate(con, run_id))}) GROUP BY rank ORDER BY rank""", {"run": run_id}).fetchall()
+        FROM {matched} GROUP BY rank ORDER BY rank""", params).fetchall()
     out = [(int(r), int(n), int(c), int(w), 100.0 * w / c if c else None, int(s), plain(p)) for r, n, c, w, s, p in rows]
     return Table("rank_waits", RANK_COLUMNS, out, {"title": f"run {run_id} · collective wait per rank", "run_id": run_id})
 
@@ -138,9 +153,9 @@ def stragglers(con, run_id: int) -> Table:
     The straggler is charged with every collective where it arrived last: the wait of all ranks
     in it. A rank milliseconds late at one collective outweighs a peer microseconds late at three
     (counting arrivals alone would name the peer)."""
-    pred = _predicate(con, run_id)
+    matched, params = _matched(con, run_id)
     rows = con.execute(f"""
-        WITH m AS ({_matched_sql(pred)}),
+        WITH m AS (SELECT * FROM {matched}),
         per_rank AS (
             SELECT step, rank, count(*) FILTER (WHERE is_straggler) AS last_n,
                    coalesce(sum(coll_wait) FILTER (WHERE is_straggler), 0) AS caused
@@ -152,8 +167,7 @@ def stragglers(con, run_id: int) -> Table:
         totals AS (SELECT step, count(DISTINCT (pg, seq)) AS n, sum(wait_ns) AS wait, count(DISTINCT rank) AS ranks
                    FROM m WHERE step IS NOT NULL GROUP BY step)
         SELECT t.step, p.straggler, p.caused, p.last_n, t.n, t.wait, t.ranks
-        FROM totals t JOIN pick p USING (step) ORDER BY t.step""",
-        {"run": run_id}).fetchall()
+        FROM totals t JOIN pick p USING (step) ORDER BY t.step""", params).fetchall()
     spans: dict[int, list[int]] = {}  # the report's own step windows: one definition of a step
     for w in timeline.step_windows(con, run_id):
         spans.setdefault(w["step"], []).append(w["end_ns"] - w["ts_ns"])

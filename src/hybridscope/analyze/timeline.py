@@ -42,9 +42,10 @@ class Tables:
         self.sums = f"_hs_step_sums_{int(run_id)}"
         self.types: list[str] = []
         self.memo: dict = {}  # `once` results of this block
+        self.extra: list[str] = []  # other temp tables an analysis shares within the block
 
     def drop(self, con) -> None:
-        for name in (self.kernels, self.steps, self.sums):
+        for name in (self.kernels, self.steps, self.sums, *self.extra):
             with contextlib.suppress(duckdb.Error):  # an aborted transaction drops them itself
                 con.execute(f"DROP TABLE IF EXISTS {name}")
 
