@@ -57,8 +57,9 @@ def default_options(*, device: str | None = None, ranks: int | None = None, requ
     steps, drawn from one seeded sequence: the hot spots come and go, so the rank holding the hot
     experts is the straggler of some steps only; CPU: experts widened to 1024 so that their GEMMs
     weigh in the step as on a GPU, 768 requests a rank = 96 steps of 512 prompt tokens, ~10 s on
-    2 cores: enough steps for `diff`'s whole-step test to see a change of the moe_comm p99). `hotspots` is the A/B workload of the engine fixes
-    (benchmarks/fix_ab.py, README "Close the loop")."""
+    2 cores: enough steps for `diff`'s whole-step test to see a change of the moe_comm p99).
+    `hotspots` is the A/B workload of the engine fixes (benchmarks/fix_ab.py, README "Close the
+    loop")."""
     try:
         import torch
     except ImportError:

@@ -10,9 +10,9 @@ The rule (docs/analyses.md, "warm-up"), per rank:
   REF_Q quantile (quantile_cont 0.9) over the phase's steps in the second half of the rank's steps
   (over all of the phase's steps when none is there). The p90, not the median: in a bursty workload
   (routing hot spots in 30% of the steps) a burst step is > 1.5x the median, three calm steps in a
-  row come late, and a median reference left out 0-40 of 96 steady steps of a rank (9.8 on average); against the
-  p90 a steady run's steps are settled 9 times in 10, and one-time costs (compiling, a first
-  collective: 10-100x) stand out all the same. The warm-up is the steps before the first RUN
+  row come late, and a median reference left out 0-40 of 96 steady steps of a rank (9.8 on
+  average); against the p90 a steady run's steps are settled 9 times in 10, and one-time costs
+  (compiling, a first collective: 10-100x) stand out all the same. The warm-up is the steps before the first RUN
   consecutive settled steps, when such a run starts within the first half of the rank's steps
   (else the rule cannot tell, and there is none); it ends where the first kept step starts, and
   everything of the rank before that is warm-up.
