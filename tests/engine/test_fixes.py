@@ -90,6 +90,25 @@ def test_capped_moe_equals_reference_and_weights_follow_the_choice():
     torch.testing.assert_close(r.weights, probs / probs.sum(-1, keepdim=True))
 
 
+@pytest.mark.parametrize("router", ["sigmoid", "softmax"])
+def test_a_call_under_the_cap_keeps_its_routing_exactly(router):
+    # no skew: the call's imbalance is under a cap of 3, so the capped router returns what the
+    # router without a cap returns, bit for bit, and re-routes nothing
+    x = tokens(48)
+    capped, free = make_moe(router=router, route_imbalance_cap=3.0), make_moe(router=router)
+    r, f = capped.router(x), free.router(x)
+    assert not capped.router.over_cap(r.ids)
+    assert torch.equal(r.ids, f.ids) and torch.equal(r.weights, f.weights)
+    assert int(capped.router.rerouted_rows) == 0 and int(capped.router.routed_rows) == r.ids.numel()
+    # the same call with the cap at 1 (an even share): random routing is over it, so the cap's passes
+    # run and move rows
+    tight = make_moe(router=router, route_imbalance_cap=1.0)
+    t = tight.router(x)
+    assert int(torch.bincount(f.ids.flatten()).max()) > cap_rows(f.ids.numel(), tight.n_experts, 1.0)
+    assert int(tight.router.rerouted_rows) > 0 and tight.router.over_cap(f.ids) is False  # load now capped
+    assert int(torch.bincount(t.ids.flatten()).max()) <= cap_rows(t.ids.numel(), tight.n_experts, 1.0)
+
+
 def test_no_cap_leaves_routing_untouched():
     moe = make_moe(skew=3.0, skew_experts=(0,))
     moe.router(tokens(32))

@@ -102,9 +102,16 @@ class Router(nn.Module):
             logits, self.correction_bias, self.kind, self.top_k, self.norm_topk, self.scale, load=self.load
         )
         self.routed_rows.add_(ids.numel())
-        if self.imbalance_cap is not None:
+        if self.imbalance_cap is not None and (ids.is_cuda or self.over_cap(ids)):
             weights, ids = self.cap_imbalance(logits, ids)
         return Routing(weights, ids, logits)
+
+    def over_cap(self, ids: torch.Tensor) -> bool:
+        """Whether an expert took more than ``cap_rows`` of this call's rows (``load`` is this call's).
+        Off CUDA a call under the cap keeps its routing as is, without the cap's passes (most calls of
+        a workload whose hot spots come and go); on CUDA the cap always runs (no host sync, so graph
+        capture works), and moves nothing when nothing is over."""
+        return int(self.load.max()) > cap_rows(ids.numel(), self.load.numel(), self.imbalance_cap)
 
     def cap_imbalance(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The routing fix for unbalanced batches: no expert takes more than ``cap_rows`` of this call's
