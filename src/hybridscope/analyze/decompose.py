@@ -187,7 +187,7 @@ def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], pre
         if rows is not None:
             return _from_pooled(rows, key_sql)
     open_ = timeline.block(con, run_id) if rank is not None else None
-    if open_ is not None:
+    if open_ is not None and open_.n_kernels <= POOL_MAX_KERNELS:
         key = ("decompose.ranks", key_sql, predicate, *_warm_key(wu))
         if key not in open_.memo:
             by_rank: dict[int, list[tuple]] = {}
@@ -203,6 +203,9 @@ def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], pre
 # each grouping set.
 _POOLED_SETS = {("layer_type",): 3, ("layer_index", "layer_type"): 1, ("module",): 6}
 _POOLED_ALL = 7
+# Above this many kernels, one query per grouping (and per rank) instead: a quantile aggregate
+# holds every value of its groups in memory, and four grouping sets of 50M durations pass the cap.
+POOL_MAX_KERNELS = 20_000_000
 
 
 def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp, levels: tuple[float, ...]) -> list[tuple] | None:
@@ -210,7 +213,7 @@ def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp, levels: tupl
     module, n, [quantiles at `levels`], max, sum) of the grouping sets of _POOLED_SETS and the
     total, found once; None outside a report."""
     open_ = timeline.block(con, run_id)
-    if open_ is None:
+    if open_ is None or open_.n_kernels > POOL_MAX_KERNELS:
         return None
     key = ("decompose.pooled", predicate, levels, *_warm_key(wu))
     if key not in open_.memo:

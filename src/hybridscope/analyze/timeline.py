@@ -26,8 +26,12 @@ import numpy as np
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
 COMM_TYPES = ("moe_comm", "comm")
 
-# DuckDB's memory while the timeline tables live (a 10M-kernel report's sorts and tables spill past it)
-ANALYSIS_MEMORY_LIMIT = "1GB"
+# DuckDB's memory while the timeline tables live (a 10M-kernel report's sorts and tables spill past
+# it), raised for a larger run to what its exact quantiles hold: a quantile aggregate keeps its
+# groups' values in memory (it cannot spill), and the report's largest query (the pooled
+# decompositions, four grouping sets) keeps every measured event's duration four times.
+ANALYSIS_MEMORY_LIMIT = 1 << 30
+QUANTILE_BYTES = 48  # per measured event: 4 x 8 bytes, and the aggregate's hash tables beside them
 # {(id(connection), run_id): Tables} of the `materialized` blocks open in this context
 _OPEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_tables", default=None)
 
@@ -43,6 +47,7 @@ class Tables:
         self.types: list[str] = []
         self.memo: dict = {}  # `once` results of this block
         self.extra: list[str] = []  # other temp tables an analysis shares within the block
+        self.n_kernels = 0
 
     def drop(self, con) -> None:
         for name in (self.kernels, self.steps, self.sums, *self.extra):
@@ -71,7 +76,11 @@ def materialized(con, run_id: int):
         return
     tables = Tables(run_id)
     (limit,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
-    con.execute(f"SET memory_limit = '{ANALYSIS_MEMORY_LIMIT}'")  # beyond it DuckDB spills to its temp files
+    (n,) = con.execute(f"SELECT count(*) FROM events WHERE run_id = $run AND {KERNEL_FILTER}",
+                       {"run": run_id}).fetchall()[0]
+    tables.n_kernels = int(n)
+    cap = max(ANALYSIS_MEMORY_LIMIT, QUANTILE_BYTES * int(n))
+    con.execute(f"SET memory_limit = '{cap // 2**20}MiB'")  # beyond it DuckDB spills to its temp files
     token = None
     try:
         _create(con, run_id, tables)
