@@ -70,18 +70,15 @@ def _name_rules(con, rules: Sequence[Rule], params: dict) -> None:
 
 
 def _per_correlation(con, params: dict) -> None:
-    """What graph_tables and the decision read, aggregated once per (rank, correlation): the GPU
-    events' kernel count (`_hs_attr_cc`), and the launch (`_hs_attr_launch`: the first launch
-    call's thread and time, and whether a launch call is a graph launch)."""
+    """What graph_tables reads, aggregated once per (rank, correlation): the GPU events' kernel
+    count (`_hs_attr_cc`) and whether a launch call is a graph launch (`_hs_attr_launch`)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _hs_attr_cc AS
         SELECT rank, nullif(correlation, 0) AS correlation, count(*) FILTER (WHERE kind = 'kernel') AS n_kernels
         FROM events WHERE {_GPU} AND nullif(correlation, 0) IS NOT NULL GROUP BY ALL""", params)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _hs_attr_launch AS
-        SELECT rank, correlation, arg_min(coalesce(pid, -1), ts_ns) AS pid,
-               arg_min(coalesce(tid, -1), ts_ns) AS tid, min(ts_ns) AS ts,
-               bool_or(name ILIKE '%graphlaunch%') AS graph_launch
+        SELECT rank, correlation, bool_or(name ILIKE '%graphlaunch%') AS graph_launch
         FROM events
         WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND source = 'cuda_api'
           AND correlation IS NOT NULL AND correlation <> 0
@@ -92,14 +89,22 @@ _STRONG = "('mamba', 'attention', 'moe_router', 'moe_experts', 'moe_comm')"
 _GPU = f"run_id = $run AND ($rank IS NULL OR rank = $rank) AND {GPU_EVENTS}"
 
 # One statement, so DuckDB pipelines it: GPU events, their launches (one per correlation: the
-# first, `_hs_attr_launch`), the innermost scope open at each launch (ASOF on the thread
-# timeline), the decision. The per-correlation tables are _per_correlation's, built once.
+# first), the innermost scope open at each launch (ASOF on the thread timeline), the decision.
 _DECIDE = f"""
 WITH gpu AS (
     SELECT rank, event_id, name, kind, nullif(correlation, 0) AS correlation, graph_id
     FROM events WHERE {_GPU}),
-cc AS (SELECT rank, correlation, n_kernels FROM _hs_attr_cc),
-launch AS (SELECT rank, correlation, pid, tid, ts, graph_launch FROM _hs_attr_launch),
+cc AS (
+    SELECT rank, correlation, count(*) AS n_kernels FROM gpu
+    WHERE kind = 'kernel' AND correlation IS NOT NULL GROUP BY rank, correlation),
+launch AS (
+    SELECT rank, correlation, arg_min(coalesce(pid, -1), ts_ns) AS pid,
+           arg_min(coalesce(tid, -1), ts_ns) AS tid, min(ts_ns) AS ts,
+           bool_or(name ILIKE '%graphlaunch%') AS graph_launch
+    FROM events
+    WHERE run_id = $run AND ($rank IS NULL OR rank = $rank) AND source = 'cuda_api'
+      AND correlation IS NOT NULL AND correlation <> 0
+    GROUP BY rank, correlation),
 step_marks AS (
     SELECT rank, ts_ns, end_ns, own_step FROM _hs_attr_sc WHERE own_step IS NOT NULL),
 la AS (
