@@ -108,3 +108,16 @@ def test_wrote_line_keeps_a_long_path_whole_and_verbatim(capsys, monkeypatch):
     path = "/tmp/" + "a-long-directory-name/" * 6 + "run[1].duckdb"
     _common.wrote(path)
     assert capsys.readouterr().err == f"Wrote {path}\n"
+
+
+def test_duckdb_out_of_memory_is_one_line_not_a_traceback():
+    import duckdb
+
+    from hybridscope.cli import _known_failure
+
+    e = duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 4.0 KiB "
+                                    "(960.9 MiB/953.6 MiB used)\n\nPossible solutions: ...")
+    line, code = _known_failure(e)
+    assert code == 1 and "\n" not in line
+    assert line.startswith("out of memory in DuckDB (960.9 MiB/953.6 MiB used)")
+    assert _known_failure(MemoryError()) is None  # Python's own: not DuckDB's, not ours to word

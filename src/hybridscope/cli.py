@@ -131,8 +131,8 @@ OUT_OF_SPACE = ("out of disk space writing the store or its temporary files: fre
 
 def _known_failure(e: Exception) -> tuple[str, int] | None:
     """(one line, exit code) for failures of the machine rather than of hybridscope: Ctrl-C
-    inside a DuckDB call (DuckDB raises its own interrupt error, not KeyboardInterrupt) and a
-    full disk. The transaction they interrupted was rolled back: the store is as it was."""
+    inside a DuckDB call (DuckDB raises its own interrupt error, not KeyboardInterrupt), a full
+    disk, and DuckDB out of memory (an exact quantile cannot spill). The transaction they interrupted was rolled back: the store is as it was."""
     import errno
 
     if type(e).__name__ == "InterruptException" or (isinstance(e, RuntimeError) and "interrupted" in str(e)):
@@ -141,8 +141,13 @@ def _known_failure(e: Exception) -> tuple[str, int] | None:
         where = f" writing {e.filename}" if e.filename else ""
         return f"out of disk space{where}: free some space and run it again (nothing was stored)", 1
     text = str(e)
-    if any(m in text for m in _NO_SPACE) and type(e).__module__.lstrip("_").startswith("duckdb"):
+    from_duckdb = type(e).__module__.lstrip("_").startswith("duckdb")
+    if any(m in text for m in _NO_SPACE) and from_duckdb:
         return OUT_OF_SPACE, 1
+    if type(e).__name__ == "OutOfMemoryException" and from_duckdb:
+        used = text.splitlines()[0].partition("(")[2].rstrip(")")
+        return (f"out of memory in DuckDB ({used or 'its memory limit reached'}): the run is too large for this "
+                "machine's memory; nothing was stored"), 1
     return None
 
 
