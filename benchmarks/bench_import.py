@@ -172,21 +172,25 @@ STAGES = ("read+gunzip+cut", "read_json", "mapping to Arrow", "insert")
 
 
 def _machine() -> str:
-    import duckdb
-    import numpy
-
     try:
         from importlib.metadata import version
 
         hta = version("holistictraceanalysis")
     except Exception:  # noqa: BLE001 - only a label
         hta = "not installed"
+    return machine(f", holistictraceanalysis {hta}")
+
+
+def machine(extra: str = "") -> str:
+    """One line naming the run: time, CPUs, load before, versions (`extra` appended); bench_scale uses it too."""
+    import duckdb
+    import numpy
+
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs ({cpu}); "
             f"load average before: {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, "
-            f"duckdb {duckdb.__version__}, numpy {numpy.__version__}, holistictraceanalysis {hta}")
-
+            f"duckdb {duckdb.__version__}, numpy {numpy.__version__}{extra}")
 
 if __name__ == "__main__":
     main()

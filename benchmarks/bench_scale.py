@@ -19,7 +19,6 @@ import argparse
 import itertools
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -117,15 +116,10 @@ def main() -> None:
 
 
 def _machine() -> str:
-    import duckdb
-    import numpy
+    sys.path.insert(0, str(HERE))
+    from bench_import import machine
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs ({cpu}); "
-            f"load average before: {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, "
-            f"duckdb {duckdb.__version__}, numpy {numpy.__version__}")
-
+    return machine()
 
 if __name__ == "__main__":
     main()
