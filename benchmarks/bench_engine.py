@@ -120,7 +120,7 @@ def decode_step(
     for _ in range(4):  # prefill, then decode steps (captures the graph)
         eng.step()
     graph = eng.graphs[max(eng.graphs)][0]
-    out = {"step_s": _replay_time(graph, iters, warmup=5)}
+    out = {"step_s": replay_time(graph, iters, warmup=5)}
     if kernels:
         out.update(kernel_breakdown(graph))
     return out
@@ -258,10 +258,10 @@ def _graph_time(fn, iters: int = 10) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return _replay_time(graph, iters, warmup=3)
+    return replay_time(graph, iters, warmup=3)
 
 
-def _replay_time(graph, iters: int, warmup: int) -> float:
+def replay_time(graph, iters: int, warmup: int) -> float:
     """Seconds per replay of a captured CUDA graph, by CUDA events around `iters` replays."""
     for _ in range(warmup):
         graph.replay()

@@ -120,15 +120,9 @@ def _kernel_agreement(eager, graphed) -> float:
 
 # ---------------------------------------------------------------------------------- layer times
 def _replay_ms(graph, iters: int = 50) -> float:
-    for _ in range(3):
-        graph.replay()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(iters):
-        graph.replay()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / iters
+    from bench_engine import replay_time  # this folder is on sys.path when run as a script
+
+    return 1e3 * replay_time(graph, iters, warmup=3)
 
 
 def layer_accuracy(model, tmp: Path, batch: int) -> dict:
