@@ -123,6 +123,15 @@ con.close()
 """
 
 
+def _imported(tmp_path: Path, capsys) -> tuple[Path, Path]:
+    """(trace, store) with the trace imported, the import's output read away."""
+    trace = _kineto(tmp_path / "t.json")
+    db = tmp_path / "s.duckdb"
+    assert _cli(["import", trace, "--db", db, "--no-progress"]) == 0
+    capsys.readouterr()
+    return trace, db
+
+
 def _hold(db: Path, seconds: float) -> subprocess.Popen:
     """Another process that opens the store for writing and keeps it for `seconds`."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
@@ -132,10 +141,7 @@ def _hold(db: Path, seconds: float) -> subprocess.Popen:
 
 @pytest.mark.parametrize("verb", [["runs"], ["decompose"], ["query", "SELECT 1"], ["import", "TRACE"]])
 def test_store_held_by_another_process_names_it(tmp_path, capsys, verb):
-    trace = _kineto(tmp_path / "t.json")
-    db = tmp_path / "s.duckdb"
-    assert _cli(["import", trace, "--db", db, "--no-progress"]) == 0
-    capsys.readouterr()
+    trace, db = _imported(tmp_path, capsys)
     holder = _hold(db, 30)
     try:
         t0 = time.monotonic()
@@ -151,10 +157,7 @@ def test_store_held_by_another_process_names_it(tmp_path, capsys, verb):
 
 
 def test_reader_waits_for_the_writer_to_finish(tmp_path, capsys):
-    trace = _kineto(tmp_path / "t.json")
-    db = tmp_path / "s.duckdb"
-    assert _cli(["import", trace, "--db", db, "--no-progress"]) == 0
-    capsys.readouterr()
+    _, db = _imported(tmp_path, capsys)
     holder = _hold(db, 1.5)
     try:
         assert _cli(["runs", "--db", db, "--format", "csv", "--wait", "20"]) == 0
