@@ -92,6 +92,12 @@ def table_width() -> int:
     return int(columns) if columns.isdigit() and int(columns) >= 20 else 240
 
 
+def stdout_console() -> Console:
+    """Where panels and reports go: the terminal as it is, or, piped or captured, a console as wide
+    as `table_width` (no terminal width to squeeze them into, as print_table does for tables)."""
+    return out if out.is_terminal else Console(width=table_width(), highlight=False, soft_wrap=False)
+
+
 def print_table(table, fmt: str) -> None:
     """Print an analysis `Table` on stdout: a rich table, or the JSON/CSV text exactly as rendered."""
     import sys

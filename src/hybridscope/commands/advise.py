@@ -13,9 +13,8 @@ from hybridscope.commands._common import (
     RunOption,
     check_format,
     err,
-    out,
     print_table,
-    table_width,
+    stdout_console,
     wrote,
 )
 
@@ -47,12 +46,9 @@ def advise(
         con.close()
     table = report["advice"]
     if fmt == "table":  # prose: the report's advice panel, wrapped to the terminal, gain in each item
-        from rich.console import Console
-
         from hybridscope.present.terminal import advice_panel
 
-        console = out if out.is_terminal else Console(width=table_width(), highlight=False, soft_wrap=False)
-        console.print(advice_panel(table))
+        stdout_console().print(advice_panel(table))
     else:
         print_table(table, fmt)
     if not len(table) and fmt != "table":  # the panel says it in a terminal

@@ -12,8 +12,7 @@ from hybridscope.commands._common import (
     RunOption,
     WaitOption,
     WarmupOption,
-    out,
-    table_width,
+    stdout_console,
     wrote,
 )
 
@@ -44,8 +43,6 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
     default) and, when `html` / `json` are given, write those files. Returns the `Report`.
     `warmup`: analyze/warmup.py (None: the rule). `hybridscope demo` calls this.
     """
-    from rich.console import Console
-
     from hybridscope import api
     from hybridscope.errors import BadInput
     from hybridscope.present import terminal
@@ -55,10 +52,7 @@ def write_report(db: Path, run: int | None = None, *, html: Path | None = None, 
             raise BadInput(f"cannot write {target}: no directory {Path(target).parent}")
     with api.open(db, wait=wait) as store:
         rep = store.report(run, warmup=warmup)
-    if console is None:
-        # piped or captured: no terminal width to squeeze the tables into (as print_table does)
-        console = out if out.is_terminal else Console(width=table_width(), highlight=False, soft_wrap=False)
-    terminal.render(rep, console)
+    terminal.render(rep, console or stdout_console())
     if html is not None:
         from hybridscope.present import html as html_renderer
 
