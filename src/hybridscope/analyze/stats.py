@@ -169,12 +169,12 @@ WINDOW_SDS = 8.0  # half-width of the window in sds of the resampled rank (fallb
 WINDOW_MIN = 256
 
 
-def _window_bounds(ids: np.ndarray, c: int, q: float, half_width: int | None) -> tuple[int, int]:
-    """[i0, i1): the values around rank q (n - 1) that a replicate's quantile falls among."""
+def _window_bounds(ids: np.ndarray, c: int, size: np.ndarray, q: float, half_width: int | None) -> tuple[int, int]:
+    """[i0, i1): the values around rank q (n - 1) that a replicate's quantile falls among
+    (`size`: values per cluster)."""
     n = len(ids)
     k = round(q * (n - 1))
     if half_width is None:
-        size = np.bincount(ids, minlength=c)
         dev = np.bincount(ids[:k], minlength=c) - (k / n) * size
         half_width = int(np.ceil(WINDOW_SDS * np.sqrt(float(dev @ dev)))) + WINDOW_MIN
     return max(0, k - half_width), min(n, k + half_width + 2)
@@ -185,8 +185,8 @@ def _block_bootstrap_window(x: np.ndarray, ids: np.ndarray, c: int, q: float, b:
                             half_width: int | None = None) -> tuple[np.ndarray, int]:
     """(replicates, how many fell outside the window and were recomputed in full)."""
     n = len(x)
-    i0, i1 = _window_bounds(ids, c, q, half_width)
     size = np.bincount(ids, minlength=c)
+    i0, i1 = _window_bounds(ids, c, size, q, half_width)
     before = np.bincount(ids[:i0], minlength=c)
     inside = ids[i0:i1]
     out = np.empty(b)
