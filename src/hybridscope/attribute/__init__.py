@@ -26,7 +26,7 @@ from hybridscope.store.db import GPU_EVENTS
 __all__ = ["AttributionSummary", "ModuleInfo", "attribute_run", "classify_annotation", "classify_module"]
 
 _TEMPS = ("_hs_attr_src", "_hs_attr_names", "_hs_attr_bound", "_hs_attr_sc", "_hs_attr_active",
-          "_hs_attr_rules", "_hs_attr_cc", "_hs_attr_launch", *GRAPH_TEMPS)
+          "_hs_attr_rules", "_hs_attr_cc", "_hs_attr_launch", "_hs_attr_decided", *GRAPH_TEMPS)
 
 
 @dataclass(frozen=True)

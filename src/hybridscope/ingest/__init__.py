@@ -56,6 +56,14 @@ GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SNIFF_BYTES = 4096
 IMPORT_MEMORY_LIMIT = "256MB"  # DuckDB's share of an import's memory: keeps peak RSS < 1 GiB
+# DuckDB settings an import runs with (restored after): its memory cap, and every import's COMMIT
+# a checkpoint instead of a WAL write. Attribution updates rows the import's transaction appended;
+# DuckDB then cannot log the appended row groups by their block pointers and writes all their data
+# to the WAL (409 MB for the 5M-event synthetic trace: 0.5 s), to be checkpointed again at close
+# (0.25 s); its checkpoint decision estimates such a commit as small. Checkpointing at COMMIT
+# writes the data once (0.3 s). docs/benchmarks.md, "Import".
+IMPORT_SETTINGS = {"memory_limit": IMPORT_MEMORY_LIMIT, "checkpoint_threshold": "0KB",
+                   "auto_checkpoint_skip_wal_threshold": 0}
 
 
 def detect(path: str | Path) -> str:
@@ -168,24 +176,26 @@ def iter_import(
 
         load_rules(ctx.rules_path)
     remove_stale_temp()  # slice folders of imports that were killed
-    with _memory_capped(con):
+    with _import_settings(con):
         for path in paths:
             yield _import_one(con, Path(path), ctx)
 
 
 @contextlib.contextmanager
-def _memory_capped(con: duckdb.DuckDBPyConnection):
-    """Run with DuckDB's memory limit at IMPORT_MEMORY_LIMIT, restored after: a large import then
-    spills its uncommitted rows to disk instead of growing the process."""
-    (old,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
-    con.execute(f"SET memory_limit = '{IMPORT_MEMORY_LIMIT}'")
+def _import_settings(con: duckdb.DuckDBPyConnection):
+    """Run with IMPORT_SETTINGS, the previous values restored after: a large import spills its
+    uncommitted rows to disk instead of growing the process, and commits by a checkpoint."""
+    old = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0] for name in IMPORT_SETTINGS}
+    for name, value in IMPORT_SETTINGS.items():
+        con.execute(f"SET {name} = '{value}'")
     try:
         yield
     finally:
-        try:
-            con.execute(f"SET memory_limit = '{old}'")
-        except duckdb.Error:  # after an interrupt: the error that got us here is the one to show
-            pass
+        for name, value in old.items():
+            try:
+                con.execute(f"SET {name} = '{value}'")
+            except duckdb.Error:  # after an interrupt: the error that got us here is the one to show
+                break
 
 
 def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) -> ImportResult:
