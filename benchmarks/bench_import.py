@@ -48,7 +48,8 @@ elif mode == "stages":  # the pipeline's stages one after another on one thread,
     from hybridscope.ingest._jsonchunks import EventSlices
     from hybridscope.store import db
     cpu = dict.fromkeys(("read+gunzip+cut", "read_json", "mapping to Arrow", "insert"), 0.0)
-    con, mem = db.open_store(work + "/stages.duckdb"), duckdb.connect(config={"memory_limit": kp.PARSER_MEMORY_LIMIT})
+    con = db.open_store(work + "/stages.duckdb")
+    mem = duckdb.connect(config={"memory_limit": kp.PARSER_MEMORY_LIMIT, "threads": kp.PARSER_THREADS})
     con.execute("BEGIN TRANSACTION")
     slices, piece, base, total = iter(EventSlices(Path(path))), Path(work) / "slice.json", 0, 0
     t = time.perf_counter()
