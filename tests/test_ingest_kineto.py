@@ -370,6 +370,44 @@ def test_a_boundary_lookalike_inside_an_event_is_recovered(tmp_path, db_path, mo
     assert rows(db_path, "SELECT ts_ns FROM events WHERE name = 'tricky'") == [(3000,)]
 
 
+def test_an_import_gives_the_connection_its_settings_back(tmp_path, monkeypatch):
+    # the load runs the store connection on kineto.STORE_THREADS, attribution on the caller's count,
+    # also for a file retried carefully after a wrong fast cut (the lookalike above)
+    from hybridscope import attribute
+    from hybridscope.ingest import kineto
+    from hybridscope.store.db import open_store
+
+    nested = ('  {\n    "ph": "X", "cat": "cpu_op", "name": "tricky", "pid": 1, "tid": 1,\n'
+              '    "ts": 3.000, "dur": 1.000,\n    "args": {"list": [\n  {"a": 1\n  },\n  {"b": 2}]}\n  }')
+    tricky = write_trace(tmp_path / "t.json", [kernel(f"{i}.000", "1.000", i) for i in range(1, 40)] + [nested])
+    good = write_trace(tmp_path / "g.json", [kernel("1.000", "1.000", 1)])
+    monkeypatch.setattr(jc, "CHUNK_BYTES", 1024)
+    seen: dict[str, list] = {"load": [], "attribution": []}
+
+    def setting(con, name):
+        return con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
+
+    real_insert, real_attribute = kineto._insert, attribute.attribute_run
+    monkeypatch.setattr(kineto, "_insert", lambda con, *a: (seen["load"].append(setting(con, "threads")),
+                                                           real_insert(con, *a))[1])
+    monkeypatch.setattr(attribute, "attribute_run", lambda con, *a, **k: (
+        seen["attribution"].append(setting(con, "threads")), real_attribute(con, *a, **k))[1])
+    con = open_store(tmp_path / "s.duckdb")
+    try:
+        con.execute("SET threads = 3")
+        con.execute("SET memory_limit = '1GiB'")  # DuckDB shows 1GB as 953.6 MiB: not exact back
+        con.execute("SET checkpoint_threshold = '32MiB'")
+        before = {n: setting(con, n) for n in ("threads", "memory_limit", "checkpoint_threshold")}
+        results = import_files(con, [tricky, good], progress=False)
+        after = {n: setting(con, n) for n in before}
+    finally:
+        con.close()
+    assert [r.n_events for r in results] == [40, 1]
+    assert set(seen["load"]) == {kineto.STORE_THREADS}
+    assert seen["attribution"] == [3, 3]
+    assert after == before
+
+
 # -- real traces ----------------------------------------------------------------------------------
 def _external_kineto() -> list[Path]:
     if not EXTERNAL.exists():

@@ -184,8 +184,10 @@ def iter_import(
 @contextlib.contextmanager
 def _import_settings(con: duckdb.DuckDBPyConnection):
     """Run with IMPORT_SETTINGS, the previous values restored after: a large import spills its
-    uncommitted rows to disk instead of growing the process, and commits by a checkpoint."""
-    old = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0] for name in IMPORT_SETTINGS}
+    uncommitted rows to disk instead of growing the process, and commits by a checkpoint.
+    `threads` is restored too: an importer may lower it while it loads (kineto.STORE_THREADS)."""
+    old = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
+           for name in (*IMPORT_SETTINGS, "threads")}
     for name, value in IMPORT_SETTINGS.items():
         con.execute(f"SET {name} = '{value}'")
     try:
