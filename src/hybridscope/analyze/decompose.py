@@ -183,7 +183,7 @@ def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], pre
     of the steady state (warm false) and of the warm-up (warm true); one scan. Inside a report
     (`timeline.materialized`) one scan serves every rank: the per-rank view asks for each."""
     if rank is None and key_sql in _POOLED_SETS:
-        rows = pooled(con, run_id, predicate, wu, CDF_LEVELS)
+        rows = pooled(con, run_id, predicate, wu)
         if rows is not None:
             return _from_pooled(rows, key_sql)
     open_ = timeline.block(con, run_id) if rank is not None else None
@@ -198,9 +198,8 @@ def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], pre
     return _query(con, run_id, rank, key_sql, predicate, wu)
 
 
-# The report's pooled decompositions (by layer type, layer, module) and its latency CDF (every level
-# of `levels`, LEVELS among them) come from one scan: GROUPING(layer_type, layer_index, module) of
-# each grouping set.
+# The report's pooled decompositions (by layer type, layer, module) come from one scan:
+# GROUPING(layer_type, layer_index, module) of each grouping set.
 _POOLED_SETS = {("layer_type",): 3, ("layer_index", "layer_type"): 1, ("module",): 6}
 _POOLED_ALL = 7
 # Above this many kernels, one query per grouping (and per rank) instead: a quantile aggregate
@@ -208,14 +207,14 @@ _POOLED_ALL = 7
 POOL_MAX_KERNELS = 20_000_000
 
 
-def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp, levels: tuple[float, ...]) -> list[tuple] | None:
+def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> list[tuple] | None:
     """Inside a report (`timeline.materialized`): rows (grouping, warm, layer_type, layer_index,
-    module, n, [quantiles at `levels`], max, sum) of the grouping sets of _POOLED_SETS and the
-    total, found once; None outside a report."""
+    module, n, [quantiles at LEVELS], max, sum) of the grouping sets of _POOLED_SETS and the total,
+    found once; None outside a report."""
     open_ = timeline.block(con, run_id)
     if open_ is None or open_.n_kernels > POOL_MAX_KERNELS:
         return None
-    key = ("decompose.pooled", predicate, levels, *_warm_key(wu))
+    key = ("decompose.pooled", predicate, *_warm_key(wu))
     if key not in open_.memo:
         prefix, source, params = _source(run_id, predicate, wu)
         open_.memo[key] = con.execute(f"""{prefix}
@@ -223,7 +222,7 @@ def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp, levels: tupl
                    quantile_cont(duration_ns, $levels), max(duration_ns), coalesce(sum(duration_ns), 0)::BIGINT
             FROM {source}
             GROUP BY GROUPING SETS ((warm, layer_type), (warm, layer_index, layer_type), (warm, module), (warm))""",
-            {**params, "levels": list(levels)}).fetchall()
+            {**params, "levels": list(LEVELS)}).fetchall()
     return open_.memo[key]
 
 
@@ -240,14 +239,12 @@ def _source(run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> tuple[str, st
 
 
 def _from_pooled(rows: list[tuple], key_sql: tuple[str, ...]) -> list[tuple]:
-    """_aggregate's rows for `key_sql` out of `pooled`'s (CDF_LEVELS cut to LEVELS)."""
-    at = [CDF_LEVELS.index(q) for q in LEVELS]
+    """_aggregate's rows for `key_sql` out of `pooled`'s."""
     cols = {"layer_type": 2, "layer_index": 3, "module": 4}
     out = []
     for r in rows:
         if r[0] in (_POOLED_SETS[key_sql], _POOLED_ALL):
-            q = None if r[6] is None else [r[6][i] for i in at]
-            out.append((int(r[0] == _POOLED_ALL), r[1], *(r[cols[k]] for k in key_sql), r[5], q, r[7], r[8]))
+            out.append((int(r[0] == _POOLED_ALL), r[1], *(r[cols[k]] for k in key_sql), r[5], r[6], r[7], r[8]))
     return out
 
 
