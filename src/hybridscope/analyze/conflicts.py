@@ -1,6 +1,7 @@
 """Stream conflicts: MoE collectives in flight together, or queued back to back on one stream.
 
-On the moe_comm kernels of each (rank, device). Definitions (docs/analyses.md, "stream conflicts"):
+On the moe_comm kernels of each (rank, device) in its rank's steady state (from the warm-up cut-off
+on, analyze/warmup.py: NCCL's first collective is no conflict of the workload). Definitions (docs/analyses.md, "stream conflicts"):
 - *overlap*: a collective that starts before an earlier one has ended. Its partner is the earlier
   collective with the latest end (the one still in flight); `ns` is the time both are in flight.
   `scope` says what they share: 'stream' (same stream: the trace shows them overlapping although
@@ -48,8 +49,10 @@ def conflicts(con, run_id: int, *, back_to_back_ns: int = 2_000) -> Table:
     con.execute(f"""CREATE OR REPLACE TEMP TABLE {comm} AS
         SELECT c.rank, c.device, c.stream, c.ts_ns, c.end_ns, c.ev, c.layer_index, c.step, c.next_start, e.module,
                json_extract_string(e.args, '$."Process Group Name"') AS pg
-        FROM {k} c JOIN events e ON e.rowid = c.ev WHERE c.layer_type = 'moe_comm'
-        ORDER BY c.rank, c.device, c.ts_ns, c.end_ns, c.ev""")
+        FROM {k} c JOIN events e ON e.rowid = c.ev
+        WHERE c.layer_type = 'moe_comm' AND NOT c.warm
+          AND e.run_id = $run AND e.source = 'cuda' AND e.kind = 'kernel' AND e.layer_type = 'moe_comm'
+        ORDER BY c.rank, c.device, c.ts_ns, c.end_ns, c.ev""", {"run": run_id})
     rows: list[tuple] = []
     max_in_flight = 0
     try:

@@ -36,11 +36,13 @@ DASHBOARD_COLUMNS = (
 @timeline.once
 @timeline.on_timeline
 def duty_cycle(con, run_id: int) -> Table:
-    """Per (rank, device): wall-time window, busy time (union of kernel intervals), duty cycle."""
+    """Per (rank, device): wall-time window, busy time (union of kernel intervals), duty cycle; of
+    the whole run, warm-up included, as a dashboard's utilization counts it."""
     windows = timeline.rank_windows(con, run_id)
     rows = []
+    # warm-up and steady state as one timeline: what the dashboard's utilization sees
     for rank, device, busy, n in con.execute(
-            f"SELECT rank, device, {timeline.BUSY_SQL}, count(*) FROM {timeline.tables(con, run_id).kernels}"
+            f"SELECT rank, device, sum(busy_all)::BIGINT, sum(n)::BIGINT FROM {timeline.tables(con, run_id).busy}"
             " GROUP BY rank, device ORDER BY rank, device").fetchall():
         lo, hi = windows[rank]
         wall = hi - lo

@@ -110,7 +110,7 @@ def decompose(con, run_id: int, *, by: str = "layer_type", rank: int | None = No
         raise NotFound(f"run {run_id} has no rank {rank} (ranks: {known})")
     chosen = sorted(windows) if rank is None else [rank]
     wu = warmup_mod.detect(con, run_id, warmup=warmup)
-    windows = {r: (min(max(lo, wu.cutoffs.get(r, lo)), hi), hi) for r, (lo, hi) in windows.items()}
+    windows = warmup_mod.after(windows, wu.cutoffs)
     wall_ns = sum(windows[r][1] - windows[r][0] for r in chosen)
 
     measure = measure_of(con, run_id)

@@ -1,6 +1,8 @@
 """Comm/compute overlap, exposed communication, GPU idle gaps and launch-bound detection.
 
-Per (rank, device), on GPU kernels only (timeline.KERNEL_FILTER). Definitions (docs/analyses.md,
+Per (rank, device), on GPU kernels only (timeline.KERNEL_FILTER), of the steady state: each rank's
+kernels from its warm-up cut-off on (analyze/warmup.py; `--warmup 0` keeps everything), measured
+against its window from that cut-off (timeline.steady_windows). Definitions (docs/analyses.md,
 "overlap and gaps"):
 - comm = kernels of layer type moe_comm or comm; compute = every other kernel. `comm_ns` and
   `compute_ns` are the lengths of the unions of their intervals;
@@ -22,32 +24,30 @@ from __future__ import annotations
 
 from hybridscope.analyze import timeline
 from hybridscope.table import Column, Table
+from hybridscope.units import format_ns
 
-_COMM = "layer_type IN ('moe_comm', 'comm')"
 # a gap ends at a kernel that starts past every earlier kernel's end (timeline.materialized)
 _GAPS = ("SELECT *, ts_ns - prev_max AS gap, list_extract($types, holder_code) AS holder_type FROM {k}"
-         " WHERE ts_ns > prev_max")
+         " WHERE NOT warm AND ts_ns > prev_max")
 
 
 def _busy_by(k: str, partition: str, group: str) -> str:
-    """Union length of kernel intervals per `group`, the running maximum taken per `partition`
-    (timeline.BUSY_SQL), as (group columns..., busy)."""
+    """Union length of steady-state kernel intervals per `group`, the running maximum taken per
+    `partition` (timeline.BUSY_SQL), as (group columns..., busy)."""
     return f"""
         SELECT {group}, {timeline.BUSY_SQL} AS busy FROM (
             SELECT {group}, ts_ns, end_ns, max(end_ns) OVER (PARTITION BY {partition} ORDER BY ts_ns, end_ns, ev
                                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max
-            FROM {k}) GROUP BY {group}"""
+            FROM {k} WHERE NOT warm) GROUP BY {group}"""
 
 
 @timeline.on_timeline
 def overlap(con, run_id: int) -> Table:
     """Per (rank, device): comm, compute, overlapped and exposed communication time."""
-    k = timeline.tables(con, run_id).kernels
-    windows = timeline.rank_windows(con, run_id)
+    windows = timeline.steady_windows(con, run_id)
     got = con.execute(f"""
-        SELECT rank, device, {timeline.BUSY_SQL}, {timeline.busy_sql("prev_comm", _COMM)},
-               {timeline.busy_sql("prev_compute", f"NOT {_COMM}")}
-        FROM {k} GROUP BY rank, device ORDER BY rank, device""").fetchall()
+        SELECT rank, device, sum(busy)::BIGINT, sum(busy_comm)::BIGINT, sum(busy_compute)::BIGINT
+        FROM {timeline.tables(con, run_id).busy} WHERE NOT warm GROUP BY rank, device ORDER BY rank, device""").fetchall()
     rows = []
     for rank, device, union_ns, comm_ns, comp_ns in got:
         both = comm_ns + comp_ns - union_ns  # |A ∩ B| = |A| + |B| - |A ∪ B|
@@ -67,7 +67,19 @@ def overlap(con, run_id: int) -> Table:
             Column("exposed_ns", "ns", "comm time with no compute running", "exposed"),
             Column("exposed_comm_pct", "pct", "exposed / comm", "exposed/comm"),
             Column("exposed_wall_pct", "pct", "exposed / window", "exposed/wall"))
-    return Table("overlap", cols, rows, {"title": "Communication overlap", "run_id": run_id})
+    return Table("overlap", cols, rows, {"title": "Communication overlap", "run_id": run_id,
+                                         "notes": _warm_note(con, run_id)})
+
+
+def _warm_note(con, run_id: int) -> list[str]:
+    """What the steady state leaves out, in one line (none when nothing is)."""
+    t = timeline.tables(con, run_id)
+    n, ns = con.execute(f"SELECT coalesce(sum(n), 0)::BIGINT, coalesce(sum(busy), 0)::BIGINT FROM {t.busy}"
+                        " WHERE warm").fetchall()[0]
+    if not n:
+        return []
+    return [f"steady state: each rank from its warm-up cut-off on; {n:,} warm-up kernels "
+            + f"({format_ns(ns)} busy) left out (--warmup 0 keeps them)"]
 
 
 @timeline.on_timeline
@@ -77,30 +89,30 @@ def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
     t = timeline.tables(con, run_id)
     k, types = t.kernels, {"types": t.types}
     gaps_sql = _GAPS.format(k=k)
-    windows = timeline.rank_windows(con, run_id)
+    windows = timeline.steady_windows(con, run_id)
     summary = []
     for rank, device, n, idle, qs, longest in con.execute(f"""
             SELECT d.rank, d.device, count(g.gap), coalesce(sum(g.gap), 0)::BIGINT,
                    quantile_cont(g.gap, [0.5, 0.9, 0.99]), max(g.gap)
-            FROM (SELECT DISTINCT rank, device FROM {k}) d
+            FROM (SELECT DISTINCT rank, device FROM {t.busy} WHERE NOT warm) d
             LEFT JOIN ({gaps_sql}) g ON g.rank = d.rank AND g.device = d.device
             GROUP BY d.rank, d.device ORDER BY d.rank, d.device""", types).fetchall():
         lo, hi = windows[rank]
         p50, p90, p99 = qs if qs is not None else (None, None, None)
         summary.append((rank, None if device < 0 else device, int(n), int(idle), p50, p90, p99,
                         None if longest is None else int(longest), 100.0 * idle / (hi - lo) if hi > lo else None))
-    return {"gap_summary": _summary_table(summary, run_id),
-            "top_gaps": _top_table(con, gaps_sql, t, windows, top, run_id),
+    return {"gap_summary": _summary_table(summary, run_id, _warm_note(con, run_id)),
+            "top_gaps": _top_table(con, gaps_sql, t, timeline.rank_windows(con, run_id), top, run_id),
             "gap_sites": _sites_table(con, gaps_sql, types, run_id),
             "gap_histogram": _histogram(con, gaps_sql, types, run_id)}
 
 
-def _summary_table(rows, run_id) -> Table:
+def _summary_table(rows, run_id, notes: list[str]) -> Table:
     cols = (Column("rank", "int"), Column("device", "int"), Column("n_gaps", "int", "", "gaps"),
             Column("idle_ns", "ns", "sum of gaps", "idle"), Column("p50_ns", "ns", "", "p50"),
             Column("p90_ns", "ns", "", "p90"), Column("p99_ns", "ns", "", "p99"), Column("max_ns", "ns", "", "max"),
             Column("idle_pct", "pct", "gaps / window", "idle/wall"))
-    return Table("gap_summary", cols, rows, {"title": "GPU idle gaps", "run_id": run_id})
+    return Table("gap_summary", cols, rows, {"title": "GPU idle gaps", "run_id": run_id, "notes": notes})
 
 
 def _top_table(con, gaps_sql: str, t, windows, top: int, run_id: int) -> Table:
@@ -144,17 +156,18 @@ def _histogram(con, gaps_sql: str, types: dict, run_id: int) -> Table:
 @timeline.on_timeline
 def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
     """Per (rank, phase): kernel and gap medians, launch vs GPU rates, and the launch-bound verdict."""
-    k = timeline.tables(con, run_id).kernels
+    t = timeline.tables(con, run_id)
     launches = {(int(r), p or "unknown"): (int(n), int(span)) for r, p, n, span in timeline.launch_spans(con, run_id)}
-    # the union of a (rank, phase)'s kernels across its devices: from the sweep's per-device
-    # running maximum when each rank has one device (the rule), else with a window over the rank
-    one_device = con.execute(f"SELECT count(DISTINCT (rank, device)) = count(DISTINCT rank) FROM {k}").fetchall()[0][0]
-    busy = (f"SELECT rank, coalesce(phase, 'unknown') AS ph, {timeline.busy_sql('prev_phase')} AS busy FROM {k}"
-            " GROUP BY ALL") if one_device else _busy_by(
-        f"(SELECT *, coalesce(phase, 'unknown') AS ph FROM {k})", "rank, ph", "rank, ph")
+    # the union of a (rank, phase)'s kernels across its devices: the sweep's per-device union when
+    # each rank has one device (the rule), else with a window over the rank
+    one_device = con.execute(f"SELECT count(DISTINCT (rank, device)) = count(DISTINCT rank) FROM {t.busy}"
+                             " WHERE NOT warm").fetchall()[0][0]
+    busy = (f"SELECT rank, coalesce(phase, 'unknown') AS ph, sum(busy_phase)::BIGINT AS busy FROM {t.busy}"
+            " WHERE NOT warm GROUP BY ALL") if one_device else _busy_by(
+        f"(SELECT *, coalesce(phase, 'unknown') AS ph FROM {t.kernels})", "rank, ph", "rank, ph")
     got = con.execute(f"""
         WITH kp AS (SELECT rank, coalesce(phase, 'unknown') AS ph, end_ns - ts_ns AS dur,
-                           greatest(ts_ns - coalesce(prev_max, ts_ns), 0) AS gap FROM {k}),
+                           greatest(ts_ns - coalesce(prev_max, ts_ns), 0) AS gap FROM {t.kernels} WHERE NOT warm),
         stats AS (SELECT rank, ph, count(*) AS n, quantile_cont(dur, 0.5) AS med_k, quantile_cont(gap, 0.5) AS med_g,
                          sum(gap)::BIGINT AS idle, avg((gap >= dur)::INTEGER) AS ge
                   FROM kp GROUP BY rank, ph),
@@ -178,4 +191,5 @@ def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
             Column("gpu_kernels_per_ms", "float", "kernels per ms of GPU busy time", "GPU kernels/ms"),
             Column("launch_bound", "str", "verdict (module doc)", "launch-bound"))
     return Table("launch_bound", cols, rows,
-                 {"title": "Launch-bound detection", "run_id": run_id, "short_ns": short_ns})
+                 {"title": "Launch-bound detection", "run_id": run_id, "short_ns": short_ns,
+                  "notes": _warm_note(con, run_id)})

@@ -254,7 +254,7 @@ def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS, *,
                  warmup: int | None = None) -> Report:
     """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run);
     its tails without the run's warm-up (`warmup`: analyze/warmup.py)."""
-    with timeline.materialized(con, run_id):  # the kernel timeline is computed once for all analyses
+    with timeline.materialized(con, run_id, warmup=warmup):  # the kernel timeline, once for all analyses
         ctx = Context(con, run_id, run_info(con, run_id), warmup=warmup)
         for section in sections:
             for step in section.analyses:

@@ -3,15 +3,28 @@ interval analyses (duty cycle, overlap, gaps, launch-bound, conflicts) are sums 
 
 Input: a query over the store's tables (not temp tables: it streams through a second connection
 of the same database) whose rows are the kernels, columns KERNEL_COLUMNS, sorted by (rank, device,
-ts_ns, end_ns, ev). Output: a temp table holding those rows in that order, `pos` (0, 1, ...: the
-order) first, and after them, per row:
-- prev_max: the latest end among the earlier kernels of the device (NULL for its first kernel);
-- prev_compute / prev_comm / prev_phase: the same among earlier compute kernels (layer type not in
-  the communication types) / communication kernels / kernels of the same phase;
-- holder, holder_code: pos and layer type code of the latest earlier kernel whose end is
-  prev_max (the kernel before an idle gap, when this kernel starts one);
-- next_start: for moe_comm kernels, the first start of any kernel of the device at or after
-  this kernel's end (NULL when none).
+ts_ns, end_ns, ev), and each rank's warm-up cut-off (analyze/warmup.py: a kernel starting before it
+is warm-up). Two tables come out.
+
+`target`: those rows in that order, `pos` (0, 1, ...: the order) first, and after them, per row:
+- warm: the kernel starts before its rank's cut-off. A device's warm-up kernels come first (time
+  order), and the steady state is a timeline of its own: the running maxima below restart at its
+  first kernel, so nothing of the warm-up (a 40 ms first collective) reaches into it;
+- prev_max: the latest end among the earlier kernels of the device on the same side of the cut
+  (NULL for the first);
+- holder, holder_code: pos and layer type code of the latest such kernel whose end is prev_max (the
+  kernel before an idle gap, when this kernel starts one);
+- next_start: for moe_comm kernels, the first start of any kernel of the device at or after this
+  kernel's end (NULL when none), warm-up or not (what runs on the device is a fact of the device).
+
+`busy`: per (rank, device, phase, warm), the kernels' count and the lengths of interval unions
+(each kernel adds the part of [ts, end) past the latest end before it; zero-length and inverted
+intervals add nothing, as intervals.union drops them): `busy_all` of every kernel of the device,
+warm-up and steady state as one timeline (the duty cycle: what a dashboard sees), and on each side
+of the cut `busy` of every kernel, `busy_comm` of the communication kernels (layer type in
+`comm_types`), `busy_compute` of the others, `busy_phase` of the kernels of the row's phase. A
+union's length over a group of rows is the sum of their rows' parts.
+
 The rows stream through Python CHUNK_ROWS at a time as Arrow (text columns never become Python
 objects; layer type and phase as dictionary codes for the numpy pass), the running state carried
 from chunk to chunk and reset at each device: memory holds one chunk whatever the run.
@@ -22,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 NONE = int(np.iinfo(np.int64).min)  # "no earlier kernel": NULL once inserted
@@ -29,12 +43,13 @@ CHUNK_ROWS = 1 << 20
 KERNEL_COLUMNS = (("ev", "BIGINT"), ("rank", "INTEGER"), ("device", "INTEGER"), ("stream", "BIGINT"),
                   ("ts_ns", "BIGINT"), ("end_ns", "BIGINT"), ("layer_type", "VARCHAR"), ("layer_index", "INTEGER"),
                   ("step", "INTEGER"), ("phase", "VARCHAR"), ("correlation", "BIGINT"))
-COLUMNS = ("prev_max", "prev_compute", "prev_comm", "prev_phase", "holder", "holder_code", "next_start")
+COLUMNS = ("warm", "prev_max", "holder", "holder_code", "next_start")
+SUMS = ("n", "busy_all", "busy", "busy_comm", "busy_compute", "busy_phase")
 
 
 @dataclass
-class _Carry:
-    """What a device's earlier chunks leave to its next one."""
+class _Line:
+    """The running state of one timeline of a device (its warm-up, or its steady state)."""
 
     run_max: int = NONE
     compute_max: int = NONE
@@ -42,6 +57,15 @@ class _Carry:
     phase_max: dict[int, int] = field(default_factory=dict)
     holder: int = NONE
     holder_code: int = 0
+
+
+@dataclass
+class _Carry:
+    """What a device's earlier chunks leave to its next one."""
+
+    line: _Line = field(default_factory=_Line)
+    steady: bool = False  # the device's rows have passed its rank's cut-off
+    full_max: int = NONE  # the running maximum over warm-up and steady state together (busy_all)
     pending: list[tuple[int, int]] = field(default_factory=list)  # (pos, end) of moe_comm kernels
 
 
@@ -63,94 +87,156 @@ class _Codes:
     def code(self, value: str) -> int:
         return self._index.get(value, -1)
 
+    def value(self, code: int) -> str | None:
+        return self.values[code - 1] if code > 0 else None
+
 
 @dataclass
 class _State:
-    """The pass so far: codes, the device being swept and its carry, the rows done."""
+    """The pass so far: codes, the device being swept and its carry, the rows done, the sums."""
 
+    cuts: dict[int, int]
     types: _Codes = field(default_factory=_Codes)
     phases: _Codes = field(default_factory=_Codes)
     device: tuple[int, int] | None = None
     carry: _Carry = field(default_factory=_Carry)
     pos: int = 0
     late: list[tuple[int, int]] = field(default_factory=list)  # (pos, next_start) found in a later chunk
+    sums: dict[tuple[int, int, int, bool], np.ndarray] = field(default_factory=dict)  # SUMS per key
 
 
-def sweep(con, query: str, params: dict, target: str, comm_types: tuple[str, ...]) -> list[str]:
-    """Create `target` from the rows of `query` (module doc); returns the layer types, holder_code
-    being a 1-based position in that list."""
+def sweep(con, query: str, params: dict, target: str, busy: str, comm_types: tuple[str, ...],
+          cuts: dict[int, int]) -> list[str]:
+    """Create `target` and `busy` from the rows of `query` (module doc), `cuts` the warm-up
+    cut-off of each rank that has one; returns the layer types, holder_code being a 1-based
+    position in that list."""
     cols = ", ".join(f"{name} {kind}" for name, kind in KERNEL_COLUMNS)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {target} (pos BIGINT, {cols}, prev_max BIGINT, prev_compute BIGINT,"
-                " prev_comm BIGINT, prev_phase BIGINT, holder BIGINT, holder_code INTEGER, next_start BIGINT)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {target} (pos BIGINT, {cols}, warm BOOLEAN, prev_max BIGINT,"
+                " holder BIGINT, holder_code INTEGER, next_start BIGINT)")
     names = ", ".join(name for name, _ in KERNEL_COLUMNS)
-    insert = (f"INSERT INTO {target} SELECT pos, {names}, "
-              + ", ".join(c if c == "holder_code" else f"nullif({c}, {NONE})" for c in COLUMNS) + " FROM _hs_sweep")
-    state = _State()
+    insert = (f"INSERT INTO {target} SELECT pos, {names}, warm, "
+              + ", ".join(c if c == "holder_code" else f"nullif({c}, {NONE})" for c in COLUMNS[1:]) + " FROM _hs_sweep")
+    state = _State(cuts={int(r): int(c) for r, c in cuts.items()})
     reader = con.cursor()  # the rows stream from this second connection while `con` writes the target
+
+    def flush(chunk) -> None:
+        con.register("_hs_sweep", _with(chunk, state.pos, _batch(chunk, state, comm_types)))
+        try:
+            con.execute(insert)
+        finally:
+            con.unregister("_hs_sweep")
+        state.pos += chunk.num_rows
+
     try:
-        for batch in reader.sql(query, params=params).to_arrow_reader(CHUNK_ROWS):
-            if not batch.num_rows:
-                continue
-            con.register("_hs_sweep", _with(batch, state.pos, _batch(batch, state, comm_types)))
-            try:
-                con.execute(insert)
-            finally:
-                con.unregister("_hs_sweep")
-            state.pos += batch.num_rows
+        for chunk in _chunks(reader.sql(query, params=params).to_arrow_reader(CHUNK_ROWS)):
+            flush(chunk)
     finally:
         reader.close()
     if state.late:  # moe_comm kernels whose next start lay in a later chunk
         rows, values = zip(*state.late)
         con.execute(f"UPDATE {target} SET next_start = u.v FROM (SELECT unnest($r) AS r, unnest($v) AS v) u"
-                    f" WHERE {target}.rowid = u.r", {"r": list(rows), "v": list(values)})
+                    f" WHERE {target}.pos = u.r", {"r": list(rows), "v": list(values)})
+    _write_sums(con, busy, state)
     return state.types.values
+
+
+def _chunks(reader):
+    """The reader's rows as record batches of CHUNK_ROWS (the last one shorter): DuckDB hands them
+    over a vector size at a time whatever was asked, and a chunk of contiguous columns lets the
+    numpy pass and the insert (on all of DuckDB's threads) work a chunk at a time."""
+    pending, rows = [], 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= CHUNK_ROWS:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield table.slice(0, CHUNK_ROWS).to_batches(max_chunksize=None)[0]
+            rest = table.slice(CHUNK_ROWS)
+            pending, rows = rest.to_batches(max_chunksize=None), rest.num_rows
+    pending = [b for b in pending if b.num_rows]
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches(max_chunksize=None)[0]
+
+
+def _write_sums(con, busy: str, state: _State) -> None:
+    keys = sorted(state.sums)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {busy} (rank INTEGER, device INTEGER, phase VARCHAR, warm BOOLEAN, "
+                + ", ".join(f"{c} BIGINT" for c in SUMS) + ")")
+    if keys:
+        got = np.array([state.sums[k] for k in keys], np.int64)
+        con.execute(f"INSERT INTO {busy} SELECT * FROM (SELECT unnest($rank), unnest($device), unnest($phase), "
+                    "unnest($warm), " + ", ".join(f"unnest(${c})" for c in SUMS) + ")",
+                    {"rank": [k[0] for k in keys], "device": [k[1] for k in keys],
+                     "phase": [state.phases.value(k[2]) for k in keys], "warm": [k[3] for k in keys],
+                     **{c: got[:, i].tolist() for i, c in enumerate(SUMS)}})
 
 
 def _batch(batch, state: _State, comm_types: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The running maxima of one chunk of rows, device by device (the carry restarts at each)."""
     n = batch.num_rows
     code = state.types.encode(batch.column("layer_type"))
-    is_comm = np.isin(code, [state.types.code(t) for t in comm_types])
-    is_moe = code == state.types.code("moe_comm")
-    phase = state.phases.encode(batch.column("phase"))
-    ts, end = batch.column("ts_ns").to_numpy(), batch.column("end_ns").to_numpy()
+    cols = {"code": code, "phase": state.phases.encode(batch.column("phase")),
+            "is_comm": np.isin(code, [state.types.code(t) for t in comm_types]),
+            "is_moe": code == state.types.code("moe_comm"),
+            "ts": batch.column("ts_ns").to_numpy(), "end": batch.column("end_ns").to_numpy()}
     rank, dev = batch.column("rank").to_numpy(), batch.column("device").to_numpy()
-    out = {c: np.empty(n, np.int64) for c in COLUMNS}
+    out = {c: np.empty(n, bool if c == "warm" else np.int64) for c in COLUMNS}
     cuts = np.flatnonzero((rank[1:] != rank[:-1]) | (dev[1:] != dev[:-1])) + 1
     for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, n].tolist()):
-        if (int(rank[a]), int(dev[a])) != state.device:
-            state.device, state.carry = (int(rank[a]), int(dev[a])), _Carry()
-        part = _chunk(state.pos + a, ts[a:b], end[a:b], code[a:b], phase[a:b], is_comm[a:b], is_moe[a:b],
-                      state.carry, state.late)
-        for c in COLUMNS:
-            out[c][a:b] = part[c]
+        key = (int(rank[a]), int(dev[a]))
+        if key != state.device:
+            state.device, state.carry = key, _Carry()
+        # the device's warm-up rows come first: [a, s) warm, [s, b) steady
+        s = a if state.carry.steady else a + int(np.searchsorted(cols["ts"][a:b], state.cuts.get(key[0], NONE)))
+        for lo, hi, warm in ((a, s, True), (s, b, False)):
+            if hi > lo:
+                if not warm and not state.carry.steady:
+                    state.carry.steady, state.carry.line = True, _Line()
+                part = _chunk(state.pos + lo, {c: v[lo:hi] for c, v in cols.items()}, state, key, warm)
+                for c in COLUMNS:
+                    out[c][lo:hi] = part[c]
     return out
 
 
 def _with(batch, pos: int, out: dict[str, np.ndarray]):
     """The chunk as an Arrow table: its kernel columns, pos, and the running maxima."""
-    import pyarrow as pa
-
     arrays = [pa.array(np.arange(pos, pos + batch.num_rows, dtype=np.int64))] + list(batch.columns)
     arrays += [pa.array(out[c]) for c in COLUMNS]
     return pa.Table.from_arrays(arrays, names=["pos", *batch.schema.names, *COLUMNS])
 
 
-def _chunk(a: int, ts: np.ndarray, end: np.ndarray, code: np.ndarray, phase: np.ndarray, is_comm: np.ndarray,
-           is_moe: np.ndarray, carry: _Carry, late: list) -> dict[str, np.ndarray]:
-    """The output columns of one device's rows a, a+1, ... of a chunk, updating `carry`."""
-    prev_max, carry.run_max = _earlier_max(end, None, carry.run_max)
-    prev_compute, carry.compute_max = _earlier_max(end, ~is_comm, carry.compute_max)
-    prev_comm, carry.comm_max = _earlier_max(end, is_comm, carry.comm_max)
+def _chunk(a: int, c: dict[str, np.ndarray], state: _State, key: tuple[int, int], warm: bool) -> dict:
+    """The output columns of one device's rows a, a+1, ... of a chunk, all on one side of the
+    cut; updates the carry and adds the rows' parts of each union to the sums."""
+    carry, line, ts, end = state.carry, state.carry.line, c["ts"], c["end"]
+    full, carry.full_max = _earlier_max(end, None, carry.full_max)
+    prev_max, line.run_max = _earlier_max(end, None, line.run_max)
+    prev_compute, line.compute_max = _earlier_max(end, ~c["is_comm"], line.compute_max)
+    prev_comm, line.comm_max = _earlier_max(end, c["is_comm"], line.comm_max)
+    phase = c["phase"]
     prev_phase = np.empty_like(end)
-    for p in np.unique(phase).tolist():
+    for p in np.flatnonzero(np.bincount(phase)).tolist():
         mask = phase == p
-        got, carry.phase_max[p] = _earlier_max(end, mask, carry.phase_max.get(p, NONE))
+        got, line.phase_max[p] = _earlier_max(end, mask, line.phase_max.get(p, NONE))
         prev_phase[mask] = got[mask]
-    holder, holder_code = _holders(a, end, code, prev_max, carry)
-    return {"prev_max": prev_max, "prev_compute": prev_compute, "prev_comm": prev_comm, "prev_phase": prev_phase,
-            "holder": holder, "holder_code": holder_code,
-            "next_start": _next_starts(a, ts, end, is_moe, carry, late)}
+    parts = {"busy_all": _part(ts, end, full), "busy": _part(ts, end, prev_max),
+             "busy_comm": np.where(c["is_comm"], _part(ts, end, prev_comm), 0),
+             "busy_compute": np.where(c["is_comm"], 0, _part(ts, end, prev_compute)),
+             "busy_phase": _part(ts, end, prev_phase)}
+    for p in np.flatnonzero(np.bincount(phase)).tolist():
+        mask = phase == p
+        got = np.array([int(mask.sum())] + [int(parts[s][mask].sum()) for s in SUMS[1:]], np.int64)
+        k = (key[0], key[1], p, warm)
+        state.sums[k] = state.sums[k] + got if k in state.sums else got
+    holder, holder_code = _holders(a, end, c["code"], prev_max, line)
+    return {"warm": np.full(end.size, warm), "prev_max": prev_max, "holder": holder, "holder_code": holder_code,
+            "next_start": _next_starts(a, ts, end, c["is_moe"], carry, state.late)}
+
+
+def _part(ts: np.ndarray, end: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """Each kernel's part of its group's union: the length of [ts, end) past `prev`, the latest end
+    among the group's earlier kernels (NONE: none)."""
+    return np.maximum(end - np.maximum(ts, prev), 0)
 
 
 def _earlier_max(end: np.ndarray, mask: np.ndarray | None, before: int) -> tuple[np.ndarray, int]:
@@ -163,7 +249,7 @@ def _earlier_max(end: np.ndarray, mask: np.ndarray | None, before: int) -> tuple
     return out, max(before, int(acc[-1]))
 
 
-def _holders(a: int, end: np.ndarray, code: np.ndarray, prev_max: np.ndarray, carry: _Carry):
+def _holders(a: int, end: np.ndarray, code: np.ndarray, prev_max: np.ndarray, line: _Line):
     """Rowid and type code of the latest earlier kernel whose end reached the running maximum."""
     n = end.size
     is_holder = (prev_max == NONE) | (end >= prev_max)
@@ -172,10 +258,10 @@ def _holders(a: int, end: np.ndarray, code: np.ndarray, prev_max: np.ndarray, ca
     before[0] = -1
     before[1:] = last[:-1]
     local = before >= 0
-    holder = np.where(local, a + before, carry.holder)
-    holder_code = np.where(local, code[np.maximum(before, 0)], carry.holder_code)
+    holder = np.where(local, a + before, line.holder)
+    holder_code = np.where(local, code[np.maximum(before, 0)], line.holder_code)
     if last[-1] >= 0:
-        carry.holder, carry.holder_code = a + int(last[-1]), int(code[last[-1]])
+        line.holder, line.holder_code = a + int(last[-1]), int(code[last[-1]])
     return holder, holder_code
 
 

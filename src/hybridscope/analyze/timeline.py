@@ -40,55 +40,58 @@ class Tables:
     """Names of the temp tables a `materialized` block holds for one run (its doc says what they
     hold), and the run's distinct layer types (`types`: holder_code is a 1-based position in it)."""
 
-    def __init__(self, run_id: int):
+    def __init__(self, run_id: int, warmup: int | None = None):
         self.kernels = f"_hs_kernels_{int(run_id)}"
+        self.busy = f"_hs_busy_{int(run_id)}"
         self.steps = f"_hs_steps_{int(run_id)}"
         self.sums = f"_hs_step_sums_{int(run_id)}"
+        self.warmup = warmup  # the block's --warmup setting (analyze/warmup.py)
+        self.cutoffs: dict[int, int] = {}  # each rank's warm-up cut-off, where it has one
         self.types: list[str] = []
         self.memo: dict = {}  # `once` results of this block
         self.extra: list[str] = []  # other temp tables an analysis shares within the block
         self.n_kernels = 0
 
     def drop(self, con) -> None:
-        for name in (self.kernels, self.steps, self.sums, *self.extra):
+        for name in (self.kernels, self.busy, self.steps, self.sums, *self.extra):
             with contextlib.suppress(duckdb.Error):  # an aborted transaction drops them itself
                 con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @contextlib.contextmanager
-def materialized(con, run_id: int):
+def materialized(con, run_id: int, *, warmup: int | None = None):
     """Within this block the run's kernel timeline lives in the connection as temp tables, computed
     once for every analysis that reads it (the report runs a dozen); they are dropped at the end, so
     that a later write to the store is never hidden behind a stale copy. Nested blocks reuse the
-    outer one. Yields the `Tables`.
+    outer one (and its `warmup`: analyze/warmup.py's setting, which tells the interval analyses
+    where each rank's steady state starts). Yields the `Tables`.
 
     `Tables.kernels`: one row per GPU kernel, in the order (rank, device, ts_ns, end_ns, ev): pos
     (that order), ev (the event's rowid in `events`, for its text columns), rank, device (-1 when
     NULL), stream (-1 when NULL), ts_ns, end_ns, layer_type ('other' when unattributed),
-    layer_index, step, phase (the module doc's rules), correlation, and the running maxima of
-    analyze/sweep.py (prev_max, prev_compute, prev_comm, prev_phase, holder, holder_code,
-    next_start). `Tables.steps`: step_windows' rows; `Tables.sums`: step_sums'.
+    layer_index, step, phase (the module doc's rules), correlation, and the columns of
+    analyze/sweep.py (warm, prev_max, holder, holder_code, next_start). `Tables.busy`: the sweep's
+    interval unions per (rank, device, phase, warm). `Tables.steps`: step_windows' rows;
+    `Tables.sums`: step_sums'.
     """
     key = (id(con), int(run_id))
     opened = _OPEN.get() or {}
     if key in opened:
         yield opened[key]
         return
-    tables = Tables(run_id)
+    tables = Tables(run_id, warmup)
     (limit,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
     (n,) = con.execute(f"SELECT count(*) FROM events WHERE run_id = $run AND {KERNEL_FILTER}",
                        {"run": run_id}).fetchall()[0]
     tables.n_kernels = int(n)
     cap = max(ANALYSIS_MEMORY_LIMIT, QUANTILE_BYTES * int(n))
     con.execute(f"SET memory_limit = '{cap // 2**20}MiB'")  # beyond it DuckDB spills to its temp files
-    token = None
+    token = _OPEN.set({**opened, key: tables})  # open first: the warm-up found for the sweep is kept
     try:
         _create(con, run_id, tables)
-        token = _OPEN.set({**opened, key: tables})
         yield tables
     finally:
-        if token is not None:
-            _OPEN.reset(token)
+        _OPEN.reset(token)
         tables.drop(con)
         con.execute(f"SET memory_limit = '{limit}'")
 
@@ -227,24 +230,27 @@ _KERNELS_FAST = f"""
     )"""
 
 
-def busy_sql(prev: str = "prev_max", where: str | None = None) -> str:
-    """The length of the union of a group's kernel intervals, summed over its rows: each kernel adds
-    the part of [ts, end) past the latest end before it (`prev`: every point between its start and
-    that end is covered by the kernel holding it). Zero-length and inverted intervals add nothing,
-    as intervals.union drops them. `prev` = prev_compute with `where` = compute kernels gives the
-    union of the compute kernels, and so on (analyze/sweep.py)."""
-    only = f" FILTER (WHERE {where})" if where else ""
-    return f"coalesce(sum(greatest(end_ns - greatest(ts_ns, coalesce({prev}, ts_ns)), 0)){only}, 0)::BIGINT"
+# The length of the union of a group's kernel intervals, summed over its rows: each kernel adds the
+# part of [ts, end) past the latest end before it (prev_max: every point between its start and that
+# end is covered by the kernel holding it), as analyze/sweep.py sums it into `Tables.busy`.
+BUSY_SQL = "coalesce(sum(greatest(end_ns - greatest(ts_ns, coalesce(prev_max, ts_ns)), 0)), 0)::BIGINT"
 
 
-BUSY_SQL = busy_sql()
+def steady_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
+    """Each rank's window after its warm-up (from its cut-off, analyze/warmup.py, to its end): what
+    the interval analyses of a `materialized` block measure against. The whole window where the
+    rank has no warm-up (or the block's setting is --warmup 0)."""
+    from hybridscope.analyze import warmup
+
+    return warmup.after(rank_windows(con, run_id), tables(con, run_id).cutoffs)
 
 
 def _create(con, run_id: int, t: Tables) -> None:
     """The temp tables of `materialized` (its doc says what they hold)."""
-    from hybridscope.analyze import sweep
+    from hybridscope.analyze import sweep, warmup
 
     params = {"run": run_id}
+    t.cutoffs = dict(warmup.detect(con, run_id, warmup=t.warmup).cutoffs)
     # the launch lookup (_KERNELS_FAST) only when a kernel needs it: else the kernels as stored
     (look_up,) = con.execute(f"""WITH {_STEP_SCOPES}
         SELECT EXISTS (SELECT 1 FROM events WHERE run_id = $run AND {KERNEL_FILTER} AND (step IS NULL OR
@@ -253,7 +259,7 @@ def _create(con, run_id: int, t: Tables) -> None:
     source = f"WITH {_STEP_SCOPES}, {_KERNELS_FAST} SELECT * FROM ks" if look_up else f"SELECT * FROM ({_STORED})"
     columns = ", ".join(name for name, _ in sweep.KERNEL_COLUMNS)
     t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY rank, device, ts_ns, end_ns, ev",
-                          params, t.kernels, COMM_TYPES)
+                          params, t.kernels, t.busy, COMM_TYPES, t.cutoffs)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {t.steps} AS
         WITH {_STEP_SCOPES},
@@ -354,15 +360,20 @@ def _has_kernels(con, run_id: int) -> bool:
 
 @on_timeline
 def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
-    """(rank, phase, n launches, host span ns) of kernel / graph launch calls; a launch's phase is
-    its own, else that of the kernel it launched, else that of the step window it falls in."""
+    """(rank, phase, n launches, host span ns) of the kernel / graph launch calls of each rank's
+    steady state (from its warm-up cut-off on, as the interval analyses); a launch's phase is its
+    own, else that of the kernel it launched, else that of the step window it falls in."""
+    t = tables(con, run_id)
+    ranks = sorted(t.cutoffs)
     sql = f"""
         WITH {_STEP_SCOPES},
-        kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM {tables(con, run_id).kernels}
-               WHERE correlation IS NOT NULL GROUP BY rank, correlation),
+        wu_cut AS (SELECT unnest($ranks) AS rank, unnest($cuts) AS cut_ns),
+        kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM {t.kernels}
+               WHERE correlation IS NOT NULL AND phase IS NOT NULL GROUP BY rank, correlation),
         l AS (SELECT e.rank, e.ts_ns, coalesce(e.phase, kp.phase) AS phase FROM events e
+              LEFT JOIN wu_cut c ON e.rank = c.rank
               LEFT JOIN kp ON e.rank = kp.rank AND e.correlation = kp.correlation
-              WHERE e.run_id = $run AND e.source = 'cuda_api'
+              WHERE e.run_id = $run AND e.source = 'cuda_api' AND e.ts_ns >= coalesce(c.cut_ns, e.ts_ns)
                 AND (e.name ILIKE '%LaunchKernel%' OR e.name ILIKE '%GraphLaunch%')),
         lp AS (SELECT l.rank, l.ts_ns, CASE WHEN l.ts_ns < w.end_ns THEN w.phase END AS phase
                FROM (SELECT * FROM l WHERE phase IS NULL) l
@@ -371,7 +382,8 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
                SELECT rank, ts_ns, phase FROM l WHERE phase IS NOT NULL)
         SELECT rank, phase, count(*), max(ts_ns) - min(ts_ns) FROM lp GROUP BY rank, phase
     """
-    return con.execute(sql, {"run": run_id}).fetchall()
+    return con.execute(sql, {"run": run_id, "ranks": [-1] + ranks,
+                             "cuts": [0] + [t.cutoffs[r] for r in ranks]}).fetchall()
 
 
 @once

@@ -63,6 +63,12 @@ class WarmUp:
         return out
 
 
+def after(windows: dict[int, tuple[int, int]], cutoffs: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Each rank's window (start_ns, end_ns) from its warm-up cut-off on (the steady state); the
+    whole window for a rank without one."""
+    return {r: (min(max(lo, cutoffs.get(r, lo)), hi), hi) for r, (lo, hi) in windows.items()}
+
+
 def parse(text: str | None) -> int | None:
     """`--warmup` as given: None/'auto' -> None (the rule), else a number of steps >= 0."""
     if text is None or text.strip().lower() == "auto":
