@@ -60,13 +60,11 @@ def conflicts(con, run_id: int, *, back_to_back_ns: int = 2_000) -> Table:
         for rank, device in con.execute(f"SELECT DISTINCT rank, device FROM {comm} ORDER BY ALL").fetchall():
             c = _comm_columns(con, comm, rank, device, modules, groups)
             max_in_flight = max(max_in_flight, intervals.max_concurrency(c["ts_ns"], c["end_ns"]))
-            lo = windows[rank][0]
             every = np.arange(c["ts_ns"].size)
-            for a, b, kind, ns in _overlaps(c, every) + _serialized(c, every, back_to_back_ns):
-                rows.append(_row(c, rank, device, lo, a, b, kind, ns, modules.names))
+            rows += _rows(c, rank, device, windows[rank][0], _overlaps(c, every),
+                          _serialized(c, every, back_to_back_ns), modules.names)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {comm}")
-    rows.sort(key=lambda r: (r[0], r[1] if r[1] is not None else -1, r[11]))
     return Table("conflicts", CONFLICT_COLUMNS, rows,
                  {"title": "MoE collectives in conflict", "run_id": run_id, "max_in_flight": max_in_flight,
                   "back_to_back_ns": back_to_back_ns})
@@ -115,8 +113,8 @@ def conflict_pairs(table: Table) -> Table:
     return Table("conflict_pairs", cols, rows, {"title": "Colliding collectives", **dict(table.meta)})
 
 
-def _overlaps(k: dict, comm: np.ndarray) -> list[tuple]:
-    """(earlier, later, 'overlap', ns) for collectives starting while an earlier one is in flight."""
+def _overlaps(k: dict, comm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(earlier, later, ns) of collectives starting while an earlier one is in flight."""
     s, e = k["ts_ns"][comm], k["end_ns"][comm]
     order = np.lexsort((e, s))
     s, e, comm = s[order], e[order], comm[order]
@@ -125,14 +123,13 @@ def _overlaps(k: dict, comm: np.ndarray) -> list[tuple]:
     j = np.flatnonzero(s[1:] < run_max[:-1]) + 1
     ns = np.minimum(e[j], run_max[j - 1]) - s[j]
     keep = ns > 0
-    return [(int(a), int(b), "overlap", int(n))
-            for a, b, n in zip(comm[holder[j - 1]][keep], comm[j][keep], ns[keep])]
+    return comm[holder[j - 1]][keep], comm[j][keep], ns[keep]
 
 
-def _serialized(k: dict, comm: np.ndarray, back_to_back_ns: int) -> list[tuple]:
-    """(earlier, later, 'serialized', ns) for back-to-back collectives of one stream (module doc):
-    no kernel of the device starts in [end of the first, start of the second) when the first
-    start at or after the first's end (`next_start`) is not before the second's start."""
+def _serialized(k: dict, comm: np.ndarray, back_to_back_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(earlier, later, ns) of back-to-back collectives of one stream (module doc): no kernel of the
+    device starts in [end of the first, start of the second) when the first start at or after the
+    first's end (`next_start`) is not before the second's start."""
     out = []
     for _stream, pos in timeline.groups({"stream": k["stream"][comm]}, "stream"):
         c = comm[pos]
@@ -142,24 +139,31 @@ def _serialized(k: dict, comm: np.ndarray, back_to_back_ns: int) -> list[tuple]:
         nothing_between = k["next_start"][a] >= k["ts_ns"][b]
         other_scope = (k["module"][a] != k["module"][b]) | (k["layer_index"][a] != k["layer_index"][b])
         hit = (gap >= 0) & (gap <= back_to_back_ns) & nothing_between & other_scope
-        ns = np.minimum(k["duration_ns"][a], k["duration_ns"][b])
-        out += [(int(x), int(y), "serialized", int(n)) for x, y, n in zip(a[hit], b[hit], ns[hit])]
-    return out
+        out.append((a[hit], b[hit], np.minimum(k["duration_ns"][a], k["duration_ns"][b])[hit]))
+    if not out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return tuple(np.concatenate(x) for x in zip(*out))
 
 
-def _row(k, rank, device, lo, a, b, kind, ns, modules: list) -> tuple:
-    sa, sb = int(k["stream"][a]), int(k["stream"][b])
-    if kind == "serialized" or sa == sb:
-        scope = "stream"
-    elif k["pg"][a] < 0 or k["pg"][b] < 0 or k["pg"][a] == k["pg"][b]:
-        scope = "communicator"
-    else:
-        scope = "device"
-    return (int(rank), None if device < 0 else int(device), kind, scope, sa, sb, modules[k["module"][a]],
-            modules[k["module"][b]], _opt(k["layer_index"][a]), _opt(k["layer_index"][b]), _opt(k["step"][b]),
-            int(k["ts_ns"][b] - lo), ns)
+def _rows(k: dict, rank: int, device: int, lo: int, overlaps: tuple, serialized: tuple, modules: list) -> list[tuple]:
+    """The table's rows of one device's pairs (overlaps, then serialized pairs, each as (earlier,
+    later, ns) arrays), in the order of the later collective's start; columns at once, no per-pair
+    arithmetic in Python."""
+    a, b, ns = (np.concatenate([o, s]).astype(np.int64) for o, s in zip(overlaps, serialized))
+    serial = np.arange(a.size) >= overlaps[0].size
+    order = np.argsort(k["ts_ns"][b], kind="stable")
+    a, b, ns, serial = a[order], b[order], ns[order], serial[order]
+    sa, sb, pa, pb = k["stream"][a], k["stream"][b], k["pg"][a], k["pg"][b]
+    scope = np.where(serial | (sa == sb), "stream",
+                     np.where((pa < 0) | (pb < 0) | (pa == pb), "communicator", "device"))
+    names = np.array(modules, dtype=object)  # id -1 reads the trailing None
+    dev = None if device < 0 else int(device)
+    return list(zip([int(rank)] * a.size, [dev] * a.size, np.where(serial, "serialized", "overlap").tolist(),
+                    scope.tolist(), sa.tolist(), sb.tolist(), names[k["module"][a]].tolist(),
+                    names[k["module"][b]].tolist(), _opt(k["layer_index"][a]), _opt(k["layer_index"][b]),
+                    _opt(k["step"][b]), (k["ts_ns"][b] - lo).tolist(), ns.tolist()))
 
 
-def _opt(v) -> int | None:
-    v = int(v)
-    return None if v < 0 else v
+def _opt(v: np.ndarray) -> list:
+    """Ids as ints, -1 (NULL) as None."""
+    return [None if x < 0 else x for x in v.tolist()]
