@@ -6,7 +6,7 @@ measure to its `events` predicate (our constants, never user input); `measure_of
 
 from __future__ import annotations
 
-from hybridscope.analyze.timeline import once
+from hybridscope.analyze.shared import once
 from hybridscope.store.db import GPU_EVENTS
 
 MEASURES: dict[str, str] = {

@@ -16,11 +16,14 @@ own start when no launch is recorded), found with an ASOF join.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 
-import duckdb
 import numpy as np
+
+from hybridscope.analyze import warmup
+from hybridscope.analyze.shared import _OPEN, STEP_WINDOWS_SQL, Tables, block, once, tables
+
+__all__ = ["STEP_WINDOWS_SQL", "Tables", "block", "once", "tables"]  # shared.py's, read through here too
 
 # Kernel statistics use GPU kernels only (not memcpy/memset): what NVML's utilization counts.
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
@@ -32,30 +35,7 @@ COMM_TYPES = ("moe_comm", "comm")
 # decompositions, four grouping sets) keeps every measured event's duration four times.
 ANALYSIS_MEMORY_LIMIT = 1 << 30
 QUANTILE_BYTES = 48  # per measured event: 4 x 8 bytes, and the aggregate's hash tables beside them
-# {(id(connection), run_id): Tables} of the `materialized` blocks open in this context
-_OPEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_tables", default=None)
 
-
-class Tables:
-    """Names of the temp tables a `materialized` block holds for one run (its doc says what they
-    hold), and the run's distinct layer types (`types`: holder_code is a 1-based position in it)."""
-
-    def __init__(self, run_id: int, warmup: int | None = None):
-        self.kernels = f"_hs_kernels_{int(run_id)}"
-        self.busy = f"_hs_busy_{int(run_id)}"
-        self.steps = f"_hs_steps_{int(run_id)}"
-        self.sums = f"_hs_step_sums_{int(run_id)}"
-        self.warmup = warmup  # the block's --warmup setting (analyze/warmup.py)
-        self.cutoffs: dict[int, int] = {}  # each rank's warm-up cut-off, where it has one
-        self.types: list[str] = []
-        self.memo: dict = {}  # `once` results of this block
-        self.extra: list[str] = []  # other temp tables an analysis shares within the block
-        self.n_kernels = 0
-
-    def drop(self, con) -> None:
-        for name in (self.kernels, self.busy, self.steps, self.sums, *self.extra):
-            with contextlib.suppress(duckdb.Error):  # an aborted transaction drops them itself
-                con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @contextlib.contextmanager
@@ -107,67 +87,7 @@ def on_timeline(fn):
     return wrapper
 
 
-def block(con, run_id: int) -> Tables | None:
-    """The open `materialized` block of (con, run_id), None outside one."""
-    return (_OPEN.get() or {}).get((id(con), int(run_id)))
 
-
-def once(fn):
-    """Within a `materialized` block, `fn(con, run_id, **options)` is computed once per set of
-    options and its result handed to every later caller: what a report's analyses all ask (the rank
-    windows, the warm-up, the step windows) is found once, not a dozen times. Outside a block it
-    runs every time. Callers treat the result as read-only."""
-
-    @functools.wraps(fn)
-    def wrapper(con, run_id: int, **options):
-        open_ = block(con, run_id)
-        if open_ is None:
-            return fn(con, run_id, **options)
-        key = (fn.__module__, fn.__qualname__, tuple(sorted(options.items())))
-        if key not in open_.memo:
-            open_.memo[key] = fn(con, run_id, **options)
-        return open_.memo[key]
-
-    return wrapper
-
-
-def tables(con, run_id: int) -> Tables:
-    """The open `materialized` block's tables (call inside one, e.g. from an `on_timeline` function)."""
-    return _OPEN.get()[(id(con), int(run_id))]
-
-
-_STEP_SCOPES = r"""
-    cand AS (
-        SELECT rank, name, ts_ns, end_ns, step, phase, kind = 'step' AS is_step_kind
-        FROM scopes WHERE run_id = $run
-        UNION ALL
-        SELECT rank, name, ts_ns, ts_ns + duration_ns, step, phase, false
-        FROM events WHERE run_id = $run AND source = 'annotation'
-    ),
-    named AS (
-        SELECT rank, ts_ns, end_ns, phase,
-               coalesce(step, try_cast(regexp_extract(name, '#(\d+)$', 1) AS INTEGER)) AS step,
-               CASE WHEN is_step_kind THEN 0 WHEN name LIKE 'ProfilerStep#%' THEN 2 ELSE 1 END AS family
-        FROM cand
-        WHERE is_step_kind OR regexp_matches(name, '^(ProfilerStep|step)#\d+$')
-    ),
-    derived AS (
-        SELECT rank, step, min(ts_ns) AS ts_ns, max(end_ns) AS end_ns, any_value(phase) AS phase,
-               NULL::INTEGER AS n_tokens, NULL::INTEGER AS n_requests, true AS sampled
-        FROM named WHERE family = (SELECT min(family) FROM named) AND step IS NOT NULL
-        GROUP BY rank, step
-    ),
-    recorded AS (
-        SELECT rank, step, ts_ns, ts_ns + duration_ns AS end_ns, phase, n_tokens, n_requests,
-               coalesce(sampled, true) AS sampled
-        FROM steps WHERE run_id = $run
-    ),
-    windows AS (
-        SELECT *, true AS recorded FROM recorded
-        UNION ALL
-        SELECT *, false FROM derived WHERE NOT EXISTS (SELECT 1 FROM recorded)
-    )"""
-STEP_WINDOWS_SQL = _STEP_SCOPES  # CTEs ending in `windows` (rank, step, ts_ns, end_ns, phase, ...); $run
 
 _KERNELS = f"""
     k AS (
@@ -240,29 +160,27 @@ def steady_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
     """Each rank's window after its warm-up (from its cut-off, analyze/warmup.py, to its end): what
     the interval analyses of a `materialized` block measure against. The whole window where the
     rank has no warm-up (or the block's setting is --warmup 0)."""
-    from hybridscope.analyze import warmup
-
     return warmup.after(rank_windows(con, run_id), tables(con, run_id).cutoffs)
 
 
 def _create(con, run_id: int, t: Tables) -> None:
     """The temp tables of `materialized` (its doc says what they hold)."""
-    from hybridscope.analyze import sweep, warmup
+    from hybridscope.analyze import sweep
 
     params = {"run": run_id}
     t.cutoffs = dict(warmup.detect(con, run_id, warmup=t.warmup).cutoffs)
     # the launch lookup (_KERNELS_FAST) only when a kernel needs it: else the kernels as stored
-    (look_up,) = con.execute(f"""WITH {_STEP_SCOPES}
+    (look_up,) = con.execute(f"""WITH {STEP_WINDOWS_SQL}
         SELECT EXISTS (SELECT 1 FROM events WHERE run_id = $run AND {KERNEL_FILTER} AND (step IS NULL OR
                        (phase IS NULL AND EXISTS (SELECT 1 FROM windows WHERE phase IS NOT NULL))))""",
                              params).fetchall()[0]
-    source = f"WITH {_STEP_SCOPES}, {_KERNELS_FAST} SELECT * FROM ks" if look_up else f"SELECT * FROM ({_STORED})"
+    source = f"WITH {STEP_WINDOWS_SQL}, {_KERNELS_FAST} SELECT * FROM ks" if look_up else f"SELECT * FROM ({_STORED})"
     columns = ", ".join(name for name, _ in sweep.KERNEL_COLUMNS)
     t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY rank, device, ts_ns, end_ns, ev",
                           params, t.kernels, t.busy, COMM_TYPES, t.cutoffs)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {t.steps} AS
-        WITH {_STEP_SCOPES},
+        WITH {STEP_WINDOWS_SQL},
         agg AS (SELECT rank, step, max(end_ns) AS k_end, sum(end_ns - ts_ns) AS gpu_ns, count(*) AS n_kernels
                 FROM {t.kernels} WHERE step IS NOT NULL GROUP BY rank, step)
         SELECT w.rank, w.step, w.ts_ns,
@@ -287,7 +205,7 @@ def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarra
     Integer columns hold -1 where the store has NULL (device, stream, layer_index, step); text
     columns hold None.
     """
-    sql = f"""WITH {_STEP_SCOPES}, {_KERNELS}
+    sql = f"""WITH {STEP_WINDOWS_SQL}, {_KERNELS}
         SELECT ks.rank, ks.device, ks.stream, e.name, ks.ts_ns, ks.end_ns, e.duration_ns, ks.layer_type,
                ks.layer_index, e.module, json_extract_string(e.args, '$."Process Group Name"') AS pg,
                ks.launch_ns, ks.correlation, ks.step, ks.phase
@@ -366,7 +284,7 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     t = tables(con, run_id)
     ranks = sorted(t.cutoffs)
     sql = f"""
-        WITH {_STEP_SCOPES},
+        WITH {STEP_WINDOWS_SQL},
         wu_cut AS (SELECT unnest($ranks) AS rank, unnest($cuts) AS cut_ns),
         kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM {t.kernels}
                WHERE correlation IS NOT NULL AND phase IS NOT NULL GROUP BY rank, correlation),

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hybridscope.analyze import timeline
+from hybridscope.analyze import shared
 from hybridscope.analyze.measures import MEASURES, measure_of
 from hybridscope.analyze.stats import quantile_cont
 from hybridscope.errors import UsageError
@@ -82,7 +82,7 @@ def parse(text: str | None) -> int | None:
     return n
 
 
-@timeline.once
+@shared.once
 def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
     """The warm-up of run `run_id`: the module's rule (warmup=None), the first `warmup` steps of
     each rank, or nothing (warmup=0). UsageError when `warmup` steps leave a rank nothing."""
@@ -204,14 +204,14 @@ def events_cte(predicate: str, *, first_calls: bool = True, clusters: bool = Tru
                              ELSE -1 END AS cluster
            FROM e2 ASOF LEFT JOIN wu_w s ON e2.rank = s.rank AND e2.ts_ns >= s.ts_ns)""" if clusters else """
     ev AS (SELECT * FROM e2)"""
-    steps = f"{timeline.STEP_WINDOWS_SQL}," if clusters else ""
+    steps = f"{shared.STEP_WINDOWS_SQL}," if clusters else ""
     return f"""{steps}{_cut_sql(predicate)},{first},{tail}"""
 
 
 def _windows(con, run_id: int) -> list[dict]:
-    """The run's steps (recorded, or step ranges of an import: timeline.STEP_WINDOWS_SQL) as they
+    """The run's steps (recorded, or step ranges of an import: shared.STEP_WINDOWS_SQL) as they
     were recorded, without the timeline's kernel pass: what the rule needs, cheaply."""
-    rows = con.execute(f"WITH {timeline.STEP_WINDOWS_SQL} SELECT rank, step, ts_ns, end_ns, phase, sampled "
+    rows = con.execute(f"WITH {shared.STEP_WINDOWS_SQL} SELECT rank, step, ts_ns, end_ns, phase, sampled "
                        "FROM windows", {"run": run_id}).fetchall()
     keys = ("rank", "step", "ts_ns", "end_ns", "phase", "sampled")
     return [dict(zip(keys, r)) for r in rows]
