@@ -147,13 +147,17 @@ def rankdata(a: np.ndarray) -> np.ndarray:
 
 
 @timeline.on_timeline
-def layer_step_times(con, run_id: int) -> dict[tuple[int, int], int]:
-    """{(step, layer index): the MoE layer's time in the step}: its moe_experts and moe_comm kernels
-    (with their step from the timeline) or, in a layers-mode capture, its layer timings, summed per
-    rank, max over ranks (the slowest rank sets the pace)."""
-    kernels = timeline.tables(con, run_id).kernels
-    rows = con.execute(
-        f"""WITH k AS (SELECT rank, step, layer_index, end_ns - ts_ns AS ns FROM {kernels}
+def layer_step_times(con, run_id: int) -> str:
+    """A temp table of the block (dropped with it) with (step, layer_index, ns): each MoE layer's
+    time in each step, its moe_experts and moe_comm kernels (with their step from the timeline) or,
+    in a layers-mode capture, its layer timings, summed per rank, max over ranks (the slowest rank
+    sets the pace). Returns its name."""
+    t = timeline.tables(con, run_id)
+    name = f"_hs_layer_step_times_{int(run_id)}"
+    if name not in t.extra:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {name} AS
+            WITH k AS (SELECT rank, step, layer_index, end_ns - ts_ns AS ns FROM {t.kernels}
                        WHERE layer_type IN ('moe_experts', 'moe_comm') AND step >= 0 AND layer_index >= 0),
                  l AS (SELECT rank, step, layer_index, duration_ns AS ns FROM events
                        WHERE run_id = $run AND source = 'layer' AND kind = 'layer'
@@ -161,10 +165,13 @@ def layer_step_times(con, run_id: int) -> dict[tuple[int, int], int]:
                          AND layer_index IS NOT NULL AND NOT EXISTS (SELECT 1 FROM k)),
                  per AS (SELECT rank, step, layer_index, sum(ns) AS ns FROM (SELECT * FROM k UNION ALL SELECT * FROM l)
                          GROUP BY ALL)
-            SELECT step, layer_index, max(ns)::BIGINT FROM per GROUP BY ALL""", {"run": run_id}).fetchall()
-    return {(int(s), int(li)): int(ns) for s, li, ns in rows}
+            SELECT step::BIGINT AS step, layer_index::BIGINT AS layer_index, max(ns)::BIGINT AS ns
+            FROM per GROUP BY ALL""", {"run": run_id})
+        t.extra.append(name)
+    return name
 
 
+@timeline.on_timeline
 def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, moves: float = 1.1,
                 min_steps: int = 5, load: Table | None = None) -> Table:
     """Per (layer, expert) whose capacity factor reached `threshold` at p99 of steps: does its load
@@ -173,34 +180,22 @@ def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, 
     steps vs over the others; it `moves` the tail when the first is >= `moves` x the second.
     layer_gain_ns = sum over the tail steps of the layer's time above its median step: what evening
     the load could win back in that layer at most (docs/analyses.md, "experts"). Layers with fewer
-    than `min_steps` timed steps are left out. `load`: expert_load's table when already computed."""
+    than `min_steps` timed steps are left out. `load`: expert_load's table when already computed.
+    One layer at a time, as numpy columns: memory holds one layer's steps and routing."""
     times = layer_step_times(con, run_id)
     load = load if load is not None else expert_load(con, run_id)
     cf = {(r["layer_index"], r["expert"]): r["capacity_factor_p99"] for r in load.to_records()}
-    routed = con.execute(
-        """WITH r AS (SELECT step, layer_index, expert, sum(tokens) AS tokens FROM routing WHERE run_id = $run
-                      GROUP BY ALL),
-                ne AS (SELECT layer_index, max(expert) + 1 AS n FROM r GROUP BY layer_index),
-                tot AS (SELECT step, layer_index, sum(tokens) AS total FROM r GROUP BY ALL)
-           SELECT r.layer_index, r.expert, r.step, (r.tokens / (tot.total / ne.n))::DOUBLE
-           FROM r JOIN ne USING (layer_index) JOIN tot USING (step, layer_index) WHERE tot.total > 0""",
-        {"run": run_id}).fetchall()
-    factor: dict[tuple[int, int], dict[int, float]] = {}
-    for li, e, step, f in routed:
-        factor.setdefault((li, e), {})[step] = f
     out = []
-    for li in sorted({li for _s, li in times}):
-        steps = sorted(s for s, layer in times if layer == li)
-        if len(steps) < min_steps:
+    for (li,) in con.execute(f"SELECT DISTINCT layer_index FROM {times} ORDER BY 1").fetchall():
+        got = con.execute(f"SELECT step, ns FROM {times} WHERE layer_index = $li ORDER BY step", {"li": li}).fetchnumpy()
+        steps, t = np.asarray(got["step"]), np.asarray(got["ns"]).astype(np.float64)
+        hot = sorted(e for (layer, e), v in cf.items() if layer == li and (v or 0) >= threshold)
+        if steps.size < min_steps or not hot:
             continue
-        t = np.array([times[(s, li)] for s in steps], dtype=np.float64)
         st = np.sort(t)
         is_tail = t >= quantile_cont(st, tail)
         gain = float((t[is_tail] - quantile_cont(st, 0.5)).clip(0).sum())
-        for (layer, e), per in sorted(factor.items()):
-            if layer != li or (cf.get((li, e)) or 0) < threshold:
-                continue
-            f = np.array([per.get(s, 0.0) for s in steps])
+        for e, f in _factors(con, run_id, li, hot, steps).items():
             in_tail, other = float(f[is_tail].mean()), float(f[~is_tail].mean()) if (~is_tail).any() else None
             ratio = in_tail / other if other else None
             out.append((li, e, cf[(li, e)], in_tail, other, ratio, gain,
@@ -216,3 +211,26 @@ def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, 
             Column("moves_tail", "str", f"tail/other >= {moves:g}", "moves tail"))
     return Table("expert_tail", cols, out, {"title": "Do hot experts move their layer's tail?", "run_id": run_id,
                                             "threshold": threshold, "tail": tail})
+
+
+def _factors(con, run_id: int, li: int, experts: list[int], steps: np.ndarray) -> dict[int, np.ndarray]:
+    """{expert: its capacity factor at each of `steps` (sorted)} for one layer: tokens / (the
+    layer's total / its experts), summed over ranks; 0 at a step without the expert's row."""
+    got = con.execute(
+        """WITH r AS (SELECT step, expert, sum(tokens) AS tokens FROM routing WHERE run_id = $run AND layer_index = $li
+                      GROUP BY ALL),
+                ne AS (SELECT max(expert) + 1 AS n FROM r),
+                tot AS (SELECT step, sum(tokens) AS total FROM r GROUP BY ALL)
+           SELECT r.expert, r.step, (r.tokens / (tot.total / ne.n))::DOUBLE AS f
+           FROM r JOIN tot USING (step), ne WHERE tot.total > 0 AND list_contains($experts, r.expert)""",
+        {"run": run_id, "li": li, "experts": experts}).fetchnumpy()
+    expert, step, f = (np.asarray(got[k]) for k in ("expert", "step", "f"))
+    out = {}
+    for e in experts:
+        mine = expert == e
+        at = np.searchsorted(steps, step[mine])
+        ok = (at < steps.size) & (steps[np.minimum(at, steps.size - 1)] == step[mine])
+        x = np.zeros(steps.size)
+        x[at[ok]] = f[mine][ok]
+        out[e] = x
+    return out
