@@ -221,7 +221,6 @@ SECTIONS: tuple[Section, ...] = (
     ), html=((chart("latency_cdf"), chart("decompose_layer")),)),
     Section("Steps", (
         lambda c: steps.steps(c.con, c.run_id),
-        lambda c: steps.step_stack(c.con, c.run_id),
         lambda c: steps.step_stack_bins(c.con, c.run_id),
         lambda c: steps.phases(c.con, c.run_id, warmup=c.warmup),
         lambda c: steps.slow_steps(c.con, c.run_id, warmup=c.warmup),

@@ -31,10 +31,12 @@ COMM_TYPES = ("moe_comm", "comm")
 
 # DuckDB's memory while the timeline tables live (a 10M-kernel report's sorts and tables spill past
 # it), raised for a larger run to what its exact quantiles hold: a quantile aggregate keeps its
-# groups' values in memory (it cannot spill), and the report's largest query (the pooled
-# decompositions, four grouping sets) keeps every measured event's duration four times.
+# groups' values in memory (it cannot spill). Up to decompose.POOL_MAX_KERNELS (20M) the report's
+# largest query, the pooled decompositions (four grouping sets), holds every measured event's
+# duration four times within the 1 GB; above it each grouping is a query of its own, which holds
+# every duration once: 8 bytes, doubled while its vector grows, and the group's state beside it.
 ANALYSIS_MEMORY_LIMIT = 1 << 30
-QUANTILE_BYTES = 48  # per measured event: 4 x 8 bytes, and the aggregate's hash tables beside them
+QUANTILE_BYTES = 48  # per measured event (a quantile query of 50M durations failed for memory at 24)
 
 
 
