@@ -44,7 +44,7 @@ if mode == "hta":
 elif mode == "stages":  # the pipeline's stages one after another on one thread, CPU seconds each
     from pathlib import Path
     import duckdb
-    from hybridscope.ingest import _kineto_parse as kp
+    from hybridscope.ingest import _kineto_parse as kp, kineto
     from hybridscope.ingest._jsonchunks import EventSlices
     from hybridscope.store import db
     cpu = dict.fromkeys(("read+gunzip+cut", "read_json", "mapping to Arrow", "insert"), 0.0)
@@ -62,10 +62,9 @@ elif mode == "stages":  # the pipeline's stages one after another on one thread,
         c, cpu["read+gunzip+cut"] = time.process_time(), cpu["read+gunzip+cut"] + time.process_time() - c
         mem.execute(kp.STAGE_SQL, [str(piece)])
         c, cpu["read_json"] = time.process_time(), cpu["read_json"] + time.process_time() - c
-        slice_events = mem.sql(kp.EVENTS_SQL).to_arrow_table()
+        slice_events = kp.events_table(mem)
         c, cpu["mapping to Arrow"] = time.process_time(), cpu["mapping to Arrow"] + time.process_time() - c
-        con.execute("INSERT INTO events BY NAME SELECT 1 AS run_id, 0 AS rank, * REPLACE ($base + event_id AS event_id)"
-                    " FROM slice_events", {"base": base})
+        kineto._insert(con, slice_events, (1, 0), base)
         cpu["insert"] += time.process_time() - c
         base += mem.execute("SELECT count(*) FROM _hs_stage").fetchall()[0][0]
     con.execute("COMMIT")

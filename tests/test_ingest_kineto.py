@@ -94,6 +94,8 @@ def test_ts_and_dur_become_exact_ns(tmp_path, db_path, gz):
         kernel("1707417525509335", "5", 3),  # integer µs (older Kineto)
         kernel("10.5", "0.0005", 4),  # one decimal; 0.5 ns rounds half away from zero
         kernel("1.0004", "1e-3", 5),  # sub-ns digit rounds down; exponent form
+        kernel("-0.5004", "0.5", 6),  # negative (a clock before the trace's zero)
+        kernel("-4611686018427387.000", "0.001", 7),  # the lowest ts kept: -(2^62 // 1000) µs
     ], gz=gz)
     run_import(db_path, path)
     got = rows(db_path, "SELECT correlation, ts_ns, duration_ns, duration_us FROM events ORDER BY correlation")
@@ -103,6 +105,8 @@ def test_ts_and_dur_become_exact_ns(tmp_path, db_path, gz):
         (3, 1707417525509335000, 5000, 5.0),
         (4, 10500, 1, 0.001),
         (5, 1000, 1, 0.001),
+        (6, -500, 500, 0.5),
+        (7, -4611686018427387000, 1, 0.001),
     ]
 
 

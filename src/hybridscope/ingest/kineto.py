@@ -103,7 +103,7 @@ def _insert(con, slice_events, where: tuple[int, int], base: int) -> None:
     """Append one parsed slice (an Arrow table, read by DuckDB's replacement scan of this frame's
     `slice_events`: registering it inside the transaction would keep every slice until COMMIT)."""
     con.execute("INSERT INTO events BY NAME SELECT $run AS run_id, $rank AS rank,"
-                " * REPLACE ($base + event_id AS event_id) FROM slice_events",
+                " * REPLACE ($base + event_id AS event_id), duration_ns / 1000.0 AS duration_us FROM slice_events",
                 {"run": where[0], "rank": where[1], "base": base})
 
 
