@@ -126,10 +126,11 @@ RANK_COLUMNS = (
 def rank_waits(con, run_id: int) -> Table:
     """Per rank: how long it sat in collectives, how much of that was waiting, how often it was last."""
     matched, params = _matched(con, run_id)
-    rows = con.execute(f"""
-        SELECT rank, count(*), sum(end_ns - start_ns), sum(wait_ns), count(*) FILTER (WHERE is_straggler),
-               quantile_cont(wait_ns, 0.99)
-        FROM {matched} GROUP BY rank ORDER BY rank""", params).fetchall()
+    with timeline.quantile_memory(con, run_id):
+        rows = con.execute(f"""
+            SELECT rank, count(*), sum(end_ns - start_ns), sum(wait_ns), count(*) FILTER (WHERE is_straggler),
+                   quantile_cont(wait_ns, 0.99)
+            FROM {matched} GROUP BY rank ORDER BY rank""", params).fetchall()
     out = [(int(r), int(n), int(c), int(w), 100.0 * w / c if c else None, int(s), plain(p)) for r, n, c, w, s, p in rows]
     return Table("rank_waits", RANK_COLUMNS, out, {"title": f"run {run_id} · collective wait per rank", "run_id": run_id})
 

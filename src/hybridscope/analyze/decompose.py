@@ -217,12 +217,13 @@ def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> list[tupl
     key = ("decompose.pooled", predicate, *_warm_key(wu))
     if key not in open_.memo:
         prefix, source, params = _source(run_id, predicate, wu)
-        open_.memo[key] = con.execute(f"""{prefix}
-            SELECT GROUPING(layer_type, layer_index, module) AS g, warm, layer_type, layer_index, module, count(*),
-                   quantile_cont(duration_ns, $levels), max(duration_ns), coalesce(sum(duration_ns), 0)::BIGINT
-            FROM {source}
-            GROUP BY GROUPING SETS ((warm, layer_type), (warm, layer_index, layer_type), (warm, module), (warm))""",
-            {**params, "levels": list(LEVELS)}).fetchall()
+        with timeline.quantile_memory(con, run_id):
+            open_.memo[key] = con.execute(f"""{prefix}
+                SELECT GROUPING(layer_type, layer_index, module) AS g, warm, layer_type, layer_index, module, count(*),
+                       quantile_cont(duration_ns, $levels), max(duration_ns), coalesce(sum(duration_ns), 0)::BIGINT
+                FROM {source}
+                GROUP BY GROUPING SETS ((warm, layer_type), (warm, layer_index, layer_type), (warm, module), (warm))""",
+                {**params, "levels": list(LEVELS)}).fetchall()
     return open_.memo[key]
 
 
@@ -266,7 +267,8 @@ def _query(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predica
     """
     if rank is not None:
         params["rank"] = rank
-    return con.execute(sql, params).fetchall()
+    with timeline.quantile_memory(con, run_id):
+        return con.execute(sql, params).fetchall()
 
 
 def _order(by: str, groups: list[tuple]) -> list[tuple]:

@@ -55,19 +55,20 @@ def imbalance(con, run_id: int) -> Table:
 def expert_load(con, run_id: int) -> Table:
     """Per (layer, expert): tokens over the run, share of the layer, mean and p99 per step, and the
     capacity factor it needed at p99 (module doc). The expert heatmap's data."""
-    rows = con.execute(
-        f"""WITH {_ROUTED},
-        grid AS (SELECT g.step, g.layer_index, g.total, ne.n_experts, unnest(range(ne.n_experts)) AS expert
-                 FROM g JOIN ne USING (layer_index)),
-        full_ AS (SELECT grid.*, coalesce(r.tokens, 0) AS tokens FROM grid
-                  LEFT JOIN r USING (step, layer_index, expert))
-        SELECT layer_index, expert, sum(tokens)::BIGINT,
-               100.0 * sum(tokens) / nullif(sum(total), 0),
-               avg(tokens), quantile_cont(tokens, 0.99),
-               quantile_cont(CASE WHEN total > 0 THEN tokens / (total / n_experts) END, 0.99)
-        FROM full_ GROUP BY layer_index, expert ORDER BY layer_index, expert""",
-        {"run": run_id},
-    ).fetchall()
+    with timeline.quantile_memory(con, run_id):  # a p99 per (layer, expert) over every step
+        rows = con.execute(
+            f"""WITH {_ROUTED},
+            grid AS (SELECT g.step, g.layer_index, g.total, ne.n_experts, unnest(range(ne.n_experts)) AS expert
+                     FROM g JOIN ne USING (layer_index)),
+            full_ AS (SELECT grid.*, coalesce(r.tokens, 0) AS tokens FROM grid
+                      LEFT JOIN r USING (step, layer_index, expert))
+            SELECT layer_index, expert, sum(tokens)::BIGINT,
+                   100.0 * sum(tokens) / nullif(sum(total), 0),
+                   avg(tokens), quantile_cont(tokens, 0.99),
+                   quantile_cont(CASE WHEN total > 0 THEN tokens / (total / n_experts) END, 0.99)
+            FROM full_ GROUP BY layer_index, expert ORDER BY layer_index, expert""",
+            {"run": run_id},
+        ).fetchall()
     cols = (Column("layer_index", "int", "", "layer"), Column("expert", "int"),
             Column("tokens", "int", "tokens over the run"),
             Column("share_pct", "pct", "share of the layer's tokens", "share"),

@@ -91,19 +91,21 @@ def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
     gaps_sql = _GAPS.format(k=k)
     windows = timeline.steady_windows(con, run_id)
     summary = []
-    for rank, device, n, idle, qs, longest in con.execute(f"""
+    with timeline.quantile_memory(con, run_id):
+        got = con.execute(f"""
             SELECT d.rank, d.device, count(g.gap), coalesce(sum(g.gap), 0)::BIGINT,
                    quantile_cont(g.gap, [0.5, 0.9, 0.99]), max(g.gap)
             FROM (SELECT DISTINCT rank, device FROM {t.busy} WHERE NOT warm) d
             LEFT JOIN ({gaps_sql}) g ON g.rank = d.rank AND g.device = d.device
-            GROUP BY d.rank, d.device ORDER BY d.rank, d.device""", types).fetchall():
+            GROUP BY d.rank, d.device ORDER BY d.rank, d.device""", types).fetchall()
+    for rank, device, n, idle, qs, longest in got:
         lo, hi = windows[rank]
         p50, p90, p99 = qs if qs is not None else (None, None, None)
         summary.append((rank, None if device < 0 else device, int(n), int(idle), p50, p90, p99,
                         None if longest is None else int(longest), 100.0 * idle / (hi - lo) if hi > lo else None))
     return {"gap_summary": _summary_table(summary, run_id, _warm_note(con, run_id)),
             "top_gaps": _top_table(con, gaps_sql, t, timeline.rank_windows(con, run_id), top, run_id),
-            "gap_sites": _sites_table(con, gaps_sql, types, run_id),
+            "gap_sites": _sites_table(con, run_id, gaps_sql, types),
             "gap_histogram": _histogram(con, gaps_sql, types, run_id)}
 
 
@@ -132,11 +134,13 @@ def _top_table(con, gaps_sql: str, t, windows, top: int, run_id: int) -> Table:
     return Table("top_gaps", cols, rows, {"title": f"Longest {top} GPU idle gaps", "run_id": run_id})
 
 
-def _sites_table(con, gaps_sql: str, types: dict, run_id: int) -> Table:
-    rows = [(b, a, int(n), int(idle), p50, p99) for b, a, n, idle, (p50, p99) in con.execute(f"""
-        SELECT holder_type, layer_type, count(*), sum(gap)::BIGINT AS idle, quantile_cont(gap, [0.5, 0.99])
-        FROM ({gaps_sql}) GROUP BY holder_type, layer_type ORDER BY idle DESC, holder_type, layer_type""",
-        types).fetchall()]
+def _sites_table(con, run_id: int, gaps_sql: str, types: dict) -> Table:
+    with timeline.quantile_memory(con, run_id):
+        got = con.execute(f"""
+            SELECT holder_type, layer_type, count(*), sum(gap)::BIGINT AS idle, quantile_cont(gap, [0.5, 0.99])
+            FROM ({gaps_sql}) GROUP BY holder_type, layer_type ORDER BY idle DESC, holder_type, layer_type""",
+            types).fetchall()
+    rows = [(b, a, int(n), int(idle), p50, p99) for b, a, n, idle, (p50, p99) in got]
     cols = (Column("before", "str", "layer type before the gap"), Column("after", "str", "layer type after"),
             Column("n_gaps", "int", "", "gaps"), Column("idle_ns", "ns", "", "idle"),
             Column("p50_ns", "ns", "", "p50"), Column("p99_ns", "ns", "", "p99"))
@@ -165,15 +169,16 @@ def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
     busy = (f"SELECT rank, coalesce(phase, 'unknown') AS ph, sum(busy_phase)::BIGINT AS busy FROM {t.busy}"
             " WHERE NOT warm GROUP BY ALL") if one_device else _busy_by(
         f"(SELECT *, coalesce(phase, 'unknown') AS ph FROM {t.kernels})", "rank, ph", "rank, ph")
-    got = con.execute(f"""
-        WITH kp AS (SELECT rank, coalesce(phase, 'unknown') AS ph, end_ns - ts_ns AS dur,
-                           greatest(ts_ns - coalesce(prev_max, ts_ns), 0) AS gap FROM {t.kernels} WHERE NOT warm),
-        stats AS (SELECT rank, ph, count(*) AS n, quantile_cont(dur, 0.5) AS med_k, quantile_cont(gap, 0.5) AS med_g,
-                         sum(gap)::BIGINT AS idle, avg((gap >= dur)::INTEGER) AS ge
-                  FROM kp GROUP BY rank, ph),
-        busy AS ({busy})
-        SELECT s.rank, s.ph, s.n, s.med_k, s.med_g, s.idle, s.ge, b.busy
-        FROM stats s JOIN busy b ON b.rank = s.rank AND b.ph = s.ph ORDER BY s.rank, s.ph""").fetchall()
+    with timeline.quantile_memory(con, run_id):
+        got = con.execute(f"""
+            WITH kp AS (SELECT rank, coalesce(phase, 'unknown') AS ph, end_ns - ts_ns AS dur,
+                               greatest(ts_ns - coalesce(prev_max, ts_ns), 0) AS gap FROM {t.kernels} WHERE NOT warm),
+            stats AS (SELECT rank, ph, count(*) AS n, quantile_cont(dur, 0.5) AS med_k, quantile_cont(gap, 0.5) AS med_g,
+                             sum(gap)::BIGINT AS idle, avg((gap >= dur)::INTEGER) AS ge
+                      FROM kp GROUP BY rank, ph),
+            busy AS ({busy})
+            SELECT s.rank, s.ph, s.n, s.med_k, s.med_g, s.idle, s.ge, b.busy
+            FROM stats s JOIN busy b ON b.rank = s.rank AND b.ph = s.ph ORDER BY s.rank, s.ph""").fetchall()
     rows = []
     for rank, ph, n, med_k, med_g, idle, ge, busy in got:
         gpu_rate = n / (busy / 1e6) if busy else None

@@ -18,6 +18,15 @@ import functools
 
 import duckdb
 
+# DuckDB's memory while a block's temp tables live (a 10M-kernel report's sorts and tables spill
+# past it), and, around each query of exact quantiles over the run's events (`quantile_memory`),
+# what those hold: a quantile aggregate keeps its groups' values in memory and cannot spill. A query
+# of one grouping holds every duration once (8 bytes, doubled while its vector grows, the groups'
+# state beside it); the pooled decompositions, four grouping sets in one query (up to 20M kernels,
+# decompose.POOL_MAX_KERNELS), four times: 48 bytes an event (24 failed for memory at 50M).
+ANALYSIS_MEMORY_LIMIT = 1 << 30
+QUANTILE_BYTES = 48
+
 # {(id(connection), run_id): Tables} of the `materialized` blocks open in this context
 _OPEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hybridscope_timeline_tables", default=None)
 
@@ -37,6 +46,7 @@ class Tables:
         self.memo: dict = {}  # `once` results of this block
         self.extra: list[str] = []  # other temp tables an analysis shares within the block
         self.n_kernels = 0
+        self.quantile_cap = ANALYSIS_MEMORY_LIMIT  # DuckDB's memory within `quantile_memory`
 
     def drop(self, con) -> None:
         for name in (self.kernels, self.busy, self.steps, self.sums, *self.extra):
@@ -105,3 +115,20 @@ STEP_WINDOWS_SQL = r"""
         SELECT *, false FROM derived WHERE NOT EXISTS (SELECT 1 FROM recorded)
     )"""
 # STEP_WINDOWS_SQL: CTEs ending in `windows` (rank, step, ts_ns, end_ns, phase, ...); $run
+
+
+@contextlib.contextmanager
+def quantile_memory(con, run_id: int):
+    """Within an open block of a large run, DuckDB's memory raised to the block's quantile cap for
+    the exact quantiles computed inside, and set back to the block's limit after: the rest of the
+    report (sorts, joins, its temp tables) spills at the lower limit instead of filling the higher
+    one. A no-op outside a block (a verb's own limit holds) and where the two are equal."""
+    t = block(con, run_id)
+    if t is None or t.quantile_cap <= ANALYSIS_MEMORY_LIMIT:
+        yield
+        return
+    con.execute(f"SET memory_limit = '{t.quantile_cap // 2**20}MiB'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{ANALYSIS_MEMORY_LIMIT // 2**20}MiB'")

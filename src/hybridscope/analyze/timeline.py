@@ -21,23 +21,25 @@ import functools
 import numpy as np
 
 from hybridscope.analyze import warmup
-from hybridscope.analyze.shared import _OPEN, STEP_WINDOWS_SQL, Tables, block, once, tables
+from hybridscope.analyze.shared import (
+    _OPEN,
+    ANALYSIS_MEMORY_LIMIT,
+    QUANTILE_BYTES,
+    STEP_WINDOWS_SQL,
+    Tables,
+    block,
+    once,
+    quantile_memory,
+    tables,
+)
 
-__all__ = ["STEP_WINDOWS_SQL", "Tables", "block", "once", "tables"]  # shared.py's, read through here too
+# shared.py's, read through here too
+__all__ = ["ANALYSIS_MEMORY_LIMIT", "QUANTILE_BYTES", "STEP_WINDOWS_SQL", "Tables", "block", "once",
+           "quantile_memory", "tables"]
 
 # Kernel statistics use GPU kernels only (not memcpy/memset): what NVML's utilization counts.
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
 COMM_TYPES = ("moe_comm", "comm")
-
-# DuckDB's memory while the timeline tables live (a 10M-kernel report's sorts and tables spill past
-# it), raised for a larger run to what its exact quantiles hold: a quantile aggregate keeps its
-# groups' values in memory (it cannot spill). Up to decompose.POOL_MAX_KERNELS (20M) the report's
-# largest query, the pooled decompositions (four grouping sets), holds every measured event's
-# duration four times within the 1 GB; above it each grouping is a query of its own, which holds
-# every duration once: 8 bytes, doubled while its vector grows, and the group's state beside it.
-ANALYSIS_MEMORY_LIMIT = 1 << 30
-QUANTILE_BYTES = 48  # per measured event (a quantile query of 50M durations failed for memory at 24)
-
 
 
 @contextlib.contextmanager
@@ -66,8 +68,9 @@ def materialized(con, run_id: int, *, warmup: int | None = None):
     (n,) = con.execute(f"SELECT count(*) FROM events WHERE run_id = $run AND {KERNEL_FILTER}",
                        {"run": run_id}).fetchall()[0]
     tables.n_kernels = int(n)
-    cap = max(ANALYSIS_MEMORY_LIMIT, QUANTILE_BYTES * int(n))
-    con.execute(f"SET memory_limit = '{cap // 2**20}MiB'")  # beyond it DuckDB spills to its temp files
+    tables.quantile_cap = max(ANALYSIS_MEMORY_LIMIT, QUANTILE_BYTES * int(n))
+    # beyond it DuckDB spills to its temp files; exact quantiles raise it (shared.quantile_memory)
+    con.execute(f"SET memory_limit = '{ANALYSIS_MEMORY_LIMIT // 2**20}MiB'")
     token = _OPEN.set({**opened, key: tables})  # open first: the warm-up found for the sweep is kept
     try:
         _create(con, run_id, tables)

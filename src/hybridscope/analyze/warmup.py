@@ -173,7 +173,8 @@ def _first_calls(con, run_id: int, cuts: dict[int, int]) -> tuple[tuple[int, int
     w = WarmUp("auto", cutoffs=cuts)
     sql = f"""WITH {_cut_sql(MEASURES[measure_of(con, run_id)])},{_FIRST_CALLS_SQL}
               SELECT rank, event_id FROM e1_warm"""
-    rows = con.execute(sql, {"run": run_id, **w.params(), "wu_factor": FIRST_CALL_FACTOR}).fetchall()
+    with shared.quantile_memory(con, run_id):  # a median per (rank, name) over every event
+        rows = con.execute(sql, {"run": run_id, **w.params(), "wu_factor": FIRST_CALL_FACTOR}).fetchall()
     return tuple((int(r), int(e)) for r, e in rows)
 
 
