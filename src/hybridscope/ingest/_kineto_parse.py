@@ -289,12 +289,13 @@ def _to_ns(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _chunk_to_ns(values: pa.Array) -> pa.Array:
-    if not len(values):
-        return pa.array([], type=pa.int64())
     if values.null_count:
         raise ValueError("a kept event without ts or dur")  # STAGE_SQL skips those: a bug if seen
-    words = np.frombuffer(values.buffers()[1], dtype="<i8", count=2 * (values.offset + len(values)))
-    return pa.array(np.ascontiguousarray(words[2 * values.offset::2]))  # numpy's memory, not copied
+    n = len(values)
+    words = np.frombuffer(values.buffers()[1], dtype="<i8", count=2 * (values.offset + n)) if n else np.empty(0, "<i8")
+    low = np.ascontiguousarray(words[2 * values.offset::2])
+    # from_buffers keeps numpy's memory (no copy); pa.array(ndarray) would import pandas (0.2 s, 40 MiB)
+    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(low)])
 
 
 _IN_FILE = re.compile(r' in file "[^"]*"')
