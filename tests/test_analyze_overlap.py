@@ -69,3 +69,35 @@ def test_launch_bound_decode_not_prefill(tmp_path):
     assert d["cpu_launches_per_ms"] == pytest.approx(5 / 0.048)
     assert d["launch_bound"] == "yes"
     assert p["launch_bound"] == "no" and p["median_gap_ns"] == 1_000 and p["cpu_launches_per_ms"] is None
+
+
+def test_warm_up_is_a_timeline_of_its_own(tmp_path):
+    """With --warmup 1 the cut-off is step 1's start (100): a warm-up collective [10,160) that
+    reaches past it covers nothing of the steady state; the duty cycle keeps it."""
+    from hybridscope.analyze import dashboard, timeline
+
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con, window_ns=(0, 300))
+    add_steps(con, run, [100, 100, 100])
+    add_events(con, run, [150], ts_ns=[10], layer_type="moe_comm", stream=11, name="first_a2a", step=0)
+    add_events(con, run, [30], ts_ns=[150], layer_type="moe_comm", stream=11, name="a2a", step=1)
+    add_events(con, run, [20, 10], ts_ns=[120, 200], layer_type="mamba", name="scan", step=[1, 2])
+    with timeline.materialized(con, run, warmup=1):
+        ov = overlap.overlap(con, run)
+        g = overlap.gaps(con, run)["gap_summary"].record(rank=0)
+        duty = dashboard.duty_cycle(con, run).record(rank=0)
+    r = ov.record(rank=0)
+    # steady: compute [120,140) + [200,210), comm [150,180); window [100,300)
+    assert (r["window_ns"], r["comm_ns"], r["compute_ns"], r["overlapped_ns"], r["exposed_ns"]) == (200, 30, 30, 0, 30)
+    assert r["exposed_wall_pct"] == pytest.approx(15.0)
+    note = "steady state: each rank from its warm-up cut-off on; 1 warm-up kernel (150 ns busy) left out"
+    assert ov.meta["notes"] == [note + " (--warmup 0 keeps them)"]
+    # gaps 140..150 and 180..200 (the warm-up collective's end at 160 would have hidden the first)
+    assert (g["n_gaps"], g["idle_ns"], g["max_ns"]) == (2, 30, 20) and g["idle_pct"] == pytest.approx(15.0)
+    assert (duty["window_ns"], duty["busy_ns"]) == (300, 180)  # [10,180) + [200,210), warm-up kept
+    with timeline.materialized(con, run, warmup=0):
+        ov0 = overlap.overlap(con, run)
+    r0 = ov0.record(rank=0)
+    # everything: comm [10,180), compute [120,140) + [200,210), both [120,140)
+    assert (r0["window_ns"], r0["comm_ns"], r0["overlapped_ns"], r0["busy_ns"]) == (300, 170, 20, 180)
+    assert ov0.meta["notes"] == []

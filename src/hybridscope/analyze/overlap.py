@@ -78,7 +78,7 @@ def _warm_note(con, run_id: int) -> list[str]:
                         " WHERE warm").fetchall()[0]
     if not n:
         return []
-    return [f"steady state: each rank from its warm-up cut-off on; {n:,} warm-up kernels "
+    return [f"steady state: each rank from its warm-up cut-off on; {n:,} warm-up kernel{'s' if n != 1 else ''} "
             + f"({format_ns(ns)} busy) left out (--warmup 0 keeps them)"]
 
 
