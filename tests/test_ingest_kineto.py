@@ -412,6 +412,26 @@ def test_an_import_gives_the_connection_its_settings_back(tmp_path, monkeypatch)
     assert after == before
 
 
+def test_a_bulk_file_commits_by_a_checkpoint_a_small_one_by_the_wal(tmp_path, monkeypatch):
+    from hybridscope import ingest
+    from hybridscope.store.db import open_store
+
+    path = write_trace(tmp_path / "t.json", [kernel(f"{i}.000", "1.000", i) for i in range(1, 4)])
+    wal_bytes = {}
+    for bulk_rows in (3, 4):  # the file holds 3 events: bulk at 3, small at 4
+        monkeypatch.setattr(ingest, "BULK_ROWS", bulk_rows)
+        db = tmp_path / f"{bulk_rows}.duckdb"
+        con = open_store(db)
+        try:
+            import_files(con, [path], progress=False)
+            wal = db.with_name(db.name + ".wal")
+            wal_bytes[bulk_rows] = wal.stat().st_size if wal.exists() else 0
+            assert con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0] == "16.0 MiB"
+        finally:
+            con.close()
+    assert wal_bytes[3] == 0 < wal_bytes[4]
+
+
 # -- real traces ----------------------------------------------------------------------------------
 def _external_kineto() -> list[Path]:
     if not EXTERNAL.exists():

@@ -56,14 +56,15 @@ GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SNIFF_BYTES = 4096
 IMPORT_MEMORY_LIMIT = "256MB"  # DuckDB's share of an import's memory: keeps peak RSS < 1 GiB
-# DuckDB settings an import runs with (restored after): its memory cap, and every import's COMMIT
-# a checkpoint instead of a WAL write. Attribution updates rows the import's transaction appended;
-# DuckDB then cannot log the appended row groups by their block pointers and writes all their data
-# to the WAL (409 MB for the 5M-event synthetic trace: 0.5 s), to be checkpointed again at close
-# (0.25 s); its checkpoint decision estimates such a commit as small. Checkpointing at COMMIT
-# writes the data once (0.3 s). docs/benchmarks.md, "Import".
-IMPORT_SETTINGS = {"memory_limit": IMPORT_MEMORY_LIMIT, "checkpoint_threshold": "0KB",
-                   "auto_checkpoint_skip_wal_threshold": 0}
+# A file of at least BULK_ROWS rows commits by a checkpoint instead of a WAL write. From one full
+# row group on, DuckDB writes the rows to the store file before COMMIT; once attribution updates
+# them it can no longer log them by their block pointers and writes all their data to the WAL
+# (409 MB for the 5M-event synthetic trace: 0.5 s), checkpointed again at close (0.25 s), its
+# checkpoint decision having counted the commit as small. A checkpoint at COMMIT writes them once
+# (0.3 s). Smaller files keep the WAL: a checkpoint per file would leave a store of many small
+# imports larger (15 small traces: 13.9 MB against 11.3) for nothing. docs/benchmarks.md, "Import".
+BULK_ROWS = 122_880  # DuckDB's row group size
+COMMIT_BY_CHECKPOINT = {"checkpoint_threshold": "0KB", "auto_checkpoint_skip_wal_threshold": 0}
 
 
 def detect(path: str | Path) -> str:
@@ -183,12 +184,21 @@ def iter_import(
 
 @contextlib.contextmanager
 def _import_settings(con: duckdb.DuckDBPyConnection):
-    """Run with IMPORT_SETTINGS, the previous values restored after: a large import spills its
-    uncommitted rows to disk instead of growing the process, and commits by a checkpoint.
-    `threads` is restored too: an importer may lower it while it loads (kineto.STORE_THREADS)."""
+    """DuckDB's memory capped at IMPORT_MEMORY_LIMIT (a large import spills its uncommitted rows
+    to disk instead of growing the process); every setting an import changes is restored after,
+    even when a step could not restore its own (an importer lowers `threads` while it loads,
+    kineto.STORE_THREADS; a bulk file's commit sets COMMIT_BY_CHECKPOINT)."""
+    with _settings(con, {"memory_limit": IMPORT_MEMORY_LIMIT}, also=("threads", *COMMIT_BY_CHECKPOINT)):
+        yield
+
+
+@contextlib.contextmanager
+def _settings(con: duckdb.DuckDBPyConnection, values: dict, also: tuple[str, ...] = ()):
+    """Run with these DuckDB settings; they (and the settings named in `also`) get their previous
+    values back after."""
     old = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
-           for name in (*IMPORT_SETTINGS, "threads")}
-    for name, value in IMPORT_SETTINGS.items():
+           for name in (*values, *also)}
+    for name, value in values.items():
         con.execute(f"SET {name} = '{value}'")
     try:
         yield
@@ -212,7 +222,7 @@ def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) 
     ctx.careful = False
     while True:
         try:
-            with transaction(con):
+            with contextlib.ExitStack() as after_commit, transaction(con):
                 dup = find_duplicate(con, digest)
                 if dup is not None:
                     result = ImportResult(str(path), fmt, dup[0], dup[1], 0, duplicate_of=dup)
@@ -221,6 +231,8 @@ def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) 
                     result = importer.import_file(con, path, content_hash=digest, ctx=ctx)
                     attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path,
                                   pattern=ctx.pattern)
+                    if result.n_events >= BULK_ROWS:  # see BULK_ROWS
+                        after_commit.enter_context(_settings(con, COMMIT_BY_CHECKPOINT))
         except RetryFile as e:
             if ctx.careful:
                 raise BadInput(f"{path}: {e}") from None
