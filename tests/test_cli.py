@@ -121,3 +121,16 @@ def test_duckdb_out_of_memory_is_one_line_not_a_traceback():
     assert code == 1 and "\n" not in line
     assert line.startswith("out of memory in DuckDB (960.9 MiB/953.6 MiB used)")
     assert _known_failure(MemoryError()) is None  # Python's own: not DuckDB's, not ours to word
+
+
+def test_ctrl_c_while_duckdb_reads_a_python_object_is_an_interrupt():
+    """Ctrl-C while DuckDB reads an import's Arrow rows (a replacement scan calls back into Python):
+    DuckDB wraps the KeyboardInterrupt in its own error; the user still sees 'interrupted', 130."""
+    import duckdb
+
+    from hybridscope.cli import _known_failure
+
+    e = duckdb.InvalidInputException("Invalid Input Error: reading the schema of the Python object "
+                                     "'slice_events' failed: KeyboardInterrupt: ")
+    assert _known_failure(e) == ("interrupted", 130)
+    assert _known_failure(duckdb.InvalidInputException("Invalid Input Error: bad value")) is None

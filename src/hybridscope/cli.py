@@ -131,17 +131,20 @@ OUT_OF_SPACE = ("out of disk space writing the store or its temporary files: fre
 
 def _known_failure(e: Exception) -> tuple[str, int] | None:
     """(one line, exit code) for failures of the machine rather than of hybridscope: Ctrl-C
-    inside a DuckDB call (DuckDB raises its own interrupt error, not KeyboardInterrupt), a full
+    inside a DuckDB call (DuckDB raises its own interrupt error, not KeyboardInterrupt, and wraps
+    the KeyboardInterrupt of a Python object it was reading, like an import's Arrow rows), a full
     disk, and DuckDB out of memory (an exact quantile cannot spill). The transaction they interrupted was rolled back: the store is as it was."""
     import errno
 
-    if type(e).__name__ == "InterruptException" or (isinstance(e, RuntimeError) and "interrupted" in str(e)):
+    text = str(e)
+    from_duckdb = type(e).__module__.lstrip("_").startswith("duckdb")
+    if type(e).__name__ == "InterruptException" or (isinstance(e, RuntimeError) and "interrupted" in text):
+        return "interrupted", 130
+    if from_duckdb and "KeyboardInterrupt" in text:  # Ctrl-C while DuckDB called back into Python (an Arrow scan)
         return "interrupted", 130
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = f" writing {e.filename}" if e.filename else ""
         return f"out of disk space{where}: free some space and run it again (nothing was stored)", 1
-    text = str(e)
-    from_duckdb = type(e).__module__.lstrip("_").startswith("duckdb")
     if any(m in text for m in _NO_SPACE) and from_duckdb:
         return OUT_OF_SPACE, 1
     if type(e).__name__ == "OutOfMemoryException" and from_duckdb:
