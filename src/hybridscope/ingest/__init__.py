@@ -33,6 +33,7 @@ from hybridscope.ingest._common import (
     RetryFile,
     file_sha256,
     remove_stale_temp,
+    settings,
 )
 from hybridscope.store.runs import find_duplicate
 
@@ -188,26 +189,8 @@ def _import_settings(con: duckdb.DuckDBPyConnection):
     to disk instead of growing the process); every setting an import changes is restored after,
     even when a step could not restore its own (an importer lowers `threads` while it loads,
     kineto.STORE_THREADS; a bulk file's commit sets COMMIT_BY_CHECKPOINT)."""
-    with _settings(con, {"memory_limit": IMPORT_MEMORY_LIMIT}, also=("threads", *COMMIT_BY_CHECKPOINT)):
+    with settings(con, {"memory_limit": IMPORT_MEMORY_LIMIT}, also=("threads", *COMMIT_BY_CHECKPOINT)):
         yield
-
-
-@contextlib.contextmanager
-def _settings(con: duckdb.DuckDBPyConnection, values: dict, also: tuple[str, ...] = ()):
-    """Run with these DuckDB settings; they (and the settings named in `also`) get their previous
-    values back after."""
-    old = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
-           for name in (*values, *also)}
-    for name, value in values.items():
-        con.execute(f"SET {name} = '{value}'")
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            try:
-                con.execute(f"SET {name} = '{value}'")
-            except duckdb.Error:  # after an interrupt: the error that got us here is the one to show
-                break
 
 
 def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) -> ImportResult:
@@ -232,7 +215,7 @@ def _import_one(con: duckdb.DuckDBPyConnection, path: Path, ctx: ImportContext) 
                     attribute_run(con, result.run_id, rank=result.rank, rules_path=ctx.rules_path,
                                   pattern=ctx.pattern)
                     if result.n_events >= BULK_ROWS:  # see BULK_ROWS
-                        after_commit.enter_context(_settings(con, COMMIT_BY_CHECKPOINT))
+                        after_commit.enter_context(settings(con, COMMIT_BY_CHECKPOINT))
         except RetryFile as e:
             if ctx.careful:
                 raise BadInput(f"{path}: {e}") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -181,3 +181,21 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def settings(con: duckdb.DuckDBPyConnection, values: dict, also: tuple[str, ...] = ()):
+    """Run with these DuckDB settings; they (and the settings named in `also`) get their previous
+    values back after."""
+    old = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
+           for name in (*values, *also)}
+    for name, value in values.items():
+        con.execute(f"SET {name} = '{value}'")
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            try:
+                con.execute(f"SET {name} = '{value}'")
+            except duckdb.Error:  # after an interrupt: the error that got us here is the one to show
+                break

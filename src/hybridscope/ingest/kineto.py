@@ -19,7 +19,6 @@ Contract (see ingest/__init__.py for the transaction around it):
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import duckdb
@@ -31,6 +30,7 @@ from hybridscope.ingest._common import (
     ImportResult,
     RetryFile,
     checked_int,
+    settings,
     temp_folder,
 )
 from hybridscope.ingest._jsonchunks import EventSlices
@@ -70,7 +70,7 @@ def _load_events(con, path: Path, ctx: ImportContext):
         threads: dict[str, str] = {}
         where = None
         base = 0  # event ids count the trace's records, skipped ones included
-        with temp_folder() as tmp, _threads(con, STORE_THREADS):
+        with temp_folder() as tmp, settings(con, {"threads": STORE_THREADS}):
             for part in parsed_ahead(slices, Path(tmp)):
                 if where is None:
                     where = _claim(con, path, slices.head_meta, ctx)
@@ -82,21 +82,6 @@ def _load_events(con, path: Path, ctx: ImportContext):
     if where is None:  # no events at all
         where = _claim(con, path, slices.meta, ctx)
     return slices.meta, skipped, threads, where
-
-
-@contextlib.contextmanager
-def _threads(con, n: int):
-    """DuckDB's thread count at `n` while the events stream in, the count found restored after
-    (if the transaction was aborted, which refuses SET, by `ingest._import_settings`)."""
-    (back,) = con.execute("SELECT current_setting('threads')").fetchall()[0]
-    con.execute(f"SET threads = {int(n)}")
-    try:
-        yield
-    finally:
-        try:
-            con.execute(f"SET threads = {int(back)}")
-        except duckdb.Error:  # an aborted transaction: the error that got us here is the one to show
-            pass
 
 
 def _insert(con, slice_events, where: tuple[int, int], base: int) -> None:
