@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridscope.analyze import timeline
+from hybridscope.analyze import shared, timeline
 from hybridscope.table import Column, Table, plain
 
 _GPU = "source = 'cuda' AND kind = 'kernel' AND (name LIKE 'nccl%' OR name LIKE 'rccl%')"
@@ -75,7 +75,7 @@ def _matched(con, run_id: int) -> tuple[str, dict]:
     """(a FROM-able relation of `_matched_sql`'s rows but `args`, its parameters): inside a report
     (`timeline.materialized`) a temp table computed once for rank_waits and stragglers."""
     sql, params = f"SELECT * EXCLUDE (args) FROM ({_matched_sql(_predicate(con, run_id))})", {"run": run_id}
-    open_ = timeline.block(con, run_id)
+    open_ = shared.block(con, run_id)
     if open_ is None:
         return f"({sql})", params
     name = f"_hs_collectives_{int(run_id)}"
@@ -126,7 +126,7 @@ RANK_COLUMNS = (
 def rank_waits(con, run_id: int) -> Table:
     """Per rank: how long it sat in collectives, how much of that was waiting, how often it was last."""
     matched, params = _matched(con, run_id)
-    with timeline.quantile_memory(con, run_id):
+    with shared.quantile_memory(con, run_id):
         rows = con.execute(f"""
             SELECT rank, count(*), sum(end_ns - start_ns), sum(wait_ns), count(*) FILTER (WHERE is_straggler),
                    quantile_cont(wait_ns, 0.99)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridscope.analyze import timeline
+from hybridscope.analyze import shared, timeline
 from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.coverage import coverage_warning
 from hybridscope.analyze.measures import MEASURES, measure_of
@@ -186,7 +186,7 @@ def _aggregate(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], pre
         rows = pooled(con, run_id, predicate, wu)
         if rows is not None:
             return _from_pooled(rows, key_sql)
-    open_ = timeline.block(con, run_id) if rank is not None else None
+    open_ = shared.block(con, run_id) if rank is not None else None
     if open_ is not None and open_.n_kernels <= POOL_MAX_KERNELS:
         key = ("decompose.ranks", key_sql, predicate, *_warm_key(wu))
         if key not in open_.memo:
@@ -211,13 +211,13 @@ def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> list[tupl
     """Inside a report (`timeline.materialized`): rows (grouping, warm, layer_type, layer_index,
     module, n, [quantiles at LEVELS], max, sum) of the grouping sets of _POOLED_SETS and the total,
     found once; None outside a report."""
-    open_ = timeline.block(con, run_id)
+    open_ = shared.block(con, run_id)
     if open_ is None or open_.n_kernels > POOL_MAX_KERNELS:
         return None
     key = ("decompose.pooled", predicate, *_warm_key(wu))
     if key not in open_.memo:
         prefix, source, params = _source(run_id, predicate, wu)
-        with timeline.quantile_memory(con, run_id):
+        with shared.quantile_memory(con, run_id):
             open_.memo[key] = con.execute(f"""{prefix}
                 SELECT GROUPING(layer_type, layer_index, module) AS g, warm, layer_type, layer_index, module, count(*),
                        quantile_cont(duration_ns, $levels), max(duration_ns), coalesce(sum(duration_ns), 0)::BIGINT
@@ -267,7 +267,7 @@ def _query(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predica
     """
     if rank is not None:
         params["rank"] = rank
-    with timeline.quantile_memory(con, run_id):
+    with shared.quantile_memory(con, run_id):
         return con.execute(sql, params).fetchall()
 
 

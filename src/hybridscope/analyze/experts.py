@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridscope.analyze import timeline
+from hybridscope.analyze import shared, timeline
 from hybridscope.analyze.stats import quantile_cont
 from hybridscope.table import Column, Table, plain
 
@@ -55,7 +55,7 @@ def imbalance(con, run_id: int) -> Table:
 def expert_load(con, run_id: int) -> Table:
     """Per (layer, expert): tokens over the run, share of the layer, mean and p99 per step, and the
     capacity factor it needed at p99 (module doc). The expert heatmap's data."""
-    with timeline.quantile_memory(con, run_id):  # a p99 per (layer, expert) over every step
+    with shared.quantile_memory(con, run_id):  # a p99 per (layer, expert) over every step
         rows = con.execute(
             f"""WITH {_ROUTED},
             grid AS (SELECT g.step, g.layer_index, g.total, ne.n_experts, unnest(range(ne.n_experts)) AS expert

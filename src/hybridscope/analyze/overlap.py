@@ -22,7 +22,7 @@ against its window from that cut-off (timeline.steady_windows). Definitions (doc
 
 from __future__ import annotations
 
-from hybridscope.analyze import timeline
+from hybridscope.analyze import shared, timeline
 from hybridscope.table import Column, Table
 from hybridscope.units import format_ns
 
@@ -91,7 +91,7 @@ def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
     gaps_sql = _GAPS.format(k=k)
     windows = timeline.steady_windows(con, run_id)
     summary = []
-    with timeline.quantile_memory(con, run_id):
+    with shared.quantile_memory(con, run_id):
         got = con.execute(f"""
             SELECT d.rank, d.device, count(g.gap), coalesce(sum(g.gap), 0)::BIGINT,
                    quantile_cont(g.gap, [0.5, 0.9, 0.99]), max(g.gap)
@@ -135,7 +135,7 @@ def _top_table(con, gaps_sql: str, t, windows, top: int, run_id: int) -> Table:
 
 
 def _sites_table(con, run_id: int, gaps_sql: str, types: dict) -> Table:
-    with timeline.quantile_memory(con, run_id):
+    with shared.quantile_memory(con, run_id):
         got = con.execute(f"""
             SELECT holder_type, layer_type, count(*), sum(gap)::BIGINT AS idle, quantile_cont(gap, [0.5, 0.99])
             FROM ({gaps_sql}) GROUP BY holder_type, layer_type ORDER BY idle DESC, holder_type, layer_type""",
@@ -169,7 +169,7 @@ def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
     busy = (f"SELECT rank, coalesce(phase, 'unknown') AS ph, sum(busy_phase)::BIGINT AS busy FROM {t.busy}"
             " WHERE NOT warm GROUP BY ALL") if one_device else _busy_by(
         f"(SELECT *, coalesce(phase, 'unknown') AS ph FROM {t.kernels})", "rank, ph", "rank, ph")
-    with timeline.quantile_memory(con, run_id):
+    with shared.quantile_memory(con, run_id):
         got = con.execute(f"""
             WITH kp AS (SELECT rank, coalesce(phase, 'unknown') AS ph, end_ns - ts_ns AS dur,
                                greatest(ts_ns - coalesce(prev_max, ts_ns), 0) AS gap FROM {t.kernels} WHERE NOT warm),

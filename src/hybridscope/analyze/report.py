@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hybridscope.analyze import advice as advice_mod
-from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, steps, timeline
+from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, shared, steps, timeline
 from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.decompose import CDF_LEVELS, MEASURES, decompose, measure_of
 from hybridscope.table import Column, Table, plain
@@ -56,7 +56,7 @@ def latency_cdf(con, run_id: int, *, warmup: int | None = None) -> Table:
     wu = warmup_mod.detect(con, run_id, warmup=warmup)
     # its own scan, not decompose's pooled one: a quantile aggregate's cost grows with its levels,
     # and only this table needs more than LEVELS (110 levels over every group: 2.6 s of 3.3 at 10M)
-    with timeline.quantile_memory(con, run_id):
+    with shared.quantile_memory(con, run_id):
         got = con.execute(
             f"""WITH {warmup_mod.events_cte(MEASURES[measure], first_calls=wu.first_calls, clusters=False)}
             SELECT coalesce(layer_type, 'unattributed') AS lt, count(*), quantile_cont(duration_ns, $levels)

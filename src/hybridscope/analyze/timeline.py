@@ -27,15 +27,9 @@ from hybridscope.analyze.shared import (
     QUANTILE_BYTES,
     STEP_WINDOWS_SQL,
     Tables,
-    block,
     once,
-    quantile_memory,
     tables,
 )
-
-# shared.py's, read through here too
-__all__ = ["ANALYSIS_MEMORY_LIMIT", "QUANTILE_BYTES", "STEP_WINDOWS_SQL", "Tables", "block", "once",
-           "quantile_memory", "tables"]
 
 # Kernel statistics use GPU kernels only (not memcpy/memset): what NVML's utilization counts.
 KERNEL_FILTER = "source = 'cuda' AND kind = 'kernel'"
