@@ -213,18 +213,16 @@ def _chunk(a: int, c: dict[str, np.ndarray], state: _State, key: tuple[int, int]
     prev_max, line.run_max = _earlier_max(end, None, line.run_max)
     prev_compute, line.compute_max = _earlier_max(end, ~c["is_comm"], line.compute_max)
     prev_comm, line.comm_max = _earlier_max(end, c["is_comm"], line.comm_max)
-    phase = c["phase"]
+    phases = {p: c["phase"] == p for p in np.flatnonzero(np.bincount(c["phase"])).tolist()}  # code -> its rows
     prev_phase = np.empty_like(end)
-    for p in np.flatnonzero(np.bincount(phase)).tolist():
-        mask = phase == p
+    for p, mask in phases.items():
         got, line.phase_max[p] = _earlier_max(end, mask, line.phase_max.get(p, NONE))
         prev_phase[mask] = got[mask]
     parts = {"busy_all": _part(ts, end, full), "busy": _part(ts, end, prev_max),
              "busy_comm": np.where(c["is_comm"], _part(ts, end, prev_comm), 0),
              "busy_compute": np.where(c["is_comm"], 0, _part(ts, end, prev_compute)),
              "busy_phase": _part(ts, end, prev_phase)}
-    for p in np.flatnonzero(np.bincount(phase)).tolist():
-        mask = phase == p
+    for p, mask in phases.items():
         got = np.array([int(mask.sum())] + [int(parts[s][mask].sum()) for s in SUMS[1:]], np.int64)
         k = (key[0], key[1], p, warm)
         state.sums[k] = state.sums[k] + got if k in state.sums else got
