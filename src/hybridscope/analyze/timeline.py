@@ -281,17 +281,14 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     steady state (from its warm-up cut-off on, as the interval analyses); a launch's phase is its
     own, else that of the kernel it launched, else that of the step window it falls in."""
     t = tables(con, run_id)
-    ranks = sorted(t.cutoffs)
+    launches = "source = 'cuda_api' AND (name ILIKE '%LaunchKernel%' OR name ILIKE '%GraphLaunch%')"
     sql = f"""
-        WITH {STEP_WINDOWS_SQL},
-        wu_cut AS (SELECT unnest($ranks) AS rank, unnest($cuts) AS cut_ns),
+        WITH {STEP_WINDOWS_SQL}, {warmup.cut_sql(launches)},
         kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM {t.kernels}
                WHERE correlation IS NOT NULL AND phase IS NOT NULL GROUP BY rank, correlation),
-        l AS (SELECT e.rank, e.ts_ns, coalesce(e.phase, kp.phase) AS phase FROM events e
-              LEFT JOIN wu_cut c ON e.rank = c.rank
-              LEFT JOIN kp ON e.rank = kp.rank AND e.correlation = kp.correlation
-              WHERE e.run_id = $run AND e.source = 'cuda_api' AND e.ts_ns >= coalesce(c.cut_ns, e.ts_ns)
-                AND (e.name ILIKE '%LaunchKernel%' OR e.name ILIKE '%GraphLaunch%')),
+        l AS (SELECT e0.rank, e0.ts_ns, coalesce(e0.phase, kp.phase) AS phase FROM e0
+              LEFT JOIN kp ON e0.rank = kp.rank AND e0.correlation = kp.correlation
+              WHERE NOT e0.in_warm_steps),
         lp AS (SELECT l.rank, l.ts_ns, CASE WHEN l.ts_ns < w.end_ns THEN w.phase END AS phase
                FROM (SELECT * FROM l WHERE phase IS NULL) l
                ASOF LEFT JOIN windows w ON l.rank = w.rank AND l.ts_ns >= w.ts_ns
@@ -299,8 +296,7 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
                SELECT rank, ts_ns, phase FROM l WHERE phase IS NOT NULL)
         SELECT rank, phase, count(*), max(ts_ns) - min(ts_ns) FROM lp GROUP BY rank, phase
     """
-    return con.execute(sql, {"run": run_id, "ranks": [-1] + ranks,
-                             "cuts": [0] + [t.cutoffs[r] for r in ranks]}).fetchall()
+    return con.execute(sql, {"run": run_id, **warmup.WarmUp("auto", cutoffs=t.cutoffs).params()}).fetchall()
 
 
 @once

@@ -171,15 +171,16 @@ def _first_calls(con, run_id: int, cuts: dict[int, int]) -> tuple[tuple[int, int
     """(rank, event_id) of the first calls the first-call rule (module doc) finds after the warm-up
     steps `cuts`, among the run's measured events: found once here, handed to events_cte as values."""
     w = WarmUp("auto", cutoffs=cuts)
-    sql = f"""WITH {_cut_sql(MEASURES[measure_of(con, run_id)])},{_FIRST_CALLS_SQL}
+    sql = f"""WITH {cut_sql(MEASURES[measure_of(con, run_id)])},{_FIRST_CALLS_SQL}
               SELECT rank, event_id FROM e1_warm"""
     with shared.quantile_memory(con, run_id):  # a median per (rank, name) over every event
         rows = con.execute(sql, {"run": run_id, **w.params(), "wu_factor": FIRST_CALL_FACTOR}).fetchall()
     return tuple((int(r), int(e)) for r, e in rows)
 
 
-def _cut_sql(predicate: str) -> str:
-    """CTEs wu_cut and e0: the run's events of `predicate`, `in_warm_steps` before their rank's cut-off."""
+def cut_sql(predicate: str) -> str:
+    """CTEs wu_cut and e0: the run's events of `predicate`, `in_warm_steps` before their rank's cut-off
+    (parameters $run, $wu_ranks and $wu_cuts: WarmUp.params())."""
     return f"""
     wu_cut AS (SELECT unnest($wu_ranks) AS rank, unnest($wu_cuts) AS cut_ns),
     e0 AS (SELECT e.*, e.ts_ns < coalesce(c.cut_ns, {_NO_CUT}) AS in_warm_steps
@@ -206,7 +207,7 @@ def events_cte(predicate: str, *, first_calls: bool = True, clusters: bool = Tru
            FROM e2 ASOF LEFT JOIN wu_w s ON e2.rank = s.rank AND e2.ts_ns >= s.ts_ns)""" if clusters else """
     ev AS (SELECT * FROM e2)"""
     steps = f"{shared.STEP_WINDOWS_SQL}," if clusters else ""
-    return f"""{steps}{_cut_sql(predicate)},{first},{tail}"""
+    return f"""{steps}{cut_sql(predicate)},{first},{tail}"""
 
 
 def _windows(con, run_id: int) -> list[dict]:
