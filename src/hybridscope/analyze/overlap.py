@@ -71,8 +71,10 @@ def overlap(con, run_id: int) -> Table:
                                          "notes": _warm_note(con, run_id)})
 
 
+@timeline.once
 def _warm_note(con, run_id: int) -> list[str]:
-    """What the steady state leaves out, in one line (none when nothing is)."""
+    """What the steady state leaves out, in one line (none when nothing is); found once per report
+    for its three tables."""
     t = timeline.tables(con, run_id)
     n, ns = con.execute(f"SELECT coalesce(sum(n), 0)::BIGINT, coalesce(sum(busy), 0)::BIGINT FROM {t.busy}"
                         " WHERE warm").fetchall()[0]
