@@ -47,7 +47,7 @@ def test_busy_and_overlap_equal_interval_unions(store, setting):
     with timeline.materialized(con, run_id, warmup=setting):
         duty = {(r["rank"], r["device"]): r for r in dashboard.duty_cycle(con, run_id).to_records()}
         ov = {(r["rank"], r["device"]): r for r in overlap.overlap(con, run_id).to_records()}
-        windows = timeline.steady_windows(con, run_id)
+        windows = timeline.steady_rank_windows(con, run_id)
     n = left_out = 0
     for rank, device, k, idx, steady in _devices(con, run_id, setting):
         key = (rank, None if device < 0 else device)

@@ -2,7 +2,7 @@
 
 Per (rank, device), on GPU kernels only (timeline.KERNEL_FILTER), of the steady state: each rank's
 kernels from its warm-up cut-off on (analyze/warmup.py; `--warmup 0` keeps everything), measured
-against its window from that cut-off (timeline.steady_windows). Definitions (docs/analyses.md,
+against its window from that cut-off (timeline.steady_rank_windows). Definitions (docs/analyses.md,
 "overlap and gaps"):
 - comm = kernels of layer type moe_comm or comm; compute = every other kernel. `comm_ns` and
   `compute_ns` are the lengths of the unions of their intervals;
@@ -44,7 +44,7 @@ def _busy_by(k: str, partition: str, group: str) -> str:
 @timeline.on_timeline
 def overlap(con, run_id: int) -> Table:
     """Per (rank, device): comm, compute, overlapped and exposed communication time."""
-    windows = timeline.steady_windows(con, run_id)
+    windows = timeline.steady_rank_windows(con, run_id)
     got = con.execute(f"""
         SELECT rank, device, sum(busy)::BIGINT, sum(busy_comm)::BIGINT, sum(busy_compute)::BIGINT
         FROM {timeline.tables(con, run_id).busy} WHERE NOT warm GROUP BY rank, device ORDER BY rank, device""").fetchall()
@@ -91,7 +91,7 @@ def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
     t = timeline.tables(con, run_id)
     k, types = t.kernels, {"types": t.types}
     gaps_sql = _GAPS.format(k=k)
-    windows = timeline.steady_windows(con, run_id)
+    windows = timeline.steady_rank_windows(con, run_id)
     summary = []
     with shared.quantile_memory(con, run_id):
         got = con.execute(f"""

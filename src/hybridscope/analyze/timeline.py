@@ -155,7 +155,7 @@ _KERNELS_FAST = f"""
 BUSY_SQL = "coalesce(sum(greatest(end_ns - greatest(ts_ns, coalesce(prev_max, ts_ns)), 0)), 0)::BIGINT"
 
 
-def steady_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
+def steady_rank_windows(con, run_id: int) -> dict[int, tuple[int, int]]:
     """Each rank's window after its warm-up (from its cut-off, analyze/warmup.py, to its end): what
     the interval analyses of a `materialized` block measure against. The whole window where the
     rank has no warm-up (or the block's setting is --warmup 0)."""
