@@ -87,6 +87,32 @@ def test_warmup_rule_and_override(tmp_path):
     assert len(compare.run_samples(con, run, warmup=0).groups["mamba"]) == 12
 
 
+def test_a_step_that_captured_a_cuda_graph_is_warm_up_mid_run(tmp_path):
+    con = new_store(tmp_path / "g.duckdb")
+    run = add_run(con)
+    lat = [5_000_000, 4_000_000] + [1_000_000] * 5 + [3_000_000] + [1_000_000] * 4  # step 7: a capture
+    add_steps(con, run, lat, phase="decode")
+    starts = np.concatenate([[0], np.cumsum(lat[:-1])])
+    for i, t0 in enumerate(starts):
+        add_events(con, run, [lat[i] // 2], layer_type="mamba", ts_ns=[int(t0)], step=i)
+    con.execute("UPDATE runs SET notes = ? WHERE run_id = ?",
+                ['{"ranks": {"0": {"cuda_graphs": {"capture_steps": [1, 7]}}}}', run])
+    w = warmup.detect(con, run)
+    # step 7 is settled (<= 1.5x the p90 of the late steps, 2 ms): only the note makes it warm-up;
+    # step 1 lies in the warm-up steps already
+    assert w.steps == {0: 2} and w.graph_steps == ((0, 7),)
+    info = warmup.left_out(con, run, MEASURES["kernels"], w)
+    assert info["events"] == 3 and info["time_ns"] == 2_500_000 + 2_000_000 + 1_500_000
+    assert info["graph_capture_steps"] == 1 and "and 1 CUDA-graph capture step(s)" in warmup.describe(info)
+    s = compare.run_samples(con, run)
+    assert len(s.groups["mamba"]) == 9 and s.groups["mamba"].max() == 500_000
+    from hybridscope.analyze import steps
+
+    kept, n_warm = steps.steady_windows(con, run)
+    assert [w["step"] for w in kept] == [2, 3, 4, 5, 6, 8, 9, 10, 11] and n_warm == 3
+    assert warmup.detect(con, run, warmup=1).graph_steps == ()  # --warmup N: exactly N steps
+
+
 def test_first_call_of_a_kernel_is_warmup_without_steps(tmp_path):
     con = new_store(tmp_path / "f.duckdb")
     run = add_run(con)

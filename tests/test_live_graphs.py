@@ -192,3 +192,40 @@ def test_a_variant_that_fails_to_replay_is_dropped_and_the_program_graph_runs(fa
     assert summary.faults["graphs.variant_replay"]["count"] == 1
     assert rows(con, "SELECT count(*) FROM events WHERE run_id = ? AND source = 'layer'", [run]) == [(0,)]
     torch.testing.assert_close(out, model(x))
+
+
+def test_steps_that_capture_a_graph_are_warm_up_wherever_they_fall(fake_cuda, tmp_path):
+    """An engine captures a graph per batch shape when it first meets it (an eager call, then the
+    capture), mid-run too: those steps are noted and the warm-up rule leaves them out."""
+    from hybridscope.analyze import steps, warmup
+    from hybridscope.analyze.decompose import decompose
+
+    def body(model, x, graph):
+        for _ in range(8):
+            model(x)
+        for g in (graph, torch.cuda.CUDAGraph()):
+            model(x)  # the engine's eager call before it captures
+            with torch.cuda.graph(g):
+                out = model(x)
+            for _ in range(6):
+                g.replay()
+        return out
+
+    summary, con, run, note, *_ = _captured(tmp_path, "w", body, graph_every=2, sample_every=1)
+    assert summary.faults == {}
+    assert note["capture_steps"] == [8, 15]
+    assert rows(con, "SELECT step FROM steps WHERE run_id = ? AND NOT graph_replay ORDER BY step", [run]) == [
+        (s,) for s in range(9)] + [(15,)]
+    wu = warmup.detect(con, run)
+    assert wu.steps[0] <= 11  # the prefix rule: within the first half of the 22 steps
+    assert wu.graph_steps == tuple((0, s) for s in (8, 15) if s >= wu.steps[0])
+    step15 = set(rows(con, "SELECT rank, event_id FROM events WHERE run_id = ? AND source = 'layer' AND step = 15",
+                      [run]))
+    assert len(step15) == 3 and step15 <= set(wu.first)
+    kept, n_warm = steps.steady_windows(con, run)
+    assert 15 not in {w["step"] for w in kept} and n_warm == wu.steps[0] + len(wu.graph_steps)
+    table = decompose(con, run)
+    assert table.meta["warmup"]["graph_capture_steps"] == len(wu.graph_steps)
+    assert "CUDA-graph capture step(s)" in " ".join(table.meta["notes"])
+    # --warmup N: exactly the first N steps, no capture step
+    assert warmup.detect(con, run, warmup=2).graph_steps == ()

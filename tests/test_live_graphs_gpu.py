@@ -161,6 +161,14 @@ def test_gpu_engine_layers_mode_times_graph_replays(tmp_path):
 def test_gpu_layers_inline_and_variant_on_a_hand_made_graph(tmp_path):
     model = ToyModel().cuda().eval()
     x = torch.randn(4, 16, 64, device="cuda")
+    # the oracle: the module rows one eager layers-mode step records (all of them; the blocks' alone)
+    with torch.no_grad(), hybridscope.capture(db=tmp_path / "eager.duckdb", model=model, quiet=True):
+        model(x)
+    con, run = latest_run(tmp_path / "eager.duckdb")
+    modules = [m for (m,) in rows(con, "SELECT module FROM events WHERE run_id = ? AND source = 'layer' AND step = 0",
+                                  [run])]
+    expect = {"all": len(modules), "blocks": sum(m.count(".") == 1 for m in modules)}
+    assert expect["blocks"] == 3, modules
     sums = {}
     for timing, marks in (("variant", "blocks"), ("inline", "all")):
         db = tmp_path / f"{timing}.duckdb"
@@ -180,7 +188,7 @@ def test_gpu_layers_inline_and_variant_on_a_hand_made_graph(tmp_path):
                         "AND graph_id IS NOT NULL GROUP BY 1 ORDER BY 1", [run])
         steps = [p[0] for p in per]
         assert steps == ([0, 2, 4] if timing == "variant" else [0, 1, 2, 3, 4, 5]), per
-        assert {p[1] for p in per} == {3 if marks == "blocks" else 6}  # 3 blocks (+ 3 mixers)
+        assert {p[1] for p in per} == {expect[marks]}, (per, modules)
         sums[timing] = [p[2] for p in per]
     assert all(v > 0 for v in sums["variant"] + sums["inline"])
 

@@ -91,12 +91,14 @@ def step_stack_bins(con, run_id: int, *, max_bars: int = 300) -> Table:
 
 
 def steady_windows(con, run_id: int, warmup: int | None = None) -> tuple[list[dict], int]:
-    """The step windows after the run's warm-up (analyze/warmup.py), and how many were left out."""
+    """The step windows after the run's warm-up (analyze/warmup.py: its steps, and the steps that
+    captured a CUDA graph), and how many were left out."""
     from hybridscope.analyze import warmup as warmup_mod
 
     ws = timeline.step_windows(con, run_id)
-    cut = warmup_mod.detect(con, run_id, warmup=warmup).cutoffs
-    kept = [w for w in ws if w["ts_ns"] >= cut.get(w["rank"], w["ts_ns"])]
+    wu = warmup_mod.detect(con, run_id, warmup=warmup)
+    graphs = set(wu.graph_steps)
+    kept = [w for w in ws if w["ts_ns"] >= wu.cutoffs.get(w["rank"], w["ts_ns"]) and (w["rank"], w["step"]) not in graphs]
     return kept, len(ws) - len(kept)
 
 

@@ -1,5 +1,6 @@
-"""Warm-up: the first steps of a run, and the first calls of each kernel, that are no part of its
-steady state (NCCL's first all-to-all, Triton compiling on first use, allocator growth).
+"""Warm-up: the first steps of a run, the first calls of each kernel, and the steps that captured a
+CUDA graph: what is no part of its steady state (NCCL's first all-to-all, Triton compiling on first
+use, allocator growth, graph captures).
 
 The rule (docs/analyses.md, "warm-up"), per rank:
 - Steps (recorded, or step ranges of an import, as recorded: the CPU range of an imported step),
@@ -19,12 +20,17 @@ The rule (docs/analyses.md, "warm-up"), per rank:
 - First calls: after the warm-up steps, the first call of each (rank, event name) when it takes
   more than FIRST_CALL_FACTOR x the median of that name's calls on the rank (a first NCCL call of
   40 ms beside 200 us ones; a prefill kernel a few times a decode one is not warm-up).
+- Graph captures: after the warm-up steps, every step in which the program captured a CUDA graph
+  (a capture notes them: runs.notes ranks.<rank>.cuda_graphs.capture_steps, live/graphs.py) with
+  all its events. An engine captures a graph per batch shape the first time it meets it, running
+  the model eagerly first, wherever in the run that falls (217 ms beside 10 ms replays on an H200).
 `--warmup N` replaces the rule by exactly the first N steps of each rank (no first-call rule);
 `--warmup 0` keeps everything.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +56,8 @@ class WarmUp:
     steps: dict[int, int] = field(default_factory=dict)
     cutoffs: dict[int, int] = field(default_factory=dict)
     first_calls: bool = False
-    first: tuple[tuple[int, int], ...] = ()  # (rank, event_id) of the first calls that are warm-up
+    first: tuple[tuple[int, int], ...] = ()  # (rank, event_id): first calls, and the events of graph_steps
+    graph_steps: tuple[tuple[int, int], ...] = ()  # (rank, step) of graph captures after the cut-off
 
     def params(self) -> dict:
         """The SQL parameters of `events_cte(first_calls=self.first_calls)` (ranks with a cut-off,
@@ -110,7 +117,11 @@ def detect(con, run_id: int, *, warmup: int | None = None) -> WarmUp:
         steps[rank] = n
         if n:
             cuts[rank] = int(ws[n]["ts_ns"])
-    return WarmUp("auto", steps, cuts, first_calls=True, first=_first_calls(con, run_id, cuts))
+    captured = _capture_steps(con, run_id)
+    graph_steps = tuple(sorted((r, int(w["step"])) for r, ws in by_rank.items() for w in ws[steps[r]:]
+                               if w["step"] is not None and w["step"] in captured.get(r, ())))
+    first = set(_first_calls(con, run_id, cuts)) | set(_step_events(con, run_id, graph_steps))
+    return WarmUp("auto", steps, cuts, first_calls=True, first=tuple(sorted(first)), graph_steps=graph_steps)
 
 
 def warm_steps(ws: list[dict], step: np.ndarray, lt: np.ndarray, ns: np.ndarray) -> int:
@@ -219,6 +230,29 @@ def _windows(con, run_id: int) -> list[dict]:
     return [dict(zip(keys, r)) for r in rows]
 
 
+def _capture_steps(con, run_id: int) -> dict[int, set[int]]:
+    """Per rank, the steps in which a capture saw the program capture a CUDA graph (its notes)."""
+    (text,) = con.execute("SELECT notes FROM runs WHERE run_id = ?", [run_id]).fetchall()[0]
+    try:
+        ranks = json.loads(text).get("ranks") or {} if text else {}
+        return {int(r): {int(s) for s in (n.get("cuda_graphs") or {}).get("capture_steps") or ()}
+                for r, n in ranks.items() if isinstance(n, dict)}
+    except (ValueError, TypeError, AttributeError):  # notes written by hand or by another tool
+        return {}
+
+
+def _step_events(con, run_id: int, steps: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """(rank, event_id) of the run's measured events in the (rank, step)s `steps`."""
+    if not steps:
+        return []
+    rows = con.execute(
+        f"""WITH s AS (SELECT unnest($ranks) AS rank, unnest($steps) AS step)
+            SELECT e.rank, e.event_id FROM events e JOIN s ON e.rank = s.rank AND e.step = s.step
+            WHERE e.run_id = $run AND {MEASURES[measure_of(con, run_id)]}""",
+        {"run": run_id, "ranks": [r for r, _ in steps], "steps": [s for _, s in steps]}).fetchall()
+    return [(int(r), int(e)) for r, e in rows]
+
+
 def _step_sums(con, run_id: int) -> dict[str, np.ndarray]:
     """Columns rank, step, lt (layer type), ns (summed) of the run's measured events that carry
     their step (capture and attribution fill `events.step`), in one aggregation, as numpy."""
@@ -234,7 +268,8 @@ def summary(w: WarmUp, n: int, time_ns: int, n_total: int, *, rank: int | None =
     """What the warm-up left out, as a dict for a table's meta and `describe`, from counts already made."""
     steps = {r: s for r, s in w.steps.items() if rank is None or r == rank}
     return {"setting": w.setting, "events": int(n), "events_total": int(n_total), "time_ns": int(time_ns),
-            "steps": {str(r): s for r, s in sorted(steps.items())}}
+            "steps": {str(r): s for r, s in sorted(steps.items())},
+            "graph_capture_steps": sum(rank is None or r == rank for r, _ in w.graph_steps)}
 
 
 def left_out(con, run_id: int, predicate: str, w: WarmUp, *, rank: int | None = None) -> dict:
@@ -260,5 +295,7 @@ def describe(info: dict) -> str:
     steps = sorted(set(info["steps"].values()))
     per = (f"{steps[0]} step(s) per rank" if len(steps) == 1 else
            "steps per rank " + ", ".join(f"{r}: {s}" for r, s in info["steps"].items())) if steps else "no steps"
+    graphs = info.get("graph_capture_steps") or 0
+    per += f" and {graphs} CUDA-graph capture step(s)" if graphs else ""
     return (f"warm-up left out ({info['setting']}): {per}, {info['events']:,} of {info['events_total']:,} events, "
             f"{info['time_ns'] / 1e6:,.3f} ms of their time; --warmup 0 keeps it")

@@ -6,7 +6,9 @@ undone at disarm):
 
 - Every `replay()` is a step boundary (unless the program calls `cap.step()` itself), with the
   phase / token / request counts of the model call that was captured. Graphs captured before
-  capture was armed are replayed untouched and counted (`graphs.not_instrumented`).
+  capture was armed are replayed untouched and counted (`graphs.not_instrumented`). The steps in
+  which a graph was captured are noted (`capture_steps`): the capture, and the eager call engines
+  run before it, are one-time costs that the warm-up rule leaves out (analyze/warmup.py).
 - `kernels` mode: during a capture the module hooks are in place and CUDA collection is on, so the
   trace holds the capture phase (the launches with their scopes): attribution maps each replay's
   kernels to them (attribute/graphs.py, `graph_map`).
@@ -59,6 +61,7 @@ class GraphInfo:
     reason: str | None = None       # why it is not instrumented
     replays: int = 0
     timed: int = 0
+    step: int | None = None         # the step the capture ran in (a one-time cost: analyze/warmup)
 
 
 # ops that launch no device work: allowed in a capture beside the model call (views are too)
@@ -164,7 +167,7 @@ class GraphWatch:
     # -- capture --------------------------------------------------------------------------------
     def _begin(self, graph, args, kwargs) -> None:
         pool = kwargs.get("pool", args[0] if args else None)
-        info = GraphInfo(key=len(self.graphs) + 1, graph=graph, pool=pool)
+        info = GraphInfo(key=len(self.graphs) + 1, graph=graph, pool=pool, step=self.armed.recorder.step)
         self.graphs[id(graph)] = info
         self.capturing = info
         a = self.armed
@@ -357,6 +360,7 @@ class GraphWatch:
                 reasons[i.reason] = reasons.get(i.reason, 0) + 1
         return {"timing": self.timing if self.layers else None, "every": self.every, "marks": self.marks,
                 "captured_while_armed": len(infos),
+                "capture_steps": sorted({i.step for i in infos if i.step is not None}),
                 "instrumented": sum(i.variant is not None for i in infos),
                 "not_instrumented": reasons, "replays": sum(i.replays for i in infos),
                 "timed_replays": sum(i.timed for i in infos),
