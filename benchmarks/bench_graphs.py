@@ -15,7 +15,7 @@ replayed from one CUDA graph per batch bucket), greedy.
    of an uncaptured engine U and of captured ones: layers with the default graph_every (16), with
    graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
    rotated); a variant's paired overhead = its median step / mean(median of the U runs just before
-   and after) - 1; median over rounds with a bootstrap 90 % interval.
+   and after) - 1; median over rounds with a bootstrap 90 % interval. `--variants` runs some of them.
 """
 
 from __future__ import annotations
@@ -179,9 +179,10 @@ def _run(model, batch, gen, variant, tmp):
 VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_inline": {"graph_timing": "inline"}}
 
 
-def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: int = 160) -> dict:
-    names = list(VARIANTS)
-    for v in [None, *VARIANTS.values()]:
+def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: int = 160,
+             names: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+    names = list(names)
+    for v in [None, *(VARIANTS[k] for k in names)]:
         _run(model, batch, 24, v, tmp)  # warm-up, not counted
     paired = {k: [] for k in names}
     untraced = []
@@ -217,7 +218,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--only", default="agreement,layers,overhead")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="the overhead's capture variants (VARIANTS)")
     args = ap.parse_args()
+    names = tuple(v for v in args.variants.split(",") if v)
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     start = time.monotonic()
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "date": time.strftime("%Y-%m-%d"), "preset": PRESET}
@@ -234,9 +240,10 @@ def main() -> None:
             _dump(args.out, res)
         if "overhead" in only:
             left = args.budget_s - (time.monotonic() - start)
-            res["overhead"] = [overhead(model, tmp, b, args.rounds, time.monotonic() + left * share)
-                               for b, share in ((1, 0.5), (8, 1.0))]
-            _dump(args.out, res)
+            res["overhead"] = []
+            for b, deadline in ((1, time.monotonic() + left / 2), (8, start + args.budget_s)):
+                res["overhead"].append(overhead(model, tmp, b, args.rounds, deadline, names=names))
+                _dump(args.out, res)  # batch 1's rounds survive a kill during batch 8's
     report(res)
 
 
@@ -255,7 +262,7 @@ def report(res: dict) -> None:
               f"sum/variant {r.get('sum_vs_variant')}, sum/plain {r.get('sum_vs_plain')}, "
               f"event {r.get('event_cost_us')} us, faults {r['faults']}, note {r['cuda_graphs_note']}")
     for r in res.get("overhead", []):
-        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in VARIANTS)
+        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in VARIANTS if k in r)
         print(f"overhead b{r['batch']} ({r['rounds']} rounds, step {r['untraced_step_ms']} ms): {parts}")
 
 

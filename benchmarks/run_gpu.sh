@@ -6,6 +6,8 @@
 # Carry .whl (the wheels the machine lacks); results land under $OUT.
 # STAGES picks what runs (default: tests,ep,demo); also: graphs (the CUDA-graph tests and
 # benchmarks/bench_graphs.py, issue 14), metrics (the exporter's overhead, issue 21).
+# Each stage's time limit, and what bench_graphs runs, can be set: GRAPHS_TESTS_S, GRAPHS_BENCH_S,
+# GRAPHS_BUDGET_S, GRAPHS_ONLY, GRAPHS_VARIANTS, METRICS_S, TESTS_S, EP_S, DEMO_S.
 set -uo pipefail
 STAGES=",${STAGES:-tests,ep,demo},"
 on() { [[ "$STAGES" == *",$1,"* ]]; }
@@ -23,7 +25,8 @@ if on graphs; then
     tests/test_live_graphs_gpu.py tests/test_live_family_gpu.py tests/test_live_metrics.py 2>&1 \
     | tail -30 | tee "$OUT/graphs-tests.log"
   timeout "${GRAPHS_BENCH_S:-260}" python3 benchmarks/bench_graphs.py --out "$OUT/bench_graphs.json" \
-    --only "${GRAPHS_ONLY:-layers,overhead}" --rounds 12 --budget-s "${GRAPHS_BUDGET_S:-200}" 2>&1 \
+    --only "${GRAPHS_ONLY:-layers,overhead}" --variants "${GRAPHS_VARIANTS:-layers_default,layers_every8,layers_inline}" \
+    --rounds 12 --budget-s "${GRAPHS_BUDGET_S:-200}" 2>&1 \
     | tail -40 | tee "$OUT/bench_graphs.log"
 fi
 if on metrics; then
