@@ -15,7 +15,8 @@ replayed from one CUDA graph per batch bucket), greedy.
    of an uncaptured engine U and of captured ones: layers with the default graph_every (16), with
    graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
    rotated); a variant's paired overhead = its median step / mean(median of the U runs just before
-   and after) - 1; median over rounds with a bootstrap 90 % interval. `--variants` runs some of them.
+   and after) - 1; median over rounds with a bootstrap 90 % interval. `--variants` runs some of them;
+   layers_metrics adds the Prometheus exporter (issue 21), its own cost paired round by round.
 """
 
 from __future__ import annotations
@@ -171,12 +172,25 @@ def _run(model, batch, gen, variant, tmp):
     if variant is None:
         return _decode_median(serve(model, reqs))
     kw = dict(variant)
+    if kw.get("metrics_port") == 0:  # the exporter on a free port of its own each run
+        kw["metrics_port"] = _free_port()
     with hybridscope.capture(db=tmp / "ovh.duckdb", model=model, quiet=True, **kw):
         engine = serve(model, reqs)
     return _decode_median(engine)
 
 
-VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_inline": {"graph_timing": "inline"}}
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# layers_metrics: the Prometheus exporter (live.metrics) on top of layers_default, not scraped (a
+# scrape every 15 s costs nothing per step); its own cost is metrics_over_layers (paired per round)
+VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_inline": {"graph_timing": "inline"},
+            "layers_metrics": {"metrics_port": 0}}
 
 
 def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: int = 160,
@@ -202,6 +216,11 @@ def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: in
            "untraced_spread_pct": round(100 * (max(untraced) - min(untraced)) / statistics.median(untraced), 2)}
     for k, xs in paired.items():
         out[k] = {"overhead_pct": round(statistics.median(xs), 3), "ci90": _ci(xs), "all": [round(x, 3) for x in xs]}
+    if "layers_default" in paired and "layers_metrics" in paired:  # the exporter's own cost, round by round
+        xs = [100.0 * ((1 + m / 100) / (1 + lay / 100) - 1) for lay, m in zip(paired["layers_default"],
+                                                                           paired["layers_metrics"])]
+        out["metrics_over_layers"] = {"overhead_pct": round(statistics.median(xs), 3), "ci90": _ci(xs),
+                                      "all": [round(x, 3) for x in xs]}
     return out
 
 
@@ -262,7 +281,8 @@ def report(res: dict) -> None:
               f"sum/variant {r.get('sum_vs_variant')}, sum/plain {r.get('sum_vs_plain')}, "
               f"event {r.get('event_cost_us')} us, faults {r['faults']}, note {r['cuda_graphs_note']}")
     for r in res.get("overhead", []):
-        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in VARIANTS if k in r)
+        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in (*VARIANTS, "metrics_over_layers")
+                          if k in r)
         print(f"overhead b{r['batch']} ({r['rounds']} rounds, step {r['untraced_step_ms']} ms): {parts}")
 
 
