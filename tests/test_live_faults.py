@@ -93,3 +93,19 @@ def test_the_workloads_own_exception_passes_through_and_the_run_is_written(tmp_p
         model(torch.ones(1, 2))
         raise KeyError("the user's bug")
     assert cap.summary.run_id == 1 and cap.summary.faults == {}
+
+
+def test_mirror_copies_only_what_was_appended_and_stays_equal_to_its_list():
+    from hybridscope.live.hooks import Mirror
+
+    items: list[int] = []
+    m = Mirror(items)
+    assert m.array().tolist() == []
+    seen = []
+    for chunk in (list(range(5)), list(range(100, 1100)), [7] * 3000):  # grows past its 1024 start
+        items.extend(chunk)
+        a = m.array()
+        seen.append(a)
+        assert a.dtype.name == "int64" and a.tolist() == items
+    assert seen[0].tolist() == list(range(5))  # an earlier view keeps its values after growth
+    assert m.n == len(items) and m.buf.size >= len(items)

@@ -207,6 +207,8 @@ class Armed:
                 sampled, g is not None)
 
     def _take(self, res: Resolved) -> None:
+        if not res.inst:  # most step boundaries resolve nothing
+            return
         for name in ("inst", "ts_ns", "excl_ns", "incl_ns"):
             getattr(self.resolved, name).extend(getattr(res, name))
         if self.observers.observers and res.inst:
@@ -224,10 +226,10 @@ class Armed:
         with self.faults.guard("observe.layers"):
             cols = res.columns()
             rec = self.recorder
-            spec = np.asarray(rec.inst_spec, np.int64)[cols["inst"]]
+            spec = rec.column("inst_spec")[cols["inst"]]
             types = np.asarray([s.layer_type for s in rec.specs] + [None], dtype=object)[spec]
             index = np.asarray([-1 if s.layer_index is None else s.layer_index for s in rec.specs], np.int64)[spec]
-            step = np.asarray(rec.inst_step, np.int64)[cols["inst"]]
+            step = rec.column("inst_step")[cols["inst"]]
             self.observers.on_layers(LayerTimes(self.rank, step, types, index, cols["excl_ns"]))
 
     def _observe_routing(self) -> None:

@@ -16,6 +16,25 @@ import numpy as np
 from hybridscope.live.plan import HOOK_ROLES, Spec, is_hybrid_model, plan  # noqa: F401 - capture's entry points
 
 
+class Mirror:
+    """An int64 numpy copy of an append-only list, brought up to date in O(new items): the buffer
+    doubles when full, so the copying is amortized O(1) per item whatever the run's length."""
+
+    def __init__(self, items: list[int]):
+        self.items, self.buf, self.n = items, np.empty(0, np.int64), 0
+
+    def array(self) -> np.ndarray:
+        n = len(self.items)
+        if n > self.buf.size:
+            grown = np.empty(max(n, 2 * self.buf.size, 1024), np.int64)
+            grown[:self.n] = self.buf[:self.n]
+            self.buf = grown
+        if n > self.n:
+            self.buf[self.n:n] = self.items[self.n:n]
+            self.n = n
+        return self.buf[:n]
+
+
 class Recorder:
     """The hot path of the hooks. Not thread-safe by design: one thread drives the model.
 
@@ -38,6 +57,9 @@ class Recorder:
         self.inst_spec: list[int] = []
         self.inst_parent: list[int] = []
         self.inst_step: list[int] = []
+        # numpy copies of those, brought up to date with the new instances only (readback at step
+        # boundaries indexes them: converting a whole list each time grew with the run's length)
+        self.mirrors = {name: Mirror(getattr(self, name)) for name in ("inst_spec", "inst_parent", "inst_step")}
         self.rows: list[tuple[int, int, int, int]] = []  # (instance, t0, t1, depth)
         self.step = 0
         self.drops = 0
@@ -92,7 +114,11 @@ class Recorder:
         return out
 
     def parents(self) -> np.ndarray:
-        return np.asarray(self.inst_parent, np.int64)
+        return self.mirrors["inst_parent"].array()
+
+    def column(self, name: str) -> np.ndarray:
+        """`inst_spec`, `inst_parent` or `inst_step` as an int64 array (do not write to it)."""
+        return self.mirrors[name].array()
 
     def annotation_columns(self, rank: int, pid: int) -> dict[str, np.ndarray | list]:
         """Every closed instance as an `events` row (source 'annotation', named `Class: path`,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_left
 
 import numpy as np
 
@@ -60,6 +61,12 @@ class Hist:
         idx = np.searchsorted(BUCKETS_S, s, side="left")  # le bound: bucket i holds s <= BUCKETS_S[i]
         self.counts += np.bincount(idx, minlength=len(self.counts))
         self.sum_s += float(s.sum())
+
+    def add_one(self, ns: int) -> None:
+        """One value (a step's latency, each step): a bisection, no array built."""
+        s = ns / 1e9
+        self.counts[bisect_left(BUCKETS_S, s)] += 1
+        self.sum_s += s
 
     def buckets(self) -> list[tuple[str, int]]:
         cum = np.cumsum(self.counts)
@@ -89,7 +96,7 @@ class PrometheusExporter(StepObserver):
     # -- the observer ---------------------------------------------------------------------------
     def on_step(self, step: StepTiming) -> None:
         with self.lock:
-            self.step.add(np.asarray([step.duration_ns]))
+            self.step.add_one(step.duration_ns)
             self.steps += 1
             if step.sampled:
                 self.step_ns[step.step] = step.duration_ns
