@@ -112,3 +112,23 @@ def test_expert_tail_hand_computed(tmp_path):
     a = advice.capacity_factor(t, threshold=1.5)
     assert a.numbers["capacity_factors"] == {"1/0": 2.0} and a.at_stake_ns == 900
     con.close()
+
+
+def test_warm_up_steps_and_graph_captures_are_left_out(tmp_path):
+    """Steps 0-1 are the rule's warm-up (5 and 4 ms before 1 ms steps) and step 6 captured a CUDA
+    graph: their routing (all tokens on expert 0) is no part of the load; --warmup 0 keeps it."""
+    con = new_store(tmp_path / "w.duckdb")
+    run = add_run(con)
+    lat = [5_000_000, 4_000_000] + [1_000_000] * 10
+    add_steps(con, run, lat, phase="decode")
+    con.execute("UPDATE runs SET notes = ? WHERE run_id = ?",
+                ['{"ranks": {"0": {"cuda_graphs": {"capture_steps": [6]}}}}', run])
+    tokens = np.array([[[8, 0, 0, 0]] if s in (0, 1, 6) else [[2, 2, 2, 2]] for s in range(12)])
+    add_routing(con, run, tokens, layers=[3])
+    load = experts.expert_load(con, run)
+    e0 = load.record(expert=0)
+    assert e0["tokens"] == 2 * 9 and e0["capacity_factor_p99"] == pytest.approx(1.0)
+    assert load.meta["notes"] == ["3 warm-up step(s) left out (--warmup 0 keeps them)"]
+    assert sorted(experts.step_imbalance(con, run)) == [2, 3, 4, 5, 7, 8, 9, 10, 11]
+    kept = experts.expert_load(con, run, warmup=0).record(expert=0)
+    assert kept["tokens"] == 3 * 8 + 2 * 9 and kept["capacity_factor_p99"] > 3.9

@@ -15,6 +15,8 @@ From the `routing` table (tokens per expert, per MoE layer and step, per rank). 
 - correlations (Pearson on values, Spearman on average ranks) of step imbalance with moe_comm
   time and with step latency, over steps present in both routing and the timeline; None with
   fewer than 3 steps or a constant series.
+- warm-up (analyze/warmup.py; `warmup` as there): a step number that is warm-up on some rank is
+  left out of every table here (a prefill's first routing, the eager step before a graph capture).
 """
 
 from __future__ import annotations
@@ -26,22 +28,35 @@ from hybridscope.analyze.stats import quantile_cont
 from hybridscope.table import Column, Table, plain
 
 _ROUTED = """
-    r AS (SELECT step, layer_index, expert, sum(tokens) AS tokens FROM routing WHERE run_id = $run
-          GROUP BY step, layer_index, expert),
+    r AS (SELECT step, layer_index, expert, sum(tokens) AS tokens FROM routing
+          WHERE run_id = $run AND NOT list_contains($warm, step) GROUP BY step, layer_index, expert),
     ne AS (SELECT layer_index, max(expert) + 1 AS n_experts FROM r GROUP BY layer_index),
     g AS (SELECT step, layer_index, sum(tokens) AS total, max(tokens) AS mx,
                  first(expert ORDER BY tokens DESC, expert) AS hot
           FROM r GROUP BY step, layer_index)"""
 
 
-def imbalance(con, run_id: int) -> Table:
+def _warm(con, run_id: int, warmup: int | None) -> list[int]:
+    """The warm-up step numbers as a typed list parameter (a sentinel first)."""
+    from hybridscope.analyze import warmup as warmup_mod
+
+    return [-(2**31)] + warmup_mod.warm_step_numbers(con, run_id, warmup=warmup)
+
+
+def _warm_notes(warm: list[int]) -> list[str]:
+    n = len(warm) - 1
+    return [f"{n} warm-up step(s) left out (--warmup 0 keeps them)"] if n else []
+
+
+def imbalance(con, run_id: int, *, warmup: int | None = None) -> Table:
     """Per (step, layer): tokens routed, mean and max per expert, imbalance, the hottest expert."""
+    warm = _warm(con, run_id, warmup)
     rows = con.execute(
         f"""WITH {_ROUTED}
         SELECT g.step, g.layer_index, ne.n_experts::BIGINT, g.total::BIGINT, (g.total / ne.n_experts)::DOUBLE,
                g.mx::BIGINT, (CASE WHEN g.total > 0 THEN g.mx / (g.total / ne.n_experts) END)::DOUBLE, g.hot
         FROM g JOIN ne USING (layer_index) ORDER BY g.step, g.layer_index""",
-        {"run": run_id},
+        {"run": run_id, "warm": warm},
     ).fetchall()
     cols = (Column("step", "int"), Column("layer_index", "int", "", "layer"),
             Column("n_experts", "int", "", "experts"), Column("tokens", "int", "tokens routed (× top-k)"),
@@ -49,12 +64,13 @@ def imbalance(con, run_id: int) -> Table:
             Column("max_tokens", "int", "tokens of the busiest expert", "max"),
             Column("imbalance", "ratio", "max / mean"), Column("hot_expert", "int", "the busiest expert", "hot"))
     return Table("imbalance", cols, rows,
-                 {"title": "Routing imbalance per layer and step", "run_id": run_id})
+                 {"title": "Routing imbalance per layer and step", "run_id": run_id, "notes": _warm_notes(warm)})
 
 
-def expert_load(con, run_id: int) -> Table:
+def expert_load(con, run_id: int, *, warmup: int | None = None) -> Table:
     """Per (layer, expert): tokens over the run, share of the layer, mean and p99 per step, and the
     capacity factor it needed at p99 (module doc). The expert heatmap's data."""
+    warm = _warm(con, run_id, warmup)
     with shared.quantile_memory(con, run_id):  # a p99 per (layer, expert) over every step
         rows = con.execute(
             f"""WITH {_ROUTED},
@@ -67,7 +83,7 @@ def expert_load(con, run_id: int) -> Table:
                    avg(tokens), quantile_cont(tokens, 0.99),
                    quantile_cont(CASE WHEN total > 0 THEN tokens / (total / n_experts) END, 0.99)
             FROM full_ GROUP BY layer_index, expert ORDER BY layer_index, expert""",
-            {"run": run_id},
+            {"run": run_id, "warm": warm},
         ).fetchall()
     cols = (Column("layer_index", "int", "", "layer"), Column("expert", "int"),
             Column("tokens", "int", "tokens over the run"),
@@ -75,21 +91,21 @@ def expert_load(con, run_id: int) -> Table:
             Column("mean_per_step", "float", "", "mean/step"), Column("p99_per_step", "float", "", "p99/step"),
             Column("capacity_factor_p99", "ratio", "p99 over steps of tokens / even share", "cf p99"))
     return Table("expert_load", cols, [tuple(plain(v) for v in r) for r in rows],
-                 {"title": "Tokens per expert", "run_id": run_id})
+                 {"title": "Tokens per expert", "run_id": run_id, "notes": _warm_notes(warm)})
 
 
-def step_imbalance(con, run_id: int) -> dict[int, float]:
+def step_imbalance(con, run_id: int, *, warmup: int | None = None) -> dict[int, float]:
     """{step: imbalance of its worst MoE layer} over the steps with routing (module doc)."""
     imb: dict[int, float] = {}
-    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id).rows:
+    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id, warmup=warmup).rows:
         if ratio is not None:
             imb[step] = max(imb.get(step, 0.0), ratio)
     return imb
 
 
-def expert_steps(con, run_id: int) -> Table:
+def expert_steps(con, run_id: int, *, warmup: int | None = None) -> Table:
     """Per step with routing: imbalance (max over layers), moe_comm time and latency (max over ranks)."""
-    imb = step_imbalance(con, run_id)
+    imb = step_imbalance(con, run_id, warmup=warmup)
     comm: dict[int, int] = {}
     for rank, step, lt, ns in timeline.step_sums(con, run_id):
         if lt == "moe_comm":
@@ -101,7 +117,8 @@ def expert_steps(con, run_id: int) -> Table:
     cols = (Column("step", "int"), Column("imbalance", "ratio", "max over MoE layers of max/mean"),
             Column("moe_comm_ns", "ns", "moe_comm kernel time in the step (max over ranks)", "moe_comm"),
             Column("latency_ns", "ns", "step latency (max over ranks)", "latency"))
-    return Table("expert_steps", cols, rows, {"title": "Imbalance vs moe_comm per step", "run_id": run_id})
+    return Table("expert_steps", cols, rows, {"title": "Imbalance vs moe_comm per step", "run_id": run_id,
+                                              "notes": _warm_notes(_warm(con, run_id, warmup))})
 
 
 def expert_correlation(con, run_id: int, steps_table: Table | None = None) -> Table:
@@ -174,7 +191,7 @@ def layer_step_times(con, run_id: int) -> str:
 
 @timeline.on_timeline
 def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, moves: float = 1.1,
-                min_steps: int = 5, load: Table | None = None) -> Table:
+                min_steps: int = 5, load: Table | None = None, warmup: int | None = None) -> Table:
     """Per (layer, expert) whose capacity factor reached `threshold` at p99 of steps: does its load
     move its layer's tail? The layer's tail steps are those whose MoE time (layer_step_times) is
     >= its continuous `tail` quantile over steps; the expert's mean capacity factor over the tail
@@ -184,12 +201,15 @@ def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, 
     than `min_steps` timed steps are left out. `load`: expert_load's table when already computed.
     One layer at a time, as numpy columns: memory holds one layer's steps and routing."""
     times = layer_step_times(con, run_id)
-    load = load if load is not None else expert_load(con, run_id)
+    load = load if load is not None else expert_load(con, run_id, warmup=warmup)
+    warm = _warm(con, run_id, warmup)
     cf = {(r["layer_index"], r["expert"]): r["capacity_factor_p99"] for r in load.to_records()}
     out = []
     for (li,) in con.execute(f"SELECT DISTINCT layer_index FROM {times} ORDER BY 1").fetchall():
         got = con.execute(f"SELECT step, ns FROM {times} WHERE layer_index = $li ORDER BY step", {"li": li}).fetchnumpy()
         steps, t = np.asarray(got["step"]), np.asarray(got["ns"]).astype(np.float64)
+        steady = ~np.isin(steps, warm)
+        steps, t = steps[steady], t[steady]
         hot = sorted(e for (layer, e), v in cf.items() if layer == li and (v or 0) >= threshold)
         if steps.size < min_steps or not hot:
             continue
@@ -211,7 +231,7 @@ def expert_tail(con, run_id: int, *, threshold: float = 1.5, tail: float = 0.9, 
                    "layer gain"),
             Column("moves_tail", "str", f"tail/other >= {moves:g}", "moves tail"))
     return Table("expert_tail", cols, out, {"title": "Do hot experts move their layer's tail?", "run_id": run_id,
-                                            "threshold": threshold, "tail": tail})
+                                            "threshold": threshold, "tail": tail, "notes": _warm_notes(warm)})
 
 
 def _factors(con, run_id: int, li: int, experts: list[int], steps: np.ndarray) -> dict[int, np.ndarray]:

@@ -228,10 +228,10 @@ SECTIONS: tuple[Section, ...] = (
     ), terminal=(table("phases"), table("slow_steps"), sentence("slow_steps")),
        html=(chart("step_stack_bins"), (table("phases"), table("slow_steps")), sentence("slow_steps"))),
     Section("Experts", (
-        lambda c: experts.expert_steps(c.con, c.run_id),
+        lambda c: experts.expert_steps(c.con, c.run_id, warmup=c.warmup),
         lambda c: experts.expert_correlation(c.con, c.run_id, c["expert_steps"]),
-        lambda c: experts.expert_load(c.con, c.run_id),
-        lambda c: experts.expert_tail(c.con, c.run_id, load=c["expert_load"]),
+        lambda c: experts.expert_load(c.con, c.run_id, warmup=c.warmup),
+        lambda c: experts.expert_tail(c.con, c.run_id, load=c["expert_load"], warmup=c.warmup),
     ), terminal=(table("expert_correlation"),),
        html=((chart("expert_load"), chart("expert_steps")), table("expert_correlation"))),
     Section("Overlap and gaps", (

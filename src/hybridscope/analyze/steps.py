@@ -154,6 +154,8 @@ def slow_steps(con, run_id: int, *, quantile: float = 0.99, warmup: int | None =
     n_slow, n_typ = int(slow.sum()), int((~slow).sum())
     rows = []
     for j, lt in enumerate(types):
+        if not slow_tot[j] and not typ_tot[j]:  # a type timed only in the left-out steps
+            continue
         s_mean = slow_tot[j] / n_slow
         t_mean = typ_tot[j] / n_typ if n_typ else None
         rows.append((lt, s_mean, t_mean, s_mean - t_mean if t_mean is not None else None,

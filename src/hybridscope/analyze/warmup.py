@@ -230,6 +230,17 @@ def _windows(con, run_id: int) -> list[dict]:
     return [dict(zip(keys, r)) for r in rows]
 
 
+def warm_step_numbers(con, run_id: int, *, warmup: int | None = None) -> list[int]:
+    """The step numbers that are warm-up on some rank (its steps before the rank's cut-off, and the
+    steps that captured a CUDA graph): what analyses of per-step data pooled over ranks (routing
+    counts) leave out."""
+    wu = detect(con, run_id, warmup=warmup)
+    out = {s for _, s in wu.graph_steps}
+    out |= {int(w["step"]) for w in _windows(con, run_id)
+            if w["step"] is not None and w["rank"] in wu.cutoffs and w["ts_ns"] < wu.cutoffs[w["rank"]]}
+    return sorted(out)
+
+
 def _capture_steps(con, run_id: int) -> dict[int, set[int]]:
     """Per rank, the steps in which a capture saw the program capture a CUDA graph (its notes)."""
     (text,) = con.execute("SELECT notes FROM runs WHERE run_id = ?", [run_id]).fetchall()[0]
