@@ -17,6 +17,7 @@ replayed from one CUDA graph per batch bucket), greedy.
    rotated); a variant's paired overhead = its median step / mean(median of the U runs just before
    and after) - 1; median over rounds with a bootstrap 90 % interval. `--variants` runs some of them;
    layers_metrics adds the Prometheus exporter (issue 21), its own cost paired round by round.
+   `--profile`: then one cProfile'd run of each variant (batch 1): hybridscope's host time per step.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def _decode_median(engine) -> float:
     return statistics.median(lat)
 
 
-def _run(model, batch, gen, variant, tmp):
+def _run(model, batch, gen, variant, tmp, prof=None):
     reqs = requests(batch, 32, gen)
     gc.collect()
     if variant is None:
@@ -175,8 +176,32 @@ def _run(model, batch, gen, variant, tmp):
     if kw.get("metrics_port") == 0:  # the exporter on a free port of its own each run
         kw["metrics_port"] = _free_port()
     with hybridscope.capture(db=tmp / "ovh.duckdb", model=model, quiet=True, **kw):
+        if prof is not None:  # the serving only: not the capture's start and stop
+            prof.enable()
         engine = serve(model, reqs)
+        if prof is not None:
+            prof.disable()
     return _decode_median(engine)
+
+
+def host_profile(model, tmp: Path, batch: int, names: tuple[str, ...], gen: int = 160, top: int = 25) -> dict:
+    """Where the capture's host time goes on the model's thread: one run of each variant under
+    cProfile (which slows Python calls: compare the variants, not the absolute times); per variant
+    the `top` functions of hybridscope and prometheus_client by own time, in µs per decode step."""
+    import cProfile
+    import pstats
+
+    out = {}
+    for name in names:
+        prof = cProfile.Profile()
+        _run(model, batch, gen, VARIANTS[name], tmp, prof)
+        stats = pstats.Stats(prof).stats
+        rows = [(f"{Path(f).name}:{line}:{fn}", calls, tt) for (f, line, fn), (_cc, calls, tt, _ct, _) in stats.items()
+                if "hybridscope" in f or "prometheus_client" in f]
+        rows.sort(key=lambda r: -r[2])
+        out[name] = {"own_us_per_step_total": round(1e6 * sum(r[2] for r in rows) / gen, 2),
+                     "top": [[where, calls, round(1e6 * tt / gen, 2)] for where, calls, tt in rows[:top]]}
+    return out
 
 
 def _free_port() -> int:
@@ -238,6 +263,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--only", default="agreement,layers,overhead")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="the overhead's capture variants (VARIANTS)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the overhead, one cProfile'd run of each variant at batch 1 (host_profile)")
     args = ap.parse_args()
     names = tuple(v for v in args.variants.split(",") if v)
     unknown = [v for v in names if v not in VARIANTS]
@@ -263,6 +290,9 @@ def main() -> None:
             for b, deadline in ((1, time.monotonic() + left / 2), (8, start + args.budget_s)):
                 res["overhead"].append(overhead(model, tmp, b, args.rounds, deadline, names=names))
                 _dump(args.out, res)  # batch 1's rounds survive a kill during batch 8's
+        if args.profile:
+            res["host_profile"] = host_profile(model, tmp, 1, names)
+            _dump(args.out, res)
     report(res)
 
 
@@ -284,6 +314,9 @@ def report(res: dict) -> None:
         parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in (*VARIANTS, "metrics_over_layers")
                           if k in r)
         print(f"overhead b{r['batch']} ({r['rounds']} rounds, step {r['untraced_step_ms']} ms): {parts}")
+    for name, p in res.get("host_profile", {}).items():
+        print(f"host profile b1 {name}: {p['own_us_per_step_total']} us/step in hybridscope + prometheus_client; top: "
+              + "; ".join(f"{w} {us}" for w, _n, us in p["top"][:6]))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 # STAGES picks what runs (default: tests,ep,demo); also: graphs (the CUDA-graph tests and
 # benchmarks/bench_graphs.py, issue 14), metrics (the exporter's overhead, issue 21).
 # Each stage's time limit, and what bench_graphs runs, can be set: GRAPHS_TESTS_S, GRAPHS_BENCH_S,
-# GRAPHS_BUDGET_S, GRAPHS_ONLY, GRAPHS_VARIANTS, METRICS_S, TESTS_S, EP_S, DEMO_S.
+# GRAPHS_BUDGET_S, GRAPHS_ONLY, GRAPHS_VARIANTS, GRAPHS_PROFILE (any value: bench_graphs --profile),
+# METRICS_S, TESTS_S, EP_S, DEMO_S.
 set -uo pipefail
 STAGES=",${STAGES:-tests,ep,demo},"
 on() { [[ "$STAGES" == *",$1,"* ]]; }
@@ -26,7 +27,7 @@ if on graphs; then
     | tail -30 | tee "$OUT/graphs-tests.log"
   timeout "${GRAPHS_BENCH_S:-260}" python3 benchmarks/bench_graphs.py --out "$OUT/bench_graphs.json" \
     --only "${GRAPHS_ONLY:-layers,overhead}" --variants "${GRAPHS_VARIANTS:-layers_default,layers_every8,layers_inline}" \
-    --rounds 12 --budget-s "${GRAPHS_BUDGET_S:-200}" 2>&1 \
+    --rounds 12 --budget-s "${GRAPHS_BUDGET_S:-200}" ${GRAPHS_PROFILE:+--profile} 2>&1 \
     | tail -40 | tee "$OUT/bench_graphs.log"
 fi
 if on metrics; then
