@@ -12,8 +12,8 @@ replayed from one CUDA graph per batch bucket), greedy.
    the layer rows' exclusive times, against the replay time of the instrumented variant and of the
    program's own graph (CUDA events around 50 replays each, after the run).
 3. overhead, batch 1 and 8: decode-step latency (the engine's step records, steps past the first 8)
-   of an uncaptured engine U and of captured ones: layers with the default graph_every (16), with
-   graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
+   of an uncaptured engine U and of captured ones: layers with the default graph_every (32; 16 before
+   2026-12-05), with graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
    rotated); a variant's paired overhead = its median step / mean(median of the U runs just before
    and after) - 1; median over rounds with a bootstrap 90 % interval. `--variants` runs some of them;
    layers_metrics adds the Prometheus exporter (issue 21), its own cost paired round by round.

@@ -23,6 +23,10 @@ PREWARM_STEPS = 16
 # With observers (live metrics), layer times are read back at the first step boundary past this
 # interval since the last read: live within a second, at most one read-back pass a second.
 LIVE_INTERVAL_NS = 1_000_000_000
+# One replay of a graph in GRAPH_EVERY is timed by default (live.graphs): a timed replay cost about
+# 0.6 ms on the H200 host (its 55 events and their readback: docs/benchmarks.md, "CUDA graphs"),
+# 1.2 % of a 3.1 ms batch-1 decode step at 1 in 16.
+GRAPH_EVERY = 32
 
 
 def arm(cap, model, in_forward: bool = False) -> Armed:
@@ -86,7 +90,7 @@ class Armed:
             from hybridscope.live.graphs import GraphWatch
 
             with self.faults.guard("graphs.install"):
-                every = cap.graph_every or (1 if cap.window[1] == 1 else max(cap.window[1], 16))
+                every = cap.graph_every or (1 if cap.window[1] == 1 else max(cap.window[1], GRAPH_EVERY))
                 self.graphs = GraphWatch(self, torch, cap.graph_timing, every, cap.graph_marks)
                 self.graphs.install()
         self.script = _script()  # now: `hybridscope trace` restores sys.argv before the run is written
