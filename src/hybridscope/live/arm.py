@@ -215,7 +215,7 @@ class Armed:
             return
         for name in ("inst", "ts_ns", "excl_ns", "incl_ns"):
             getattr(self.resolved, name).extend(getattr(res, name))
-        if self.observers.observers and res.inst:
+        if self.observers.observers:
             self._observe_layers(res)
 
     # -- the observers (live.observers) ----------------------------------------------------------
