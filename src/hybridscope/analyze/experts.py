@@ -96,8 +96,13 @@ def expert_load(con, run_id: int, *, warmup: int | None = None) -> Table:
 
 def step_imbalance(con, run_id: int, *, warmup: int | None = None) -> dict[int, float]:
     """{step: imbalance of its worst MoE layer} over the steps with routing (module doc)."""
+    return _worst_layer(imbalance(con, run_id, warmup=warmup))
+
+
+def _worst_layer(table: Table) -> dict[int, float]:
+    """{step: the largest imbalance of its layers} from `imbalance`'s table."""
     imb: dict[int, float] = {}
-    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in imbalance(con, run_id, warmup=warmup).rows:
+    for step, _layer, _ne, _tot, _mean, _mx, ratio, _hot in table.rows:
         if ratio is not None:
             imb[step] = max(imb.get(step, 0.0), ratio)
     return imb
@@ -105,7 +110,8 @@ def step_imbalance(con, run_id: int, *, warmup: int | None = None) -> dict[int, 
 
 def expert_steps(con, run_id: int, *, warmup: int | None = None) -> Table:
     """Per step with routing: imbalance (max over layers), moe_comm time and latency (max over ranks)."""
-    imb = step_imbalance(con, run_id, warmup=warmup)
+    per_layer = imbalance(con, run_id, warmup=warmup)
+    imb = _worst_layer(per_layer)
     comm: dict[int, int] = {}
     for rank, step, lt, ns in timeline.step_sums(con, run_id):
         if lt == "moe_comm":
@@ -118,7 +124,7 @@ def expert_steps(con, run_id: int, *, warmup: int | None = None) -> Table:
             Column("moe_comm_ns", "ns", "moe_comm kernel time in the step (max over ranks)", "moe_comm"),
             Column("latency_ns", "ns", "step latency (max over ranks)", "latency"))
     return Table("expert_steps", cols, rows, {"title": "Imbalance vs moe_comm per step", "run_id": run_id,
-                                              "notes": _warm_notes(_warm(con, run_id, warmup))})
+                                              "notes": per_layer.meta["notes"]})
 
 
 def expert_correlation(con, run_id: int, steps_table: Table | None = None) -> Table:

@@ -86,8 +86,6 @@ def on_timeline(fn):
     return wrapper
 
 
-
-
 _KERNELS = f"""
     k AS (
         SELECT rowid AS ev, rank, device, stream, ts_ns, ts_ns + duration_ns AS end_ns,

@@ -230,6 +230,7 @@ def _windows(con, run_id: int) -> list[dict]:
     return [dict(zip(keys, r)) for r in rows]
 
 
+@shared.once
 def warm_step_numbers(con, run_id: int, *, warmup: int | None = None) -> list[int]:
     """The step numbers that are warm-up on some rank (its steps before the rank's cut-off, and the
     steps that captured a CUDA graph): what analyses of per-step data pooled over ranks (routing

@@ -266,10 +266,10 @@ class GraphWatch:
         rec = self.armed.recorder
         inst = np.asarray([m[1] for m in info.marks], np.int64)
         ids = np.unique(inst)
-        parent = np.asarray(rec.inst_parent, np.int64)[ids]
+        parent = rec.column("inst_parent")[ids]
         local = np.where(parent >= 0, np.searchsorted(ids, parent), -1)
         local[(parent >= 0) & ~np.isin(parent, ids)] = -1
-        info.specs = np.asarray(rec.inst_spec, np.int64)[ids]
+        info.specs = rec.column("inst_spec")[ids]
         info.parents = local
         info.marks = [(ev, int(np.searchsorted(ids, i)), s) for ev, i, s in info.marks]
         if graph is not None:
