@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import hybridscope
+from hybridscope.demo import free_port
 
 HF_PATTERN = "MEMEM*EMEMEM*EMEMEM*E"  # shared/traces/make_hf_models.py, kind "nemotron_h"
 
@@ -146,18 +147,10 @@ def _torch_profiler(cpu: bool):
     return variant
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
-
-
 def _with_metrics(mode):
     """`mode` with the Prometheus exporter on (live.metrics), a free port each run."""
     def variant(model, run, db):
-        return _hybridscope(mode, metrics_port=_free_port())(model, run, db)
+        return _hybridscope(mode, metrics_port=free_port())(model, run, db)
     return variant
 
 

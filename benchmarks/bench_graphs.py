@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import hybridscope
+from hybridscope.demo import free_port
 
 PRESET = "nemotron3-nano-mini"
 
@@ -174,7 +175,7 @@ def _run(model, batch, gen, variant, tmp, prof=None):
         return _decode_median(serve(model, reqs))
     kw = dict(variant)
     if kw.get("metrics_port") == 0:  # the exporter on a free port of its own each run
-        kw["metrics_port"] = _free_port()
+        kw["metrics_port"] = free_port()
     with hybridscope.capture(db=tmp / "ovh.duckdb", model=model, quiet=True, **kw):
         if prof is not None:  # the serving only: not the capture's start and stop
             prof.enable()
@@ -202,14 +203,6 @@ def host_profile(model, tmp: Path, batch: int, names: tuple[str, ...], gen: int 
         out[name] = {"own_us_per_step_total": round(1e6 * sum(r[2] for r in rows) / gen, 2),
                      "top": [[where, calls, round(1e6 * tt / gen, 2)] for where, calls, tt in rows[:top]]}
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # layers_metrics: the Prometheus exporter (live.metrics) on top of layers_default, not scraped (a

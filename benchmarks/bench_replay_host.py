@@ -33,17 +33,17 @@ def main() -> None:
     from test_live_graphs_gpu import ToyModel
 
     import hybridscope
+    from hybridscope.demo import free_port
 
     mp = pytest.MonkeyPatch()
     patch = fake.fake_cuda.__wrapped__(mp)
     next(patch)
     model, x = ToyModel(d=8), torch.randn(2, 8)
-    port = 19400 + (int(time.time()) % 500)
     for every in (16, 2):
         for metrics in (False, True):
             out = []
             with tempfile.TemporaryDirectory() as d, torch.no_grad():
-                kw = {"metrics_port": port} if metrics else {}
+                kw = {"metrics_port": free_port()} if metrics else {}
                 with hybridscope.capture(db=Path(d) / "r.duckdb", model=model, quiet=True, graph_every=every,
                                          max_events=10_000_000, **kw):
                     graph = torch.cuda.CUDAGraph()
@@ -56,7 +56,6 @@ def main() -> None:
                         for _ in range(args.chunk):
                             graph.replay()
                         out.append((time.perf_counter() - t) / args.chunk * 1e6)
-            port += 1
             print(f"graph_every {every:2d}{' + exporter' if metrics else '           '}: µs per replay by chunk of "
                   f"{args.chunk}: " + ", ".join(f"{v:.1f}" for v in out))
     mp.undo()
