@@ -14,9 +14,12 @@ replayed from one CUDA graph per batch bucket), greedy.
 3. overhead, batch 1 and 8: decode-step latency (the engine's step records, steps past the first 8)
    of an uncaptured engine U and of captured ones: layers with the default graph_every (32; 16 before
    2026-12-05), with graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
-   rotated); a variant's paired overhead = its median step / mean(median of the U runs just before
-   and after) - 1; median over rounds with a bootstrap 90 % interval. `--variants` runs some of them;
-   layers_metrics adds the Prometheus exporter (issue 21), its own cost paired round by round.
+   rotated); a variant's paired overhead = its mean decode step / mean(mean step of the U runs just
+   before and after) - 1 (the mean carries the timed replays: what throughput pays; the same from
+   median steps, a typical untimed replay, is reported beside it); median over rounds with a
+   bootstrap 90 % interval. `--variants` runs some of them; layers_metrics adds the Prometheus
+   exporter (issue 21), its own cost paired round by round; layers_observer (a no-op observer) and
+   layers_exporter (the exporter without its HTTP endpoint) bisect that cost.
    `--profile`: then one cProfile'd run of each variant (batch 1): hybridscope's host time per step.
 """
 
@@ -163,26 +166,36 @@ def layer_accuracy(model, tmp: Path, batch: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------- overhead
-def _decode_median(engine) -> float:
+def _decode_stats(engine) -> tuple[float, float]:
+    """(median, mean) decode-step latency past the first 8 steps: the median is a typical (untimed)
+    replay, the mean carries the timed replays too (what throughput pays)."""
     lat = [s.latency for s in engine.steps if s.kind == "decode"][8:]
-    return statistics.median(lat)
+    return statistics.median(lat), statistics.fmean(lat)
 
 
 def _run(model, batch, gen, variant, tmp, prof=None):
     reqs = requests(batch, 32, gen)
     gc.collect()
     if variant is None:
-        return _decode_median(serve(model, reqs))
+        return _decode_stats(serve(model, reqs))
     kw = dict(variant)
+    observer = kw.pop("observer", None)
     if kw.get("metrics_port") == 0:  # the exporter on a free port of its own each run
         kw["metrics_port"] = free_port()
-    with hybridscope.capture(db=tmp / "ovh.duckdb", model=model, quiet=True, **kw):
+    cap = hybridscope.capture(db=tmp / "ovh.duckdb", quiet=True, **kw)
+    if observer is not None:  # an observer without the HTTP endpoint (bisects the exporter's cost)
+        from hybridscope.live.metrics import PrometheusExporter
+        from hybridscope.live.observers import StepObserver
+
+        cap.observers.append(StepObserver() if observer == "noop" else PrometheusExporter())
+    with cap:
+        cap.attach(model)
         if prof is not None:  # the serving only: not the capture's start and stop
             prof.enable()
         engine = serve(model, reqs)
         if prof is not None:
             prof.disable()
-    return _decode_median(engine)
+    return _decode_stats(engine)
 
 
 def host_profile(model, tmp: Path, batch: int, names: tuple[str, ...], gen: int = 160, top: int = 25) -> dict:
@@ -206,17 +219,23 @@ def host_profile(model, tmp: Path, batch: int, names: tuple[str, ...], gen: int 
 
 
 # layers_metrics: the Prometheus exporter (live.metrics) on top of layers_default, not scraped (a
-# scrape every 15 s costs nothing per step); its own cost is metrics_over_layers (paired per round)
+# scrape every 15 s costs nothing per step); its own cost is metrics_over_layers (paired per round).
+# layers_observer (a no-op step observer: the live read-back path alone) and layers_exporter (the
+# exporter's observer without its HTTP endpoint) bisect that cost.
 VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_inline": {"graph_timing": "inline"},
+            "layers_observer": {"observer": "noop"}, "layers_exporter": {"observer": "exporter"},
             "layers_metrics": {"metrics_port": 0}}
+OVER_LAYERS = ("layers_observer", "layers_exporter", "layers_metrics")
 
 
 def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: int = 160,
              names: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+    """Per variant, paired overhead of the mean decode step (`overhead_pct`: what throughput pays,
+    timed replays included) and of the median step (`median_overhead_pct`: a typical replay)."""
     names = list(names)
     for v in [None, *(VARIANTS[k] for k in names)]:
         _run(model, batch, 24, v, tmp)  # warm-up, not counted
-    paired = {k: [] for k in names}
+    paired = {k: {"mean": [], "median": []} for k in names}
     untraced = []
     for rnd in range(rounds):
         if time.monotonic() > deadline and rnd >= 3:
@@ -228,17 +247,24 @@ def overhead(model, tmp: Path, batch: int, rounds: int, deadline: float, gen: in
             t = _run(model, batch, gen, VARIANTS[k], tmp)
             after = _run(model, batch, gen, None, tmp)
             untraced.append(after)
-            paired[k].append(100.0 * (t / (0.5 * (before + after)) - 1.0))
+            for i, stat in enumerate(("median", "mean")):
+                paired[k][stat].append(100.0 * (t[i] / (0.5 * (before[i] + after[i])) - 1.0))
             before = after
-    out = {"batch": batch, "rounds": len(paired[names[0]]), "untraced_step_ms": round(1e3 * statistics.median(untraced), 4),
-           "untraced_spread_pct": round(100 * (max(untraced) - min(untraced)) / statistics.median(untraced), 2)}
+    med = [u[0] for u in untraced]
+    out = {"batch": batch, "rounds": len(paired[names[0]]["mean"]),
+           "untraced_step_ms": round(1e3 * statistics.median(med), 4),
+           "untraced_mean_step_ms": round(1e3 * statistics.median(u[1] for u in untraced), 4),
+           "untraced_spread_pct": round(100 * (max(med) - min(med)) / statistics.median(med), 2)}
     for k, xs in paired.items():
-        out[k] = {"overhead_pct": round(statistics.median(xs), 3), "ci90": _ci(xs), "all": [round(x, 3) for x in xs]}
-    if "layers_default" in paired and "layers_metrics" in paired:  # the exporter's own cost, round by round
-        xs = [100.0 * ((1 + m / 100) / (1 + lay / 100) - 1) for lay, m in zip(paired["layers_default"],
-                                                                           paired["layers_metrics"])]
-        out["metrics_over_layers"] = {"overhead_pct": round(statistics.median(xs), 3), "ci90": _ci(xs),
-                                      "all": [round(x, 3) for x in xs]}
+        out[k] = {"overhead_pct": round(statistics.median(xs["mean"]), 3), "ci90": _ci(xs["mean"]),
+                  "median_overhead_pct": round(statistics.median(xs["median"]), 3),
+                  "median_ci90": _ci(xs["median"]), "all": [round(x, 3) for x in xs["mean"]]}
+    for k in OVER_LAYERS:  # an observer's own cost over layers_default, round by round
+        if "layers_default" in paired and k in paired:
+            xs = [100.0 * ((1 + m / 100) / (1 + lay / 100) - 1)
+                  for lay, m in zip(paired["layers_default"]["mean"], paired[k]["mean"])]
+            out[f"{k.removeprefix('layers_')}_over_layers"] = {"overhead_pct": round(statistics.median(xs), 3),
+                                                                "ci90": _ci(xs), "all": [round(x, 3) for x in xs]}
     return out
 
 
@@ -304,9 +330,12 @@ def report(res: dict) -> None:
               f"sum/variant {r.get('sum_vs_variant')}, sum/plain {r.get('sum_vs_plain')}, "
               f"event {r.get('event_cost_us')} us, faults {r['faults']}, note {r['cuda_graphs_note']}")
     for r in res.get("overhead", []):
-        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}" for k in (*VARIANTS, "metrics_over_layers")
-                          if k in r)
-        print(f"overhead b{r['batch']} ({r['rounds']} rounds, step {r['untraced_step_ms']} ms): {parts}")
+        over = [f"{k.removeprefix('layers_')}_over_layers" for k in OVER_LAYERS]
+        parts = ", ".join(f"{k} {r[k]['overhead_pct']:+.2f}% {r[k]['ci90']}"
+                          + (f" (median step {r[k]['median_overhead_pct']:+.2f}%)" if "median_overhead_pct" in r[k] else "")
+                          for k in (*VARIANTS, *over) if k in r)
+        print(f"overhead b{r['batch']} ({r['rounds']} rounds, step {r['untraced_step_ms']} ms, mean "
+              f"{r['untraced_mean_step_ms']} ms; mean-step overhead): {parts}")
     for name, p in res.get("host_profile", {}).items():
         print(f"host profile b1 {name}: {p['own_us_per_step_total']} us/step in hybridscope + prometheus_client; top: "
               + "; ".join(f"{w} {us}" for w, _n, us in p["top"][:6]))
