@@ -229,3 +229,52 @@ def test_steps_that_capture_a_graph_are_warm_up_wherever_they_fall(fake_cuda, tm
     assert "CUDA-graph capture step(s)" in " ".join(table.meta["notes"])
     # --warmup N: exactly the first N steps, no capture step
     assert warmup.detect(con, run, warmup=2).graph_steps == ()
+
+
+def _routed(tmp_path, name, model, ids_per_replay, **kw):
+    """Capture `model` in a fake graph, then replay it once per entry of `ids_per_replay`, writing
+    those ids into the router's tensor first (what a real replay does to the graph's memory)."""
+    x = torch.randn(2, 8)
+    db = tmp_path / f"{name}.duckdb"
+    routers = [m for m in model.modules() if hasattr(m, "num_experts")]
+    with torch.no_grad(), hybridscope.capture(db=db, model=model, quiet=True, **kw) as cap:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(x)
+        for ids in ids_per_replay:
+            routers[0].ids.copy_(torch.tensor(ids))
+            graph.replay()
+    con, run = latest_run(db)
+    note = json.loads(rows(con, "SELECT notes->'$.ranks.\"0\".cuda_graphs' FROM runs WHERE run_id = ?", [run])[0][0])
+    got = rows(con, "SELECT step, layer_index, list(tokens ORDER BY expert) FROM routing WHERE run_id = ? "
+                    "GROUP BY 1, 2 ORDER BY 1, 2", [run])
+    return cap.summary, note, got
+
+
+def test_timed_replays_count_the_ids_their_routers_wrote(fake_cuda, tmp_path):
+    from capture_models import ToyModel as RoutedModel
+
+    per_replay = [[[0, 1], [1, 2]], [[2, 2], [2, 2]], [[3, 0], [0, 0]], [[1, 1], [3, 3]], [[0, 3], [2, 1]]]
+    model = RoutedModel(torch.tensor([[0, 0], [0, 0]]), num_experts=4)
+    summary, note, got = _routed(tmp_path, "r", model, per_replay, graph_every=2)
+    assert summary.faults == {}, summary.faults
+    assert note["routers_per_timed_replay"] == {"1": 1} and note["routing_not_counted"] == {}
+    # steps 0, 2, 4 ran the variant: each counts the ids of its own replay, nothing else is counted
+    assert got == [(0, 0, [1, 2, 1, 0]), (2, 0, [3, 0, 0, 1]), (4, 0, [1, 1, 1, 1])]
+
+
+def test_routers_writing_one_workspace_are_not_counted(fake_cuda, tmp_path):
+    from capture_models import ToyBlock
+
+    class TwoRouters(torch.nn.Module):
+        def __init__(self, ids):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([ToyBlock(ids, 4), ToyBlock(ids, 4)])  # one tensor, both routers
+
+        def forward(self, x):
+            return self.layers[1](self.layers[0](x))
+
+    summary, note, got = _routed(tmp_path, "w", TwoRouters(torch.tensor([[0, 1]])), [[[1, 2]]] * 3, graph_every=1)
+    assert summary.faults == {} and got == []
+    assert note["timed_replays"] == 3 and note["routers_per_timed_replay"] == {}
+    assert note["routing_not_counted"] == {"1": "the routers' expert ids share memory (a workspace)"}

@@ -5,6 +5,8 @@ manually captured torch.cuda.graph."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from capture_models import engine_tiny, hf_nemotron_h, latest_run, rows
@@ -156,6 +158,42 @@ def test_gpu_engine_layers_mode_times_graph_replays(tmp_path):
     types = {t for (t,) in rows(con, "SELECT DISTINCT layer_type FROM events WHERE run_id = ? AND graph_id IS NOT NULL",
                                 [run])}
     assert {"mamba", "attention", "moe_experts"} <= types
+
+
+def test_gpu_routing_counted_in_timed_replays(tmp_path):
+    """Routers do not run their hooks in a replay: a timed replay counts the expert ids its routers
+    wrote (held from the instrumented capture). Every timed replay has a row per MoE layer summing
+    to its tokens x top_k; with every replay timed (inline), the last step's counts equal each
+    router's `load` buffer (tokens per expert of its latest call, written inside the graph)."""
+    from hybridscope.engine.scheduler import Engine, Request
+
+    model = engine_tiny("cuda")
+    routers = {i: b.moe.router for i, b in enumerate(model.layers) if hasattr(b, "moe")}
+    top_k = model.cfg.top_k
+    assert routers
+    for timing, every in (("variant", 4), ("inline", 1)):
+        reqs = [Request(rid=i, prompt=list(range(1 + i, 9 + i)), max_new_tokens=24) for i in range(2)]
+        with hybridscope.capture(db=tmp_path / f"{timing}.duckdb", model=model, graph_timing=timing, graph_every=every,
+                                 quiet=True) as cap:
+            Engine(model, cuda_graphs=True).run(reqs)
+        assert cap.summary.faults == {}, cap.summary.faults
+        con, run = latest_run(tmp_path / f"{timing}.duckdb")
+        timed = dict(rows(con, "SELECT step, n_tokens FROM steps WHERE run_id = ? AND graph_replay AND sampled", [run]))
+        assert len(timed) >= (4 if timing == "variant" else 20), timed
+        got = {(s, layer): t for s, layer, t in rows(
+            con, "SELECT step, layer_index, list(tokens ORDER BY expert) FROM routing WHERE run_id = ? GROUP BY 1, 2",
+            [run])}
+        for step, n_tokens in timed.items():
+            assert {layer for s, layer in got if s == step} == set(routers), (timing, step)
+            assert all(sum(got[(step, layer)]) == n_tokens * top_k for layer in routers), (timing, step, n_tokens)
+        note = rows(con, "SELECT notes->'$.ranks.\"0\".cuda_graphs.routers_per_timed_replay' FROM runs "
+                         "WHERE run_id = ?", [run])[0][0]
+        assert note and set(json.loads(note).values()) == {len(routers)}
+        if timing == "inline":
+            last = max(timed)
+            assert last == max(s for (s,) in rows(con, "SELECT step FROM steps WHERE run_id = ?", [run]))
+            for layer, router in routers.items():
+                assert got[(last, layer)] == router.load.round().long().tolist(), layer
 
 
 def test_gpu_layers_inline_and_variant_on_a_hand_made_graph(tmp_path):

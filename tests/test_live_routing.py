@@ -92,3 +92,38 @@ def test_counts_survive_full_blocks_and_mixed_widths():
         assert sorted(got[(step, 0)]) == list(enumerate(expected))
         assert sorted(got[(step, 1)]) == [(0, 1), (1, 2)]
     assert r.out_of_range == 0 and r.n_rows == 10
+
+
+def test_held_ids_of_a_graph_replay_count_like_router_calls():
+    """Routing.add_held (the routers of one timed CUDA-graph replay, live.graphs) counts several
+    routers with one scatter: the same rows as one `add` per router, ids out of range apart."""
+    from hybridscope.live.hooks import Spec
+    from hybridscope.live.routing import Routing
+
+    specs = [Spec(i, f"layers.{i}.router", "Router", "router", "moe_router", i, None, n_experts=4) for i in (1, 3, 5)]
+    narrow = Spec(7, "layers.7.router", "Router", "router", "moe_router", 7, None, n_experts=2)
+    ids = [torch.tensor([[0, 2], [2, 3]]), torch.tensor([[1, 1], [1, 9]]), torch.tensor([[3, 0], [-2, 0]])]
+    held = [*zip(specs, ids), (narrow, torch.tensor([1, 0, 1], dtype=torch.int32))]
+    r = Routing(capacity=100, batch=5)  # 3 rows then 1: the next replay's 3 rows do not fit a block of 5
+    r.add_held(4, held)
+    r.add_held(5, held[:3])
+    cols = r.columns(rank=0)
+    got: dict = {}
+    for s, layer, e, t in zip(cols["step"], cols["layer_index"], cols["expert"], cols["tokens"]):
+        got.setdefault((int(s), int(layer)), [0] * (4 if layer != 7 else 2))[int(e)] = int(t)
+    expect = {1: [1, 0, 2, 1], 3: [0, 3, 0, 0], 5: [2, 0, 0, 1]}  # 9 and -2: out of range
+    assert got == {**{(4, k): v for k, v in expect.items()}, (4, 7): [1, 2], **{(5, k): v for k, v in expect.items()}}
+    assert r.out_of_range == 4 and r.n_rows == 7
+
+
+def test_held_ids_past_capacity_are_dropped_and_counted():
+    from hybridscope.live.hooks import Spec
+    from hybridscope.live.routing import Routing
+
+    specs = [Spec(i, f"r{i}", "Router", "router", "moe_router", i, None, n_experts=2) for i in range(3)]
+    r = Routing(capacity=4, batch=8)
+    held = [(s, torch.tensor([0, 1])) for s in specs]
+    r.add_held(0, held)
+    r.add_held(1, held)  # 3 rows more than the 1 left: all 3 dropped
+    assert r.n_rows == 3 and r.drops == 3
+    assert sorted(set(r.columns(rank=0)["step"].tolist())) == [0]

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
 from hybridscope.live.graph_times import ReplayTimes
+from hybridscope.live.routing import topk_ids
 
 TIMINGS = ("variant", "inline", "off")
 MARKS = ("blocks", "all")
@@ -62,6 +64,8 @@ class GraphInfo:
     replays: int = 0
     timed: int = 0
     step: int | None = None         # the step the capture ran in (a one-time cost: analyze/warmup)
+    routers: list = field(default_factory=list)  # (spec, expert ids) of the instrumented capture, held
+    routing_reason: str | None = None  # why its timed replays' routing is not counted
 
 
 # ops that launch no device work: allowed in a capture beside the model call (views are too)
@@ -91,6 +95,32 @@ class _Marks:
         ev = self.torch.cuda.Event(enable_timing=True, external=True)
         ev.record()
         self.out.append((ev, inst, is_start))
+
+
+class _HeldIds:
+    """Stands in for live.routing during an instrumented capture: keeps each router's expert ids
+    (a tensor of the graph's memory, which every replay rewrites) instead of counting them; the
+    counts are taken after each timed replay (`Routing.add_held`)."""
+
+    def __init__(self, out: list, routing):
+        self.out, self.routing = out, routing
+
+    def add(self, step: int, spec, output) -> None:
+        if spec.n_experts is None:
+            self.routing.unknown.add(spec.path)
+            return
+        ids = topk_ids(output)
+        if ids is None:
+            raise ValueError(f"router {spec.path} returned no integer tensor of expert ids")
+        self.out.append((spec, ids))
+
+
+def _shared_memory(held: list) -> bool:
+    """Whether two held id tensors overlap in memory (a workspace every router writes: after a
+    replay it holds the last router's ids only)."""
+    spans = sorted((ids.data_ptr(), ids.data_ptr() + ids.element_size() * (1 + sum(
+        (n - 1) * st for n, st in zip(ids.shape, ids.stride())))) for _, ids in held if ids.numel())
+    return any(b[0] < a[1] for a, b in pairwise(spans))
 
 
 class GraphWatch:
@@ -178,6 +208,7 @@ class GraphWatch:
         elif self.layers and self.timing == "inline":
             a.hooks.install()
             a.recorder.reset_stack()
+            a.recorder.routing = _HeldIds(info.routers, a.routing)
             self._swap_timer(info.marks)
         else:
             a.hooks.remove()
@@ -198,6 +229,7 @@ class GraphWatch:
             self._template(info, graph)
         else:
             self._variant(info)
+        self._check_routers(info)
         info.call = info.output = None  # the variant, if any, is built: drop the references
         a._toggle(a.recorder.step)
 
@@ -232,7 +264,7 @@ class GraphWatch:
         self.busy = True
         a.hooks.install()
         a.recorder.reset_stack()
-        a.recorder.routing = None
+        a.recorder.routing = _HeldIds(info.routers, a.routing)
         self._swap_timer(info.marks)
         try:
             args, kwargs = info.call
@@ -248,6 +280,7 @@ class GraphWatch:
             info.reason = f"variant capture failed: {type(e).__name__}"
             a.faults.record("graphs.variant", e)
             info.marks.clear()
+            info.routers.clear()
             return
         finally:
             self.busy = False
@@ -256,6 +289,14 @@ class GraphWatch:
             a.recorder.reset_stack()
         info.variant = variant
         self._template(info, None)
+
+    def _check_routers(self, info: GraphInfo) -> None:
+        """Keep the held router ids only where they can be read after a replay."""
+        if info.variant is None:
+            info.routers.clear()
+        elif info.routers and _shared_memory(info.routers):
+            info.routers.clear()
+            info.routing_reason = "the routers' expert ids share memory (a workspace)"
 
     def _template(self, info: GraphInfo, graph) -> None:
         """Instances recorded during the instrumented capture -> a template per replay."""
@@ -340,6 +381,7 @@ class GraphWatch:
             return replay(graph)
         if info.variant is graph:  # inline: the program's own graph carries the events
             out = replay(graph)
+            self._count_routing(info)
         else:
             try:
                 out = replay(info.variant)  # the unwrapped replay: the variant is no step of its own
@@ -347,10 +389,17 @@ class GraphWatch:
                 self.armed.faults.record("graphs.variant_replay", e)
                 self.times.forget(info)
                 info.variant, info.reason = None, f"variant replay failed: {type(e).__name__}"
+                info.routers.clear()
                 return replay(graph)
+            self._count_routing(info)
         info.timed += 1
         self.armed.step_timed(True)
         return out
+
+    def _count_routing(self, info: GraphInfo) -> None:
+        """A timed replay's routing: its routers' ids, counted right behind it on the stream."""
+        if info.routers:
+            self._guard("graphs.routing", self.armed.routing.add_held, self.armed.recorder.step, info.routers)
 
     def note(self) -> dict:
         infos = list(self.graphs.values())
@@ -367,7 +416,9 @@ class GraphWatch:
                 "graphs_captured_before_arming": len(self.unknown),
                 "replays_of_graphs_captured_before_arming": self.unknown_replays,
                 "dropped_replays": self.times.drops if self.times else 0,
-                "events_per_timed_replay": {str(i.key): len({id(m[0]) for m in i.marks}) for i in infos if i.marks}}
+                "events_per_timed_replay": {str(i.key): len({id(m[0]) for m in i.marks}) for i in infos if i.marks},
+                "routers_per_timed_replay": {str(i.key): len(i.routers) for i in infos if i.routers},
+                "routing_not_counted": {str(i.key): i.routing_reason for i in infos if i.routing_reason}}
 
 
 def _tensors(out) -> list | None:

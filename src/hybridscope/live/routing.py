@@ -52,6 +52,7 @@ class Routing:
         self.batch = batch
         self.blocks: dict[tuple, tuple[object, list]] = {}  # (device, width) -> (rows, keys)
         self.ones: dict[tuple, object] = {}                 # (device, numel) -> ones
+        self.shifts: dict[tuple, object] = {}               # (device, rows, width) -> first bin per row
         self.copies: list[tuple[list, object, object]] = []  # (keys, host tensor, event or None)
         self.done: list[tuple[np.ndarray, ...]] = []         # (step, layer, expert, tokens)
         self.n_rows = 0
@@ -78,16 +79,47 @@ class Routing:
         row.scatter_add_(0, bins, self._ones(flat.device, bins.numel()))
         self.n_rows += 1
 
+    def add_held(self, step: int, held: list) -> None:
+        """The routers of one CUDA-graph replay (live.graphs): `held` = [(spec, ids)], the expert
+        ids each router returned when the graph was captured, whose memory the replay has just
+        rewritten. Counted with a few kernels for all routers of one expert count (queued after the
+        replay on the current stream, before any later replay can rewrite them)."""
+        torch = self.torch
+        groups: dict[tuple, list] = {}
+        for spec, ids in held:
+            groups.setdefault((spec.n_experts, ids.numel(), ids.dtype, ids.device), []).append((spec, ids))
+        for (n, _numel, _dtype, device), items in groups.items():
+            if self.n_rows + len(items) > self.capacity:
+                self.drops += len(items)
+                continue
+            keys = [(step, -1 if s.layer_index is None else s.layer_index) for s, _ in items]
+            rows = self._rows(device, n + 2, keys)
+            flat = torch.stack([ids.reshape(-1) for _, ids in items])  # [L, T*k]
+            bins = torch.clamp(flat, -1, n).long().add_(self._shift(device, len(items), n + 2))  # row l: l*(n+2) + 1 + id
+            rows.view(-1).scatter_add_(0, bins.view(-1), self._ones(device, bins.numel()))
+            self.n_rows += len(items)
+
+    def _shift(self, device, n_rows: int, width: int):
+        shift = self.shifts.get((device, n_rows, width))
+        if shift is None:
+            shift = self.shifts[(device, n_rows, width)] = (self.torch.arange(n_rows, device=device) * width + 1)[:, None]
+        return shift
+
     def _row(self, device, width: int, key: tuple[int, int]):
+        return self._rows(device, width, [key])[0]
+
+    def _rows(self, device, width: int, keys: list):
+        """Rows of a device block for `keys` (consecutive: one view)."""
         block = self.blocks.get((device, width))
-        if block is None or len(block[1]) == self.batch:
-            if block is not None:
+        if block is None or len(block[1]) + len(keys) > block[0].shape[0]:
+            if block is not None and block[1]:
                 self._copy(*block)
-            block = (self.torch.zeros(self.batch, width, dtype=self.torch.int64, device=device), [])
+            block = (self.torch.zeros(max(self.batch, len(keys)), width, dtype=self.torch.int64, device=device), [])
             self.blocks[(device, width)] = block
-        rows, keys = block
-        keys.append(key)
-        return rows[len(keys) - 1]
+        rows, have = block
+        first = len(have)
+        have.extend(keys)
+        return rows[first:first + len(keys)]
 
     def _ones(self, device, numel: int):
         ones = self.ones.get((device, numel))
