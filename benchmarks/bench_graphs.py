@@ -12,8 +12,8 @@ replayed from one CUDA graph per batch bucket), greedy.
    the layer rows' exclusive times, against the replay time of the instrumented variant and of the
    program's own graph (CUDA events around 50 replays each, after the run).
 3. overhead, batch 1 and 8: decode-step latency (the engine's step records, steps past the first 8)
-   of an uncaptured engine U and of captured ones: layers with the default graph_every (32; 16 before
-   2026-12-05), with graph_every 8, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
+   of an uncaptured engine U and of captured ones: layers with the default graph_every (64; 16, then
+   32 on 2026-12-05), with graph_every 8 or 32, and inline (every replay timed). Each round runs U V1 U V2 U V3 U (variant order
    rotated); a variant's paired overhead = its mean decode step / mean(mean step of the U runs just
    before and after) - 1 (the mean carries the timed replays: what throughput pays; the same from
    median steps, a typical untimed replay, is reported beside it); median over rounds with a
@@ -222,7 +222,8 @@ def host_profile(model, tmp: Path, batch: int, names: tuple[str, ...], gen: int 
 # scrape every 15 s costs nothing per step); its own cost is metrics_over_layers (paired per round).
 # layers_observer (a no-op step observer: the live read-back path alone) and layers_exporter (the
 # exporter's observer without its HTTP endpoint) bisect that cost.
-VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_inline": {"graph_timing": "inline"},
+VARIANTS = {"layers_default": {}, "layers_every8": {"graph_every": 8}, "layers_every32": {"graph_every": 32},
+            "layers_inline": {"graph_timing": "inline"},
             "layers_observer": {"observer": "noop"}, "layers_exporter": {"observer": "exporter"},
             "layers_metrics": {"metrics_port": 0}}
 OVER_LAYERS = ("layers_observer", "layers_exporter", "layers_metrics")

@@ -24,9 +24,9 @@ PREWARM_STEPS = 16
 # interval since the last read: live within a second, at most one read-back pass a second.
 LIVE_INTERVAL_NS = 1_000_000_000
 # One replay of a graph in GRAPH_EVERY is timed by default (live.graphs): a timed replay cost about
-# 0.6 ms on the H200 host (its 55 events and their readback: docs/benchmarks.md, "CUDA graphs"),
-# 1.2 % of a 3.1 ms batch-1 decode step at 1 in 16.
-GRAPH_EVERY = 32
+# 0.8 ms on the H200 (its 55 events in the graph, their readback, its routing counted), +1.2 % on
+# the mean batch-1 decode step at 1 in 32 (docs/benchmarks.md, "CUDA graphs under capture").
+GRAPH_EVERY = 64
 
 
 def arm(cap, model, in_forward: bool = False) -> Armed:

@@ -30,7 +30,7 @@ CUDA graphs (live.graphs): on a CUDA model every `CUDAGraph.replay()` is a step.
 records each graph's capture phase, so attribution maps the replays' kernels to their layers.
 `layers` mode, `graph_timing='variant'` (default): each graph captured while armed gets an
 instrumented twin, replayed instead of it one step in `graph_every` (default: max(sample_every,
-32); 1 with sample_every=1); 'inline': timing events in the program's own graph, every replay
+64); 1 with sample_every=1); 'inline': timing events in the program's own graph, every replay
 timed; 'off'. `graph_marks='blocks'` (default) times the top-level hooked modules only (decoder
 blocks, embedding, LM head: each timing event costs microseconds inside a graph), 'all' every
 module the eager steps time. Graphs captured before arming are counted, not timed (`runs.notes...cuda_graphs`).
