@@ -27,6 +27,9 @@ undone at disarm):
   and at the latest before the same graph is replayed again (the events are re-recorded then).
   Their instances get fresh ids, the captured template's specs and parents, and the replay's step;
   their layer rows carry the graph's id (`events.graph_id`) and their steps `graph_replay`.
+  Routing: the instrumented capture holds each router's expert-id tensor (graph memory, rewritten
+  by every replay), and a timed replay's ids are counted right behind it on the stream
+  (`Routing.add_held`), unless two routers' ids share memory (noted in `routing_not_counted`).
 """
 
 from __future__ import annotations
