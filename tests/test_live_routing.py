@@ -127,3 +127,18 @@ def test_held_ids_past_capacity_are_dropped_and_counted():
     r.add_held(1, held)  # 3 rows more than the 1 left: all 3 dropped
     assert r.n_rows == 3 and r.drops == 3
     assert sorted(set(r.columns(rank=0)["step"].tolist())) == [0]
+
+
+def test_prewarmed_blocks_take_the_first_rows():
+    """Blocks allocated at arm (`prewarm`) are the ones the first router calls write into."""
+    from hybridscope.live.hooks import Spec
+    from hybridscope.live.routing import Routing
+
+    r = Routing(capacity=10, batch=4)
+    dev = torch.device("cpu")
+    r.prewarm(dev, [6])
+    block = r.blocks[(dev, 6)][0]
+    spec = Spec(0, "layers.0.router", "Router", "router", "moe_router", 0, None, n_experts=4)
+    r.add(0, spec, torch.tensor([[1, 3]]))
+    assert r.blocks[(dev, 6)][0] is block and block[0].tolist() == [0, 0, 1, 0, 1, 0]
+    assert r.columns(rank=0)["tokens"].tolist() == [0, 1, 0, 1]

@@ -24,8 +24,9 @@ PREWARM_STEPS = 16
 # interval since the last read: live within a second, at most one read-back pass a second.
 LIVE_INTERVAL_NS = 1_000_000_000
 # One replay of a graph in GRAPH_EVERY is timed by default (live.graphs): a timed replay cost about
-# 0.8 ms on the H200 (its 55 events in the graph, their readback, its routing counted), +1.2 % on
-# the mean batch-1 decode step at 1 in 32 (docs/benchmarks.md, "CUDA graphs under capture").
+# 0.8 ms on the H200 (its 55 events in the graph, their readback, its routing counted): +0.9-1.2 %
+# on the mean batch-1 decode step at 1 in 32, +0.9 % at 1 in 64 (docs/benchmarks.md, "CUDA graphs
+# under capture").
 GRAPH_EVERY = 64
 
 
@@ -53,6 +54,10 @@ class Armed:
                      if self.cuda else CpuTimer(2 * cap.max_events))
         self.timer = timer
         self.routing = Routing(cap.max_events)
+        if self.cuda:
+            with self.faults.guard("routing.prewarm"):
+                self.routing.prewarm(self.device, sorted({s.n_experts + 2 for s in self.specs
+                                                          if s.role == "router" and s.n_experts}))
         self.recorder = Recorder(self.specs, capacity=cap.max_events, timer=timer, routing=self.routing)
         self.resolved = Resolved()
         self.steps: list[tuple] = []
