@@ -77,6 +77,7 @@ class Armed:
         # observers (the Prometheus exporter); each call guarded by the faults
         self.observers = Observers(getattr(cap, "observers", []), self.faults)
         self.routing_seen = 0
+        self.spec_types = self.spec_index = None  # layer type / index per spec, for the observers
         self.last_live = 0
         self.sampler = Sampler(cap.sampler_interval, self.faults, devices=self._uuids(),
                                observe=self.observers.on_samples if self.observers.observers else None)
@@ -235,9 +236,12 @@ class Armed:
         with self.faults.guard("observe.layers"):
             cols = res.columns()
             rec = self.recorder
+            if self.spec_types is None:  # per spec, once: the specs are fixed at arm
+                self.spec_types = np.asarray([s.layer_type for s in rec.specs] + [None], dtype=object)
+                self.spec_index = np.asarray([-1 if s.layer_index is None else s.layer_index for s in rec.specs],
+                                             np.int64)
             spec = rec.column("inst_spec")[cols["inst"]]
-            types = np.asarray([s.layer_type for s in rec.specs] + [None], dtype=object)[spec]
-            index = np.asarray([-1 if s.layer_index is None else s.layer_index for s in rec.specs], np.int64)[spec]
+            types, index = self.spec_types[spec], self.spec_index[spec]
             step = rec.column("inst_step")[cols["inst"]]
             self.observers.on_layers(LayerTimes(self.rank, step, types, index, cols["excl_ns"]))
 

@@ -41,7 +41,7 @@ from itertools import pairwise
 import numpy as np
 
 from hybridscope.live.graph_times import ReplayTimes
-from hybridscope.live.routing import topk_ids
+from hybridscope.live.routing import expert_ids
 
 TIMINGS = ("variant", "inline", "off")
 MARKS = ("blocks", "all")
@@ -109,13 +109,8 @@ class _HeldIds:
         self.out, self.routing = out, routing
 
     def add(self, step: int, spec, output) -> None:
-        if spec.n_experts is None:
-            self.routing.unknown.add(spec.path)
-            return
-        ids = topk_ids(output)
-        if ids is None:
-            raise ValueError(f"router {spec.path} returned no integer tensor of expert ids")
-        self.out.append((spec, ids))
+        if self.routing.known(spec):
+            self.out.append((spec, expert_ids(spec, output)))
 
 
 def _shared_memory(held: list) -> bool:

@@ -36,6 +36,14 @@ def topk_ids(output):
     return None
 
 
+def expert_ids(spec, output):
+    """The expert ids of a router's output (`topk_ids`); ValueError when it holds none."""
+    ids = topk_ids(output)
+    if ids is None:
+        raise ValueError(f"router {spec.path} returned no integer tensor of expert ids")
+    return ids
+
+
 class Routing:
     """Bounded store of per-(step, layer) expert counts; see the module docstring.
 
@@ -60,16 +68,20 @@ class Routing:
         self.out_of_range = 0
         self.unknown: set[str] = set()
 
-    def add(self, step: int, spec, output) -> None:
+    def known(self, spec) -> bool:
+        """Whether the router's expert count is known; an unknown one is noted (`unknown`)."""
         if spec.n_experts is None:
             self.unknown.add(spec.path)
+            return False
+        return True
+
+    def add(self, step: int, spec, output) -> None:
+        if not self.known(spec):
             return
         if self.n_rows >= self.capacity:
             self.drops += 1
             return
-        ids = topk_ids(output)
-        if ids is None:
-            raise ValueError(f"router {spec.path} returned no integer tensor of expert ids")
+        ids = expert_ids(spec, output)
         torch, n = self.torch, spec.n_experts
         flat = ids.reshape(-1)
         bins = torch.clamp(flat, -1, n).add_(1)  # never an index outside the row
@@ -82,11 +94,11 @@ class Routing:
     def prewarm(self, device, widths) -> None:
         """Device blocks for these row widths now (at arm), not in the first routed step: a first
         allocation there can wait on the device, and that router's layer span would carry the wait
-        (seen on an H200: the first MoE layer of an eager prefill 11 % above its kernels)."""
+        (the suspected cause of the first MoE layer of an eager prefill reading 11 % above its
+        kernels on an H200, 2026-12-05; not yet confirmed on a GPU)."""
         for width in widths:
             if (device, width) not in self.blocks:
-                block = self.torch.zeros(self.batch, width, dtype=self.torch.int64, device=device)
-                self.blocks[(device, width)] = (block, [])
+                self._new_block(device, width, self.batch)
 
     def add_held(self, step: int, held: list) -> None:
         """The routers of one CUDA-graph replay (live.graphs): `held` = [(spec, ids)], the expert
@@ -123,12 +135,15 @@ class Routing:
         if block is None or len(block[1]) + len(keys) > block[0].shape[0]:
             if block is not None and block[1]:
                 self._copy(*block)
-            block = (self.torch.zeros(max(self.batch, len(keys)), width, dtype=self.torch.int64, device=device), [])
-            self.blocks[(device, width)] = block
+            block = self._new_block(device, width, max(self.batch, len(keys)))
         rows, have = block
         first = len(have)
         have.extend(keys)
         return rows[first:first + len(keys)]
+
+    def _new_block(self, device, width: int, n_rows: int) -> tuple:
+        block = self.blocks[(device, width)] = (self.torch.zeros(n_rows, width, dtype=self.torch.int64, device=device), [])
+        return block
 
     def _ones(self, device, numel: int):
         ones = self.ones.get((device, numel))
