@@ -22,7 +22,7 @@ against its window from that cut-off (timeline.steady_rank_windows). Definitions
 
 from __future__ import annotations
 
-from hybridscope.analyze import shared, timeline
+from hybridscope.analyze import launches, shared, timeline
 from hybridscope.table import Column, Table
 from hybridscope.units import format_ns
 
@@ -163,7 +163,7 @@ def _histogram(con, gaps_sql: str, types: dict, run_id: int) -> Table:
 def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
     """Per (rank, phase): kernel and gap medians, launch vs GPU rates, and the launch-bound verdict."""
     t = timeline.tables(con, run_id)
-    launches = {(int(r), p or "unknown"): (int(n), int(span)) for r, p, n, span in timeline.launch_spans(con, run_id)}
+    by_phase = {(int(r), p or "unknown"): (int(n), int(span)) for r, p, n, span in launches.launch_spans(con, run_id)}
     # the union of a (rank, phase)'s kernels across its devices: the sweep's per-device union when
     # each rank has one device (the rule), else with a window over the rank
     one_device = con.execute(f"SELECT count(DISTINCT (rank, device)) = count(DISTINCT rank) FROM {t.busy}"
@@ -184,7 +184,7 @@ def launch_bound(con, run_id: int, *, short_ns: int = 20_000) -> Table:
     rows = []
     for rank, ph, n, med_k, med_g, idle, ge, busy in got:
         gpu_rate = n / (busy / 1e6) if busy else None
-        n_l, span = launches.get((rank, ph), (0, 0))
+        n_l, span = by_phase.get((rank, ph), (0, 0))
         cpu_rate = n_l / (span / 1e6) if n_l > 1 and span else None
         verdict = med_k < short_ns and med_g >= med_k and (cpu_rate is None or gpu_rate is None or cpu_rate < gpu_rate)
         rows.append((rank, ph, int(n), float(med_k), float(med_g), int(idle), 100.0 * ge,

@@ -173,7 +173,7 @@ def _create(con, run_id: int, t: Tables) -> None:
                              params).fetchall()[0]
     source = f"WITH {STEP_WINDOWS_SQL}, {_KERNELS_FAST} SELECT * FROM ks" if look_up else f"SELECT * FROM ({_STORED})"
     columns = ", ".join(name for name, _ in sweep.KERNEL_COLUMNS)
-    t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY rank, device, ts_ns, end_ns, ev",
+    t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY {', '.join(sweep.SORT_KEYS)}",
                           params, t.kernels, t.busy, COMM_TYPES, t.cutoffs)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {t.steps} AS
@@ -271,30 +271,6 @@ def step_sums(con, run_id: int) -> list[tuple[int, int, str, int]]:
 def _has_kernels(con, run_id: int) -> bool:
     return bool(con.execute(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE run_id = $run AND {KERNEL_FILTER}"
                             " LIMIT 1)", {"run": run_id}).fetchall()[0][0])
-
-
-@on_timeline
-def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
-    """(rank, phase, n launches, host span ns) of the kernel / graph launch calls of each rank's
-    steady state (from its warm-up cut-off on, as the interval analyses); a launch's phase is its
-    own, else that of the kernel it launched, else that of the step window it falls in."""
-    t = tables(con, run_id)
-    launches = "source = 'cuda_api' AND (name ILIKE '%LaunchKernel%' OR name ILIKE '%GraphLaunch%')"
-    sql = f"""
-        WITH {STEP_WINDOWS_SQL}, {warmup.cut_sql(launches)},
-        kp AS (SELECT rank, correlation, any_value(phase) AS phase FROM {t.kernels}
-               WHERE correlation IS NOT NULL AND phase IS NOT NULL GROUP BY rank, correlation),
-        l AS (SELECT e0.rank, e0.ts_ns, coalesce(e0.phase, kp.phase) AS phase FROM e0
-              LEFT JOIN kp ON e0.rank = kp.rank AND e0.correlation = kp.correlation
-              WHERE NOT e0.in_warm_steps),
-        lp AS (SELECT l.rank, l.ts_ns, CASE WHEN l.ts_ns < w.end_ns THEN w.phase END AS phase
-               FROM (SELECT * FROM l WHERE phase IS NULL) l
-               ASOF LEFT JOIN windows w ON l.rank = w.rank AND l.ts_ns >= w.ts_ns
-               UNION ALL
-               SELECT rank, ts_ns, phase FROM l WHERE phase IS NOT NULL)
-        SELECT rank, phase, count(*), max(ts_ns) - min(ts_ns) FROM lp GROUP BY rank, phase
-    """
-    return con.execute(sql, {"run": run_id, **warmup.WarmUp("auto", cutoffs=t.cutoffs).params()}).fetchall()
 
 
 @once
