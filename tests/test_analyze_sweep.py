@@ -6,6 +6,8 @@ any chunk size gives the same report."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -133,5 +135,5 @@ def test_chunks_put_equal_rows_in_ev_order_and_never_split_them(monkeypatch):
     got = [tuple(r[k] for k in names) for c in chunks for r in c]
     assert got == sorted(rows)
     assert [len(c) for c in chunks] == [2, 4, 5, 3]  # cut before the run of 3, the run of 5 whole
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert [a[-1][k] for k in sweep.SORT_KEYS] != [b[0][k] for k in sweep.SORT_KEYS]

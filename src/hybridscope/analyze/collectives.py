@@ -196,13 +196,13 @@ def traffic(con, run_id: int, *, payload_only: bool = False) -> Table:
 
     `payload_only` leaves out integer-typed collectives: the split-size exchanges that precede
     an all-to-all-v carry counts, not tokens."""
+    # each args parsed once for its five fields; one row per distinct shape, not per collective
     rows = con.execute(f"""
-        SELECT rank, json_extract_string(args, '$."In split size"'), json_extract(args, '$."In msg nelems"'),
-               json_extract(args, '$."Group size"'), lower(json_extract_string(args, '$.dtype')),
-               json_extract_string(args, '$."Process Group Ranks"'), count(*)
-        FROM events WHERE run_id = $run AND {_GPU}
-          AND json_extract_string(args, '$."In split size"') IS NOT NULL
-        GROUP BY ALL""", {"run": run_id}).fetchall()  # one row per distinct shape, not per collective
+        WITH a AS (SELECT rank, json_extract_string(args, ['$."In split size"', '$."In msg nelems"', '$."Group size"',
+                                                         '$.dtype', '$."Process Group Ranks"']) AS f
+                   FROM events WHERE run_id = $run AND {_GPU})
+        SELECT rank, f[1], f[2], f[3], lower(f[4]), f[5], count(*) FROM a WHERE f[1] IS NOT NULL
+        GROUP BY ALL""", {"run": run_id}).fetchall()
     acc: dict[tuple[int, int], list[int]] = {}
     for rank, splits, nelems, group, dtype, ranks, times in rows:
         peers = _int_list(ranks) or list(range(int(group or 0)))

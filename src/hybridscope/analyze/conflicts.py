@@ -101,11 +101,18 @@ def _comm_columns(con, comm: str, rank: int, device: int, modules: _Dictionary, 
 
 def conflict_pairs(table: Table) -> Table:
     """`conflicts` grouped by (kind, scope, streams, modules): count and total time at stake."""
-    acc: dict[tuple, list[int]] = {}
-    for r in table.to_records():
-        key = (r["kind"], r["scope"], r["stream_a"], r["stream_b"], r["module_a"], r["module_b"])
-        acc.setdefault(key, []).append(r["ns"])
-    rows = [(*key, len(v), int(sum(v))) for key, v in acc.items()]
+    acc: dict[tuple, list[int]] = {}  # key -> [pairs, ns]; a run may have 100k+ pairs
+    at = [table.index(c) for c in ("kind", "scope", "stream_a", "stream_b", "module_a", "module_b")]
+    ns = table.index("ns")
+    for r in table.rows:
+        key = tuple(r[i] for i in at)
+        got = acc.get(key)
+        if got is None:
+            acc[key] = [1, r[ns]]
+        else:
+            got[0] += 1
+            got[1] += r[ns]
+    rows = [(*key, n, int(total)) for key, (n, total) in acc.items()]
     rows.sort(key=lambda r: -r[7])
     cols = (Column("kind", "str"), Column("scope", "str"), Column("stream_a", "int"), Column("stream_b", "int"),
             Column("module_a", "str"), Column("module_b", "str"), Column("n", "int", "pairs"),
