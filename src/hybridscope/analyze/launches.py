@@ -18,10 +18,10 @@ numbering) is looked up by the join in SQL instead (`_joined`); both give the sa
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from hybridscope.analyze import warmup
 from hybridscope.analyze.shared import STEP_WINDOWS_SQL, tables
-from hybridscope.analyze.sweep import Codes
 from hybridscope.analyze.timeline import on_timeline, rank_windows
 
 LAUNCHES = "source = 'cuda_api' AND (name ILIKE '%LaunchKernel%' OR name ILIKE '%GraphLaunch%')"
@@ -39,6 +39,8 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
             WHERE correlation IS NOT NULL AND phase IS NOT NULL GROUP BY rank""").fetchall()}
     if any(hi - lo + 1 > DENSE * n + (1 << 16) for lo, hi, n in ranges.values()):
         return _joined(con, run_id)
+    from hybridscope.analyze.sweep import Codes  # pyarrow: imported where a run has kernels
+
     codes = Codes()
     windows = _windows(con, run_id, codes)
     out = []
@@ -68,7 +70,7 @@ def launch_spans(con, run_id: int) -> list[tuple[int, str | None, int, int]]:
     return out
 
 
-def _lookup(con, kernels: str, rank: int, id_range: tuple[int, int, int], codes: Codes) -> np.ndarray:
+def _lookup(con, kernels: str, rank: int, id_range: tuple[int, int, int], codes) -> np.ndarray:
     """The rank's phase code per correlation id (index: id - least id; 0: no kernel with a phase)."""
     lo, hi, _n = id_range
     lookup = np.zeros(hi - lo + 1, np.int16)
@@ -87,13 +89,15 @@ def _fill(phase: np.ndarray, slot: np.ndarray, lookup: np.ndarray) -> None:
     phase[rows[inside]] = lookup[s[inside]]
 
 
-def _windows(con, run_id: int, codes: Codes) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _windows(con, run_id: int, codes) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per rank, its step windows' (start, end, phase code), by start (then end)."""
-    got = con.sql(f"WITH {STEP_WINDOWS_SQL} SELECT rank, ts_ns, end_ns, phase FROM windows"
-                  " ORDER BY rank, ts_ns, end_ns", params={"run": run_id}).to_arrow_table()
-    rank = got.column("rank").to_numpy()
-    start, end = got.column("ts_ns").to_numpy(), got.column("end_ns").to_numpy()
-    phase = codes.encode(got.column("phase")) if got.num_rows else np.zeros(0, np.int64)
+    got = con.execute(f"WITH {STEP_WINDOWS_SQL} SELECT rank, ts_ns, end_ns, phase FROM windows"
+                      " ORDER BY rank, ts_ns, end_ns", {"run": run_id}).fetchall()  # a row per step: few
+    if not got:
+        return {}
+    rank, start, end, names = zip(*got)
+    rank, start, end = (np.array(v, np.int64) for v in (rank, start, end))
+    phase = codes.encode(pa.array(names, pa.string()))
     bounds = np.flatnonzero(np.diff(rank)) + 1
     return {int(rank[a]): (start[a:b], end[a:b], phase[a:b])
             for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, rank.size].tolist()) if b > a}

@@ -50,7 +50,8 @@ def materialized(con, run_id: int, *, warmup: int | None = None):
     layer_index, step, phase (the module doc's rules), correlation, and the columns of
     analyze/sweep.py (warm, prev_max, holder, holder_code, next_start). `Tables.busy`: the sweep's
     interval unions per (rank, device, phase, warm). `Tables.steps`: step_windows' rows;
-    `Tables.sums`: step_sums'.
+    `Tables.sums`: step_sums' (rank, step, layer_type, ns), with each group's kernel count n and
+    latest end k_end.
     """
     key = (id(con), int(run_id))
     opened = _OPEN.get() or {}
@@ -175,21 +176,22 @@ def _create(con, run_id: int, t: Tables) -> None:
     columns = ", ".join(name for name, _ in sweep.KERNEL_COLUMNS)
     t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY {', '.join(sweep.SORT_KEYS)}",
                           params, t.kernels, t.busy, COMM_TYPES, t.cutoffs)
+    # one pass over the kernels: the sums per (rank, step, layer type), and the steps' from them
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {t.sums} AS
+        SELECT rank, step, layer_type, sum(end_ns - ts_ns)::BIGINT AS ns, count(*) AS n, max(end_ns) AS k_end
+        FROM {t.kernels} WHERE step IS NOT NULL GROUP BY rank, step, layer_type""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {t.steps} AS
         WITH {STEP_WINDOWS_SQL},
-        agg AS (SELECT rank, step, max(end_ns) AS k_end, sum(end_ns - ts_ns) AS gpu_ns, count(*) AS n_kernels
-                FROM {t.kernels} WHERE step IS NOT NULL GROUP BY rank, step)
+        agg AS (SELECT rank, step, max(k_end) AS k_end, sum(ns) AS gpu_ns, sum(n) AS n_kernels
+                FROM {t.sums} GROUP BY rank, step)
         SELECT w.rank, w.step, w.ts_ns,
                CASE WHEN w.recorded THEN w.end_ns ELSE greatest(w.end_ns, coalesce(a.k_end, w.end_ns)) END
                    AS end_ns,
                w.phase, w.n_tokens, w.n_requests, w.recorded,
-               coalesce(a.gpu_ns, 0) AS gpu_ns, coalesce(a.n_kernels, 0) AS n_kernels, w.sampled
+               coalesce(a.gpu_ns, 0)::BIGINT AS gpu_ns, coalesce(a.n_kernels, 0)::BIGINT AS n_kernels, w.sampled
         FROM windows w LEFT JOIN agg a ON w.rank = a.rank AND w.step = a.step""", {"run": run_id})
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {t.sums} AS
-        SELECT rank, step, layer_type, sum(end_ns - ts_ns)::BIGINT AS ns FROM {t.kernels} WHERE step IS NOT NULL
-        GROUP BY rank, step, layer_type""")
 
 
 def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarray]:
