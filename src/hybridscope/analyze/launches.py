@@ -18,7 +18,6 @@ numbering) is looked up by the join in SQL instead (`_joined`); both give the sa
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from hybridscope.analyze import warmup
 from hybridscope.analyze.shared import STEP_WINDOWS_SQL, tables
@@ -97,7 +96,7 @@ def _windows(con, run_id: int, codes) -> dict[int, tuple[np.ndarray, np.ndarray,
         return {}
     rank, start, end, names = zip(*got)
     rank, start, end = (np.array(v, np.int64) for v in (rank, start, end))
-    phase = codes.encode(pa.array(names, pa.string()))
+    phase = codes.encode_values(names)
     bounds = np.flatnonzero(np.diff(rank)) + 1
     return {int(rank[a]): (start[a:b], end[a:b], phase[a:b])
             for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, rank.size].tolist()) if b > a}

@@ -88,12 +88,19 @@ class Codes:
         """The codes of an Arrow string column (its dictionary mapped to ours)."""
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        enc = pc.dictionary_encode(column, null_encoding="encode")  # NULL: an entry of the dictionary
-        local = enc.dictionary.to_pylist()
-        to_global = np.array([0 if v is None else self._index.setdefault(v, len(self._index) + 1) for v in local],
-                             np.int64)
+        if pa.types.is_dictionary(column.type):  # an ENUM from DuckDB: its codes as they come
+            local, indices = column.dictionary.to_pylist() + [None], column.indices.fill_null(len(column.dictionary))
+        else:
+            enc = pc.dictionary_encode(column, null_encoding="encode")  # NULL: an entry of the dictionary
+            local, indices = enc.dictionary.to_pylist(), enc.indices
+        return self.encode_values(local)[indices.to_numpy()]
+
+    def encode_values(self, values) -> np.ndarray:
+        """The codes of a few Python strings (None: 0), without Arrow (pyarrow imports pandas to
+        convert Python values: 0.15 s of a report on a run without kernels)."""
+        out = np.array([0 if v is None else self._index.setdefault(v, len(self._index) + 1) for v in values], np.int64)
         self.values = list(self._index)
-        return to_global[enc.indices.to_numpy()]
+        return out
 
     def code(self, value: str) -> int:
         return self._index.get(value, -1)

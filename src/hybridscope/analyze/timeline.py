@@ -173,7 +173,15 @@ def _create(con, run_id: int, t: Tables) -> None:
                        (phase IS NULL AND EXISTS (SELECT 1 FROM windows WHERE phase IS NOT NULL))))""",
                              params).fetchall()[0]
     source = f"WITH {STEP_WINDOWS_SQL}, {_KERNELS_FAST} SELECT * FROM ks" if look_up else f"SELECT * FROM ({_STORED})"
-    columns = ", ".join(name for name, _ in sweep.KERNEL_COLUMNS)
+    # the text columns as ENUMs of the values they can take: they reach the sweep as dictionary codes
+    (types, phases) = con.execute(f"""WITH {STEP_WINDOWS_SQL}
+        SELECT (SELECT list(DISTINCT coalesce(layer_type, 'other')) FROM events WHERE run_id = $run AND {KERNEL_FILTER}),
+               (SELECT list(DISTINCT p) FROM (SELECT phase AS p FROM events WHERE run_id = $run AND {KERNEL_FILTER}
+                                              UNION ALL SELECT phase FROM windows) WHERE p IS NOT NULL)""",
+                                  params).fetchall()[0]
+    text = {"layer_type": types, "phase": phases}
+    columns = ", ".join(f"{name}::{_enum(text[name])} AS {name}" if text.get(name) else name
+                        for name, _ in sweep.KERNEL_COLUMNS)
     t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY {', '.join(sweep.SORT_KEYS)}",
                           params, t.kernels, t.busy, COMM_TYPES, t.cutoffs)
     # one pass over the kernels: the sums per (rank, step, layer type), and the steps' from them
@@ -192,6 +200,11 @@ def _create(con, run_id: int, t: Tables) -> None:
                w.phase, w.n_tokens, w.n_requests, w.recorded,
                coalesce(a.gpu_ns, 0)::BIGINT AS gpu_ns, coalesce(a.n_kernels, 0)::BIGINT AS n_kernels, w.sampled
         FROM windows w LEFT JOIN agg a ON w.rank = a.rank AND w.step = a.step""", {"run": run_id})
+
+
+def _enum(values: list[str]) -> str:
+    """An ENUM type of `values` (SQL)."""
+    return "ENUM(" + ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) + ")"
 
 
 def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarray]:
