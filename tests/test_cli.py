@@ -134,3 +134,28 @@ def test_ctrl_c_while_duckdb_reads_a_python_object_is_an_interrupt():
                                      "'slice_events' failed: KeyboardInterrupt: ")
     assert _known_failure(e) == ("interrupted", 130)
     assert _known_failure(duckdb.InvalidInputException("Invalid Input Error: bad value")) is None
+
+
+def test_report_keeps_freed_memory_through_mallopt(monkeypatch):
+    """`report` asks glibc (mallopt) to serve buffers up to 256 MiB from the heap and keep 1 GiB of
+    freed heap; without mallopt (macOS, old musl) it does nothing and does not fail."""
+    import ctypes
+
+    from hybridscope.commands._common import keep_freed_memory
+
+    calls = []
+
+    class Libc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    keep_freed_memory()
+    assert calls == [(-3, 256 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+    class NoMallopt:
+        pass
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: NoMallopt())
+    keep_freed_memory()  # no AttributeError

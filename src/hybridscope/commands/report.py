@@ -12,6 +12,7 @@ from hybridscope.commands._common import (
     RunOption,
     WaitOption,
     WarmupOption,
+    keep_freed_memory,
     stdout_console,
     wrote,
 )
@@ -34,6 +35,7 @@ def report(db: DbOption, run: RunOption = None, html: HtmlOption = None, json: J
     """
     from hybridscope.analyze.warmup import parse
 
+    keep_freed_memory()
     write_report(db, run, html=html, json=json, warmup=parse(warmup), wait=wait)
 
 
