@@ -119,17 +119,17 @@ def test_temp_tables_are_dropped_after_the_report(store):
     assert left == []
 
 
-def test_chunks_put_equal_rows_in_ev_order_and_never_split_them(monkeypatch):
-    """The query sorts on four keys (sweep.SORT_KEYS) and DuckDB's sort is not stable: rows equal on
-    them may come in any `ev` order. Chunks of 4 rows over batches of 3: a run of 3 equal rows
-    holds row 4 (the chunk ends before it), and a run of 5 is longer than a chunk."""
+def test_chunks_put_equal_rows_in_end_and_ev_order_and_never_split_them(monkeypatch):
+    """The query sorts on three keys (sweep.SORT_KEYS) and DuckDB's sort is not stable: rows equal on
+    them may come in any (end_ns, ev) order. Chunks of 4 rows over batches of 3: a run of 3 equal
+    rows holds row 4 (the chunk ends before it), and a run of 5 is longer than a chunk."""
     import pyarrow as pa
 
     monkeypatch.setattr(sweep, "CHUNK_ROWS", 4)
-    rows = [(0, 0, 1, 2, 12), (0, 0, 2, 3, 13), (0, 0, 10, 20, 5), (0, 0, 10, 20, 3), (0, 0, 10, 20, 1), (0, 0, 11, 20, 2),
-            (0, 0, 12, 30, 9), (0, 0, 12, 30, 8), (0, 0, 12, 30, 7), (0, 0, 12, 30, 6), (0, 0, 12, 30, 4),
-            (0, 1, 0, 1, 0), (1, 0, 0, 1, 11), (1, 0, 0, 1, 10)]
-    names = [*sweep.SORT_KEYS, "ev"]
+    rows = [(0, 0, 1, 2, 12), (0, 0, 2, 3, 13), (0, 0, 10, 20, 5), (0, 0, 10, 15, 3),
+            (0, 0, 10, 20, 1), (0, 0, 11, 20, 2), (0, 0, 12, 30, 9), (0, 0, 12, 30, 8), (0, 0, 12, 31, 7),
+            (0, 0, 12, 30, 6), (0, 0, 12, 29, 4), (0, 1, 0, 1, 0), (1, 0, 0, 1, 11), (1, 0, 0, 1, 10)]
+    names = [*sweep.SORT_KEYS, "end_ns", "ev"]
     batches = [pa.RecordBatch.from_pylist([dict(zip(names, r)) for r in rows[i:i + 3]]) for i in range(0, len(rows), 3)]
     chunks = [c.to_pylist() for c in sweep._chunks(iter(batches))]
     got = [tuple(r[k] for k in names) for c in chunks for r in c]

@@ -29,9 +29,10 @@ union's length over a group of rows is the sum of their rows' parts.
 The rows stream through Python CHUNK_ROWS at a time as Arrow (text columns never become Python
 objects; layer type and phase as dictionary codes for the numpy pass), the running state carried
 from chunk to chunk and reset at each device: memory holds one chunk whatever the run. The query
-sorts on four keys, not five: DuckDB's sort is not stable, and `ev` as a fifth key made the sort
-of 10M kernels 1.7x slower (2.1 s against 1.2 s on 2 cores). Rows equal on all four (a rare tie)
-are put in `ev` order here, and a chunk never ends inside such a run.
+sorts on three keys (SORT_KEYS), not five: the sort of 10M kernels took 2.1 s on 2 cores with
+end_ns and `ev` as keys too, 1.2 s with end_ns, 1.1 s without. Rows equal on the three (kernels
+of one device starting at the same ns, rare) are put in (end_ns, ev) order here, DuckDB's sort not
+being stable, and a chunk never ends inside such a run.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ KERNEL_COLUMNS = (("ev", "BIGINT"), ("rank", "INTEGER"), ("device", "INTEGER"), 
                   ("step", "INTEGER"), ("phase", "VARCHAR"), ("correlation", "BIGINT"))
 COLUMNS = ("warm", "prev_max", "holder", "holder_code", "next_start")
 SUMS = ("n", "busy_all", "busy", "busy_comm", "busy_compute", "busy_phase")
-SORT_KEYS = ("rank", "device", "ts_ns", "end_ns")  # what the input query orders by (module doc)
+SORT_KEYS = ("rank", "device", "ts_ns")  # what the input query orders by (module doc)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def sweep(con, query: str, params: dict, target: str, busy: str, comm_types: tup
 
 
 def _chunks(reader):
-    """The reader's rows as record batches of about CHUNK_ROWS, in the order (SORT_KEYS, ev): DuckDB
+    """The reader's rows as record batches of about CHUNK_ROWS, in the order (SORT_KEYS, end_ns, ev): DuckDB
     hands them over a vector size at a time whatever was asked, and a chunk of contiguous columns
     lets the numpy pass and the insert (on all of DuckDB's threads) work a chunk at a time. A chunk
     ends between two rows that differ on SORT_KEYS (so that a run of equal rows is ordered whole),
@@ -192,11 +193,14 @@ def _chunks(reader):
 
 
 def _differs(table) -> np.ndarray:
-    """d[i]: rows i and i + 1 differ on SORT_KEYS."""
-    d = np.zeros(max(table.num_rows - 1, 0), bool)
+    """d[i]: rows i and i + 1 differ on SORT_KEYS (the start first: rows rarely share one)."""
+    ts = table.column("ts_ns").to_numpy()
+    d = ts[1:] != ts[:-1]
+    same = np.flatnonzero(~d)
     for key in SORT_KEYS:
-        v = table.column(key).to_numpy()  # NOT NULL: the query coalesces device
-        d |= v[1:] != v[:-1]
+        if key != "ts_ns" and same.size:
+            v = table.column(key).to_numpy()  # NOT NULL: the query coalesces device
+            d[same] |= v[same + 1] != v[same]
     return d
 
 
@@ -213,10 +217,10 @@ def _cut(d: np.ndarray, at: int) -> int | None:
 
 
 def _ev_order(table):
-    """The chunk as one record batch, runs of rows equal on SORT_KEYS put in `ev` order."""
+    """The chunk as one record batch, runs of rows equal on SORT_KEYS put in (end_ns, ev) order."""
     d = _differs(table)
     if not d.all():
-        order = np.lexsort((table.column("ev").to_numpy(), np.r_[0, np.cumsum(d)]))
+        order = np.lexsort((table.column("ev").to_numpy(), table.column("end_ns").to_numpy(), np.r_[0, np.cumsum(d)]))
         table = table.take(order)
     return table.to_batches(max_chunksize=None)[0]
 
