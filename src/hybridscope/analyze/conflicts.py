@@ -47,12 +47,12 @@ def conflicts(con, run_id: int, *, back_to_back_ns: int = 2_000) -> Table:
     windows = timeline.rank_windows(con, run_id)
     comm = f"_hs_moe_comm_{int(run_id)}"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE {comm} AS
-        SELECT c.rank, c.device, c.stream, c.ts_ns, c.end_ns, c.ev, c.layer_index, c.step, c.next_start, e.module,
+        SELECT c.pos, c.rank, c.device, c.stream, c.ts_ns, c.end_ns, c.ev, c.layer_index, c.step, c.next_start, e.module,
                json_extract_string(e.args, '$."Process Group Name"') AS pg
         FROM {k} c JOIN events e ON e.rowid = c.ev
         WHERE c.layer_type = 'moe_comm' AND NOT c.warm
           AND e.run_id = $run AND e.source = 'cuda' AND e.kind = 'kernel' AND e.layer_type = 'moe_comm'
-        ORDER BY c.rank, c.device, c.ts_ns, c.end_ns, c.ev""", {"run": run_id})
+        ORDER BY c.pos""", {"run": run_id})
     rows: list[tuple] = []
     max_in_flight = 0
     try:
@@ -94,7 +94,7 @@ def _comm_columns(con, comm: str, rank: int, device: int, modules: _Dictionary, 
         SELECT ts_ns, end_ns, end_ns - ts_ns AS duration_ns, stream, coalesce(layer_index, -1) AS layer_index,
                coalesce(step, -1) AS step, {modules.sql("modules")} AS module, {groups.sql("groups")} AS pg,
                coalesce(next_start, -1) AS next_start
-        FROM {comm} WHERE rank = $rank AND device = $device ORDER BY ts_ns, end_ns, ev""",
+        FROM {comm} WHERE rank = $rank AND device = $device ORDER BY pos""",
         {"rank": rank, "device": device, "modules": modules.values, "groups": groups.values}).fetchnumpy()
     return {name: np.asarray(col) for name, col in got.items()}
 

@@ -92,22 +92,25 @@ def gaps(con, run_id: int, *, top: int = 10) -> dict[str, Table]:
     k, types = t.kernels, {"types": t.types}
     gaps_sql = _GAPS.format(k=k)
     windows = timeline.steady_rank_windows(con, run_id)
-    summary = []
+    # per device and per site (layer type before, after) from one pass over the gaps
     with shared.quantile_memory(con, run_id):
         got = con.execute(f"""
-            SELECT d.rank, d.device, count(g.gap), coalesce(sum(g.gap), 0)::BIGINT,
-                   quantile_cont(g.gap, [0.5, 0.9, 0.99]), max(g.gap)
-            FROM (SELECT DISTINCT rank, device FROM {t.busy} WHERE NOT warm) d
-            LEFT JOIN ({gaps_sql}) g ON g.rank = d.rank AND g.device = d.device
-            GROUP BY d.rank, d.device ORDER BY d.rank, d.device""", types).fetchall()
-    for rank, device, n, idle, qs, longest in got:
+            SELECT GROUPING(rank, device) = 0 AS per_device, rank, device, holder_type, layer_type, count(*),
+                   sum(gap)::BIGINT, quantile_cont(gap, [0.5, 0.9, 0.99]), max(gap)
+            FROM ({gaps_sql}) GROUP BY GROUPING SETS ((rank, device), (holder_type, layer_type))""",
+                          types).fetchall()
+    devices = {(r, d): row for per_device, r, d, *row in got if per_device}
+    sites = [row[2:] for per_device, *row in got if not per_device]
+    summary = []
+    for rank, device in con.execute(f"SELECT DISTINCT rank, device FROM {t.busy} WHERE NOT warm ORDER BY ALL").fetchall():
+        _b, _a, n, idle, qs, longest = devices.get((rank, device), (None, None, 0, 0, None, None))
         lo, hi = windows[rank]
         p50, p90, p99 = qs if qs is not None else (None, None, None)
         summary.append((rank, None if device < 0 else device, int(n), int(idle), p50, p90, p99,
                         None if longest is None else int(longest), 100.0 * idle / (hi - lo) if hi > lo else None))
     return {"gap_summary": _summary_table(summary, run_id, _warm_note(con, run_id)),
             "top_gaps": _top_table(con, gaps_sql, t, timeline.rank_windows(con, run_id), top, run_id),
-            "gap_sites": _sites_table(con, run_id, gaps_sql, types),
+            "gap_sites": _sites_table(sites, run_id),
             "gap_histogram": _histogram(con, gaps_sql, types, run_id)}
 
 
@@ -136,13 +139,10 @@ def _top_table(con, gaps_sql: str, t, windows, top: int, run_id: int) -> Table:
     return Table("top_gaps", cols, rows, {"title": f"Longest {top} GPU idle gaps", "run_id": run_id})
 
 
-def _sites_table(con, run_id: int, gaps_sql: str, types: dict) -> Table:
-    with shared.quantile_memory(con, run_id):
-        got = con.execute(f"""
-            SELECT holder_type, layer_type, count(*), sum(gap)::BIGINT AS idle, quantile_cont(gap, [0.5, 0.99])
-            FROM ({gaps_sql}) GROUP BY holder_type, layer_type ORDER BY idle DESC, holder_type, layer_type""",
-            types).fetchall()
-    rows = [(b, a, int(n), int(idle), p50, p99) for b, a, n, idle, (p50, p99) in got]
+def _sites_table(got: list[tuple], run_id: int) -> Table:
+    """`got`: (before, after, n, idle, [p50, p90, p99], max) per site; by idle time, largest first."""
+    rows = [(b, a, int(n), int(idle), qs[0], qs[2]) for b, a, n, idle, qs, _max in got]
+    rows.sort(key=lambda r: (-r[3], r[0] is None, r[0] or "", r[1] is None, r[1] or ""))
     cols = (Column("before", "str", "layer type before the gap"), Column("after", "str", "layer type after"),
             Column("n_gaps", "int", "", "gaps"), Column("idle_ns", "ns", "", "idle"),
             Column("p50_ns", "ns", "", "p50"), Column("p99_ns", "ns", "", "p99"))
