@@ -89,7 +89,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(arm, "_device_of", lambda model: FakeDevice())
     monkeypatch.setattr(arm.Armed, "_uuids", lambda self: None)
     monkeypatch.setattr(arm.Armed, "_device_name", lambda self: "fake GPU")
-    monkeypatch.setattr(arm.Routing, "prewarm", lambda self, device, widths: None)  # no blocks on a fake device
+    monkeypatch.setattr(arm.Routing, "prewarm", lambda self, device, n_experts: None)  # no blocks on a fake device
     from hybridscope.live import layers
 
     monkeypatch.setattr(layers, "SHARED_POOL", [])

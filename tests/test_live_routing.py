@@ -136,7 +136,7 @@ def test_prewarmed_blocks_take_the_first_rows():
 
     r = Routing(capacity=10, batch=4)
     dev = torch.device("cpu")
-    r.prewarm(dev, [6])
+    r.prewarm(dev, [4])  # 4 experts: rows of 6 bins
     block = r.blocks[(dev, 6)][0]
     spec = Spec(0, "layers.0.router", "Router", "router", "moe_router", 0, None, n_experts=4)
     r.add(0, spec, torch.tensor([[1, 3]]))

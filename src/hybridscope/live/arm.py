@@ -56,8 +56,7 @@ class Armed:
         self.routing = Routing(cap.max_events)
         if self.cuda:
             with self.faults.guard("routing.prewarm"):
-                self.routing.prewarm(self.device, sorted({s.n_experts + 2 for s in self.specs
-                                                          if s.role == "router" and s.n_experts}))
+                self.routing.prewarm(self.device, [s.n_experts for s in self.specs if s.role == "router" and s.n_experts])
         self.recorder = Recorder(self.specs, capacity=cap.max_events, timer=timer, routing=self.routing)
         self.resolved = Resolved()
         self.steps: list[tuple] = []

@@ -44,6 +44,11 @@ def expert_ids(spec, output):
     return ids
 
 
+def _width(n_experts: int) -> int:
+    """The bins of a router's row: ids below 0, each expert, ids from n_experts up."""
+    return n_experts + 2
+
+
 class Routing:
     """Bounded store of per-(step, layer) expert counts; see the module docstring.
 
@@ -87,16 +92,16 @@ class Routing:
         bins = torch.clamp(flat, -1, n).add_(1)  # never an index outside the row
         if bins.dtype != torch.int64:
             bins = bins.long()
-        row = self._row(flat.device, n + 2, (step, -1 if spec.layer_index is None else spec.layer_index))
+        row = self._row(flat.device, _width(n), (step, -1 if spec.layer_index is None else spec.layer_index))
         row.scatter_add_(0, bins, self._ones(flat.device, bins.numel()))
         self.n_rows += 1
 
-    def prewarm(self, device, widths) -> None:
-        """Device blocks for these row widths now (at arm), not in the first routed step: a first
-        allocation there can wait on the device, and that router's layer span would carry the wait
-        (the first MoE layer of an eager prefill read 11 % above its kernels on an H200; with the
-        blocks allocated here it is within the test's 10 %, H200 2026-12-05 05:50 UTC)."""
-        for width in widths:
+    def prewarm(self, device, n_experts) -> None:
+        """Device blocks for routers of these expert counts now (at arm), not in the first routed
+        step: a first allocation there can wait on the device, and that router's layer span would
+        carry the wait (the first MoE layer of an eager prefill read 11 % above its kernels on an
+        H200; with the blocks allocated here it is within the test's 10 %, H200 2026-12-05 05:50 UTC)."""
+        for width in sorted({_width(n) for n in n_experts}):
             if (device, width) not in self.blocks:
                 self._new_block(device, width, self.batch)
 
@@ -114,9 +119,9 @@ class Routing:
                 self.drops += len(items)
                 continue
             keys = [(step, -1 if s.layer_index is None else s.layer_index) for s, _ in items]
-            rows = self._rows(device, n + 2, keys)
+            rows = self._rows(device, _width(n), keys)
             flat = torch.stack([ids.reshape(-1) for _, ids in items])  # [L, T*k]
-            bins = torch.clamp(flat, -1, n).long().add_(self._shift(device, len(items), n + 2))  # row l: l*(n+2) + 1 + id
+            bins = torch.clamp(flat, -1, n).long().add_(self._shift(device, len(items), _width(n)))  # row l: l*(n+2) + 1 + id
             rows.view(-1).scatter_add_(0, bins.view(-1), self._ones(device, bins.numel()))
             self.n_rows += len(items)
 
