@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hybridscope.analyze import advice as advice_mod
-from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, shared, steps, timeline
+from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, steps, timeline
 from hybridscope.analyze import warmup as warmup_mod
-from hybridscope.analyze.decompose import CDF_LEVELS, MEASURES, decompose, measure_of
+from hybridscope.analyze.decompose import CDF_LEVELS, MEASURES, decompose, measure_of, steady_cdf
 from hybridscope.table import Column, Table, plain
 
 
@@ -53,16 +53,7 @@ def latency_cdf(con, run_id: int, *, warmup: int | None = None) -> Table:
     or of the layer timings of a layers-mode capture (`decompose.measure_of`; meta['measure']); the
     run's warm-up left out (analyze/warmup.py)."""
     measure = measure_of(con, run_id)
-    wu = warmup_mod.detect(con, run_id, warmup=warmup)
-    # its own scan, not decompose's pooled one: a quantile aggregate's cost grows with its levels,
-    # and only this table needs more than LEVELS (110 levels over every group: 2.6 s of 3.3 at 10M)
-    with shared.quantile_memory(con, run_id):
-        got = con.execute(
-            f"""WITH {warmup_mod.events_cte(MEASURES[measure], first_calls=wu.first_calls, clusters=False)}
-            SELECT coalesce(layer_type, 'unattributed') AS lt, count(*), quantile_cont(duration_ns, $levels)
-            FROM ev WHERE NOT warm
-            GROUP BY lt ORDER BY lt""",
-            {"run": run_id, "levels": list(CDF_LEVELS), **wu.params()}).fetchall()
+    got = steady_cdf(con, run_id, MEASURES[measure], warmup_mod.detect(con, run_id, warmup=warmup))
     rows = [(lt, int(n), q, float(v)) for lt, n, qs in got for q, v in zip(CDF_LEVELS, qs)]
     cols = (Column("layer_type", "str", "", "layer type"), Column("n", "int", "events of the layer type"),
             Column("level", "float", "cumulative probability"), Column("duration_ns", "ns", "quantile at level"))

@@ -85,6 +85,11 @@ def tables(con, run_id: int) -> Tables:
     return _OPEN.get()[(id(con), int(run_id))]
 
 
+def enum_sql(values) -> str:
+    """The SQL type ENUM of `values`, sorted (enum_code(x) is then a value's position in sorted order)."""
+    return "ENUM(" + ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) + ")"
+
+
 STEP_WINDOWS_SQL = r"""
     cand AS (
         SELECT rank, name, ts_ns, end_ns, step, phase, kind = 'step' AS is_step_kind

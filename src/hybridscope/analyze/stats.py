@@ -16,6 +16,10 @@ bootstrap, at the cost of B instead of B * n.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -34,6 +38,137 @@ def quantile(values, q: float) -> float | None:
     """`quantile_cont` of unsorted `values` at `q` (0..1); None when there are none."""
     v = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
     return quantile_cont(v, q) if v.size else None
+
+
+# --- exact statistics per group, as DuckDB's aggregates compute them ----------------------------
+
+
+@dataclass(frozen=True)
+class Groups:
+    """What `by_group` finds: per group (ascending code), its code, count, max and sum of the
+    values, and per level set asked for, a [groups, levels] array of quantile_cont."""
+
+    codes: np.ndarray
+    n: np.ndarray
+    max: np.ndarray
+    sum: np.ndarray
+    quantiles: tuple[np.ndarray, ...]
+
+
+def by_group(codes: np.ndarray, n_codes: int, values: np.ndarray, *level_sets) -> Groups:
+    """count(*), max, sum and quantile_cont at each set of levels of the int64 `values` per group
+    of `codes` (ints in [0, n_codes)), as a DuckDB GROUP BY computes them, equal to the bit (the
+    interpolation rounded as `duckdb_rounding()` found, which must not be None). Raises
+    ValueError when a code and a value do not pack into one int64 (`packing`)."""
+    codes = np.asarray(codes, np.int64)
+    values = np.asarray(values, np.int64)
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    shift = packing(n_codes, hi - lo)
+    if shift is None:
+        raise ValueError(f"{n_codes} codes and values spanning {hi - lo} do not pack into 63 bits")
+    s = (codes << shift) | (values - lo)
+    s.sort()
+    return sorted_groups(s, shift, lo, n_codes, *level_sets)
+
+
+def packing(n_codes: int, span: int) -> int | None:
+    """The shift that packs a code below `n_codes` and a value's offset from the smallest (at most
+    `span`) into one non-negative int64, (code << shift) | offset: sorting those sorts by code, then
+    value. None when they need more than 63 bits."""
+    shift = max(int(span).bit_length(), 1)
+    return shift if max(int(n_codes) - 1, 1).bit_length() + shift <= 63 else None
+
+
+def sorted_groups(s: np.ndarray, shift: int, lo: int, n_codes: int, *level_sets) -> Groups:
+    """`by_group`'s statistics from the sorted packed keys `s` ((code << shift) | (value - lo)).
+
+    The sort is numpy's of int64 (AVX-512 where there is one: 0.06 s for 10M values on the 2-core
+    VM, where DuckDB's quantile aggregate with 111 levels took 0.8 s); nothing else passes over
+    all the values but one sum: a group's bounds are found by bisection, and only the values at
+    quantile positions are read."""
+    if s.size == 0:
+        empty = np.zeros(0, np.int64)
+        return Groups(empty, empty, empty, empty, tuple(np.zeros((0, len(q))) for q in level_sets))
+    if n_codes <= 1 << 20:
+        bounds = np.searchsorted(s, np.arange(n_codes + 1, dtype=np.int64) << shift)
+        codes = np.flatnonzero(bounds[1:] > bounds[:-1])
+        first = bounds[codes]
+    else:
+        group = s >> shift
+        first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        codes = group[first]
+    n = np.diff(np.r_[first, s.size])
+    base = codes << shift
+    # sum of a group's keys less its codes' part, in int64 arithmetic (exact where the sum fits)
+    sums = np.add.reduceat(s, first) - n * base + n * lo
+    mask = (1 << shift) - 1
+
+    def value(i):
+        return (s[i] & mask) + lo
+
+    quantiles = tuple(_quantiles(value, first, n, np.asarray(q, np.float64)) for q in level_sets)
+    return Groups(codes, n, value(first + n - 1), sums, quantiles)
+
+
+def _quantiles(value, first: np.ndarray, n: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """quantile_cont at levels `q` of each group of sorted values (`value(i)`: the i-th; groups at
+    `first`, sizes `n`), as DuckDB computes it: position RN = (n - 1) q, lo and hi the values at
+    floor and ceil of RN, lo where they are one, else lo (1 - d) + hi d with d = RN - floor(RN),
+    rounded as this DuckDB build rounds it (`duckdb_rounding`)."""
+    rn = (n - 1).astype(np.float64)[:, None] * q[None, :]
+    f, c = np.floor(rn).astype(np.int64), np.ceil(rn).astype(np.int64)
+    lo = value(first[:, None] + f).astype(np.float64)
+    hi = value(first[:, None] + c).astype(np.float64)
+    d = rn - f
+    out = lo.copy()
+    mid = f != c
+    if mid.any():
+        out[mid] = _interpolate(lo[mid], d[mid], hi[mid])
+    return out
+
+
+def _interpolate(lo: np.ndarray, d: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """DuckDB's `lo * (1.0 - d) + hi * d` for doubles, rounded as its build does (`duckdb_rounding`)."""
+    how = duckdb_rounding()
+    if how == "plain":
+        return lo * (1.0 - d) + hi * d
+    if how != "fused":
+        raise RuntimeError("DuckDB's quantile interpolation is not one this module reproduces")
+    # one rounding of lo (1 - d) + fl(hi d): the compiler fused the multiply-add (an FMA); a few
+    # thousand values per report, exact in rationals
+    w, p = 1.0 - d, hi * d
+    return np.array([float(Fraction(a) * Fraction(b) + Fraction(c)) for a, b, c in
+                     zip(lo.tolist(), w.tolist(), p.tolist())], np.float64)
+
+
+@functools.cache
+def duckdb_rounding() -> str | None:
+    """How this DuckDB build rounds quantile_cont's interpolation lo (1 - d) + hi d: 'plain' (each
+    product and the sum rounded), 'fused' (the build fused `lo * (1 - d) + ...` into one
+    multiply-add, as the x86-64 wheels do), None when neither reproduces it (then callers ask DuckDB).
+    Found once per process from 256 quantiles of value pairs, where the two differ (a pair's
+    quantile at d is its interpolation at d exactly)."""
+    import duckdb
+
+    rng = np.random.default_rng(20261205)
+    pairs = np.sort(rng.integers(0, 10**12, size=(32, 2)), axis=1)
+    levels = np.round(rng.random(8), 6).tolist()
+    with duckdb.connect() as con:
+        got = con.execute("SELECT g, quantile_cont(x, $q) FROM (SELECT unnest($g) AS g, unnest($x) AS x) "
+                          "GROUP BY g ORDER BY g", {"q": levels, "g": np.repeat(np.arange(32), 2).tolist(),
+                                                    "x": pairs.reshape(-1).tolist()}).fetchall()
+    lo = np.repeat(pairs[:, 0].astype(np.float64), len(levels))
+    hi = np.repeat(pairs[:, 1].astype(np.float64), len(levels))
+    d = np.tile(np.asarray(levels, np.float64), len(pairs))
+    want = np.array([x for _, qs in got for x in qs], np.float64)
+    plain = lo * (1.0 - d) + hi * d
+    fused = np.array([float(Fraction(a) * Fraction(1.0 - b) + Fraction(c * b)) for a, b, c in
+                      zip(lo.tolist(), d.tolist(), hi.tolist())])
+    if np.array_equal(want, fused):
+        return "fused"
+    if np.array_equal(want, plain):
+        return "plain"
+    return None
 
 
 def bootstrap_quantile(sorted_x: np.ndarray, q: float, b: int, rng: np.random.Generator) -> np.ndarray:

@@ -27,6 +27,7 @@ from hybridscope.analyze.shared import (
     QUANTILE_BYTES,
     STEP_WINDOWS_SQL,
     Tables,
+    enum_sql,
     once,
     tables,
 )
@@ -180,7 +181,7 @@ def _create(con, run_id: int, t: Tables) -> None:
                                               UNION ALL SELECT phase FROM windows) WHERE p IS NOT NULL)""",
                                   params).fetchall()[0]
     text = {"layer_type": types, "phase": phases}
-    columns = ", ".join(f"{name}::{_enum(text[name])} AS {name}" if text.get(name) else name
+    columns = ", ".join(f"{name}::{enum_sql(text[name])} AS {name}" if text.get(name) else name
                         for name, _ in sweep.KERNEL_COLUMNS)
     t.types = sweep.sweep(con, f"SELECT {columns} FROM ({source}) ORDER BY {', '.join(sweep.SORT_KEYS)}",
                           params, t.kernels, t.busy, COMM_TYPES, t.cutoffs)
@@ -200,11 +201,6 @@ def _create(con, run_id: int, t: Tables) -> None:
                w.phase, w.n_tokens, w.n_requests, w.recorded,
                coalesce(a.gpu_ns, 0)::BIGINT AS gpu_ns, coalesce(a.n_kernels, 0)::BIGINT AS n_kernels, w.sampled
         FROM windows w LEFT JOIN agg a ON w.rank = a.rank AND w.step = a.step""", {"run": run_id})
-
-
-def _enum(values: list[str]) -> str:
-    """An ENUM type of `values` (SQL)."""
-    return "ENUM(" + ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) + ")"
 
 
 def kernels(con, run_id: int, *, rank: int | None = None) -> dict[str, np.ndarray]:
