@@ -96,6 +96,20 @@ def test_step_stack_bins(tmp_path):
     assert got[(1, "mamba")] == (2, 3, 5_000.0)
 
 
+def test_layer_types_outside_the_vocabulary_come_last_by_name(tmp_path):
+    """An import keeps the layer types it was given: the stacks list them after the vocabulary's."""
+    con = new_store(tmp_path / "s.duckdb")
+    run = add_run(con)
+    add_steps(con, run, [1_000, 1_000])
+    add_events(con, run, [100, 100, 100, 100], ts_ns=[0, 100, 200, 1_000], step=[0, 0, 0, 1],
+               layer_type=["zeta", "mamba", "alpha", "zeta"])
+    assert [r["layer_type"] for r in steps.step_stack(con, run).to_records() if r["step"] == 0] == \
+        ["mamba", "alpha", "zeta"]
+    assert [r["layer_type"] for r in steps.step_stack_bins(con, run).to_records() if r["bin"] == 0] == \
+        ["mamba", "alpha", "zeta"]
+    assert steps.slow_steps(con, run, quantile=0.5).meta["n_slow"] >= 1
+
+
 def test_layers_mode_capture_stacks_layer_timings(tmp_path):
     """A `layers`-mode run has no kernels, only per-layer device times tagged with their step."""
     con = new_store(tmp_path / "s.duckdb")

@@ -20,7 +20,7 @@ import numpy as np
 
 from hybridscope.analyze import timeline
 from hybridscope.analyze.stats import quantile, quantile_cont
-from hybridscope.attribute.vocab import ORDER
+from hybridscope.attribute.vocab import order_key
 from hybridscope.table import Column, Table
 
 STEP_COLUMNS = (
@@ -56,7 +56,7 @@ def step_stack(con, run_id: int) -> Table:
     """Per (rank, step, layer type): summed kernel time. Layer types in vocabulary order."""
     stack = _stack(con, run_id)
     rows = [(rank, step, lt, ns) for (rank, step), per in sorted(stack.items())
-            for lt, ns in sorted(per.items(), key=lambda kv: ORDER.index(kv[0]))]
+            for lt, ns in sorted(per.items(), key=lambda kv: order_key(kv[0]))]
     cols = (Column("rank", "int"), Column("step", "int"), Column("layer_type", "str", "", "layer type"),
             Column("gpu_ns", "ns", "summed kernel time of the layer type in the step", "GPU time"))
     return Table("step_stack", cols, rows, {"title": "GPU time per step by layer type", "run_id": run_id})
@@ -85,7 +85,7 @@ def step_stack_bins(con, run_id: int, *, max_bars: int = 300) -> Table:
             for lt, ns in stack.get((rank, step), {}).items():
                 totals[lt] = totals.get(lt, 0) + ns
         rows += [(b, members[0], members[-1], lt, totals[lt] / len(members))
-                 for lt in sorted(totals, key=ORDER.index)]
+                 for lt in sorted(totals, key=order_key)]
     return Table("step_stack_bins", cols, rows, {"title": "GPU time per step", "run_id": run_id, "rank": rank,
                                                  "n_steps": len(order), "n_bins": n_bins})
 
@@ -147,7 +147,7 @@ def slow_steps(con, run_id: int, *, quantile: float = 0.99, warmup: int | None =
     slow = lat >= min(threshold, lat.max())
     keys = [(w["rank"], w["step"]) for w in windows]
     stack = _stack(con, run_id)
-    types = sorted({lt for per in stack.values() for lt in per}, key=ORDER.index)
+    types = sorted({lt for per in stack.values() for lt in per}, key=order_key)
     mat = np.array([[stack.get(k, {}).get(lt, 0) for lt in types] for k in keys], dtype=np.float64)
     mat = mat.reshape(len(keys), len(types))
     slow_tot, typ_tot = mat[slow].sum(axis=0), mat[~slow].sum(axis=0)

@@ -27,6 +27,13 @@ LAYER_TYPES: dict[str, str] = {
 
 # Order in which tables list layer types: the three seed rows first.
 ORDER: tuple[str, ...] = tuple(LAYER_TYPES)
+_POSITION = {t: i for i, t in enumerate(ORDER)}
+
+
+def order_key(layer_type: str | None) -> tuple[int, str]:
+    """The sort key that lists layer types in ORDER, and after them, by name, those outside the
+    vocabulary (a store may hold any: an import keeps what it was given)."""
+    return _POSITION.get(layer_type, len(ORDER)), layer_type or ""
 
 # The coarse view: the seed's three rows, the rest of MoE, and everything else folded.
 COARSE: dict[str, str] = {

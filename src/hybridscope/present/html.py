@@ -14,7 +14,7 @@ from html import escape
 
 from hybridscope.analyze.decompose import WARMUP
 from hybridscope.analyze.report import Report, View
-from hybridscope.attribute.vocab import ORDER
+from hybridscope.attribute.vocab import order_key
 from hybridscope.present import sentences, svg
 from hybridscope.present.table import NUMERIC_KINDS, format_cells
 from hybridscope.table import Table
@@ -151,7 +151,7 @@ def _contrast(contrast: Table) -> str:
 
 
 def _types_in(values) -> list[str]:
-    return sorted(set(values), key=lambda t: ORDER.index(t) if t in ORDER else len(ORDER))
+    return sorted(set(values), key=order_key)
 
 
 def _cdf(report: Report) -> str:
