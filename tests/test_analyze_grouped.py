@@ -88,6 +88,12 @@ def rich(tmp_path_factory):
     return con, run
 
 
+@pytest.fixture(autouse=True)
+def small_runs_pool(monkeypatch):
+    """The pool also for the tests' runs of a few hundred kernels."""
+    monkeypatch.setattr(dec, "POOL_MIN_KERNELS", 1)
+
+
 def _tables(con, run, warmup):
     with timeline.materialized(con, run, warmup=warmup):
         out = [dec.decompose(con, run, by=by, warmup=warmup) for by in ("layer_type", "layer", "module")]
@@ -130,3 +136,23 @@ def test_report_pool_equals_the_sql_queries_on_a_real_trace(tmp_path, monkeypatc
     got = _tables(con, run, None)
     monkeypatch.setattr(stats, "duckdb_rounding", lambda: None)
     assert got == _tables(con, run, None)
+
+
+@needs_rounding
+def test_the_report_finds_its_pool_before_the_kernel_timeline_and_the_same_tables(rich, monkeypatch):
+    con, run = rich
+    seen = []
+    create = timeline._create
+
+    def spy(con_, run_, tables):
+        seen.append([k[0] for k in tables.memo if isinstance(k, tuple) and k and k[0] == "decompose.pool"])
+        create(con_, run_, tables)
+
+    monkeypatch.setattr(timeline, "_create", spy)
+    pooled = report.build_report(con, run)
+    assert seen == [["decompose.pool"]]
+    monkeypatch.setattr(stats, "duckdb_rounding", lambda: None)
+    queried = report.build_report(con, run)
+    assert seen[-1] == []
+    assert {k: (t.rows, t.meta) for k, t in pooled.tables.items()} == \
+        {k: (t.rows, t.meta) for k, t in queried.tables.items()}

@@ -34,6 +34,8 @@ docs/analyses.md, with a worked example):
 
 from __future__ import annotations
 
+import concurrent.futures
+import queue
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +44,7 @@ from hybridscope.analyze import shared, stats, timeline
 from hybridscope.analyze import warmup as warmup_mod
 from hybridscope.analyze.coverage import coverage_warning
 from hybridscope.analyze.measures import MEASURES, measure_of
-from hybridscope.attribute.vocab import ORDER
+from hybridscope.attribute.vocab import order_key
 from hybridscope.errors import NotFound, UsageError
 from hybridscope.store.db import GPU_KINDS
 from hybridscope.table import TEXT_KINDS, Column, Table, plain
@@ -210,6 +212,10 @@ _POOLED_ALL = 7
 # Above this many kernels, one query per grouping (and per rank) instead: a quantile aggregate
 # holds every value of its groups in memory, and four grouping sets of 50M durations pass the cap.
 POOL_MAX_KERNELS = 20_000_000
+# From this many kernels the report's `Pool` is found in numpy: below, the queries take
+# milliseconds, and the pass would cost more (pyarrow's import and stats.duckdb_rounding's probe,
+# 0.1 s, on a run of host API timings)
+POOL_MIN_KERNELS = 1 << 16
 
 
 def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> list[tuple] | None:
@@ -264,11 +270,20 @@ class Pool:
     cdf: list[tuple[str, int, list[float]]]
 
 
+def prepare(con, run_id: int, *, warmup: int | None = None) -> None:
+    """Inside a report's `timeline.materialized` block, before its kernel timeline is built (its
+    `first`): the `Pool` of the run's measure. At 10M kernels it holds 300 MB for 0.8 s; found
+    later, beside DuckDB's full memory, that raised the report's peak RSS by 55 MiB."""
+    _pool(con, run_id, MEASURES[measure_of(con, run_id)], warmup_mod.detect(con, run_id, warmup=warmup))
+
+
 def _pool(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | None:
-    """The block's `Pool` (found on first use), None outside a report, above POOL_MAX_KERNELS, or
-    where numpy cannot reproduce this DuckDB's quantiles (the SQL queries answer then)."""
+    """The block's `Pool` (found on first use); None outside a report, outside [POOL_MIN_KERNELS,
+    POOL_MAX_KERNELS], or where numpy cannot reproduce this DuckDB's quantiles: the SQL queries
+    answer then."""
     open_ = shared.block(con, run_id)
-    if open_ is None or open_.n_kernels > POOL_MAX_KERNELS or stats.duckdb_rounding() is None:
+    if (open_ is None or not POOL_MIN_KERNELS <= open_.n_kernels <= POOL_MAX_KERNELS
+            or stats.duckdb_rounding() is None):
         return None
     key = ("decompose.pool", predicate, *_warm_key(wu))
     if key not in open_.memo:
@@ -320,21 +335,27 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
     if at != n:
         return None
 
-    buf = np.empty(n, np.int64)
+    # two groupings at once (numpy's sort and arithmetic leave the GIL), each in a key buffer of its own
+    buffers: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(_THREADS):
+        buffers.put(np.empty(n, np.int64))
 
     def groups(g, *levels) -> list[tuple]:
-        """(codes of the grouping's keys, n, [quantiles at the first levels], max, sum) per group;
-        with more level sets, those quantiles after the row."""
+        """(codes of the grouping's keys, n, [quantiles at each set of levels], max, sum) per group."""
         cs, shift = sets[g], shifts[g]
         radix = [keys[c][1] for c in cs]
-        np.copyto(buf, got[cs[0]], casting="unsafe")
-        for c, k in zip(cs[1:], radix[1:]):
-            np.multiply(buf, k, out=buf)
-            np.add(buf, got[c], out=buf, casting="unsafe")
-        np.left_shift(buf, shift, out=buf)
-        np.bitwise_or(buf, got["dur"], out=buf)
-        buf.sort()
-        out = stats.sorted_groups(buf, shift, d_lo, int(np.prod(radix, dtype=object)), *levels)
+        buf = buffers.get()
+        try:
+            np.copyto(buf, got[cs[0]], casting="unsafe")
+            for c, k in zip(cs[1:], radix[1:]):
+                np.multiply(buf, k, out=buf)
+                np.add(buf, got[c], out=buf, casting="unsafe")
+            np.left_shift(buf, shift, out=buf)
+            np.bitwise_or(buf, got["dur"], out=buf)
+            buf.sort()
+            out = stats.sorted_groups(buf, shift, d_lo, int(np.prod(radix, dtype=object)), *levels)
+        finally:
+            buffers.put(buf)
         digits = [np.asarray(out.codes)]
         for k in reversed(radix[1:]):  # the code's digits, innermost key last
             digits[0], inner = np.divmod(digits[0], k)
@@ -345,20 +366,24 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
     def type_of(c):
         return types[c] if c < len(types) else None
 
+    with concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="hybridscope-pool") as pool:
+        done = {g: pool.submit(groups, g, LEVELS, CDF_LEVELS) if g == 3 else pool.submit(groups, g, LEVELS)
+                for g in sets}
+        found = {g: f.result() for g, f in done.items()}
     rows, cdf = [], []
-    for warm, t, k, q, cdf_q, mx, sm in groups(3, LEVELS, CDF_LEVELS):
+    for warm, t, k, q, cdf_q, mx, sm in found[3]:
         rows.append((3, bool(warm), type_of(t), None, None, k, q, mx, sm))
         if not warm:
             cdf.append((type_of(t) or UNATTRIBUTED, k, cdf_q))
     rows += [(1, bool(warm), type_of(t), i + li_lo - 1 if i else None, None, k, q, mx, sm)
-             for warm, i, t, k, q, mx, sm in groups(1, LEVELS)]
+             for warm, i, t, k, q, mx, sm in found[1]]
     rows += [(6, bool(warm), None, None, modules[m] if m < len(modules) else None, k, q, mx, sm)
-             for warm, m, k, q, mx, sm in groups(6, LEVELS)]
-    rows += [(7, bool(warm), None, None, None, k, q, mx, sm) for warm, k, q, mx, sm in groups(7, LEVELS)]
+             for warm, m, k, q, mx, sm in found[6]]
+    rows += [(7, bool(warm), None, None, None, k, q, mx, sm) for warm, k, q, mx, sm in found[7]]
     by_rank: dict[int, list[tuple]] = {}
-    for r, warm, t, *stat in groups("rank", LEVELS):
+    for r, warm, t, *stat in found["rank"]:
         by_rank.setdefault(r + r_lo, []).append((0, bool(warm), type_of(t), *stat))
-    for r, warm, *stat in groups("rank_all", LEVELS):
+    for r, warm, *stat in found["rank_all"]:
         by_rank.setdefault(r + r_lo, []).append((1, bool(warm), None, *stat))
     if UNATTRIBUTED in types:  # NULL and a stored 'unattributed' are one label of the CDF
         steady = got["warm"] == 0
@@ -369,6 +394,7 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
     return Pool(rows, by_rank, sorted(cdf, key=lambda r: r[0]))
 
 
+_THREADS = 2
 _UINT = {"UTINYINT": np.uint8, "USMALLINT": np.uint16, "UINTEGER": np.uint32, "UBIGINT": np.uint64}
 
 
@@ -423,14 +449,11 @@ def _query(con, run_id: int, rank: int | None, key_sql: tuple[str, ...], predica
 
 def _order(by: str, groups: list[tuple]) -> list[tuple]:
     """Groups in the documented order (see the module doc)."""
-    type_rank = {t: i for i, t in enumerate(ORDER)}
-    last = len(ORDER)
     # a stored layer type 'unattributed' and NULL are two groups of one label: the larger first
     if by == "layer_type":
-        return sorted(groups, key=lambda g: (type_rank.get(g[1], last), g[1], -g[-1]))
+        return sorted(groups, key=lambda g: (*order_key(g[1]), -g[-1]))
     if by == "layer":
-        return sorted(groups, key=lambda g: (g[1] is None, g[1] if g[1] is not None else 0,
-                                             type_rank.get(g[2], last), g[2], -g[-1]))
+        return sorted(groups, key=lambda g: (g[1] is None, g[1] if g[1] is not None else 0, *order_key(g[2]), -g[-1]))
     return sorted(groups, key=lambda g: (-g[-1], g[1]))  # module, kernel: GPU time, largest first
 
 

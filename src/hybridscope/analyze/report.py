@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from hybridscope.analyze import advice as advice_mod
 from hybridscope.analyze import collectives, conflicts, dashboard, experts, overlap, steps, timeline
 from hybridscope.analyze import warmup as warmup_mod
-from hybridscope.analyze.decompose import CDF_LEVELS, MEASURES, decompose, measure_of, steady_cdf
+from hybridscope.analyze.decompose import CDF_LEVELS, MEASURES, decompose, measure_of, prepare, steady_cdf
 from hybridscope.table import Column, Table, plain
 
 
@@ -245,7 +245,8 @@ def build_report(con, run_id: int, sections: tuple[Section, ...] = SECTIONS, *,
                  warmup: int | None = None) -> Report:
     """Every table of the report for run `run_id` (which must exist: see store.db.resolve_run);
     its tails without the run's warm-up (`warmup`: analyze/warmup.py)."""
-    with timeline.materialized(con, run_id, warmup=warmup):  # the kernel timeline, once for all analyses
+    # the kernel timeline, once for all analyses; the decompositions' pool before it (its doc)
+    with timeline.materialized(con, run_id, warmup=warmup, first=lambda: prepare(con, run_id, warmup=warmup)):
         ctx = Context(con, run_id, run_info(con, run_id), warmup=warmup)
         for section in sections:
             for step in section.analyses:

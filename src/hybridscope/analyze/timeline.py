@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,12 +39,15 @@ COMM_TYPES = ("moe_comm", "comm")
 
 
 @contextlib.contextmanager
-def materialized(con, run_id: int, *, warmup: int | None = None):
+def materialized(con, run_id: int, *, warmup: int | None = None, first: Callable[[], object] | None = None):
     """Within this block the run's kernel timeline lives in the connection as temp tables, computed
     once for every analysis that reads it (the report runs a dozen); they are dropped at the end, so
     that a later write to the store is never hidden behind a stale copy. Nested blocks reuse the
     outer one (and its `warmup`: analyze/warmup.py's setting, which tells the interval analyses
-    where each rank's steady state starts). Yields the `Tables`.
+    where each rank's steady state starts). Yields the `Tables`. `first` runs once the block is
+    open and before its tables are built: what needs much memory for a moment (the report's
+    decompose.prepare) runs while DuckDB's memory is still empty, and the memory it frees serves
+    the kernel pass after it.
 
     `Tables.kernels`: one row per GPU kernel, in the order (rank, device, ts_ns, end_ns, ev): pos
     (that order), ev (the event's rowid in `events`, for its text columns), rank, device (-1 when
@@ -69,6 +73,8 @@ def materialized(con, run_id: int, *, warmup: int | None = None):
     con.execute(f"SET memory_limit = '{ANALYSIS_MEMORY_LIMIT // 2**20}MiB'")
     token = _OPEN.set({**opened, key: tables})  # open first: the warm-up found for the sweep is kept
     try:
+        if first is not None:
+            first()
         _create(con, run_id, tables)
         yield tables
     finally:
