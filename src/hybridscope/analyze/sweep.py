@@ -125,11 +125,12 @@ class _State:
 
 
 def sweep(con, query: str, params: dict, target: str, busy: str, comm_types: tuple[str, ...],
-          cuts: dict[int, int]) -> list[str]:
+          cuts: dict[int, int], types: dict[str, str] | None = None) -> list[str]:
     """Create `target` and `busy` from the rows of `query` (module doc), `cuts` the warm-up
-    cut-off of each rank that has one; returns the layer types, holder_code being a 1-based
-    position in that list."""
-    cols = ", ".join(f"{name} {kind}" for name, kind in KERNEL_COLUMNS)
+    cut-off of each rank that has one, `types` SQL types of `target`'s columns other than
+    KERNEL_COLUMNS' (an ENUM: the query's own); returns the layer types, holder_code being a
+    1-based position in that list."""
+    cols = ", ".join(f"{name} {(types or {}).get(name, kind)}" for name, kind in KERNEL_COLUMNS)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {target} (pos BIGINT, {cols}, warm BOOLEAN, prev_max BIGINT,"
                 " holder BIGINT, holder_code INTEGER, next_start BIGINT)")
     names = ", ".join(name for name, _ in KERNEL_COLUMNS)
