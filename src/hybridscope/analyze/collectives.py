@@ -72,9 +72,11 @@ def _matched_sql(pred: str) -> str:
 
 
 def _matched(con, run_id: int) -> tuple[str, dict]:
-    """(a FROM-able relation of `_matched_sql`'s rows but `args`, its parameters): inside a report
-    (`timeline.materialized`) a temp table computed once for rank_waits and stragglers."""
-    sql, params = f"SELECT * EXCLUDE (args) FROM ({_matched_sql(_predicate(con, run_id))})", {"run": run_id}
+    """(a FROM-able relation of `_matched_sql`'s rows but `args` and `name`, its parameters): inside
+    a report (`timeline.materialized`) a temp table computed once for rank_waits and stragglers
+    (without the names the matching's window sorts 1.1M collectives of the 10M-kernel run in
+    0.30 s instead of 0.42)."""
+    sql, params = f"SELECT * EXCLUDE (args, name) FROM ({_matched_sql(_predicate(con, run_id))})", {"run": run_id}
     open_ = shared.block(con, run_id)
     if open_ is None:
         return f"({sql})", params
