@@ -308,11 +308,13 @@ def _part(ts: np.ndarray, end: np.ndarray, prev: np.ndarray) -> np.ndarray:
 def _earlier_max(end: np.ndarray, mask: np.ndarray | None, before: int) -> tuple[np.ndarray, int]:
     """For each row, the largest end among earlier rows (of `mask`), and the carry for the next chunk."""
     e = end if mask is None else np.where(mask, end, NONE)
-    acc = np.maximum.accumulate(e)
     out = np.empty_like(end)
     out[0] = before
-    np.maximum(acc[:-1], before, out=out[1:])
-    return out, max(before, int(acc[-1]))
+    if e.size > 1:
+        np.maximum.accumulate(e[:-1], out=out[1:])
+        # a running maximum never decreases: the rows where it is below `before` lead
+        out[1:1 + int(np.searchsorted(out[1:], before))] = before
+    return out, max(before, int(out[-1]), int(e[-1]))
 
 
 def _holders(a: int, end: np.ndarray, code: np.ndarray, prev_max: np.ndarray, line: _Line):
@@ -323,9 +325,12 @@ def _holders(a: int, end: np.ndarray, code: np.ndarray, prev_max: np.ndarray, li
     before = np.empty(n, np.int64)
     before[0] = -1
     before[1:] = last[:-1]
-    local = before >= 0
-    holder = np.where(local, a + before, line.holder)
-    holder_code = np.where(local, code[np.maximum(before, 0)], line.holder_code)
+    # `before` never decreases: the rows without an earlier holder in the chunk (-1) lead
+    k = int(np.searchsorted(before, 0))
+    holder = before + a
+    holder[:k] = line.holder
+    holder_code = code[before]  # -1 reads the last row's: those rows are the k overwritten
+    holder_code[:k] = line.holder_code
     if last[-1] >= 0:
         line.holder, line.holder_code = a + int(last[-1]), int(code[last[-1]])
     return holder, holder_code
