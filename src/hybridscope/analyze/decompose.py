@@ -296,8 +296,8 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
     index, module (each as a code: text as its position among the sorted values) and duration
     streamed into numpy columns; then per grouping, the codes and durations packed into one int64
     key, sorted (stats.sorted_groups). None where a grouping does not pack (the SQL queries answer
-    then). At 10M kernels: 0.9 s and 4.2 CPU s less than the three queries it replaces
-    (docs/benchmarks.md)."""
+    then). At 10M kernels the five tables it serves take 0.8-1.1 s, against 2.0-2.6 s from the
+    queries, with half the CPU (benchmarks/bench_pool.py, docs/benchmarks.md)."""
     (types, modules, n, d_lo, d_hi, r_lo, r_hi, li_lo, li_hi), = con.execute(
         f"""SELECT list(DISTINCT layer_type), list(DISTINCT module), count(*), min(duration_ns), max(duration_ns),
                    min(rank), max(rank), min(layer_index), max(layer_index)
