@@ -53,8 +53,8 @@ def materialized(con, run_id: int, *, warmup: int | None = None, first: Callable
     (that order), ev (the event's rowid in `events`, for its text columns), rank, device (-1 when
     NULL), stream (-1 when NULL), ts_ns, end_ns, layer_type ('other' when unattributed),
     layer_index, step, phase (the module doc's rules; it and layer_type ENUMs of the run's values,
-    a byte each: at 10M kernels the table holds 1.09 GiB instead of 1.25, and spills 77 MiB past
-    the block's memory instead of 130), correlation, and the columns of
+    a byte each: at 10M kernels the block's tables take 1,094 MiB instead of 1,286, 77 of them
+    spilled past the block's memory instead of 130), correlation, and the columns of
     analyze/sweep.py (warm, prev_max, holder, holder_code, next_start). `Tables.busy`: the sweep's
     interval unions per (rank, device, phase, warm). `Tables.steps`: step_windows' rows;
     `Tables.sums`: step_sums' (rank, step, layer_type, ns), with each group's kernel count n and
