@@ -156,3 +156,13 @@ def test_the_report_finds_its_pool_before_the_kernel_timeline_and_the_same_table
     assert seen[-1] == []
     assert {k: (t.rows, t.meta) for k, t in pooled.tables.items()} == \
         {k: (t.rows, t.meta) for k, t in queried.tables.items()}
+
+
+@needs_rounding
+def test_a_run_whose_keys_do_not_pack_is_answered_by_the_queries(rich, monkeypatch):
+    con, run = rich
+    pooled = _tables(con, run, None)
+    monkeypatch.setattr(stats, "packing", lambda n_codes, span: None)
+    with timeline.materialized(con, run):
+        assert dec._pool(con, run, dec.MEASURES["kernels"], dec.warmup_mod.detect(con, run)) is None
+    assert _tables(con, run, None) == pooled
