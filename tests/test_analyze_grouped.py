@@ -166,3 +166,19 @@ def test_a_run_whose_keys_do_not_pack_is_answered_by_the_queries(rich, monkeypat
     with timeline.materialized(con, run):
         assert dec._pool(con, run, dec.MEASURES["kernels"], dec.warmup_mod.detect(con, run)) is None
     assert _tables(con, run, None) == pooled
+
+
+def test_the_rounding_probe_tells_the_two_forms_apart():
+    """The probe's values are ones where the plain and the fused interpolation round apart, and
+    a DuckDB answering either way (or neither) is recognized."""
+    from fractions import Fraction
+
+    lo, d, hi = stats._probe()
+    plain = lo * (1.0 - d) + hi * d
+    fused = np.array([float(Fraction(a) * Fraction(1.0 - b) + Fraction(c * b)) for a, b, c in zip(lo, d, hi)])
+    assert (plain != fused).sum() >= 20
+    assert stats._rounding(plain, lo, d, hi) == "plain"
+    assert stats._rounding(fused, lo, d, hi) == "fused"
+    off = fused.copy()
+    off[0] *= 2  # neither form
+    assert stats._rounding(off, lo, d, hi) is None

@@ -146,27 +146,39 @@ def duckdb_rounding() -> str | None:
     """How this DuckDB build rounds quantile_cont's interpolation lo (1 - d) + hi d: 'plain' (each
     product and the sum rounded), 'fused' (the build fused `lo * (1 - d) + ...` into one
     multiply-add, as the x86-64 wheels do), None when neither reproduces it (then callers ask DuckDB).
-    Found once per process from 256 quantiles of value pairs, where the two differ (a pair's
-    quantile at d is its interpolation at d exactly)."""
+    Found once per process from 256 quantiles of value pairs (a pair's quantile at d is its
+    interpolation at d exactly), 46 of which the two forms round apart."""
     import duckdb
 
-    rng = np.random.default_rng(20261205)
-    pairs = np.sort(rng.integers(0, 10**12, size=(32, 2)), axis=1)
-    levels = np.round(rng.random(8), 6).tolist()
+    lo, d, hi = _probe()
     with duckdb.connect() as con:
         got = con.execute("SELECT g, quantile_cont(x, $q) FROM (SELECT unnest($g) AS g, unnest($x) AS x) "
-                          "GROUP BY g ORDER BY g", {"q": levels, "g": np.repeat(np.arange(32), 2).tolist(),
-                                                    "x": pairs.reshape(-1).tolist()}).fetchall()
-    lo = np.repeat(pairs[:, 0].astype(np.float64), len(levels))
-    hi = np.repeat(pairs[:, 1].astype(np.float64), len(levels))
-    d = np.tile(np.asarray(levels, np.float64), len(pairs))
-    want = np.array([x for _, qs in got for x in qs], np.float64)
-    plain = lo * (1.0 - d) + hi * d
+                          "GROUP BY g ORDER BY g", {"q": d[:_PROBE_LEVELS].tolist(),
+                                                    "g": np.repeat(np.arange(_PROBE_PAIRS), 2).tolist(),
+                                                    "x": np.c_[lo[::_PROBE_LEVELS], hi[::_PROBE_LEVELS]]
+                                                    .astype(np.int64).reshape(-1).tolist()}).fetchall()
+    return _rounding(np.array([x for _, qs in got for x in qs], np.float64), lo, d, hi)
+
+
+_PROBE_PAIRS, _PROBE_LEVELS = 32, 8
+
+
+def _probe() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, d, hi) of the probe: each of 32 pairs of integers at each of 8 levels, pair-major."""
+    rng = np.random.default_rng(20261205)
+    pairs = np.sort(rng.integers(0, 10**12, size=(_PROBE_PAIRS, 2)), axis=1).astype(np.float64)
+    levels = np.round(rng.random(_PROBE_LEVELS), 6)
+    return (np.repeat(pairs[:, 0], _PROBE_LEVELS), np.tile(levels, _PROBE_PAIRS),
+            np.repeat(pairs[:, 1], _PROBE_LEVELS))
+
+
+def _rounding(want: np.ndarray, lo: np.ndarray, d: np.ndarray, hi: np.ndarray) -> str | None:
+    """Which interpolation gives `want` for (lo, d, hi): 'fused', 'plain', or None."""
     fused = np.array([float(Fraction(a) * Fraction(1.0 - b) + Fraction(c * b)) for a, b, c in
                       zip(lo.tolist(), d.tolist(), hi.tolist())])
     if np.array_equal(want, fused):
         return "fused"
-    if np.array_equal(want, plain):
+    if np.array_equal(want, lo * (1.0 - d) + hi * d):
         return "plain"
     return None
 
