@@ -35,6 +35,7 @@ def order_key(layer_type: str | None) -> tuple[int, str]:
     vocabulary (a store may hold any: an import keeps what it was given)."""
     return _POSITION.get(layer_type, len(ORDER)), layer_type or ""
 
+
 # The coarse view: the seed's three rows, the rest of MoE, and everything else folded.
 COARSE: dict[str, str] = {
     "mamba": "mamba",
