@@ -229,7 +229,8 @@ def pooled(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> list[tupl
     if open_ is None or open_.n_kernels > POOL_MAX_KERNELS:
         return None
     key = ("decompose.pooled", predicate, *_warm_key(wu))
-    if key not in open_.memo:  # this DuckDB's quantiles are not reproduced in numpy (stats.duckdb_rounding)
+    if key not in open_.memo:  # no pool: a run below POOL_MIN_KERNELS, keys that do not pack, or
+        # quantiles numpy does not reproduce (stats.duckdb_rounding)
         prefix, source, params = _source(run_id, predicate, wu)
         with shared.quantile_memory(con, run_id):
             open_.memo[key] = con.execute(f"""{prefix}
@@ -316,8 +317,9 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
     # what is grouped: pooled()'s grouping sets, and the per-rank view's (key columns, outer first)
     sets = {3: ("warm", "layer_type"), 1: ("warm", "layer_index", "layer_type"), 6: ("warm", "module"),
             7: ("warm",), "rank": ("rank", "warm", "layer_type"), "rank_all": ("rank", "warm")}
-    shifts = {g: stats.packing(int(np.prod([keys[c][1] for c in cs], dtype=object)), d_hi - d_lo)
-              for g, cs in sets.items()}
+    radices = {g: [keys[c][1] for c in cs] for g, cs in sets.items()}
+    sizes = {g: int(np.prod(radix, dtype=object)) for g, radix in radices.items()}  # codes of each grouping
+    shifts = {g: stats.packing(size, d_hi - d_lo) for g, size in sizes.items()}
     if None in shifts.values():
         return None
     got = {c: np.empty(n, _UINT[_uint(k)]) for c, (_, k) in keys.items()}
@@ -342,8 +344,7 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
 
     def groups(g, *levels) -> list[tuple]:
         """(codes of the grouping's keys, n, [quantiles at each set of levels], max, sum) per group."""
-        cs, shift = sets[g], shifts[g]
-        radix = [keys[c][1] for c in cs]
+        cs, radix, shift = sets[g], radices[g], shifts[g]
         buf = buffers.get()
         try:
             np.copyto(buf, got[cs[0]], casting="unsafe")
@@ -353,7 +354,7 @@ def _pool_of(con, run_id: int, predicate: str, wu: warmup_mod.WarmUp) -> Pool | 
             np.left_shift(buf, shift, out=buf)
             np.bitwise_or(buf, got["dur"], out=buf)
             buf.sort()
-            out = stats.sorted_groups(buf, shift, d_lo, int(np.prod(radix, dtype=object)), *levels)
+            out = stats.sorted_groups(buf, shift, d_lo, sizes[g], *levels)
         finally:
             buffers.put(buf)
         digits = [np.asarray(out.codes)]
